@@ -3,6 +3,8 @@
 //! Access-log lines are events with target `unpoll::access`, so `RUST_LOG=unpoll::access=off`
 //! silences them without touching anything else.
 
+use std::io::IsTerminal;
+
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
@@ -70,6 +72,7 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests starting several servers) keeps the first subscriber.
     let _ = match config.format {

@@ -74,12 +74,19 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let (main_addr, admin_addr) = match listeners.local_addrs() {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                tracing::error!("cannot read the bound addresses: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         tracing::info!(
-            listen = %config.listen,
-            admin = %config.admin.listen,
+            main = %main_addr,
+            admin = %admin_addr,
             upstream = %config.upstream,
             version = env!("CARGO_PKG_VERSION"),
-            "unpoll started"
+            "listening"
         );
         let app = unpoll::App::new(config, CancellationToken::new());
         let signals = tokio::spawn(unpoll::signals::handle(app.clone(), path));
