@@ -14,6 +14,8 @@
 //! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
 //!   action; forwarding, headers, upgrades, errors.
 //! - [`admin`]: health, readiness, metrics, stats.
+//! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
+//!   format and the response body that streams a subscription.
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.
 //!
@@ -24,12 +26,14 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod signals;
+pub mod sse;
 pub mod template;
 
 use std::io;
