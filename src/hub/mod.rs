@@ -148,12 +148,17 @@ impl Hub {
 
     /// Send `reset` (data says `reason`) to every subscriber of a channel matching
     /// `pattern` (`*` wildcards), and make resumes from before now on those channels reset
-    /// too. For a source that lost events. Returns the subscribers reset.
+    /// too. For a source that lost events. The loss takes one position of the sequence (the
+    /// reset's id), so the cursor advances. Returns the subscribers reset.
     pub fn reset_matching(&self, pattern: &str, reason: &str) -> usize {
         let inner = &*self.inner;
         let reason = ResetReason::SourceLost(reason.to_owned());
         let mut state = inner.lock();
+        // The loss takes a position of its own: a client holding the previous position
+        // (a cursor, or its last event) has not seen it and must get a reset on resume.
+        state.seq += 1;
         let seq = state.seq;
+        inner.cursor.store(seq, Ordering::Release);
         let id = EventId {
             boot: inner.boot,
             seq,

@@ -126,3 +126,95 @@ impl std::fmt::Debug for SseBody {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Hub, HubConfig};
+    use http_body_util::BodyExt;
+
+    fn body(hub: &Hub, shutdown: &CancellationToken) -> SseBody {
+        let sub = hub.subscribe(&["a".to_string()], None, None).unwrap();
+        let options = SseOptions {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+        };
+        SseBody::new(sub, options, shutdown.clone())
+    }
+
+    async fn next(b: &mut SseBody) -> Option<Bytes> {
+        b.frame().await.map(|f| f.unwrap().into_data().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_first_then_events_and_heartbeats_on_time() {
+        let hub = Hub::new(HubConfig::default());
+        let shutdown = CancellationToken::new();
+        let mut b = body(&hub, &shutdown);
+        assert_eq!(next(&mut b).await.unwrap(), "retry: 2000\n\n");
+        let t0 = Instant::now();
+        assert_eq!(next(&mut b).await.unwrap(), ":\n\n");
+        assert_eq!(t0.elapsed(), Duration::from_secs(15));
+        let id = hub.publish("a", Some("e"), "d".into());
+        assert_eq!(
+            next(&mut b).await.unwrap(),
+            format!("id: {id}\nevent: e\ndata: d\n\n")
+        );
+        assert_eq!(next(&mut b).await.unwrap(), ":\n\n");
+        assert_eq!(t0.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_stream_and_unsubscribes() {
+        let hub = Hub::new(HubConfig::default());
+        let shutdown = CancellationToken::new();
+        let mut b = body(&hub, &shutdown);
+        next(&mut b).await;
+        let canceller = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            canceller.cancel();
+        });
+        assert_eq!(next(&mut b).await, None);
+        assert!(b.is_end_stream());
+        drop(b);
+        assert_eq!(hub.stats(1).subscribers, 0);
+        let shutdowns = hub
+            .metrics()
+            .disconnects
+            .get_or_create(&crate::hub::ReasonLabels { reason: "shutdown" })
+            .get();
+        assert_eq!(shutdowns, 1);
+    }
+
+    #[tokio::test]
+    async fn overflow_ends_the_stream() {
+        let hub = Hub::new(HubConfig {
+            subscriber_queue: 1,
+            ..HubConfig::default()
+        });
+        let shutdown = CancellationToken::new();
+        let mut b = body(&hub, &shutdown);
+        next(&mut b).await;
+        hub.publish("a", None, "1".into());
+        hub.publish("a", None, "2".into());
+        assert_eq!(next(&mut b).await, None);
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// Per-subscriber memory matters at 100k streams: keep the body and what it points to
+    /// small (measured: see BENCHMARKS.md). Fails if a change makes them balloon.
+    #[test]
+    fn per_subscriber_structs_stay_small() {
+        let body = std::mem::size_of::<SseBody>();
+        let sleep = std::mem::size_of::<Sleep>();
+        let cancel = std::mem::size_of::<WaitForCancellationFutureOwned>();
+        println!("SseBody {body} B, Sleep {sleep} B, cancellation future {cancel} B");
+        assert!(body <= 256, "SseBody is {body} bytes");
+        assert!(body + sleep + cancel <= 512);
+    }
+}
