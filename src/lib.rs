@@ -16,6 +16,8 @@
 //! - [`admin`]: health, readiness, metrics, stats.
 //! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
 //!   format and the response body that streams a subscription.
+//! - [`stream`]: `[[stream]]` rules (SSE endpoints); [`tap`]: `[[tap]]` rules (publish
+//!   on a 2xx answer to a webhook or mutation).
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.
 //!
@@ -34,6 +36,8 @@ pub mod route;
 pub mod server;
 pub mod signals;
 pub mod sse;
+pub mod stream;
+pub mod tap;
 pub mod template;
 
 use std::io;
@@ -85,6 +89,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>) {
         app.clone(),
         tasks.clone(),
     ));
+    let sweeper = tokio::spawn(app.hub.clone().run_sweeper(app.shutdown.clone()));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         server::Listener::Admin,
@@ -94,7 +99,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>) {
     app.shutdown.cancelled().await;
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
-    let _ = tokio::join!(main, admin);
+    let _ = tokio::join!(main, admin, sweeper);
     tasks.close();
     let grace = app.snapshot().config.proxy.shutdown_grace;
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {

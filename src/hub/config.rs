@@ -66,3 +66,148 @@ impl Default for HubConfig {
         }
     }
 }
+
+/// The `[hub]` section as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHubConfig {
+    history_max_events: Option<usize>,
+    history_max_age: Option<String>,
+    history_max_total: Option<usize>,
+    history_max_bytes: Option<String>,
+    subscriber_queue: Option<usize>,
+    subscriber_queue_bytes: Option<String>,
+    channel_idle_ttl: Option<String>,
+    max_channels: Option<usize>,
+    max_subscribers: Option<usize>,
+    max_subscribers_per_channel: Option<usize>,
+    max_subscribers_per_ip: Option<usize>,
+    max_channels_per_subscription: Option<usize>,
+    retry_after: Option<String>,
+    sweep_interval: Option<String>,
+}
+
+impl RawHubConfig {
+    /// Validate, recording every error under `path`.
+    pub fn validate(self, path: &str, errors: &mut crate::config::ConfigErrors) -> HubConfig {
+        use crate::config::{parse_duration, parse_size};
+        let d = HubConfig::default();
+        let mut check = Checker { path, errors };
+        let dur = |c: &mut Checker, key, raw: Option<String>, default| match raw {
+            None => default,
+            Some(text) => match parse_duration(&text) {
+                Ok(v) if !v.is_zero() => v,
+                Ok(_) => c.fail(key, "must be greater than zero", default),
+                Err(e) => c.fail(key, e, default),
+            },
+        };
+        let size = |c: &mut Checker, key, raw: Option<String>, default: usize| match raw {
+            None => default,
+            Some(text) => match parse_size(&text) {
+                Ok(0) => c.fail(key, "must be greater than zero", default),
+                Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                Err(e) => c.fail(key, e, default),
+            },
+        };
+        let count = |c: &mut Checker, key, raw: Option<usize>, default| match raw {
+            Some(0) => c.fail(key, "must be at least 1", default),
+            Some(n) => n,
+            None => default,
+        };
+        HubConfig {
+            history_max_events: count(
+                &mut check,
+                "history_max_events",
+                self.history_max_events,
+                d.history_max_events,
+            ),
+            history_max_age: dur(
+                &mut check,
+                "history_max_age",
+                self.history_max_age,
+                d.history_max_age,
+            ),
+            history_max_total: count(
+                &mut check,
+                "history_max_total",
+                self.history_max_total,
+                d.history_max_total,
+            ),
+            history_max_bytes: size(
+                &mut check,
+                "history_max_bytes",
+                self.history_max_bytes,
+                d.history_max_bytes,
+            ),
+            subscriber_queue: count(
+                &mut check,
+                "subscriber_queue",
+                self.subscriber_queue,
+                d.subscriber_queue,
+            ),
+            subscriber_queue_bytes: size(
+                &mut check,
+                "subscriber_queue_bytes",
+                self.subscriber_queue_bytes,
+                d.subscriber_queue_bytes,
+            ),
+            channel_idle_ttl: dur(
+                &mut check,
+                "channel_idle_ttl",
+                self.channel_idle_ttl,
+                d.channel_idle_ttl,
+            ),
+            max_channels: count(
+                &mut check,
+                "max_channels",
+                self.max_channels,
+                d.max_channels,
+            ),
+            max_subscribers: count(
+                &mut check,
+                "max_subscribers",
+                self.max_subscribers,
+                d.max_subscribers,
+            ),
+            max_subscribers_per_channel: count(
+                &mut check,
+                "max_subscribers_per_channel",
+                self.max_subscribers_per_channel,
+                d.max_subscribers_per_channel,
+            ),
+            max_subscribers_per_ip: count(
+                &mut check,
+                "max_subscribers_per_ip",
+                self.max_subscribers_per_ip,
+                d.max_subscribers_per_ip,
+            ),
+            max_channels_per_subscription: count(
+                &mut check,
+                "max_channels_per_subscription",
+                self.max_channels_per_subscription,
+                d.max_channels_per_subscription,
+            ),
+            retry_after: dur(&mut check, "retry_after", self.retry_after, d.retry_after),
+            sweep_interval: dur(
+                &mut check,
+                "sweep_interval",
+                self.sweep_interval,
+                d.sweep_interval,
+            ),
+        }
+    }
+}
+
+/// Records a key's error and falls back to its default so validation can go on.
+struct Checker<'a> {
+    path: &'a str,
+    errors: &'a mut crate::config::ConfigErrors,
+}
+
+impl Checker<'_> {
+    fn fail<T>(&mut self, key: &str, message: impl std::fmt::Display, default: T) -> T {
+        self.errors
+            .push(crate::config::join(self.path, key), message);
+        default
+    }
+}

@@ -39,6 +39,20 @@ pub struct HubMetrics {
     pub rejected: Family<ReasonLabels, Counter>,
     /// Events that got no history because the hub was at `max_channels`.
     pub unstored: Counter,
+    /// Stream, tap and source rules that did not apply to a request or notification (a
+    /// template variable had no value, a body was too large), by rule and reason.
+    pub skipped: Family<SkipLabels, Counter>,
+    /// Cache tags whose purge was requested (by taps, sources or the admin API).
+    pub purges: Counter,
+}
+
+/// Labels of `unpoll_rule_skipped`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    /// `stream[0]`, `tap[2]`, ...
+    pub rule: String,
+    /// `missing_value`, `body_too_large`, `upstream_status`, ...
+    pub reason: &'static str,
 }
 
 impl HubMetrics {
@@ -100,6 +114,25 @@ impl HubMetrics {
             "Events kept out of history because the hub tracked max_channels channels",
             self.unstored.clone(),
         );
+        r.register(
+            "unpoll_rule_skipped",
+            "Rules that did not apply (missing template value, body too large, ...)",
+            self.skipped.clone(),
+        );
+        r.register(
+            "unpoll_tag_purges",
+            "Cache tags whose purge was requested",
+            self.purges.clone(),
+        );
+    }
+
+    /// Count a rule that did not apply.
+    pub fn skip(&self, rule: &str, reason: &'static str) {
+        let labels = SkipLabels {
+            rule: rule.to_owned(),
+            reason,
+        };
+        self.skipped.get_or_create(&labels).inc();
     }
 
     pub(crate) fn disconnect(&self, reason: super::CloseReason) {

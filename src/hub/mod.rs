@@ -9,7 +9,7 @@
 //!
 //! One mutex guards the state; see `state.rs` for why that is the design, not a shortcut.
 
-mod config;
+pub mod config;
 mod error;
 mod event;
 mod glob;
@@ -26,11 +26,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::HubConfig;
+pub use config::{HubConfig, RawHubConfig};
 pub use error::SubscribeError;
 pub use event::{EventData, RESET_EVENT, ResetReason};
 pub use id::{Boot, EventId, ParseIdError};
-pub use metrics::{HubMetrics, ReasonLabels};
+pub use metrics::{HubMetrics, ReasonLabels, SkipLabels};
 pub use stats::{ChannelStats, HubStats};
 pub use subscriber::CloseReason;
 pub use subscription::Subscription;

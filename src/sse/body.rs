@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -49,6 +50,9 @@ pub struct SseBody {
     /// Resolves when the server shuts down.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
+    /// Open streams of the rule that serves this one; incremented by
+    /// [`SseBody::counted`], decremented on drop.
+    gauge: Option<Gauge>,
 }
 
 impl SseBody {
@@ -63,7 +67,17 @@ impl SseBody {
             interval,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             done: false,
+            gauge: None,
         }
+    }
+
+    /// Count this stream in `gauge` while it is open.
+    pub fn counted(mut self, gauge: Gauge) -> SseBody {
+        gauge.inc();
+        if let Some(old) = self.gauge.replace(gauge) {
+            old.dec();
+        }
+        self
     }
 
     /// The subscription streamed.
@@ -114,6 +128,14 @@ impl Body for SseBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
     }
 }
 
