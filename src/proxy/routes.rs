@@ -13,17 +13,17 @@ use crate::stream::StreamRule;
 use crate::tap::TapRule;
 
 /// What the handler does with a request.
-#[derive(Debug)]
-pub enum Action {
+#[derive(Debug, Clone, Copy)]
+pub enum Action<'a> {
     /// Forward to the upstream unchanged.
     Proxy,
-    /// Serve an SSE stream: `[[stream]]` rule at this index.
-    Stream(usize),
-    /// Forward, then publish on 2xx: `[[tap]]` rule at this index.
-    Tap(usize),
+    /// Serve an SSE stream under this `[[stream]]` rule.
+    Stream(&'a StreamRoute),
+    /// Forward, then publish on 2xx, under this `[[tap]]` rule.
+    Tap(&'a TapRoute),
 }
 
-impl Action {
+impl Action<'_> {
     /// Label for logs.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -37,7 +37,7 @@ impl Action {
 /// The outcome of routing one request.
 pub struct Route<'a> {
     /// What to do.
-    pub action: Action,
+    pub action: Action<'a>,
     /// Values of the matched pattern's `{name}` segments.
     pub params: PathParams,
     /// The rule's name for metrics and logs (`proxy`, `cache[0]`, ...).
@@ -47,6 +47,7 @@ pub struct Route<'a> {
 }
 
 /// A `[[stream]]` rule with its counters.
+#[derive(Debug)]
 pub struct StreamRoute {
     /// The rule.
     pub rule: StreamRule,
@@ -58,6 +59,7 @@ pub struct StreamRoute {
 }
 
 /// A `[[tap]]` rule with its counters.
+#[derive(Debug)]
 pub struct TapRoute {
     /// The rule.
     pub rule: TapRule,
@@ -105,10 +107,10 @@ impl Routes {
     /// plain proxying.
     pub fn resolve(&self, method: &Method, path: &str) -> Route<'_> {
         if method == Method::GET {
-            for (i, s) in self.streams.iter().enumerate() {
+            for s in &self.streams {
                 if let Some(params) = s.rule.path.matches(path) {
                     return Route {
-                        action: Action::Stream(i),
+                        action: Action::Stream(s),
                         params,
                         name: &s.rule.name,
                         counters: &s.counters,
@@ -116,12 +118,12 @@ impl Routes {
                 }
             }
         }
-        for (i, t) in self.taps.iter().enumerate() {
+        for t in &self.taps {
             if t.rule.method == method
                 && let Some(params) = t.rule.path.matches(path)
             {
                 return Route {
-                    action: Action::Tap(i),
+                    action: Action::Tap(t),
                     params,
                     name: &t.rule.name,
                     counters: &t.counters,
