@@ -108,7 +108,7 @@ async fn twilio_form_webhook_answered_200_publishes_the_mapped_event_and_purges(
         json!({"from": "+15551234", "body": "hola ñ", "sid": "SM1"})
     );
     let m = unpoll.metrics().await;
-    assert_eq!(metric(&m, "unpoll_tag_purges_total"), 2.0);
+    assert_eq!(metric(&m, "unpoll_cache_purges_total"), 2.0);
 }
 
 #[tokio::test]

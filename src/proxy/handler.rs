@@ -53,6 +53,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
                 }
             }
         }
+        Action::Cache(c) => {
+            crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip).await
+        }
         Action::Tap(t) => {
             crate::tap::handle(
                 app,

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use http::Method;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::cache::CacheRule;
 use crate::config::Config;
 use crate::metrics::{ProxyMetrics, RuleCounters};
 use crate::route::PathParams;
@@ -21,6 +22,8 @@ pub enum Action<'a> {
     Stream(&'a StreamRoute),
     /// Forward, then publish on 2xx, under this `[[tap]]` rule.
     Tap(&'a TapRoute),
+    /// Answer from the cache, or fetch once for all, under this `[[cache]]` rule.
+    Cache(&'a CacheRoute),
 }
 
 impl Action<'_> {
@@ -30,6 +33,7 @@ impl Action<'_> {
             Action::Proxy => "proxy",
             Action::Stream(_) => "stream",
             Action::Tap(_) => "tap",
+            Action::Cache(_) => "cache",
         }
     }
 }
@@ -67,6 +71,15 @@ pub struct TapRoute {
     pub counters: RuleCounters,
 }
 
+/// A `[[cache]]` rule with its counters.
+#[derive(Debug)]
+pub struct CacheRoute {
+    /// The rule.
+    pub rule: CacheRule,
+    /// Responses by status class.
+    pub counters: RuleCounters,
+}
+
 /// Compiled rules of one config snapshot.
 pub struct Routes {
     proxy: RuleCounters,
@@ -74,6 +87,8 @@ pub struct Routes {
     pub streams: Vec<StreamRoute>,
     /// `[[tap]]` rules in file order; the first match wins.
     pub taps: Vec<TapRoute>,
+    /// `[[cache]]` rules in file order; the first match wins.
+    pub caches: Vec<CacheRoute>,
 }
 
 impl Routes {
@@ -96,15 +111,24 @@ impl Routes {
                 rule: rule.clone(),
             })
             .collect();
+        let caches = config
+            .caches
+            .iter()
+            .map(|rule| CacheRoute {
+                counters: metrics.rule_counters(Cow::Owned(rule.name.clone())),
+                rule: rule.clone(),
+            })
+            .collect();
         Routes {
             proxy: metrics.rule_counters(Cow::Borrowed("proxy")),
             streams,
             taps,
+            caches,
         }
     }
 
     /// Route a request by method and path (without query): streams (GET), then taps, then
-    /// plain proxying.
+    /// cache rules, then plain proxying.
     pub fn resolve(&self, method: &Method, path: &str) -> Route<'_> {
         if method == Method::GET {
             for s in &self.streams {
@@ -127,6 +151,18 @@ impl Routes {
                     params,
                     name: &t.rule.name,
                     counters: &t.counters,
+                };
+            }
+        }
+        for c in &self.caches {
+            if c.rule.methods.contains(method)
+                && let Some(params) = c.rule.path.matches(path)
+            {
+                return Route {
+                    action: Action::Cache(c),
+                    params,
+                    name: &c.rule.name,
+                    counters: &c.counters,
                 };
             }
         }
