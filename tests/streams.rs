@@ -291,3 +291,32 @@ async fn shutdown_ends_open_streams() {
     stop.await.unwrap();
     assert_eq!(app.hub.stats(0).subscribers, 0);
 }
+
+#[tokio::test]
+async fn open_streams_and_history_survive_a_reload() {
+    let (up, unpoll) = start("").await;
+    let http = client();
+    let mut s = SseClient::open(&http, &unpoll.url("/bots/events?botId=1"), None).await;
+    let admin = unpoll.admin_url("/publish");
+    publish(
+        &http,
+        &admin,
+        TOKEN,
+        json!({"channel": "bot:1", "data": "before"}),
+    )
+    .await;
+    assert_eq!(s.next(T).await.data, "\"before\"");
+    let warnings = unpoll.reload(&up.url(), &config("history_max_events = 5"));
+    assert!(
+        warnings.iter().any(|w| w.contains("[hub] changed")),
+        "{warnings:?}"
+    );
+    publish(
+        &http,
+        &admin,
+        TOKEN,
+        json!({"channel": "bot:1", "data": "after"}),
+    )
+    .await;
+    assert_eq!(s.next(T).await.data, "\"after\"");
+}

@@ -155,7 +155,7 @@ fn check_limits(
         }
     }
     if missing > 0 && state.channels.len() + missing > config.max_channels {
-        state.sweep(now, config);
+        state.forced_sweep(now, config);
         if state.channels.len() + missing > config.max_channels {
             return Err(SubscribeError::ChannelsFull { retry_after });
         }
