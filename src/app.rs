@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::proxy::routes::Routes;
 use crate::proxy::upstream::UpstreamClient;
+use crate::sources::postgres::PostgresMetrics;
 
 /// Everything that a config reload replaces at once. A request loads one snapshot and keeps
 /// it to the end, so a reload never mixes old and new rules within one request.
@@ -33,6 +34,9 @@ pub struct App {
     registry: Registry,
     /// Metrics of the proxy core.
     pub metrics: ProxyMetrics,
+    /// Metrics of the Postgres source (registered even when unused, so dashboards see
+    /// zeros rather than gaps).
+    pub postgres: PostgresMetrics,
     /// Not-ready reasons by component; `/readyz` is 200 only when empty.
     readiness: Mutex<BTreeMap<&'static str, String>>,
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
@@ -47,11 +51,13 @@ impl App {
     pub fn new(config: Config, shutdown: CancellationToken) -> Arc<App> {
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
+        let postgres = PostgresMetrics::register(&mut registry);
         let snapshot = Snapshot::build(config, &metrics);
         Arc::new(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
+            postgres,
             readiness: Mutex::new(BTreeMap::new()),
             shutdown,
             started: Instant::now(),
@@ -88,6 +94,10 @@ impl App {
         }
         if old.config.workers != config.workers {
             warnings.push("workers changed: restart unpoll to apply it".to_string());
+        }
+        if old.config.postgres != config.postgres || old.config.notify != config.notify {
+            warnings
+                .push("[postgres] or [[notify]] changed: restart unpoll to apply it".to_string());
         }
         if old.config.log.format != config.log.format {
             warnings.push("log.format changed: restart unpoll to apply it".to_string());

@@ -14,6 +14,7 @@
 //! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
 //!   action; forwarding, headers, upgrades, errors.
 //! - [`admin`]: health, readiness, metrics, stats.
+//! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox) behind a `Sink`.
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.
 //!
@@ -30,6 +31,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod signals;
+pub mod sources;
 pub mod template;
 
 use std::io;
@@ -74,6 +76,14 @@ impl Listeners {
 /// Serve until `app.shutdown` is cancelled, then stop accepting, let in-flight requests
 /// finish within `proxy.shutdown_grace`, and return.
 pub async fn run(listeners: Listeners, app: Arc<App>) {
+    let sink = sources::AppSink::new(&app);
+    run_with_sink(listeners, app, sink).await
+}
+
+/// [`run`], with the sources delivering to `sink` instead of this instance's hub and cache
+/// (tests record what a source delivers).
+pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn sources::Sink>) {
+    let sources = sources::start(&app, sink);
     let tasks = TaskTracker::new();
     let main = tokio::spawn(server::serve(
         listeners.main,
@@ -91,6 +101,10 @@ pub async fn run(listeners: Listeners, app: Arc<App>) {
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
     let _ = tokio::join!(main, admin);
+    // Sources stop on the same cancellation; wait so none publishes after run returns.
+    for source in sources {
+        let _ = source.await;
+    }
     tasks.close();
     let grace = app.snapshot().config.proxy.shutdown_grace;
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {

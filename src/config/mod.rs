@@ -23,6 +23,8 @@ pub use units::{parse_duration, parse_size};
 use crate::admin::config::{AdminConfig, RawAdminConfig};
 use crate::logging::{LogConfig, RawLogConfig};
 use crate::proxy::config::{ProxyConfig, RawProxyConfig};
+use crate::sources::postgres::config::{RawNotifyRule, RawPostgresConfig};
+use crate::sources::postgres::{NotifyRule, PostgresConfig};
 
 /// The whole validated configuration. Immutable: a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -39,6 +41,10 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[postgres]`: needed by `[[notify]]` rules.
+    pub postgres: Option<PostgresConfig>,
+    /// `[[notify]]` rules: Postgres NOTIFY and outbox sources.
+    pub notify: Vec<NotifyRule>,
     /// The file this came from, re-read on SIGHUP; `None` when built from a string.
     pub source: Option<PathBuf>,
 }
@@ -128,6 +134,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = s.take::<RawAdminConfig>("admin").unwrap_or_default();
     let proxy = s.take::<RawProxyConfig>("proxy").unwrap_or_default();
     let log = s.take::<RawLogConfig>("log").unwrap_or_default();
+    let postgres = s.take::<RawPostgresConfig>("postgres");
+    let notify = s.take_rules::<RawNotifyRule>("notify");
     s.finish();
 
     let listen = match listen.as_deref() {
@@ -160,6 +168,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = admin.validate("admin", &mut errors);
     let proxy = proxy.validate("proxy", &mut errors);
     let log = log.validate("log", &mut errors);
+    let (postgres, notify) =
+        crate::sources::postgres::config::validate(postgres, notify, &mut errors);
 
     match (listen, upstream) {
         (Some(listen), Some(upstream)) if errors.is_empty() => Ok(Config {
@@ -169,6 +179,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             admin,
             proxy,
             log,
+            postgres,
+            notify,
             source: None,
         }),
         _ => Err(errors),
@@ -182,6 +194,25 @@ impl Config {
         let _ = writeln!(out, "listen    {}", self.listen);
         let _ = writeln!(out, "admin     {}", self.admin.listen);
         let _ = writeln!(out, "upstream  {}", self.upstream);
+        if let Some(pg) = &self.postgres {
+            let _ = writeln!(
+                out,
+                "postgres  {}",
+                crate::sources::postgres::config::redact(&pg.url)
+            );
+        }
+        for rule in &self.notify {
+            let _ = writeln!(
+                out,
+                "{:<9} listen {} ({}) → {}",
+                rule.key,
+                rule.listen,
+                rule.mode.as_str(),
+                rule.channel
+                    .as_ref()
+                    .map_or("<row channel>", |c| c.as_str())
+            );
+        }
         out
     }
 }

@@ -1,0 +1,244 @@
+//! The one listener connection for every `[[notify]]` channel, and the loop that notices
+//! every gap in it.
+//!
+//! sqlx's `PgListener::recv()` reconnects quietly: notifications sent while it was
+//! disconnected are lost and nothing says so. This loop uses `try_recv()` with
+//! `eager_reconnect(false)`, so a lost connection surfaces as `Ok(None)` (clean close, e.g.
+//! `pg_terminate_backend`) or `Err` (reset, timeout); either way it drops the listener and
+//! builds a fresh one on a fresh one-connection pool (a dead connection never goes back into
+//! a pool), with capped exponential backoff and jitter between failed attempts. Once
+//! LISTENing again it reports the gap: subscribers of every channel a NOTIFY rule can
+//! produce get `reset`, the tags those rules purge are purged by pattern, and outbox readers
+//! catch up right away (they lose nothing, so they need no reset).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use sqlx::postgres::{PgListener, PgNotification, PgPoolOptions};
+use tokio::sync::Notify;
+
+use super::backoff::Backoff;
+use super::config::PostgresConfig;
+use super::metrics::{ListenLabels, PostgresMetrics, RuleLabels};
+use super::rules::{NotifyRule, RuleMode, parse_payload};
+use super::{PostgresError, READINESS};
+use crate::app::App;
+use crate::sources::Sink;
+
+/// Data of the `reset` sent after a reconnect.
+pub const LOST_REASON: &str = "the Postgres listener reconnected; notifications sent while it \
+                               was disconnected are lost: refetch your state";
+
+/// What a connection attempt is for, for logs and readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Never connected yet.
+    Starting,
+    /// Lost the connection; reconnecting.
+    Reconnecting,
+}
+
+impl State {
+    /// Label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Reconnecting => "reconnecting",
+        }
+    }
+}
+
+/// The listener task's state.
+pub struct Listener {
+    pub(super) app: Arc<App>,
+    pub(super) config: PostgresConfig,
+    pub(super) rules: Arc<[NotifyRule]>,
+    pub(super) sink: Arc<dyn Sink>,
+    pub(super) metrics: PostgresMetrics,
+    /// Wake-up of each outbox reader, by rule index: a NOTIFY on the rule's channel or a
+    /// reconnect. `Notify` stores one permit, so wake-ups during a read fold into one more
+    /// read instead of queueing.
+    pub(super) outbox_wakeups: HashMap<usize, Arc<Notify>>,
+}
+
+impl Listener {
+    /// Run until shutdown.
+    pub async fn run(self) {
+        let channels: BTreeSet<&str> = self.rules.iter().map(|r| r.listen.as_str()).collect();
+        let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
+        let mut state = State::Starting;
+        // An instance that could not connect at start may have subscribers (it serves
+        // while Postgres is away) whose state missed changes: treat that like a gap too.
+        let mut gap = false;
+        loop {
+            let mut listener = match self.connect(&channels).await {
+                Ok(l) => l,
+                Err(e) => {
+                    gap = true;
+                    self.metrics.connect_failures.inc();
+                    let delay = backoff.next_delay();
+                    let reason = format!("{}: {e}", state.as_str());
+                    tracing::warn!(
+                        state = state.as_str(),
+                        url = %super::config::redact(&self.config.url),
+                        cause = %e,
+                        retry_in = ?delay,
+                        "cannot connect the Postgres listener"
+                    );
+                    self.app.set_ready(READINESS, Some(reason));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = self.app.shutdown.cancelled() => return,
+                    }
+                }
+            };
+            if state == State::Reconnecting {
+                self.metrics.reconnects.inc();
+            }
+            backoff.reset();
+            self.metrics.connected.set(1);
+            self.app.set_ready(READINESS, None);
+            tracing::info!(channels = ?channels, gap, "Postgres listener connected");
+            if gap {
+                self.report_gap();
+            }
+            // Outbox readers read after every (re)connect: whatever was committed while
+            // the wake-ups could not arrive.
+            for wake in self.outbox_wakeups.values() {
+                wake.notify_one();
+            }
+
+            let lost = loop {
+                let received = tokio::select! {
+                    r = listener.try_recv() => r,
+                    _ = self.app.shutdown.cancelled() => return,
+                };
+                match received {
+                    Ok(Some(n)) => self.dispatch(&n),
+                    Ok(None) => break PostgresError::Closed,
+                    Err(e) => break PostgresError::Sql(e),
+                }
+            };
+            drop(listener);
+            gap = true;
+            state = State::Reconnecting;
+            self.metrics.connected.set(0);
+            self.app
+                .set_ready(READINESS, Some(format!("listener connection lost: {lost}")));
+            tracing::warn!(cause = %lost, "Postgres listener connection lost; reconnecting");
+        }
+    }
+
+    /// A fresh one-connection pool and a listener on every channel, within
+    /// `connect_timeout`.
+    async fn connect(&self, channels: &BTreeSet<&str>) -> Result<PgListener, PostgresError> {
+        let timeout = self.config.connect_timeout;
+        let attempt = async {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(timeout)
+                .max_lifetime(None)
+                .idle_timeout(None)
+                .connect_lazy_with(self.config.options.clone());
+            let mut listener = PgListener::connect_with(&pool).await?;
+            // Surface a lost connection to us instead of reconnecting inside try_recv.
+            listener.eager_reconnect(false);
+            listener.listen_all(channels.iter().copied()).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r.map_err(PostgresError::Sql),
+            Err(_) => Err(PostgresError::Timeout(timeout)),
+        }
+    }
+
+    /// Route one notification to its rules.
+    fn dispatch(&self, n: &PgNotification) {
+        let listen = n.channel();
+        self.metrics
+            .notifications
+            .get_or_create(&ListenLabels {
+                listen: listen.to_string(),
+            })
+            .inc();
+        // Parsed at most once, and only if a NOTIFY-mode rule needs it.
+        let mut payload = None;
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.listen != listen {
+                continue;
+            }
+            if let RuleMode::Outbox { .. } = rule.mode {
+                if let Some(wake) = self.outbox_wakeups.get(&i) {
+                    wake.notify_one();
+                }
+                continue;
+            }
+            let parsed = payload.get_or_insert_with(|| {
+                let parsed = parse_payload(n.payload());
+                if let Err(e) = &parsed {
+                    self.metrics.malformed.inc();
+                    tracing::warn!(
+                        listen,
+                        cause = %e,
+                        bytes = n.payload().len(),
+                        "malformed NOTIFY payload dropped"
+                    );
+                }
+                parsed
+            });
+            let mapped = match parsed {
+                Ok(p) => rule.map_payload(p),
+                Err(e) => Err(e.clone()),
+            };
+            match mapped {
+                Ok(m) => {
+                    self.sink.publish(&m.channel, m.event.as_deref(), m.data);
+                    if !m.purge.is_empty() {
+                        self.sink.purge(&m.purge);
+                    }
+                    self.metrics
+                        .published
+                        .get_or_create(&RuleLabels {
+                            rule: rule.key.clone(),
+                        })
+                        .inc();
+                }
+                Err(e) => {
+                    self.metrics.drop(&rule.key, e.as_str());
+                    if e.as_str() != "malformed" {
+                        tracing::info!(rule = %rule.key, listen, cause = %e, "notification skipped");
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a gap: tell subscribers of every channel NOTIFY rules can produce, and purge
+    /// every tag they can purge, so the next poll is fresh.
+    fn report_gap(&self) {
+        let notify_rules = self
+            .rules
+            .iter()
+            .filter(|r| matches!(r.mode, RuleMode::Notify));
+        let mut channels = BTreeSet::new();
+        let mut tags = BTreeSet::new();
+        for rule in notify_rules {
+            channels.extend(rule.channel_glob());
+            tags.extend(rule.purge_globs());
+        }
+        let mut told = 0;
+        for glob in &channels {
+            told += self.sink.reset(glob, LOST_REASON);
+        }
+        for glob in &tags {
+            self.sink.purge_glob(glob);
+        }
+        self.metrics.resets.inc_by(told as u64);
+        tracing::warn!(
+            channels = ?channels,
+            tags = ?tags,
+            subscribers = told,
+            "notifications may have been lost while disconnected: subscribers reset, tags purged"
+        );
+    }
+}
