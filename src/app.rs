@@ -52,13 +52,21 @@ impl App {
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
         let postgres = PostgresMetrics::register(&mut registry);
+        let mut readiness = BTreeMap::new();
+        if config.postgres.is_some() && !config.notify.is_empty() {
+            // Not ready from the first instant, before the source's task has even run.
+            readiness.insert(
+                crate::sources::postgres::READINESS,
+                "starting: not connected yet".to_string(),
+            );
+        }
         let snapshot = Snapshot::build(config, &metrics);
         Arc::new(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
             postgres,
-            readiness: Mutex::new(BTreeMap::new()),
+            readiness: Mutex::new(readiness),
             shutdown,
             started: Instant::now(),
         })

@@ -49,15 +49,14 @@ pub enum PostgresError {
 }
 
 /// Start the listener and one reader per outbox rule; all stop when `app.shutdown` fires.
-/// Until the listener is connected `/readyz` reports `postgres` as not ready; unpoll keeps
-/// serving and proxying meanwhile.
+/// Until the listener is connected `/readyz` reports `postgres` as not ready (from
+/// [`App::new`] on); unpoll keeps serving and proxying meanwhile.
 pub fn spawn(
     app: Arc<App>,
     config: PostgresConfig,
     rules: Vec<NotifyRule>,
     sink: Arc<dyn Sink>,
 ) -> Vec<JoinHandle<()>> {
-    app.set_ready(READINESS, Some("starting: not connected yet".to_string()));
     let metrics = app.postgres.clone();
     let mut tasks = Vec::new();
     let mut outbox_wakeups = HashMap::new();
