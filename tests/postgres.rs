@@ -324,6 +324,39 @@ async fn outage_fails_readiness_then_recovers_with_reset() {
 }
 
 #[tokio::test]
+async fn silent_network_failure_is_detected_by_the_probe() {
+    let db = pool().await;
+    let listen = unique("silent");
+    let proxy = TcpProxy::start(common::pg::server_addr(), true).await;
+    let sink = Arc::new(RecordingSink::default());
+    let extra = format!(
+        "{}probe_interval = \"100ms\"\n[[notify]]\nlisten = \"{listen}\"\nchannel = \"s\"\n",
+        postgres_section(&url_via(proxy.addr, "unpoll_silent"))
+            .replace("connect_timeout = \"2s\"", "connect_timeout = \"300ms\"")
+    );
+    let unpoll = Unpoll::start_with_sink("http://127.0.0.1:1", &extra, sink.clone()).await;
+    wait_ready(&unpoll).await;
+    proxy.blackhole();
+    let u = &unpoll;
+    eventually(WAIT, "the silent connection declared dead", || async move {
+        let (status, body) = readyz(u).await;
+        status == 503 && body.contains("presumed dead")
+    })
+    .await;
+    proxy.restore();
+    wait_ready(&unpoll).await;
+    sink.wait(WAIT, "reset after the silent gap", |log| {
+        log.contains(&Delivered::Reset("s".into()))
+    })
+    .await;
+    notify(&db, &listen, "{}").await;
+    sink.wait(WAIT, "events flow again", |log| {
+        log.iter().any(|d| matches!(d, Delivered::Event { .. }))
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn starts_without_postgres_keeps_proxying_and_connects_later() {
     let db = pool().await;
     let listen = unique("late");

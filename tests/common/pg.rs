@@ -148,11 +148,16 @@ impl unpoll::sources::Sink for RecordingSink {
 }
 
 /// A TCP proxy in front of the test server that a test can cut (every connection closed,
-/// new ones refused) and restore, on a stable port.
+/// new ones refused), black-hole (connections stay open but no byte passes, like a
+/// partitioned network) and restore, on a stable port.
 pub struct TcpProxy {
     /// Where it listens.
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
+    /// Set while black-holing; new connections are then held without forwarding.
+    frozen: Arc<AtomicBool>,
+    /// Cancelled to stop forwarding on the current connections (which stay open).
+    freeze: Arc<Mutex<CancellationToken>>,
     /// Cancelled to close the current connections; replaced on `restore`.
     current: Arc<Mutex<CancellationToken>>,
     stop: CancellationToken,
@@ -166,6 +171,8 @@ impl TcpProxy {
         let proxy = TcpProxy {
             addr,
             open: Arc::new(AtomicBool::new(open)),
+            frozen: Arc::new(AtomicBool::new(false)),
+            freeze: Arc::new(Mutex::new(CancellationToken::new())),
             current: Arc::new(Mutex::new(CancellationToken::new())),
             stop: CancellationToken::new(),
         };
@@ -174,6 +181,7 @@ impl TcpProxy {
             proxy.current.clone(),
             proxy.stop.clone(),
         );
+        let (frozen, freeze) = (proxy.frozen.clone(), proxy.freeze.clone());
         tokio::spawn(async move {
             loop {
                 let (mut client, _) = tokio::select! {
@@ -185,13 +193,22 @@ impl TcpProxy {
                     continue;
                 }
                 let cut = current.lock().unwrap().clone();
+                let hole = freeze.lock().unwrap().clone();
+                let held = frozen.load(Ordering::SeqCst);
                 tokio::spawn(async move {
+                    if held {
+                        // Accepted, never answered: hold until cut.
+                        cut.cancelled().await;
+                        drop(client);
+                        return;
+                    }
                     let Ok(mut server) = TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cut.cancelled() => {}
+                        _ = hole.cancelled() => cut.cancelled().await,
                     }
                 });
             }
@@ -207,8 +224,22 @@ impl TcpProxy {
         *current = CancellationToken::new();
     }
 
-    /// Forward again.
+    /// Stop forwarding bytes without closing anything; new connections are accepted and
+    /// never answered.
+    pub fn blackhole(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+        let mut freeze = self.freeze.lock().unwrap();
+        freeze.cancel();
+        *freeze = CancellationToken::new();
+    }
+
+    /// Forward again (held connections are closed first).
     pub fn restore(&self) {
+        if self.frozen.swap(false, Ordering::SeqCst) {
+            let mut current = self.current.lock().unwrap();
+            current.cancel();
+            *current = CancellationToken::new();
+        }
         self.open.store(true, Ordering::SeqCst);
     }
 }

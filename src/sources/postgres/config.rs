@@ -25,6 +25,8 @@ pub mod defaults {
     pub const OUTBOX_RETENTION: &str = "24h";
     /// Rows read per outbox query.
     pub const OUTBOX_BATCH: u32 = 500;
+    /// Interval of the listener's liveness probe.
+    pub const PROBE_INTERVAL: &str = "10s";
     /// Name under which this instance records its outbox position.
     pub const CONSUMER: &str = "unpoll";
 }
@@ -37,6 +39,7 @@ pub struct RawPostgresConfig {
     connect_timeout: Option<String>,
     reconnect_min: Option<String>,
     reconnect_max: Option<String>,
+    probe_interval: Option<String>,
     outbox_poll: Option<String>,
     outbox_retention: Option<String>,
     outbox_batch: Option<u32>,
@@ -56,6 +59,9 @@ pub struct PostgresConfig {
     pub reconnect_min: Duration,
     /// Largest reconnect delay.
     pub reconnect_max: Duration,
+    /// The listener NOTIFYs itself this often; silence for two intervals plus
+    /// `connect_timeout` means the connection is dead.
+    pub probe_interval: Duration,
     /// Outbox safety poll interval.
     pub outbox_poll: Duration,
     /// Delivered outbox rows older than this are deleted.
@@ -74,6 +80,7 @@ impl fmt::Debug for PostgresConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
+            .field("probe_interval", &self.probe_interval)
             .field("outbox_poll", &self.outbox_poll)
             .field("outbox_retention", &self.outbox_retention)
             .field("outbox_batch", &self.outbox_batch)
@@ -89,6 +96,7 @@ impl PartialEq for PostgresConfig {
             && self.connect_timeout == other.connect_timeout
             && self.reconnect_min == other.reconnect_min
             && self.reconnect_max == other.reconnect_max
+            && self.probe_interval == other.probe_interval
             && self.outbox_poll == other.outbox_poll
             && self.outbox_retention == other.outbox_retention
             && self.outbox_batch == other.outbox_batch
@@ -178,6 +186,16 @@ impl RawPostgresConfig {
                 format!("must be above 0 and at most reconnect_max ({max:?})"),
             );
         }
+        let probe_interval = duration(
+            self.probe_interval.as_deref(),
+            defaults::PROBE_INTERVAL,
+            path,
+            "probe_interval",
+            errors,
+        );
+        if probe_interval < Duration::from_millis(50) {
+            errors.push(join(path, "probe_interval"), "must be at least 50ms");
+        }
         let outbox_poll = duration(
             self.outbox_poll.as_deref(),
             defaults::OUTBOX_POLL,
@@ -211,6 +229,7 @@ impl RawPostgresConfig {
             connect_timeout,
             reconnect_min: min,
             reconnect_max: max,
+            probe_interval,
             outbox_poll,
             outbox_retention,
             outbox_batch,
@@ -428,6 +447,7 @@ mod tests {
         let pg = pg.unwrap();
         assert_eq!(pg.connect_timeout, Duration::from_secs(5));
         assert_eq!(pg.reconnect_min, Duration::from_millis(100));
+        assert_eq!(pg.probe_interval, Duration::from_secs(10));
         assert_eq!(pg.outbox_retention, Duration::from_secs(24 * 3600));
         assert_eq!(pg.outbox_batch, defaults::OUTBOX_BATCH);
         assert_eq!(rules[0].purge.len(), 1);

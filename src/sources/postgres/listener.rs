@@ -10,12 +10,19 @@
 //! LISTENing again it reports the gap: subscribers of every channel a NOTIFY rule can
 //! produce get `reset`, the tags those rules purge are purged by pattern, and outbox readers
 //! catch up right away (they lose nothing, so they need no reset).
+//!
+//! A connection can also die silently (a NAT or firewall dropping state, a partitioned
+//! network): no reset, no EOF, just nothing. So the listener also LISTENs on a private
+//! probe channel and NOTIFYs it from a second connection every `probe_interval`; when
+//! nothing at all arrives for two intervals plus `connect_timeout`, the connection counts as
+//! lost. (`try_recv` is cancel-safe: sqlx only consumes a message once it is complete.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use sqlx::postgres::{PgListener, PgNotification, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgNotification, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use super::backoff::Backoff;
 use super::config::PostgresConfig;
@@ -64,7 +71,15 @@ pub struct Listener {
 impl Listener {
     /// Run until shutdown.
     pub async fn run(self) {
-        let channels: BTreeSet<&str> = self.rules.iter().map(|r| r.listen.as_str()).collect();
+        let probe = format!("unpoll_probe_{:016x}", fastrand::u64(..));
+        let mut channels: BTreeSet<&str> = self.rules.iter().map(|r| r.listen.as_str()).collect();
+        channels.insert(&probe);
+        // The probe's own connection: it must not share the listener's.
+        let probe_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.config.connect_timeout)
+            .connect_lazy_with(self.config.options.clone());
+        let silence_limit = self.config.probe_interval * 2 + self.config.connect_timeout;
         let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
         let mut state = State::Starting;
         // An instance that could not connect at start may have subscribers (it serves
@@ -108,13 +123,31 @@ impl Listener {
                 wake.notify_one();
             }
 
+            let mut last_heard = Instant::now();
+            let mut probe_tick = tokio::time::interval_at(
+                last_heard + self.config.probe_interval,
+                self.config.probe_interval,
+            );
+            probe_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let lost = loop {
                 let received = tokio::select! {
                     r = listener.try_recv() => r,
+                    _ = probe_tick.tick() => {
+                        self.send_probe(&probe_pool, &probe);
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(last_heard + silence_limit) => {
+                        break PostgresError::Silent(silence_limit);
+                    }
                     _ = self.app.shutdown.cancelled() => return,
                 };
                 match received {
-                    Ok(Some(n)) => self.dispatch(&n),
+                    Ok(Some(n)) => {
+                        last_heard = Instant::now();
+                        if n.channel() != probe {
+                            self.dispatch(&n);
+                        }
+                    }
                     Ok(None) => break PostgresError::Closed,
                     Err(e) => break PostgresError::Sql(e),
                 }
@@ -150,6 +183,23 @@ impl Listener {
             Ok(r) => r.map_err(PostgresError::Sql),
             Err(_) => Err(PostgresError::Timeout(timeout)),
         }
+    }
+
+    /// NOTIFY the probe channel from the probe connection, in the background (a slow or
+    /// failed probe simply does not arrive; the silence limit decides).
+    fn send_probe(&self, pool: &PgPool, channel: &str) {
+        let (pool, channel) = (pool.clone(), channel.to_string());
+        let timeout = self.config.connect_timeout;
+        tokio::spawn(async move {
+            let sent = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(channel)
+                .execute(&pool);
+            match tokio::time::timeout(timeout, sent).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(cause = %e, "listener probe not sent"),
+                Err(_) => tracing::debug!("listener probe timed out"),
+            }
+        });
     }
 
     /// Route one notification to its rules.

@@ -43,6 +43,9 @@ pub enum PostgresError {
     /// Connecting took longer than `connect_timeout`.
     #[error("no connection within {0:?}")]
     Timeout(Duration),
+    /// Nothing arrived, not even the listener's own probe, for this long.
+    #[error("nothing received for {0:?}, not even the probe: connection presumed dead")]
+    Silent(Duration),
     /// Any other error from the driver.
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
