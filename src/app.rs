@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
+use crate::hub::Hub;
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::proxy::routes::Routes;
 use crate::proxy::upstream::UpstreamClient;
@@ -37,6 +38,9 @@ pub struct App {
     /// Metrics of the Postgres source (registered even when unused, so dashboards see
     /// zeros rather than gaps).
     pub postgres: PostgresMetrics,
+    /// Channels, history and subscribers. Lives as long as the instance: a reload keeps
+    /// every open stream and the history (its `[hub]` settings apply at start only).
+    pub hub: Hub,
     /// Not-ready reasons by component; `/readyz` is 200 only when empty.
     readiness: Mutex<BTreeMap<&'static str, String>>,
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
@@ -60,12 +64,15 @@ impl App {
                 "starting: not connected yet".to_string(),
             );
         }
+        let hub = Hub::new(config.hub.clone());
+        hub.metrics().register(&mut registry);
         let snapshot = Snapshot::build(config, &metrics);
         Arc::new(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
             postgres,
+            hub,
             readiness: Mutex::new(readiness),
             shutdown,
             started: Instant::now(),
@@ -107,6 +114,9 @@ impl App {
             warnings
                 .push("[postgres] or [[notify]] changed: restart unpoll to apply it".to_string());
         }
+        if old.config.hub != config.hub {
+            warnings.push("[hub] changed: restart unpoll to apply it".to_string());
+        }
         if old.config.log.format != config.log.format {
             warnings.push("log.format changed: restart unpoll to apply it".to_string());
         }
@@ -128,6 +138,25 @@ impl App {
             .reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+    }
+
+    /// Purge cache entries carrying any of `tags` (after a tap's 2xx, a notification, or
+    /// `POST /purge`). The hook the cache issue fills in: until the cache lands it only
+    /// counts the request (`unpoll_tag_purges`), so taps and sources call it already.
+    pub fn purge_tags(&self, tags: &[String]) {
+        if tags.is_empty() {
+            return;
+        }
+        tracing::debug!(tags = ?tags, "purge requested");
+        self.hub.metrics().purges.inc_by(tags.len() as u64);
+    }
+
+    /// Purge cache entries with a tag matching the glob `pattern` (`reservas:*`), after a
+    /// source lost events it cannot name one by one. The same hook as
+    /// [`App::purge_tags`]: until the cache lands it only counts the request.
+    pub fn purge_tag_pattern(&self, pattern: &str) {
+        tracing::debug!(pattern, "purge by pattern requested");
+        self.hub.metrics().purges.inc();
     }
 
     /// Mark `component` not ready (with the reason) or ready (`None`).

@@ -15,6 +15,10 @@
 //!   action; forwarding, headers, upgrades, errors.
 //! - [`admin`]: health, readiness, metrics, stats.
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox) behind a `Sink`.
+//! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
+//!   format and the response body that streams a subscription.
+//! - [`stream`]: `[[stream]]` rules (SSE endpoints); [`tap`]: `[[tap]]` rules (publish
+//!   on a 2xx answer to a webhook or mutation).
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.
 //!
@@ -25,6 +29,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
@@ -32,6 +37,9 @@ pub mod route;
 pub mod server;
 pub mod signals;
 pub mod sources;
+pub mod sse;
+pub mod stream;
+pub mod tap;
 pub mod template;
 
 use std::io;
@@ -107,6 +115,7 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
         app.clone(),
         tasks.clone(),
     ));
+    let sweeper = tokio::spawn(app.hub.clone().run_sweeper(app.shutdown.clone()));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         server::Listener::Admin,
@@ -116,7 +125,7 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
     app.shutdown.cancelled().await;
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
-    let _ = tokio::join!(main, admin);
+    let _ = tokio::join!(main, admin, sweeper);
     // Sources stop on the same cancellation; wait so none publishes after run returns.
     for source in sources {
         let _ = source.await;

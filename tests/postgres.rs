@@ -558,3 +558,86 @@ async fn outbox_concurrent_writers_with_slow_commits_exactly_once() {
         last[w as usize] = n;
     }
 }
+
+/// An SSE client: the parsed events of one stream.
+async fn sse(
+    url: String,
+) -> impl futures::Stream<Item = eventsource_stream::Event> + Unpin + use<> {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let resp = client().get(&url).send().await.expect("open the stream");
+    assert_eq!(resp.status(), 200, "stream refused");
+    Box::pin(
+        resp.bytes_stream()
+            .eventsource()
+            .filter_map(|e| async move { e.ok() }),
+    )
+}
+
+async fn next_event(
+    stream: &mut (impl futures::Stream<Item = eventsource_stream::Event> + Unpin),
+) -> eventsource_stream::Event {
+    use futures::StreamExt;
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("an SSE event in time")
+        .expect("the stream stays open")
+}
+
+#[tokio::test]
+async fn notify_reaches_sse_subscribers_and_a_lost_listener_resets_them() {
+    let db = pool().await;
+    let listen = unique("e2e");
+    let app_name = unique("unpoll_e2e");
+    let extra = format!(
+        "{}[[notify]]\nlisten = \"{listen}\"\nchannel = \"reservas:{{payload.business_id}}\"\n\
+         event = \"{{payload.op}}\"\n\
+         [[stream]]\npath = \"/reservas/events\"\nchannels = [\"reservas:{{query.business_id}}\"]\n\
+         auth = \"none\"\n",
+        postgres_section(&url_via(common::pg::server_addr(), &app_name))
+    );
+    let unpoll = Unpoll::start("http://127.0.0.1:1", &extra).await;
+    wait_ready(&unpoll).await;
+    let mut one = sse(unpoll.url("/reservas/events?business_id=1")).await;
+    let mut two = sse(unpoll.url("/reservas/events?business_id=2")).await;
+
+    notify(
+        &db,
+        &listen,
+        r#"{"business_id": 1, "op": "INSERT", "id": 10}"#,
+    )
+    .await;
+    notify(
+        &db,
+        &listen,
+        r#"{"business_id": 2, "op": "UPDATE", "id": 20}"#,
+    )
+    .await;
+    let e = next_event(&mut one).await;
+    assert_eq!(e.event, "INSERT");
+    let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(data["id"], json!(10));
+    let e = next_event(&mut two).await;
+    assert_eq!((e.event.as_str(), e.data.contains("20")), ("UPDATE", true));
+
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&app_name)
+    .execute(&db)
+    .await
+    .unwrap();
+    for stream in [&mut one, &mut two] {
+        let e = next_event(stream).await;
+        assert_eq!(e.event, "reset", "the gap is announced: {e:?}");
+        assert!(e.data.contains("source_lost"), "{}", e.data);
+    }
+    wait_ready(&unpoll).await;
+    notify(
+        &db,
+        &listen,
+        r#"{"business_id": 1, "op": "DELETE", "id": 10}"#,
+    )
+    .await;
+    assert_eq!(next_event(&mut one).await.event, "DELETE");
+}

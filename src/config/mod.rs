@@ -21,10 +21,13 @@ pub use sections::{Sections, deserialize};
 pub use units::{parse_duration, parse_size};
 
 use crate::admin::config::{AdminConfig, RawAdminConfig};
+use crate::hub::config::{HubConfig, RawHubConfig};
 use crate::logging::{LogConfig, RawLogConfig};
 use crate::proxy::config::{ProxyConfig, RawProxyConfig};
 use crate::sources::postgres::config::{RawNotifyRule, RawPostgresConfig};
 use crate::sources::postgres::{NotifyRule, PostgresConfig};
+use crate::stream::{RawStreamRule, StreamRule};
+use crate::tap::{RawTapRule, TapRule};
 
 /// The whole validated configuration. Immutable: a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -45,6 +48,12 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     /// `[[notify]]` rules: Postgres NOTIFY and outbox sources.
     pub notify: Vec<NotifyRule>,
+    /// `[hub]`: history, queue and subscriber limits. Read at start only.
+    pub hub: HubConfig,
+    /// `[[stream]]` rules, in file order.
+    pub streams: Vec<StreamRule>,
+    /// `[[tap]]` rules, in file order.
+    pub taps: Vec<TapRule>,
     /// The file this came from, re-read on SIGHUP; `None` when built from a string.
     pub source: Option<PathBuf>,
 }
@@ -136,6 +145,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let log = s.take::<RawLogConfig>("log").unwrap_or_default();
     let postgres = s.take::<RawPostgresConfig>("postgres");
     let notify = s.take_rules::<RawNotifyRule>("notify");
+    let hub = s.take::<RawHubConfig>("hub").unwrap_or_default();
+    let streams = s.take_rules::<RawStreamRule>("stream");
+    let taps = s.take_rules::<RawTapRule>("tap");
     s.finish();
 
     let listen = match listen.as_deref() {
@@ -170,6 +182,15 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let log = log.validate("log", &mut errors);
     let (postgres, notify) =
         crate::sources::postgres::config::validate(postgres, notify, &mut errors);
+    let hub = hub.validate("hub", &mut errors);
+    let streams: Vec<StreamRule> = streams
+        .into_iter()
+        .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
+        .collect();
+    let taps: Vec<TapRule> = taps
+        .into_iter()
+        .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
+        .collect();
 
     match (listen, upstream) {
         (Some(listen), Some(upstream)) if errors.is_empty() => Ok(Config {
@@ -181,6 +202,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             log,
             postgres,
             notify,
+            hub,
+            streams,
+            taps,
             source: None,
         }),
         _ => Err(errors),
@@ -211,6 +235,24 @@ impl Config {
                 rule.channel
                     .as_ref()
                     .map_or("<row channel>", |c| c.as_str())
+            );
+        }
+        for rule in &self.streams {
+            let channels: Vec<&str> = rule.channels.iter().map(|t| t.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "{:<9} GET {} → channels {} (auth {})",
+                rule.name,
+                rule.path,
+                channels.join(", "),
+                rule.auth.as_str()
+            );
+        }
+        for rule in &self.taps {
+            let _ = writeln!(
+                out,
+                "{:<9} {} {} → channel {}",
+                rule.name, rule.method, rule.path, rule.channel
             );
         }
         out

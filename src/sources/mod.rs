@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
+use crate::hub::EventData;
 
 /// Where a source delivers what it learns.
 pub trait Sink: Send + Sync + 'static {
@@ -29,41 +30,33 @@ pub trait Sink: Send + Sync + 'static {
     fn purge_glob(&self, glob: &str);
 }
 
-/// The sink of a running instance: the hub and the cache of the [`App`].
-///
-/// The hub (`src/hub/`) and the cache (`src/cache/`) are not on this branch yet; until they
-/// are merged this sink logs what it would do, so the binary runs and the sources are
-/// exercised end to end by tests through [`crate::run_with_sink`]. Wiring them is this
-/// impl's four lines.
+/// The sink of a running instance: its hub and its cache.
 pub struct AppSink {
-    _app: std::sync::Weak<App>,
+    app: Arc<App>,
 }
 
 impl AppSink {
     /// The sink for `app`.
     pub fn new(app: &Arc<App>) -> Arc<AppSink> {
-        Arc::new(AppSink {
-            _app: Arc::downgrade(app),
-        })
+        Arc::new(AppSink { app: app.clone() })
     }
 }
 
 impl Sink for AppSink {
-    fn publish(&self, channel: &str, event: Option<&str>, _data: Value) {
-        tracing::debug!(channel, event, "publish (no hub on this build)");
+    fn publish(&self, channel: &str, event: Option<&str>, data: Value) {
+        self.app.hub.publish(channel, event, EventData::Json(data));
     }
 
     fn reset(&self, glob: &str, reason: &str) -> usize {
-        tracing::debug!(glob, reason, "reset (no hub on this build)");
-        0
+        self.app.hub.reset_matching(glob, reason)
     }
 
     fn purge(&self, tags: &[String]) {
-        tracing::debug!(?tags, "purge (no cache on this build)");
+        self.app.purge_tags(tags);
     }
 
     fn purge_glob(&self, glob: &str) {
-        tracing::debug!(glob, "purge by pattern (no cache on this build)");
+        self.app.purge_tag_pattern(glob);
     }
 }
 
