@@ -592,12 +592,30 @@ async fn notify_reaches_sse_subscribers_and_a_lost_listener_resets_them() {
     let extra = format!(
         "{}[[notify]]\nlisten = \"{listen}\"\nchannel = \"reservas:{{payload.business_id}}\"\n\
          event = \"{{payload.op}}\"\n\
+         purge = [\"reservas:{{payload.business_id}}\"]\n\
          [[stream]]\npath = \"/reservas/events\"\nchannels = [\"reservas:{{query.business_id}}\"]\n\
-         auth = \"none\"\n",
+         auth = \"none\"\n\
+         [[cache]]\npath = \"/reservas\"\nttl = \"60s\"\ntags = [\"reservas:{{query.business_id}}\"]\n",
         postgres_section(&url_via(common::pg::server_addr(), &app_name))
     );
-    let unpoll = Unpoll::start("http://127.0.0.1:1", &extra).await;
+    let upstream = Upstream::builder().route("/reservas", "list").run().await;
+    let unpoll = Unpoll::start(&upstream.url(), &extra).await;
     wait_ready(&unpoll).await;
+    let poll = || async {
+        let resp = client()
+            .get(unpoll.url("/reservas?business_id=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), "list");
+    };
+    poll().await;
+    poll().await;
+    assert_eq!(
+        upstream.hits("/reservas"),
+        1,
+        "the second poll is a cache hit"
+    );
     let mut one = sse(unpoll.url("/reservas/events?business_id=1")).await;
     let mut two = sse(unpoll.url("/reservas/events?business_id=2")).await;
 
@@ -619,6 +637,10 @@ async fn notify_reaches_sse_subscribers_and_a_lost_listener_resets_them() {
     assert_eq!(data["id"], json!(10));
     let e = next_event(&mut two).await;
     assert_eq!((e.event.as_str(), e.data.contains("20")), ("UPDATE", true));
+    poll().await;
+    assert_eq!(upstream.hits("/reservas"), 2, "the event purged the tag");
+    poll().await;
+    assert_eq!(upstream.hits("/reservas"), 2);
 
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",

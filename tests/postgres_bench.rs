@@ -96,7 +96,11 @@ async fn notify_latency_at_1000_subscribers() {
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default()
     );
-    assert_eq!(latencies.len(), expected, "every subscriber got every message");
+    assert_eq!(
+        latencies.len(),
+        expected,
+        "every subscriber got every message"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -108,7 +112,11 @@ async fn outbox_rows_per_second() {
     let listen = unique("bench_ob");
     let table = unique("bench_src");
     let outbox = unique("bench_outbox");
-    exec(&db, &format!("CREATE TABLE {table} (id serial PRIMARY KEY)")).await;
+    exec(
+        &db,
+        &format!("CREATE TABLE {table} (id serial PRIMARY KEY)"),
+    )
+    .await;
     let sql = unpoll::sources::postgres::trigger::generate(
         &unpoll::sources::postgres::trigger::TriggerSpec {
             table: table.clone(),

@@ -21,6 +21,7 @@ pub use sections::{Sections, deserialize};
 pub use units::{parse_duration, parse_size};
 
 use crate::admin::config::{AdminConfig, RawAdminConfig};
+use crate::cache::{CacheRule, RawCacheRule};
 use crate::hub::config::{HubConfig, RawHubConfig};
 use crate::logging::{LogConfig, RawLogConfig};
 use crate::proxy::config::{ProxyConfig, RawProxyConfig};
@@ -48,6 +49,10 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     /// `[[notify]]` rules: Postgres NOTIFY and outbox sources.
     pub notify: Vec<NotifyRule>,
+    /// Memory budget of all `[[cache]]` entries together, in bytes. Read at start only.
+    pub cache_size: u64,
+    /// `[[cache]]` rules, in file order.
+    pub caches: Vec<CacheRule>,
     /// `[hub]`: history, queue and subscriber limits. Read at start only.
     pub hub: HubConfig,
     /// `[[stream]]` rules, in file order.
@@ -145,6 +150,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let log = s.take::<RawLogConfig>("log").unwrap_or_default();
     let postgres = s.take::<RawPostgresConfig>("postgres");
     let notify = s.take_rules::<RawNotifyRule>("notify");
+    let cache_size = s.take::<String>("cache_size");
+    let caches = s.take_rules::<RawCacheRule>("cache");
     let hub = s.take::<RawHubConfig>("hub").unwrap_or_default();
     let streams = s.take_rules::<RawStreamRule>("stream");
     let taps = s.take_rules::<RawTapRule>("tap");
@@ -182,6 +189,11 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let log = log.validate("log", &mut errors);
     let (postgres, notify) =
         crate::sources::postgres::config::validate(postgres, notify, &mut errors);
+    let cache_size = crate::cache::config::cache_size(cache_size, &mut errors);
+    let caches: Vec<CacheRule> = caches
+        .into_iter()
+        .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
+        .collect();
     let hub = hub.validate("hub", &mut errors);
     let streams: Vec<StreamRule> = streams
         .into_iter()
@@ -202,6 +214,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             log,
             postgres,
             notify,
+            cache_size,
+            caches,
             hub,
             streams,
             taps,
@@ -246,6 +260,21 @@ impl Config {
                 rule.path,
                 channels.join(", "),
                 rule.auth.as_str()
+            );
+        }
+        for rule in &self.caches {
+            let vary: Vec<&str> = rule.vary.iter().map(|h| h.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "{:<9} GET {} → cached {:?} (vary: {})",
+                rule.name,
+                rule.path,
+                rule.ttl,
+                if vary.is_empty() {
+                    "shared".to_string()
+                } else {
+                    vary.join(", ")
+                }
             );
         }
         for rule in &self.taps {

@@ -12,7 +12,7 @@
 pub mod config;
 mod error;
 mod event;
-mod glob;
+pub mod glob;
 mod id;
 mod metrics;
 mod state;

@@ -242,6 +242,12 @@ impl Subscription {
         self.shared.close(reason);
     }
 
+    /// Run `hook` (once) if this subscription overflows: the stream layer uses it to close
+    /// a connection that is blocked writing to a client that stopped reading.
+    pub fn on_overflow(&self, hook: impl FnOnce() + Send + 'static) {
+        self.shared.set_on_overflow(Box::new(hook));
+    }
+
     /// Why it ended, if it did.
     pub fn closed(&self) -> Option<CloseReason> {
         self.shared.closed()

@@ -9,6 +9,7 @@
 
 pub mod pg;
 pub mod process;
+pub mod sse;
 pub mod upstream;
 
 use std::future::Future;

@@ -242,10 +242,11 @@ impl Listener {
             };
             match mapped {
                 Ok(m) => {
-                    self.sink.publish(&m.channel, m.event.as_deref(), m.data);
+                    // Purge first: a client reacting to the event must poll fresh data.
                     if !m.purge.is_empty() {
                         self.sink.purge(&m.purge);
                     }
+                    self.sink.publish(&m.channel, m.event.as_deref(), m.data);
                     self.metrics
                         .published
                         .get_or_create(&RuleLabels {
@@ -276,12 +277,13 @@ impl Listener {
             channels.extend(rule.channel_glob());
             tags.extend(rule.purge_globs());
         }
+        // Purge before the resets: a reset client refetches at once and must miss the cache.
+        for glob in &tags {
+            self.sink.purge_glob(glob);
+        }
         let mut told = 0;
         for glob in &channels {
             told += self.sink.reset(glob, LOST_REASON);
-        }
-        for glob in &tags {
-            self.sink.purge_glob(glob);
         }
         self.metrics.resets.inc_by(told as u64);
         tracing::warn!(

@@ -210,10 +210,11 @@ impl OutboxReader {
                 *last = row.id;
                 match self.rule.map_row(&row) {
                     Ok(m) => {
-                        self.sink.publish(&m.channel, m.event.as_deref(), m.data);
+                        // Purge first: a client reacting to the event must poll fresh data.
                         if !m.purge.is_empty() {
                             self.sink.purge(&m.purge);
                         }
+                        self.sink.publish(&m.channel, m.event.as_deref(), m.data);
                         self.metrics.published.get_or_create(labels).inc();
                     }
                     Err(e) => {
