@@ -663,3 +663,37 @@ async fn notify_reaches_sse_subscribers_and_a_lost_listener_resets_them() {
     .await;
     assert_eq!(next_event(&mut one).await.event, "DELETE");
 }
+
+#[tokio::test]
+async fn sql_trigger_rejects_bad_names_with_exit_64() {
+    let out = tokio::process::Command::new(common::process::binary())
+        .args(["sql-trigger", "--table", "a.b.c", "--notify", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--table: invalid name \"a.b.c\""), "{err}");
+}
+
+#[tokio::test]
+async fn missing_outbox_table_is_counted_and_retried() {
+    let listen = unique("ob_missing");
+    let sink = Arc::new(RecordingSink::default());
+    let extra = format!(
+        "{}[[notify]]\nlisten = \"{listen}\"\noutbox = \"{}\"\n",
+        postgres_section(&common::pg::database_url()),
+        unique("no_such_outbox")
+    );
+    let unpoll = Unpoll::start_with_sink("http://127.0.0.1:1", &extra, sink).await;
+    let u = &unpoll;
+    eventually(WAIT, "two failed outbox passes", || async move {
+        metric(
+            &u.metrics().await,
+            "unpoll_postgres_outbox_errors_total{rule=\"notify[0]\"}",
+        ) >= 2.0
+    })
+    .await;
+    // The listener itself is fine: readiness is about the connection.
+    wait_ready(&unpoll).await;
+}

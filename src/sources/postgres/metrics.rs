@@ -47,6 +47,9 @@ pub struct PostgresMetrics {
     pub outbox_lag_seconds: Family<RuleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Outbox rows deleted by retention, by rule.
     pub outbox_deleted: Family<RuleLabels, Counter>,
+    /// Failed outbox passes (query errors, missing table), by rule; each is retried with
+    /// backoff.
+    pub outbox_errors: Family<RuleLabels, Counter>,
 }
 
 /// Labels naming a Postgres NOTIFY channel.
@@ -115,6 +118,11 @@ impl PostgresMetrics {
             "outbox_deleted",
             "Delivered outbox rows deleted by retention",
             m.outbox_deleted.clone(),
+        );
+        r.register(
+            "outbox_errors",
+            "Failed outbox reads, retried with backoff",
+            m.outbox_errors.clone(),
         );
         m
     }

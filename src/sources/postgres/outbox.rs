@@ -147,6 +147,7 @@ impl OutboxReader {
                     self.config.outbox_poll
                 }
                 Err(e) => {
+                    self.metrics.outbox_errors.get_or_create(&labels).inc();
                     let delay = backoff.next_delay();
                     tracing::warn!(
                         rule = %self.rule.key,
@@ -276,5 +277,33 @@ impl OutboxReader {
             tracing::debug!(rule = %self.rule.key, deleted, "outbox retention");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_quote_names_and_keep_the_cursor_table_beside_the_outbox() {
+        let q = Queries::new("ops.Out\"box");
+        assert!(
+            q.fetch
+                .contains("FROM \"ops\".\"Out\"\"box\" WHERE id > $1 ORDER BY id LIMIT $2")
+        );
+        assert!(
+            q.load_cursor
+                .contains("FROM \"ops\".\"unpoll_outbox_cursors\"")
+        );
+        assert!(
+            q.retention
+                .contains("SELECT min(last_id) FROM \"ops\".\"unpoll_outbox_cursors\"")
+        );
+        let q = Queries::new("outbox");
+        assert!(
+            q.save_cursor
+                .starts_with("INSERT INTO \"unpoll_outbox_cursors\"")
+        );
+        assert!(q.lag.contains("FROM \"outbox\" WHERE id > $1"));
     }
 }

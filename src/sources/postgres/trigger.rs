@@ -237,6 +237,8 @@ CREATE TABLE IF NOT EXISTS {table} (
   created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 ALTER SEQUENCE {sequence} OWNED BY {table}.id;
+-- Retention deletes by age; without this it would scan the whole table every time.
+CREATE INDEX IF NOT EXISTS {index} ON {table} (created_at);
 
 -- Sequence values are taken at insert but become visible at commit, so without this a row
 -- with a smaller id could commit after unpoll has read a larger one, and be skipped. The
@@ -269,6 +271,7 @@ CREATE TABLE IF NOT EXISTS {cursors} (
 
 ",
         sequence_literal = literal(&sequence),
+        index = ident(&format!("{}_created_at_idx", outbox.name)),
         notify = literal(&spec.notify),
     );
 }
@@ -343,6 +346,9 @@ mod tests {
             "INSERT INTO \"ops\".\"outbox\" (channel, event, data) VALUES (TG_TABLE_NAME, lower(TG_OP), payload);"
         ));
         assert!(sql.contains("\"ops\".\"unpoll_outbox_cursors\""));
+        assert!(sql.contains(
+            "INDEX IF NOT EXISTS \"outbox_created_at_idx\" ON \"ops\".\"outbox\" (created_at)"
+        ));
         // the app's trigger no longer notifies with the payload itself
         assert!(!sql.contains("pg_notify('messages_changes', payload::text)"));
     }
