@@ -697,3 +697,49 @@ async fn missing_outbox_table_is_counted_and_retried() {
     // The listener itself is fine: readiness is about the connection.
     wait_ready(&unpoll).await;
 }
+
+#[tokio::test]
+async fn retention_deletes_rows_every_consumer_has_delivered() {
+    let db = pool().await;
+    let listen = unique("ob_ret");
+    let outbox = make_outbox(&db, &listen).await;
+    insert_rows(&db, &outbox, 1, 10).await;
+    // Another instance that has only delivered up to id 4 holds the rest back.
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO unpoll_outbox_cursors (outbox, consumer, last_id) VALUES ('{outbox}', 'laggard', 4)"
+        ),
+    )
+    .await;
+    let sink = Arc::new(RecordingSink::default());
+    let extra = format!(
+        "{}outbox_retention = \"1ms\"\n[[notify]]\nlisten = \"{listen}\"\noutbox = \"{outbox}\"\n",
+        postgres_section(&common::pg::database_url())
+    );
+    let _unpoll = Unpoll::start_with_sink("http://127.0.0.1:1", &extra, sink.clone()).await;
+    sink.wait(WAIT, "10 rows", |log| log.len() >= 10).await;
+    let count_query = format!("SELECT count(*), min(id) FROM {outbox}");
+    let db_ref = &db;
+    let q = &count_query;
+    eventually(
+        WAIT,
+        "rows up to the laggard's position deleted",
+        || async move {
+            let (count, min): (i64, Option<i64>) = sqlx::query_as(AssertSqlSafe(q.clone()))
+                .fetch_one(db_ref)
+                .await
+                .unwrap();
+            count == 6 && min == Some(5)
+        },
+    )
+    .await;
+    let (saved,): (i64,) = sqlx::query_as(
+        "SELECT last_id FROM unpoll_outbox_cursors WHERE outbox = $1 AND consumer = 'unpoll'",
+    )
+    .bind(&outbox)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(saved, 10, "this instance's position is saved");
+}
