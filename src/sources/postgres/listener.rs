@@ -57,10 +57,16 @@ impl State {
 
 /// The listener task's state.
 pub struct Listener {
+    /// Readiness and the shutdown signal.
     pub(super) app: Arc<App>,
+    /// Connection and reconnect settings (read at start; a change needs a restart).
     pub(super) config: PostgresConfig,
+    /// Every `[[notify]]` rule, in file order (indexes key `outbox_wakeups`).
     pub(super) rules: Arc<[NotifyRule]>,
+    /// Where events, resets and purges go (the hub and the cache).
     pub(super) sink: Arc<dyn Sink>,
+    /// Counters and gauges shared with the outbox readers (cheap clones of one registry
+    /// entry each).
     pub(super) metrics: PostgresMetrics,
     /// Wake-up of each outbox reader, by rule index: a NOTIFY on the rule's channel or a
     /// reconnect. `Notify` stores one permit, so wake-ups during a read fold into one more

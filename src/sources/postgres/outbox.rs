@@ -100,11 +100,17 @@ impl Queries {
 
 /// One outbox rule's reader task.
 pub struct OutboxReader {
+    /// The shutdown signal.
     pub(super) app: Arc<App>,
+    /// Poll interval, batch size, retention, consumer name.
     pub(super) config: PostgresConfig,
+    /// The rule whose rows this reader delivers.
     pub(super) rule: NotifyRule,
+    /// `TABLE` or `SCHEMA.TABLE` as configured (also the key in the cursor table).
     pub(super) table: String,
+    /// Where events and purges go.
     pub(super) sink: Arc<dyn Sink>,
+    /// Published, dropped, lag, retention and error metrics.
     pub(super) metrics: PostgresMetrics,
     /// Woken by the listener on a NOTIFY for this rule and after every reconnect.
     pub(super) wake: Arc<Notify>,
