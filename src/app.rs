@@ -15,6 +15,7 @@ use crate::hub::Hub;
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::proxy::routes::Routes;
 use crate::proxy::upstream::UpstreamClient;
+use crate::sources::postgres::PostgresMetrics;
 
 /// Everything that a config reload replaces at once. A request loads one snapshot and keeps
 /// it to the end, so a reload never mixes old and new rules within one request.
@@ -35,6 +36,9 @@ pub struct App {
     registry: Registry,
     /// Metrics of the proxy core.
     pub metrics: ProxyMetrics,
+    /// Metrics of the Postgres source (registered even when unused, so dashboards see
+    /// zeros rather than gaps).
+    pub postgres: PostgresMetrics,
     /// Channels, history and subscribers. Lives as long as the instance: a reload keeps
     /// every open stream and the history (its `[hub]` settings apply at start only).
     pub hub: Hub,
@@ -55,6 +59,15 @@ impl App {
     pub fn new(config: Config, shutdown: CancellationToken) -> Arc<App> {
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
+        let postgres = PostgresMetrics::register(&mut registry);
+        let mut readiness = BTreeMap::new();
+        if config.postgres.is_some() && !config.notify.is_empty() {
+            // Not ready from the first instant, before the source's task has even run.
+            readiness.insert(
+                crate::sources::postgres::READINESS,
+                "starting: not connected yet".to_string(),
+            );
+        }
         let hub = Hub::new(config.hub.clone());
         hub.metrics().register(&mut registry);
         let cache = Cache::new(config.cache_size, &mut registry);
@@ -64,8 +77,9 @@ impl App {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
+            postgres,
             hub,
-            readiness: Mutex::new(BTreeMap::new()),
+            readiness: Mutex::new(readiness),
             shutdown,
             started: Instant::now(),
         })
@@ -101,6 +115,10 @@ impl App {
         }
         if old.config.workers != config.workers {
             warnings.push("workers changed: restart unpoll to apply it".to_string());
+        }
+        if old.config.postgres != config.postgres || old.config.notify != config.notify {
+            warnings
+                .push("[postgres] or [[notify]] changed: restart unpoll to apply it".to_string());
         }
         if old.config.cache_size != config.cache_size {
             warnings.push("cache_size changed: restart unpoll to apply it".to_string());

@@ -14,6 +14,7 @@
 //! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
 //!   action; forwarding, headers, upgrades, errors.
 //! - [`admin`]: health, readiness, metrics, stats.
+//! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox) behind a `Sink`.
 //! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
 //!   format and the response body that streams a subscription.
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints); [`tap`]: `[[tap]]` rules (publish
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod signals;
+pub mod sources;
 pub mod sse;
 pub mod stream;
 pub mod tap;
@@ -99,6 +101,14 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Serve until `app.shutdown` is cancelled, then stop accepting, let in-flight requests
 /// finish within `proxy.shutdown_grace`, and return.
 pub async fn run(listeners: Listeners, app: Arc<App>) {
+    let sink = sources::AppSink::new(&app);
+    run_with_sink(listeners, app, sink).await
+}
+
+/// [`run`], with the sources delivering to `sink` instead of this instance's hub and cache
+/// (tests record what a source delivers).
+pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn sources::Sink>) {
+    let sources = sources::start(&app, sink);
     let tasks = TaskTracker::new();
     let main = tokio::spawn(server::serve(
         listeners.main,
@@ -117,6 +127,10 @@ pub async fn run(listeners: Listeners, app: Arc<App>) {
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
     let _ = tokio::join!(main, admin, sweeper);
+    // Sources stop on the same cancellation; wait so none publishes after run returns.
+    for source in sources {
+        let _ = source.await;
+    }
     tasks.close();
     let grace = app.snapshot().config.proxy.shutdown_grace;
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {

@@ -26,10 +26,33 @@ enum Command {
     Run,
     /// Validate the config: print a summary and exit 0, or every error and exit 64.
     Check,
+    /// Print the SQL of a trigger that announces INSERT, UPDATE and DELETE on a table with
+    /// NOTIFY (or through an outbox table), for a `[[notify]]` rule.
+    SqlTrigger(SqlTriggerArgs),
+}
+
+#[derive(clap::Args)]
+struct SqlTriggerArgs {
+    /// The table whose changes are announced (`TABLE` or `SCHEMA.TABLE`).
+    #[arg(long)]
+    table: String,
+    /// The Postgres channel to NOTIFY (the rule's `listen`).
+    #[arg(long)]
+    notify: String,
+    /// Columns in the payload (default: the primary key, or `id`).
+    #[arg(long, value_delimiter = ',')]
+    columns: Vec<String>,
+    /// Write changes to this outbox table (created if missing) instead of the NOTIFY
+    /// payload: nothing is lost while unpoll is disconnected.
+    #[arg(long)]
+    outbox: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::SqlTrigger(args)) = cli.command {
+        return sql_trigger(args);
+    }
     let Some(path) = cli.config else {
         eprintln!("unpoll: no config file; pass --config FILE or set UNPOLL_CONFIG");
         return ExitCode::from(EXIT_CONFIG);
@@ -50,6 +73,27 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config, path),
+        Command::SqlTrigger(_) => unreachable!("handled before the config is loaded"),
+    }
+}
+
+fn sql_trigger(args: SqlTriggerArgs) -> ExitCode {
+    use unpoll::sources::postgres::trigger::{TriggerSpec, generate};
+    let spec = TriggerSpec {
+        table: args.table,
+        notify: args.notify,
+        columns: args.columns,
+        outbox: args.outbox,
+    };
+    match generate(&spec) {
+        Ok(sql) => {
+            print!("{sql}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unpoll sql-trigger: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

@@ -25,6 +25,8 @@ use crate::cache::{CacheRule, RawCacheRule};
 use crate::hub::config::{HubConfig, RawHubConfig};
 use crate::logging::{LogConfig, RawLogConfig};
 use crate::proxy::config::{ProxyConfig, RawProxyConfig};
+use crate::sources::postgres::config::{RawNotifyRule, RawPostgresConfig};
+use crate::sources::postgres::{NotifyRule, PostgresConfig};
 use crate::stream::{RawStreamRule, StreamRule};
 use crate::tap::{RawTapRule, TapRule};
 
@@ -43,6 +45,10 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[postgres]`: needed by `[[notify]]` rules.
+    pub postgres: Option<PostgresConfig>,
+    /// `[[notify]]` rules: Postgres NOTIFY and outbox sources.
+    pub notify: Vec<NotifyRule>,
     /// Memory budget of all `[[cache]]` entries together, in bytes. Read at start only.
     pub cache_size: u64,
     /// `[[cache]]` rules, in file order.
@@ -142,6 +148,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = s.take::<RawAdminConfig>("admin").unwrap_or_default();
     let proxy = s.take::<RawProxyConfig>("proxy").unwrap_or_default();
     let log = s.take::<RawLogConfig>("log").unwrap_or_default();
+    let postgres = s.take::<RawPostgresConfig>("postgres");
+    let notify = s.take_rules::<RawNotifyRule>("notify");
     let cache_size = s.take::<String>("cache_size");
     let caches = s.take_rules::<RawCacheRule>("cache");
     let hub = s.take::<RawHubConfig>("hub").unwrap_or_default();
@@ -179,6 +187,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = admin.validate("admin", &mut errors);
     let proxy = proxy.validate("proxy", &mut errors);
     let log = log.validate("log", &mut errors);
+    let (postgres, notify) =
+        crate::sources::postgres::config::validate(postgres, notify, &mut errors);
     let cache_size = crate::cache::config::cache_size(cache_size, &mut errors);
     let caches: Vec<CacheRule> = caches
         .into_iter()
@@ -202,6 +212,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             admin,
             proxy,
             log,
+            postgres,
+            notify,
             cache_size,
             caches,
             hub,
@@ -220,6 +232,25 @@ impl Config {
         let _ = writeln!(out, "listen    {}", self.listen);
         let _ = writeln!(out, "admin     {}", self.admin.listen);
         let _ = writeln!(out, "upstream  {}", self.upstream);
+        if let Some(pg) = &self.postgres {
+            let _ = writeln!(
+                out,
+                "postgres  {}",
+                crate::sources::postgres::config::redact(&pg.url)
+            );
+        }
+        for rule in &self.notify {
+            let _ = writeln!(
+                out,
+                "{:<9} listen {} ({}) → {}",
+                rule.key,
+                rule.listen,
+                rule.mode.as_str(),
+                rule.channel
+                    .as_ref()
+                    .map_or("<row channel>", |c| c.as_str())
+            );
+        }
         for rule in &self.streams {
             let channels: Vec<&str> = rule.channels.iter().map(|t| t.as_str()).collect();
             let _ = writeln!(

@@ -7,6 +7,7 @@
 //! ```
 #![allow(dead_code, unused_imports)] // each test binary uses its own part of the harness
 
+pub mod pg;
 pub mod process;
 pub mod sse;
 pub mod upstream;
@@ -49,6 +50,28 @@ impl Unpoll {
         let (addr, admin) = listeners.local_addrs().expect("local addrs");
         let app = unpoll::App::new(config, CancellationToken::new());
         let task = tokio::spawn(unpoll::run(listeners, app.clone()));
+        Unpoll {
+            addr,
+            admin,
+            app,
+            task: Some(task),
+        }
+    }
+
+    /// Start like [`Unpoll::start`], with sources delivering to `sink` instead of the
+    /// instance's hub and cache.
+    pub async fn start_with_sink(
+        upstream: &str,
+        extra: &str,
+        sink: Arc<dyn unpoll::sources::Sink>,
+    ) -> Unpoll {
+        let text = config_text(upstream, extra);
+        let config = unpoll::config::parse(&text, &|name| std::env::var(name).ok())
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{text}"));
+        let listeners = unpoll::Listeners::bind(&config).await.expect("bind port 0");
+        let (addr, admin) = listeners.local_addrs().expect("local addrs");
+        let app = unpoll::App::new(config, CancellationToken::new());
+        let task = tokio::spawn(unpoll::run_with_sink(listeners, app.clone(), sink));
         Unpoll {
             addr,
             admin,

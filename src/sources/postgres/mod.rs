@@ -1,0 +1,92 @@
+//! Postgres as an event source: `LISTEN`/`NOTIFY` (`[[notify]]` rules), an outbox table
+//! that loses nothing, and the `sql-trigger` generator.
+//!
+//! - [`config`]: `[postgres]` and `[[notify]]`, validated with key paths.
+//! - [`rules`]: payload or outbox row → event and tags (pure).
+//! - [`listener`]: the one listener connection and its gap-detecting reconnect loop.
+//! - [`outbox`]: in-order, at-least-once delivery of outbox rows (and why ids are in commit
+//!   order).
+//! - [`trigger`]: the SQL `unpoll sql-trigger` prints.
+//! - [`backoff`], [`metrics`].
+
+pub mod backoff;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod outbox;
+pub mod rules;
+pub mod trigger;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub use config::PostgresConfig;
+pub use metrics::PostgresMetrics;
+pub use rules::NotifyRule;
+
+use crate::app::App;
+use crate::sources::Sink;
+
+/// The readiness component name: `/readyz` says `postgres: ...` until the listener is up.
+pub const READINESS: &str = "postgres";
+
+/// Why the listener connection failed or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    /// The server closed the connection (e.g. `pg_terminate_backend`, restart).
+    #[error("the server closed the connection")]
+    Closed,
+    /// Connecting took longer than `connect_timeout`.
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+    /// Nothing arrived, not even the listener's own probe, for this long.
+    #[error("nothing received for {0:?}, not even the probe: connection presumed dead")]
+    Silent(Duration),
+    /// Any other error from the driver.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// Start the listener and one reader per outbox rule; all stop when `app.shutdown` fires.
+/// Until the listener is connected `/readyz` reports `postgres` as not ready (from
+/// [`App::new`] on); unpoll keeps serving and proxying meanwhile.
+pub fn spawn(
+    app: Arc<App>,
+    config: PostgresConfig,
+    rules: Vec<NotifyRule>,
+    sink: Arc<dyn Sink>,
+) -> Vec<JoinHandle<()>> {
+    let metrics = app.postgres.clone();
+    let mut tasks = Vec::new();
+    let mut outbox_wakeups = HashMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if let rules::RuleMode::Outbox { table } = &rule.mode {
+            let wake = Arc::new(Notify::new());
+            outbox_wakeups.insert(i, wake.clone());
+            let reader = outbox::OutboxReader {
+                app: app.clone(),
+                config: config.clone(),
+                rule: rule.clone(),
+                table: table.clone(),
+                sink: sink.clone(),
+                metrics: metrics.clone(),
+                wake,
+            };
+            tasks.push(tokio::spawn(reader.run()));
+        }
+    }
+    let listener = listener::Listener {
+        app,
+        config,
+        rules: rules.into(),
+        sink,
+        metrics,
+        outbox_wakeups,
+    };
+    tasks.push(tokio::spawn(listener.run()));
+    tasks
+}
