@@ -1,2 +1,103 @@
 //! unpoll: a reverse-proxy sidecar that turns browser polling into push.
+//!
+//! It sits in front of a legacy web app, proxies everything like nginx would, and — from one
+//! TOML file — caches and coalesces polling endpoints, turns webhooks, mutations and Postgres
+//! notifications into Server-Sent Events, and converts polling endpoints into streams.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file → an immutable, validated [`Config`]; every error with its
+//!   key path.
+//! - [`app`]: the running instance: the config snapshot swapped on reload (arc-swap),
+//!   metrics, readiness, shutdown.
+//! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown.
+//! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
+//!   action; forwarding, headers, upgrades, errors.
+//! - [`admin`]: health, readiness, metrics, stats.
+//! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
+//! - [`metrics`], [`logging`], [`signals`]: observability and process control.
+//!
+//! Tests start the real server with [`run`] on port-0 listeners.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod signals;
+pub mod template;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+pub use app::App;
+pub use config::Config;
+
+/// The two listening sockets of an instance.
+pub struct Listeners {
+    /// App traffic.
+    pub main: TcpListener,
+    /// Admin endpoints.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Bind the addresses of `config`.
+    pub async fn bind(config: &Config) -> io::Result<Listeners> {
+        let main = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("listen {}: {e}", config.listen)))?;
+        let admin = TcpListener::bind(config.admin.listen).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("admin.listen {}: {e}", config.admin.listen),
+            )
+        })?;
+        Ok(Listeners { main, admin })
+    }
+
+    /// The bound addresses (main, admin): useful with port 0.
+    pub fn local_addrs(&self) -> io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.main.local_addr()?, self.admin.local_addr()?))
+    }
+}
+
+/// Serve until `app.shutdown` is cancelled, then stop accepting, let in-flight requests
+/// finish within `proxy.shutdown_grace`, and return.
+pub async fn run(listeners: Listeners, app: Arc<App>) {
+    let tasks = TaskTracker::new();
+    let main = tokio::spawn(server::serve(
+        listeners.main,
+        server::Listener::Main,
+        app.clone(),
+        tasks.clone(),
+    ));
+    let admin = tokio::spawn(server::serve(
+        listeners.admin,
+        server::Listener::Admin,
+        app.clone(),
+        tasks.clone(),
+    ));
+    app.shutdown.cancelled().await;
+    // The accept loops return as soon as they see the cancellation; dropping their
+    // listeners refuses new connections from here on.
+    let _ = tokio::join!(main, admin);
+    tasks.close();
+    let grace = app.snapshot().config.proxy.shutdown_grace;
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            grace = ?grace,
+            open = tasks.len(),
+            "shutdown grace period over; closing the remaining connections"
+        );
+    }
+}

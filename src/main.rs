@@ -1,1 +1,98 @@
-fn main() {}
+//! The `unpoll` binary: parse arguments, load the config, bind, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// Exit status for an invalid configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// unpoll: a reverse-proxy sidecar that turns browser polling into push.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, short, env = "UNPOLL_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config: print a summary and exit 0, or every error and exit 64.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.config else {
+        eprintln!("unpoll: no config file; pass --config FILE or set UNPOLL_CONFIG");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let config = match unpoll::config::load_file(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            for e in errors.iter() {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            print!("{}: ok\n{}", path.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Command::Run => run(config, path),
+    }
+}
+
+fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
+    unpoll::logging::init(&config.log);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.workers > 0 {
+        runtime.worker_threads(config.workers);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("unpoll: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listeners = match unpoll::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot bind: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (main_addr, admin_addr) = match listeners.local_addrs() {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                tracing::error!("cannot read the bound addresses: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            main = %main_addr,
+            admin = %admin_addr,
+            upstream = %config.upstream,
+            version = env!("CARGO_PKG_VERSION"),
+            "listening"
+        );
+        let app = unpoll::App::new(config, CancellationToken::new());
+        let signals = tokio::spawn(unpoll::signals::handle(app.clone(), path));
+        unpoll::run(listeners, app).await;
+        signals.abort();
+        tracing::info!("unpoll stopped");
+        ExitCode::SUCCESS
+    })
+}

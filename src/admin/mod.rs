@@ -1,0 +1,99 @@
+//! The admin listener (loopback by default): health, readiness, metrics, stats, and the
+//! token-protected POST endpoints of later subsystems (publish, purge).
+
+pub mod auth;
+pub mod config;
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::body::{Body, full};
+use crate::proxy::error_response;
+
+/// Handle one request on the admin listener.
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let snapshot = app.snapshot();
+    let admin = &snapshot.config.admin;
+    // Off loopback, everything but liveness/readiness needs the token (config validation
+    // guarantees one is set there).
+    let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+    if !open
+        && !admin.listen.ip().is_loopback()
+        && let Err(e) = auth::check_bearer(req.headers(), admin.token.as_deref())
+    {
+        return e.into_response();
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(app),
+        (&Method::GET, "/metrics") => metrics(app),
+        (&Method::GET, "/stats") => stats(app),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/stats") => {
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
+    }
+}
+
+fn readyz(app: &App) -> Response<Body> {
+    let not_ready = app.not_ready();
+    if not_ready.is_empty() {
+        return text(StatusCode::OK, "ready\n");
+    }
+    let mut body = String::from("not ready\n");
+    for (component, reason) in not_ready {
+        body.push_str(&format!("{component}: {reason}\n"));
+    }
+    text(StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+fn metrics(app: &App) -> Response<Body> {
+    let mut out = String::with_capacity(8192);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, app.registry()) {
+        tracing::error!(cause = %e, "rendering metrics failed");
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable");
+    }
+    let mut resp = Response::new(full(out));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+fn stats(app: &App) -> Response<Body> {
+    let snapshot = app.snapshot();
+    let value = serde_json::json!({
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "open_connections": app.metrics.open_connections.get(),
+        "upstream": snapshot.config.upstream.to_string(),
+        "ready": app.not_ready().is_empty(),
+    });
+    json(StatusCode::OK, &value)
+}
+
+/// A `text/plain` response.
+pub fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,151 @@
+//! The running application: the current config snapshot (swapped atomically on reload), the
+//! metrics registry, readiness and the shutdown signal. Every subsystem hangs off [`App`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigErrors};
+use crate::metrics::{ProxyMetrics, ReloadLabels};
+use crate::proxy::routes::Routes;
+use crate::proxy::upstream::UpstreamClient;
+
+/// Everything that a config reload replaces at once. A request loads one snapshot and keeps
+/// it to the end, so a reload never mixes old and new rules within one request.
+pub struct Snapshot {
+    /// The validated config.
+    pub config: Config,
+    /// Compiled rules.
+    pub routes: Routes,
+    /// Pooled client to the upstream.
+    pub upstream: UpstreamClient,
+}
+
+/// The shared state of one unpoll instance.
+pub struct App {
+    /// Current config snapshot; swapped whole by [`App::reload`], read lock-free per request.
+    snapshot: ArcSwap<Snapshot>,
+    /// All metrics of this instance (not a global: tests run several instances).
+    registry: Registry,
+    /// Metrics of the proxy core.
+    pub metrics: ProxyMetrics,
+    /// Not-ready reasons by component; `/readyz` is 200 only when empty.
+    readiness: Mutex<BTreeMap<&'static str, String>>,
+    /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
+    /// watches it.
+    pub shutdown: CancellationToken,
+    /// Process start, for `/stats`.
+    pub started: Instant,
+}
+
+impl App {
+    /// Build the application for `config`; `shutdown` ends it.
+    pub fn new(config: Config, shutdown: CancellationToken) -> Arc<App> {
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::register(&mut registry);
+        let snapshot = Snapshot::build(config, &metrics);
+        Arc::new(App {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry,
+            metrics,
+            readiness: Mutex::new(BTreeMap::new()),
+            shutdown,
+            started: Instant::now(),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The metrics registry, for rendering.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Swap in a new config without touching open connections. Settings that only take
+    /// effect at start (listen addresses, workers, log format) are reported in the returned
+    /// list of warnings.
+    pub fn reload(&self, config: Config) -> Vec<String> {
+        let old = self.snapshot();
+        let mut warnings = Vec::new();
+        if old.config.listen != config.listen {
+            warnings.push(format!(
+                "listen changed ({} → {}): restart unpoll to apply it",
+                old.config.listen, config.listen
+            ));
+        }
+        if old.config.admin.listen != config.admin.listen {
+            warnings.push(format!(
+                "admin.listen changed ({} → {}): restart unpoll to apply it",
+                old.config.admin.listen, config.admin.listen
+            ));
+        }
+        if old.config.workers != config.workers {
+            warnings.push("workers changed: restart unpoll to apply it".to_string());
+        }
+        if old.config.log.format != config.log.format {
+            warnings.push("log.format changed: restart unpoll to apply it".to_string());
+        }
+        self.snapshot
+            .store(Arc::new(Snapshot::build(config, &self.metrics)));
+        self.count_reload(true);
+        warnings
+    }
+
+    /// Record a reload attempt that failed validation (the old config stays).
+    pub fn reload_failed(&self, errors: &ConfigErrors) {
+        self.count_reload(false);
+        tracing::error!(errors = %errors, "config reload failed; keeping the running config");
+    }
+
+    fn count_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.metrics
+            .reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    /// Mark `component` not ready (with the reason) or ready (`None`).
+    pub fn set_ready(&self, component: &'static str, not_ready: Option<String>) {
+        let mut map = self
+            .readiness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match not_ready {
+            Some(reason) => {
+                map.insert(component, reason);
+            }
+            None => {
+                map.remove(component);
+            }
+        }
+    }
+
+    /// The reasons this instance is not ready; empty when ready.
+    pub fn not_ready(&self) -> Vec<(&'static str, String)> {
+        let map = self
+            .readiness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+}
+
+impl Snapshot {
+    fn build(config: Config, metrics: &ProxyMetrics) -> Snapshot {
+        let routes = Routes::build(&config, metrics);
+        let upstream = UpstreamClient::new(config.upstream.clone(), &config.proxy, metrics.clone());
+        Snapshot {
+            config,
+            routes,
+            upstream,
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The configuration: one TOML file → an immutable, validated [`Config`].
+//!
+//! Loading goes raw TOML → `${VAR}` expansion → one serde struct per section
+//! (`deny_unknown_fields`) → validation that collects *every* error with its key path →
+//! typed settings. Each concern owns its section's raw and typed structs (`proxy::config`,
+//! `admin::config`, ...); this module only assembles them.
+
+mod errors;
+mod sections;
+mod units;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use http::Uri;
+use http::uri::{Authority, Scheme};
+
+pub use errors::{ConfigError, ConfigErrors, join};
+pub use sections::{Sections, deserialize};
+pub use units::{parse_duration, parse_size};
+
+use crate::admin::config::{AdminConfig, RawAdminConfig};
+use crate::logging::{LogConfig, RawLogConfig};
+use crate::proxy::config::{ProxyConfig, RawProxyConfig};
+
+/// The whole validated configuration. Immutable: a reload builds a new one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Main listener (app traffic).
+    pub listen: SocketAddr,
+    /// The app unpoll sits in front of.
+    pub upstream: Upstream,
+    /// Runtime worker threads; 0 = one per CPU this process may use.
+    pub workers: usize,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[proxy]`.
+    pub proxy: ProxyConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// The file this came from, re-read on SIGHUP; `None` when built from a string.
+    pub source: Option<PathBuf>,
+}
+
+/// The upstream app: scheme, authority and an optional base path prepended to every
+/// forwarded path (`http://127.0.0.1:8000/app` → `/x` goes to `/app/x`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Always `http` (TLS to the upstream is not supported: a sidecar talks to its app on
+    /// loopback or a private network).
+    pub scheme: Scheme,
+    /// `host:port` of the upstream.
+    pub authority: Authority,
+    /// Prefix without a trailing slash; empty for none.
+    pub base_path: String,
+}
+
+impl Upstream {
+    fn parse(text: &str) -> Result<Upstream, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|_| format!("invalid URL {text:?} (write e.g. \"http://127.0.0.1:8000\")"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "{text:?}: https upstreams are not supported; unpoll talks plain HTTP to \
+                     the app it sits beside"
+                ));
+            }
+            _ => return Err(format!("{text:?}: the URL must start with http://")),
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{text:?}: missing host"))?;
+        if uri.query().is_some() {
+            return Err(format!(
+                "{text:?}: an upstream URL cannot carry a query string"
+            ));
+        }
+        Ok(Upstream {
+            scheme: Scheme::HTTP,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// Read and validate the file at `path`, expanding `${VAR}` from the process environment.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut errors = ConfigErrors::default();
+        errors.push("", format!("cannot read {}: {e}", path.display()));
+        errors
+    })?;
+    let mut config = parse(&text, &|name| std::env::var(name).ok())?;
+    config.source = Some(path.to_path_buf());
+    Ok(config)
+}
+
+/// Parse and validate a config file's text; `env` resolves `${VAR}`.
+pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let mut value = match text.parse::<toml::Table>() {
+        Ok(table) => toml::Value::Table(table),
+        Err(e) => {
+            errors.push("", format!("invalid TOML: {}", e.to_string().trim()));
+            return Err(errors);
+        }
+    };
+    sections::expand_env(&mut value, "", env, &mut errors);
+    let toml::Value::Table(table) = value else {
+        unreachable!("expand_env keeps the value's kind")
+    };
+
+    let mut s = Sections::new(table, &mut errors);
+    let listen = s.take::<String>("listen");
+    let upstream = s.take::<String>("upstream");
+    let workers = s.take::<usize>("workers").unwrap_or(0);
+    let admin = s.take::<RawAdminConfig>("admin").unwrap_or_default();
+    let proxy = s.take::<RawProxyConfig>("proxy").unwrap_or_default();
+    let log = s.take::<RawLogConfig>("log").unwrap_or_default();
+    s.finish();
+
+    let listen = match listen.as_deref() {
+        None => {
+            errors.push("listen", "required (e.g. listen = \"0.0.0.0:8080\")");
+            None
+        }
+        Some(text) => text
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                errors.push(
+                    "listen",
+                    format!("invalid address {text:?} (write e.g. \"0.0.0.0:8080\")"),
+                )
+            })
+            .ok(),
+    };
+    let upstream = match upstream.as_deref() {
+        None => {
+            errors.push(
+                "upstream",
+                "required (e.g. upstream = \"http://127.0.0.1:8000\")",
+            );
+            None
+        }
+        Some(text) => Upstream::parse(text)
+            .map_err(|e| errors.push("upstream", e))
+            .ok(),
+    };
+    let admin = admin.validate("admin", &mut errors);
+    let proxy = proxy.validate("proxy", &mut errors);
+    let log = log.validate("log", &mut errors);
+
+    match (listen, upstream) {
+        (Some(listen), Some(upstream)) if errors.is_empty() => Ok(Config {
+            listen,
+            upstream,
+            workers,
+            admin,
+            proxy,
+            log,
+            source: None,
+        }),
+        _ => Err(errors),
+    }
+}
+
+impl Config {
+    /// The short summary `unpoll check` prints: listeners, upstream and rules.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "listen    {}", self.listen);
+        let _ = writeln!(out, "admin     {}", self.admin.listen);
+        let _ = writeln!(out, "upstream  {}", self.upstream);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:8000/app/\"",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.upstream.base_path, "/app");
+        assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:8000");
+        assert_eq!(c.proxy, ProxyConfig::default());
+        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_path() {
+        let text = r#"
+            listen = "nowhere"
+            bogus = 1
+            [proxy]
+            connect_timeout = "5 sec"
+            max_header_bytes = "1KiB"
+            typo = true
+            [admin]
+            listen = "0.0.0.0:9090"
+        "#;
+        let errors = parse(text, &no_env).unwrap_err().to_string();
+        for expected in [
+            "listen: invalid address \"nowhere\"",
+            "bogus: unknown key",
+            "proxy.typo: unknown field `typo`",
+            "upstream: required",
+            "admin.token: required when admin.listen",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "{expected:?} missing in:\n{errors}"
+            );
+        }
+        // [proxy] failed to deserialize as a whole, so its field errors come from serde;
+        // a well-formed [proxy] reports each field:
+        let text = "listen = \"127.0.0.1:1\"\nupstream = \"http://a\"\n[proxy]\nconnect_timeout = \"5 sec\"\nmax_header_bytes = \"1KiB\"";
+        let errors = parse(text, &no_env).unwrap_err().to_string();
+        assert!(errors.contains("proxy.connect_timeout: invalid duration \"5 sec\""));
+        assert!(errors.contains("proxy.max_header_bytes: must be at least 8KiB"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let text = "listen = \"127.0.0.1:1\"\nupstream = \"http://a\"\n[proxy]\nvia = \"yes\"";
+        let errors = parse(text, &no_env).unwrap_err().to_string();
+        assert!(errors.starts_with("proxy.via: invalid type"), "{errors}");
+    }
+
+    #[test]
+    fn https_upstream_is_refused() {
+        let errors = parse(
+            "listen = \"127.0.0.1:1\"\nupstream = \"https://a\"",
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errors.contains("https upstreams are not supported"),
+            "{errors}"
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! Prometheus metrics of the proxy core, in a registry owned by the [`App`](crate::App)
+//! rather than a process-global recorder: tests start several servers in one process and
+//! each must count only its own traffic.
+//!
+//! Every subsystem registers its own metrics struct into the same registry at start-up
+//! (`Cache`, `Hub`, sources); the admin listener renders it.
+
+use std::borrow::Cow;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of `unpoll_http_requests`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `1xx` … `5xx`.
+    pub class: &'static str,
+    /// `proxy` for plain forwarding, else the rule (`cache[0]`, `stream[1]`).
+    pub rule: Cow<'static, str>,
+}
+
+/// Labels of `unpoll_upstream_errors`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// What failed: `connect`, `timeout`, `protocol`.
+    pub kind: &'static str,
+}
+
+/// Labels of `unpoll_config_reloads`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// The proxy core's metrics.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    /// Responses by status class and rule.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from sending a request upstream to receiving its response head.
+    pub upstream_duration: Histogram,
+    /// Upstream failures by kind.
+    pub upstream_errors: Family<ErrorLabels, Counter>,
+    /// Client connections open now (both listeners).
+    pub open_connections: Gauge,
+    /// Config reloads by result.
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+impl ProxyMetrics {
+    /// Create and register in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = ProxyMetrics {
+            requests: Family::default(),
+            // 0.5 ms … ~16 s
+            upstream_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            upstream_errors: Family::default(),
+            open_connections: Gauge::default(),
+            reloads: Family::default(),
+        };
+        registry.register(
+            "unpoll_http_requests",
+            "Responses sent to clients, by status class and rule",
+            m.requests.clone(),
+        );
+        registry.register(
+            "unpoll_upstream_duration_seconds",
+            "Time until the upstream's response head arrived",
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "unpoll_upstream_errors",
+            "Upstream requests that failed, by kind",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "unpoll_open_connections",
+            "Client connections open now",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "unpoll_config_reloads",
+            "Configuration reloads, by result",
+            m.reloads.clone(),
+        );
+        m
+    }
+
+    /// The per-class counters of one rule, resolved once so the request path does no map
+    /// look-up or allocation.
+    pub fn rule_counters(&self, rule: Cow<'static, str>) -> RuleCounters {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        RuleCounters(CLASSES.map(|class| {
+            self.requests.get_or_create_owned(&RequestLabels {
+                class,
+                rule: rule.clone(),
+            })
+        }))
+    }
+
+    /// Count one upstream error.
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&ErrorLabels { kind })
+            .inc();
+    }
+}
+
+/// Response counters of one rule by status class.
+#[derive(Clone, Debug)]
+pub struct RuleCounters([Counter; 5]);
+
+impl RuleCounters {
+    /// Count a response with `status`.
+    pub fn count(&self, status: u16) {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.0[i].inc();
+    }
+}

@@ -1,0 +1,148 @@
+//! `[proxy]`: how unpoll talks to clients and to the upstream.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigErrors, join, parse_duration, parse_size};
+
+/// The `[proxy]` section as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyConfig {
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    pool_max_idle: Option<usize>,
+    pool_idle_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_header_bytes: Option<String>,
+    preserve_host: Option<bool>,
+    via: Option<bool>,
+    shutdown_grace: Option<String>,
+}
+
+/// Validated `[proxy]` settings. Defaults are documented in `config.toml.example`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// TCP connect timeout to the upstream.
+    pub connect_timeout: Duration,
+    /// Time the upstream has to send response headers (the body may stream longer).
+    pub response_timeout: Duration,
+    /// Idle keep-alive connections kept to the upstream.
+    pub pool_max_idle: usize,
+    /// How long an idle upstream connection is kept. Below gunicorn's 2 s keep-alive so we
+    /// rarely write on a connection the upstream is closing.
+    pub pool_idle_timeout: Duration,
+    /// Time a client has to send a complete request head (slowloris).
+    pub header_read_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent client connections; past it, new connections wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Largest request head accepted; larger → 431.
+    pub max_header_bytes: usize,
+    /// Forward the client's Host header (true) or the upstream's authority (false).
+    pub preserve_host: bool,
+    /// Add `Via: 1.1 unpoll` to forwarded requests and responses.
+    pub via: bool,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(60),
+            pool_max_idle: 64,
+            pool_idle_timeout: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            preserve_host: true,
+            via: false,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Smallest head buffer hyper accepts.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+
+impl RawProxyConfig {
+    /// Validate, recording every error under `path`.
+    pub fn validate(self, path: &str, errors: &mut ConfigErrors) -> ProxyConfig {
+        let d = ProxyConfig::default();
+        let mut dur = |key: &str, raw: Option<String>, default: Duration| match raw {
+            None => default,
+            Some(text) => match parse_duration(&text) {
+                Ok(v) if !v.is_zero() => v,
+                Ok(_) => {
+                    errors.push(join(path, key), "must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    errors.push(join(path, key), e);
+                    default
+                }
+            },
+        };
+        let connect_timeout = dur("connect_timeout", self.connect_timeout, d.connect_timeout);
+        let response_timeout = dur(
+            "response_timeout",
+            self.response_timeout,
+            d.response_timeout,
+        );
+        let pool_idle_timeout = dur(
+            "pool_idle_timeout",
+            self.pool_idle_timeout,
+            d.pool_idle_timeout,
+        );
+        let header_read_timeout = dur(
+            "header_read_timeout",
+            self.header_read_timeout,
+            d.header_read_timeout,
+        );
+        let idle_timeout = dur("idle_timeout", self.idle_timeout, d.idle_timeout);
+        let shutdown_grace = dur("shutdown_grace", self.shutdown_grace, d.shutdown_grace);
+
+        let max_header_bytes = match self.max_header_bytes {
+            None => d.max_header_bytes,
+            Some(text) => match parse_size(&text) {
+                Ok(n) if n >= MIN_HEADER_BYTES => n as usize,
+                Ok(_) => {
+                    errors.push(join(path, "max_header_bytes"), "must be at least 8KiB");
+                    d.max_header_bytes
+                }
+                Err(e) => {
+                    errors.push(join(path, "max_header_bytes"), e);
+                    d.max_header_bytes
+                }
+            },
+        };
+        let max_connections = match self.max_connections {
+            Some(0) => {
+                errors.push(join(path, "max_connections"), "must be at least 1");
+                d.max_connections
+            }
+            Some(n) => n,
+            None => d.max_connections,
+        };
+        ProxyConfig {
+            connect_timeout,
+            response_timeout,
+            pool_max_idle: self.pool_max_idle.unwrap_or(d.pool_max_idle),
+            pool_idle_timeout,
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_header_bytes,
+            preserve_host: self.preserve_host.unwrap_or(d.preserve_host),
+            via: self.via.unwrap_or(d.via),
+            shutdown_grace,
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Errors of the request path and the one place that maps them to HTTP responses.
+
+use http::{Response, StatusCode, header};
+
+use crate::body::{Body, full};
+
+/// Why a request to the upstream failed. Knowing the source is what lets the cache serve
+/// stale on upstream errors as data, not string matching.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Refused, unreachable, DNS failure.
+    #[error("upstream unreachable: {0}")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    /// The TCP connect did not finish within `proxy.connect_timeout`.
+    #[error("upstream connect timed out")]
+    ConnectTimeout,
+    /// No response head within `proxy.response_timeout`.
+    #[error("upstream response timed out")]
+    Timeout,
+    /// The connection broke or the upstream spoke invalid HTTP.
+    #[error("upstream connection failed: {0}")]
+    Protocol(#[source] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// Classify a client error.
+    pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+        if err.is_connect() {
+            if caused_by_timeout(&err) {
+                UpstreamError::ConnectTimeout
+            } else {
+                UpstreamError::Connect(err)
+            }
+        } else {
+            UpstreamError::Protocol(err)
+        }
+    }
+
+    /// Label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+fn caused_by_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Everything that can end a request with an error response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The request cannot be forwarded as it is.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short text that names the cause without leaking internals (no addresses, no
+    /// library messages: those go to the log).
+    fn public_message(&self) -> &'static str {
+        match self {
+            ProxyError::Upstream(UpstreamError::Connect(_)) => "upstream unreachable",
+            ProxyError::Upstream(UpstreamError::ConnectTimeout) => "upstream connect timed out",
+            ProxyError::Upstream(UpstreamError::Timeout) => "upstream response timed out",
+            ProxyError::Upstream(UpstreamError::Protocol(_)) => "upstream connection failed",
+            ProxyError::BadRequest(why) => why,
+        }
+    }
+
+    /// The response sent to the client.
+    pub fn into_response(self) -> Response<Body> {
+        error_response(self.status(), self.public_message())
+    }
+}
+
+/// A short `text/plain` error response: `unpoll: <message>`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(full(format!("unpoll: {message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}

@@ -1,0 +1,47 @@
+//! A request's path through unpoll, top to bottom: load the config snapshot, route the
+//! request, then one `match` on the action.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::forward::forward;
+use super::observe::UpstreamTime;
+use super::routes::Action;
+use crate::app::App;
+use crate::body::Body;
+
+/// Handle one client request on the main listener.
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -> Response<Body> {
+    let snapshot = app.snapshot();
+    let route = snapshot.routes.resolve(req.method(), req.uri().path());
+
+    let result = match route.action {
+        Action::Proxy => {
+            let started = Instant::now();
+            forward(
+                &snapshot.upstream,
+                &snapshot.config.proxy,
+                req,
+                client_ip,
+                &app.shutdown,
+            )
+            .await
+            .map(|mut resp| {
+                resp.extensions_mut()
+                    .insert(UpstreamTime(started.elapsed()));
+                resp
+            })
+        }
+    };
+
+    let resp = result.unwrap_or_else(|err| {
+        tracing::warn!(rule = route.name, cause = %err, "request failed");
+        err.into_response()
+    });
+    route.counters.count(resp.status().as_u16());
+    resp
+}

@@ -1,0 +1,13 @@
+//! The reverse proxy: routing, forwarding to the upstream, header rules, errors.
+
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod handler;
+pub mod headers;
+pub mod observe;
+pub mod routes;
+pub mod upstream;
+
+pub use error::{ProxyError, UpstreamError, error_response};
+pub use handler::handle;

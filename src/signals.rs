@@ -1,0 +1,45 @@
+//! Process signals: SIGHUP reloads the config file, SIGTERM and SIGINT shut down.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::app::App;
+use crate::config;
+
+/// Handle signals until shutdown. `path` is the config file re-read on SIGHUP.
+pub async fn handle(app: Arc<App>, path: PathBuf) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&app, &path),
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                app.shutdown.cancel();
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: draining");
+                app.shutdown.cancel();
+                return Ok(());
+            }
+            _ = app.shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Re-read and validate `path`; swap it in when valid, keep the running config otherwise.
+pub fn reload(app: &App, path: &std::path::Path) {
+    match config::load_file(path) {
+        Ok(config) => {
+            for warning in app.reload(config) {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!(file = %path.display(), "config reloaded");
+        }
+        Err(errors) => app.reload_failed(&errors),
+    }
+}

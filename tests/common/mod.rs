@@ -1,0 +1,143 @@
+//! The shared test harness: the real unpoll on port 0 in front of real upstream servers.
+//!
+//! ```ignore
+//! let upstream = Upstream::builder().route("/hello", "hi").run().await;
+//! let unpoll = Unpoll::start(&upstream.url(), "").await;
+//! let body = reqwest::get(unpoll.url("/hello")).await?.text().await?;
+//! ```
+#![allow(dead_code, unused_imports)] // each test binary uses its own part of the harness
+
+pub mod process;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use upstream::{Recorded, Upstream};
+
+/// A running unpoll instance, in this process.
+pub struct Unpoll {
+    /// Main listener address.
+    pub addr: SocketAddr,
+    /// Admin listener address.
+    pub admin: SocketAddr,
+    /// The instance, for reloads and direct inspection.
+    pub app: Arc<unpoll::App>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Unpoll {
+    /// Start unpoll in front of `upstream` with extra config (top-level keys first, then
+    /// tables). Main and admin listen on 127.0.0.1:0 unless `extra` has an `[admin]` table
+    /// (then it must set `listen = "127.0.0.1:0"` itself).
+    pub async fn start(upstream: &str, extra: &str) -> Unpoll {
+        let text = config_text(upstream, extra);
+        let config = unpoll::config::parse(&text, &|name| std::env::var(name).ok())
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{text}"));
+        Unpoll::start_config(config).await
+    }
+
+    /// Start unpoll from a validated config (listen addresses are taken from it).
+    pub async fn start_config(config: unpoll::Config) -> Unpoll {
+        let listeners = unpoll::Listeners::bind(&config).await.expect("bind port 0");
+        let (addr, admin) = listeners.local_addrs().expect("local addrs");
+        let app = unpoll::App::new(config, CancellationToken::new());
+        let task = tokio::spawn(unpoll::run(listeners, app.clone()));
+        Unpoll {
+            addr,
+            admin,
+            app,
+            task: Some(task),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the main listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Reload with a new config text (same rules as [`Unpoll::start`]).
+    pub fn reload(&self, upstream: &str, extra: &str) -> Vec<String> {
+        let text = config_text(upstream, extra);
+        let config = unpoll::config::parse(&text, &|name| std::env::var(name).ok())
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+        self.app.reload(config)
+    }
+
+    /// Shut down and wait for the drain to finish.
+    pub async fn stop(mut self) {
+        self.app.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("unpoll task panicked");
+        }
+    }
+
+    /// The rendered `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for Unpoll {
+    fn drop(&mut self) {
+        self.app.shutdown.cancel();
+    }
+}
+
+fn config_text(upstream: &str, extra: &str) -> String {
+    let mut text = format!("listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n{extra}\n");
+    if !extra.contains("[admin]") {
+        text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    text
+}
+
+/// Wait until `check` returns true, polling every 10 ms, or panic after `timeout` with
+/// `what` in the message.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A reqwest client without a proxy from the environment and without connection reuse
+/// surprises.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("reqwest client")
+}
+
+/// The value of a metric line `name{labels} value` in Prometheus text, or 0.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

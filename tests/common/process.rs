@@ -1,0 +1,133 @@
+//! The real `unpoll` binary as a child process, for signals, exit codes and memory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_unpoll")
+}
+
+/// A running `unpoll --config FILE` process.
+pub struct Spawned {
+    /// The child process.
+    pub child: Child,
+    /// Main listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// The config file it was started with (rewrite it, then `signal("HUP")`).
+    pub config: PathBuf,
+    /// Everything it logged so far.
+    pub log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    /// Write `config` to a temp file and start the binary on it; waits for its
+    /// `listening` log line (listen on port 0 to get free ports).
+    pub async fn start(config: &str) -> Spawned {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unpoll.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(binary())
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn unpoll");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let addrs = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = rx.recv().await {
+                if line.contains("listening") {
+                    return Some((field(&line, "main="), field(&line, "admin=")));
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("unpoll did not start; log:\n{}", log.lock().unwrap()));
+        Spawned {
+            child,
+            addr: addrs.0,
+            admin: addrs.1,
+            config: path,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Send a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{name}").as_str(), pid.as_str()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} {pid} failed");
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.id().expect("still running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmHWM in /proc/PID/status")
+    }
+
+    /// `http://ADDR{path}` on the main listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// `key=value` of a text log line, or `"key": "value"` of a JSON one.
+fn field(line: &str, key: &str) -> SocketAddr {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        let name = key.trim_end_matches('=');
+        return v[name]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse {name} in {line:?}"));
+    }
+    let start = line
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} missing in {line:?}"))
+        + key.len();
+    line[start..]
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {key} in {line:?}"))
+}

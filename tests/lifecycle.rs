@@ -1,0 +1,307 @@
+//! The binary's life: `check`, SIGHUP reload, SIGTERM drain, bounded memory on huge bodies,
+//! and in-process reloads that never cut an open stream.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::process::{Spawned, binary};
+use common::upstream::text;
+use common::{Unpoll, Upstream, client, eventually, metric};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+
+fn config(upstream: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[proxy]\nshutdown_grace = \"10s\"\n"
+    )
+}
+
+#[test]
+fn check_accepts_the_example_and_lists_every_error() {
+    let out = std::process::Command::new(binary())
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("upstream  http://127.0.0.1:8000"),
+        "{summary}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"nowhere\"\nupstream = \"ftp://x\"\nextra = 1\n[proxy]\nidle_timeout = \"5 sec\"\nconnect_timeout = \"0s\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let errors = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "5 error(s)",
+        "listen: invalid address \"nowhere\"",
+        "upstream: \"ftp://x\": the URL must start with http://",
+        "extra: unknown key",
+        "proxy.idle_timeout: invalid duration \"5 sec\"",
+        "proxy.connect_timeout: must be greater than zero",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "{expected:?} missing in:\n{errors}"
+        );
+    }
+
+    // Running on an invalid file is the same exit code, and UNPOLL_CONFIG is read.
+    let out = std::process::Command::new(binary())
+        .env("UNPOLL_CONFIG", &bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_valid_file_and_keeps_the_old_on_a_bad_one() {
+    let a = Upstream::builder().route("/who", "a").run().await;
+    let b = Upstream::builder().route("/who", "b").run().await;
+    let unpoll = Spawned::start(&config(&a.url())).await;
+    let http = client();
+    let who = || async {
+        http.get(unpoll.url("/who"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    assert_eq!(who().await, "a");
+
+    std::fs::write(&unpoll.config, config(&b.url())).unwrap();
+    unpoll.signal("HUP");
+    eventually(Duration::from_secs(10), "reload to upstream b", || async {
+        who().await == "b"
+    })
+    .await;
+
+    std::fs::write(&unpoll.config, "listen = \"127.0.0.1:0\"\nupstream = 42\n").unwrap();
+    unpoll.signal("HUP");
+    let metrics_url = format!("http://{}/metrics", unpoll.admin);
+    eventually(Duration::from_secs(10), "failed reload counted", || async {
+        let m = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric(&m, "unpoll_config_reloads_total{result=\"error\"}") == 1.0
+    })
+    .await;
+    assert_eq!(who().await, "b", "a bad file keeps the running config");
+    assert!(
+        unpoll.log().contains("config reload failed"),
+        "{}",
+        unpoll.log()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let upstream = Upstream::builder()
+        .route("/slow", "finished")
+        .delay("/slow", Duration::from_millis(800))
+        .run()
+        .await;
+    let mut unpoll = Spawned::start(&config(&upstream.url())).await;
+    let url = unpoll.url("/slow");
+    let in_flight = tokio::spawn(async move { client().get(url).send().await?.text().await });
+    eventually(
+        Duration::from_secs(5),
+        "request reached the upstream",
+        || async { upstream.hits("/slow") == 1 },
+    )
+    .await;
+    unpoll.signal("TERM");
+    // New connections are refused once the listener is closed.
+    let addr = unpoll.addr;
+    eventually(Duration::from_secs(5), "listener closed", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert_eq!(in_flight.await.unwrap().unwrap(), "finished");
+    let status = tokio::time::timeout(Duration::from_secs(10), unpoll.child.wait())
+        .await
+        .expect("unpoll exits after draining")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+const BIG: usize = 256 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+fn big_stream() -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    futures::stream::iter((0..BIG / CHUNK).map(move |_| Ok(chunk.clone())))
+}
+
+#[tokio::test]
+async fn quarter_gigabyte_bodies_stream_with_bounded_memory() {
+    let upstream = Upstream::builder()
+        .handler("/download", |_req| async {
+            let body = http_body_util::StreamBody::new(
+                big_stream().map(|r| r.map(hyper::body::Frame::data)),
+            );
+            http::Response::new(body.map_err(|e| e.into()).boxed_unsync())
+        })
+        .handler("/upload", |req| async move {
+            // Count the bytes without keeping them.
+            let mut body = req.into_body();
+            let mut n = 0usize;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    n += data.len();
+                }
+            }
+            text(200, n.to_string())
+        })
+        .run()
+        .await;
+    let unpoll = Spawned::start(&config(&upstream.url())).await;
+    let http = client();
+
+    let resp = http
+        .post(unpoll.url("/upload"))
+        .body(reqwest::Body::wrap_stream(big_stream()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), BIG.to_string());
+
+    let resp = http.get(unpoll.url("/download")).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut n = 0usize;
+    while let Some(chunk) = stream.next().await {
+        n += chunk.unwrap().len();
+    }
+    assert_eq!(n, BIG);
+
+    let peak = unpoll.peak_rss();
+    eprintln!("unpoll peak RSS after 2 × 256 MiB: {} KiB", peak / 1024);
+    assert!(
+        peak < 48 * 1024 * 1024,
+        "unpoll's peak RSS was {} MiB while moving 2 × 256 MiB",
+        peak / 1024 / 1024
+    );
+}
+
+#[tokio::test]
+async fn reload_swaps_rules_without_cutting_an_open_stream() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let a = Upstream::builder()
+        .route("/who", "a")
+        .handler("/stream", move |_req| {
+            let rx = rx.clone();
+            async move {
+                let mut rx = rx.lock().await.take().expect("one stream");
+                let s = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                    .map(|b| Ok::<_, std::io::Error>(hyper::body::Frame::data(b)));
+                http::Response::new(
+                    http_body_util::StreamBody::new(s)
+                        .map_err(|e| e.into())
+                        .boxed_unsync(),
+                )
+            }
+        })
+        .run()
+        .await;
+    let b = Upstream::builder().route("/who", "b").run().await;
+    let unpoll = Unpoll::start(&a.url(), "").await;
+    let http = client();
+    let resp = http.get(unpoll.url("/stream")).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    tx.send(Bytes::from_static(b"before ")).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), "before ");
+
+    let warnings = unpoll.reload(&b.url(), "");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let who = http
+        .get(unpoll.url("/who"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(who, "b", "new requests use the new config");
+
+    tx.send(Bytes::from_static(b"after")).await.unwrap();
+    drop(tx);
+    assert_eq!(stream.next().await.unwrap().unwrap(), "after");
+    assert!(stream.next().await.is_none(), "stream ended cleanly");
+    let m = unpoll.metrics().await;
+    assert_eq!(
+        metric(&m, "unpoll_config_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn access_log_is_one_json_line_per_request_without_the_query() {
+    let upstream = Upstream::builder().route("/echo", "hello").run().await;
+    let unpoll = Spawned::start(&format!(
+        "{}[log]\nformat = \"json\"\n",
+        config(&upstream.url())
+    ))
+    .await;
+    let resp = client()
+        .get(unpoll.url("/echo?token=s3cr3t-token&x=1"))
+        .header("cookie", "session=c00kie-value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "hello");
+    let line = {
+        let mut found = None;
+        eventually(Duration::from_secs(5), "access log line", || {
+            found = unpoll
+                .log()
+                .lines()
+                .find(|l| l.contains("unpoll::access"))
+                .map(str::to_string);
+            std::future::ready(found.is_some())
+        })
+        .await;
+        found.unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/echo");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["bytes"], 5);
+    assert!(v["duration_ms"].as_f64().is_some());
+    assert!(v["upstream_ms"].as_f64().is_some());
+    let log = unpoll.log();
+    assert!(
+        !log.contains("s3cr3t-token") && !log.contains("c00kie-value"),
+        "{log}"
+    );
+}
