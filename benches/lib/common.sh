@@ -102,7 +102,7 @@ group_ticks() {
   local pg=$1 total=0 f line rest
   local -a x
   for f in /proc/[0-9]*/stat; do
-    read -r line <"$f" 2>/dev/null || continue
+    { read -r line <"$f"; } 2>/dev/null || continue
     rest=${line##*) }             # drop "pid (comm) ": comm may hold spaces
     read -ra x <<<"$rest"         # x[0] = field 3 (state)
     [[ ${x[2]} == "$pg" ]] || continue   # field 5: pgrp
@@ -116,7 +116,7 @@ group_rss_kib() {
   local pg=$1 pages=0 f line rest
   local -a x
   for f in /proc/[0-9]*/stat; do
-    read -r line <"$f" 2>/dev/null || continue
+    { read -r line <"$f"; } 2>/dev/null || continue
     rest=${line##*) }
     read -ra x <<<"$rest"
     [[ ${x[2]} == "$pg" ]] || continue

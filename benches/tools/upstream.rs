@@ -5,6 +5,8 @@
 //! what the benchmark measures.
 //!
 //! - `--delay 200ms` makes it a slow upstream (cache coalescing benchmark).
+//! - `GET /grip/{channel}` answers with GRIP headers (`Grip-Hold: stream`),
+//!   which Pushpin turns into a held SSE stream (fan-out benchmark).
 //! - `GET /_count` answers the number of requests served so far (excluding
 //!   `/_count` itself), so a benchmark can check how many requests a cache let
 //!   through.
@@ -68,6 +70,9 @@ async fn handle(
         return Ok(Response::new(Full::new(Bytes::from(n.to_string()))));
     }
     state.served.fetch_add(1, Ordering::Relaxed);
+    if let Some(channel) = req.uri().path().strip_prefix("/grip/") {
+        return Ok(grip_hold(channel));
+    }
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
@@ -77,6 +82,21 @@ async fn handle(
         HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// The GRIP answer Pushpin turns into a held SSE stream on `channel`.
+fn grip_hold(channel: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert("grip-hold", HeaderValue::from_static("stream"));
+    if let Ok(v) = HeaderValue::from_str(channel) {
+        h.insert("grip-channel", v);
+    }
+    resp
 }
 
 fn main() -> std::io::Result<()> {
