@@ -55,15 +55,19 @@ start() {
   STARTED_PGIDS+=("$START_PID")
 }
 
-# stop PGID: TERM the group, then KILL what is left after 3 s.
+# stop PGID: TERM the group, then KILL what is left of it and of the process
+# tree (children that made groups of their own) after 3 s.
 stop() {
-  local pg=$1 i
+  local pg=$1 i tree
+  tree=$(tree_pids "$pg")
   kill -TERM -- "-$pg" 2>/dev/null || return 0
   for ((i = 0; i < 30; i++)); do
     kill -0 -- "-$pg" 2>/dev/null || break
     sleep 0.1
   done
   kill -KILL -- "-$pg" 2>/dev/null || true
+  # shellcheck disable=SC2086 # one pid per word
+  kill -KILL $tree 2>/dev/null || true
   wait "$pg" 2>/dev/null || true
 }
 
@@ -86,8 +90,8 @@ free_port() {
 # wait_http URL PGID [SECONDS]: wait until URL answers 2xx, failing early if
 # the process group PGID has died. Returns 1 on timeout or death.
 wait_http() {
-  local url=$1 pg=$2 secs=${3:-15} i
-  for ((i = 0; i < secs * 20; i++)); do
+  local url=$1 pg=$2 deadline=$((SECONDS + ${3:-15}))
+  while ((SECONDS < deadline)); do
     curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
     kill -0 "$pg" 2>/dev/null || return 1
     sleep 0.05
@@ -95,35 +99,42 @@ wait_http() {
   return 1
 }
 
-# group_ticks PGID: utime+stime (clock ticks) summed over every live process
-# of the group: nginx and Pushpin work in child processes, unpoll in threads
-# (which /proc/PID/stat already sums).
-group_ticks() {
-  local pg=$1 total=0 f line rest
+# tree_pids PID: PID and all its live descendants. Pushpin's runner puts its
+# services in process groups of their own, so a process tree, not a process
+# group, is what "the server" means.
+tree_pids() {
+  ps -e -o pid=,ppid= | awk -v root="$1" '
+    { kids[$2] = kids[$2] " " $1 }
+    END {
+      n = 1; q[1] = root
+      for (i = 1; i <= n; i++) {
+        print q[i]; m = split(kids[q[i]], k, " ")
+        for (j = 1; j <= m; j++) q[++n] = k[j]
+      }
+    }'
+}
+
+# stat_sum PID FIELD...: sum of the given /proc/PID/stat fields (1-based, as
+# in proc(5)) over the process tree of PID.
+stat_sum() {
+  local root=$1 total=0 pid line rest f; shift
   local -a x
-  for f in /proc/[0-9]*/stat; do
-    { read -r line <"$f"; } 2>/dev/null || continue
+  for pid in $(tree_pids "$root"); do
+    { read -r line <"/proc/$pid/stat"; } 2>/dev/null || continue
     rest=${line##*) }             # drop "pid (comm) ": comm may hold spaces
-    read -ra x <<<"$rest"         # x[0] = field 3 (state)
-    [[ ${x[2]} == "$pg" ]] || continue   # field 5: pgrp
-    total=$((total + x[11] + x[12]))     # fields 14, 15: utime, stime
+    read -ra x <<<"$rest"         # x[0] is field 3
+    for f in "$@"; do total=$((total + x[f - 3])); done
   done
   echo "$total"
 }
 
-# group_rss_kib PGID: resident memory (KiB) summed over the group.
-group_rss_kib() {
-  local pg=$1 pages=0 f line rest
-  local -a x
-  for f in /proc/[0-9]*/stat; do
-    { read -r line <"$f"; } 2>/dev/null || continue
-    rest=${line##*) }
-    read -ra x <<<"$rest"
-    [[ ${x[2]} == "$pg" ]] || continue
-    pages=$((pages + x[21]))             # field 24: rss in pages
-  done
-  echo $((pages * $(getconf PAGESIZE) / 1024))
-}
+# group_ticks PID: utime+stime (clock ticks) of PID's process tree: nginx and
+# Pushpin work in child processes, unpoll in threads (which /proc/PID/stat
+# already sums). Time of children that exited is not counted.
+group_ticks() { stat_sum "$1" 14 15; }
+
+# group_rss_kib PID: resident memory (KiB) of PID's process tree.
+group_rss_kib() { echo $(($(stat_sum "$1" 24) * $(getconf PAGESIZE) / 1024)); }
 
 # wrk_run NAME URL SECONDS [PGID]: wrk pinned to LOAD_CPU with CONNS
 # connections; when PGID is given, measures that group's CPU time over the run.

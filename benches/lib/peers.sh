@@ -25,8 +25,8 @@ ${NGINX_LOAD_MODULES:-}
 worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;
-events { worker_connections 65536; }
-worker_rlimit_nofile 65536;
+events { worker_connections ${NGINX_MAX_FILES:-19500}; }
+worker_rlimit_nofile ${NGINX_MAX_FILES:-19500};
 http {
   access_log off;
   client_body_temp_path $dir/body;

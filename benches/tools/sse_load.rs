@@ -31,6 +31,8 @@ use tokio::sync::{Mutex, Semaphore};
 
 /// A subscription whose response head has not come by then counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before retrying a failed subscription (an EventSource's `retry`).
+const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 #[derive(Parser)]
 #[command(about = "SSE fan-out load client")]
@@ -44,6 +46,9 @@ struct Args {
     /// Subscriptions being set up at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// Times a failed subscription is retried before it counts as failed.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
     /// Idle time after all subscribers are connected, before publishing.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     hold: Duration,
@@ -88,6 +93,10 @@ struct Tally {
     connected: AtomicUsize,
     /// Subscribers that failed to connect or got a non-200 answer.
     failed: AtomicUsize,
+    /// The first subscription error, printed to explain `failed`.
+    first_error: std::sync::OnceLock<String>,
+    /// Subscription attempts that failed and were retried.
+    retries: AtomicU64,
     /// Messages received in total, to stop early once all are in.
     received: AtomicU64,
     /// Delivery latencies in microseconds; appended once per message per
@@ -116,19 +125,28 @@ async fn subscribe(
     tally: Arc<Tally>,
     connecting: Arc<Semaphore>,
     settled: Arc<AtomicUsize>,
+    retries: u32,
 ) {
     let permit = connecting.acquire_owned().await;
-    let body = match tokio::time::timeout(CONNECT_TIMEOUT, open_stream(&url)).await {
-        Ok(Ok(body)) => {
-            tally.connected.fetch_add(1, Ordering::Relaxed);
-            body
-        }
-        Ok(Err(_)) | Err(_) => {
+    let mut attempt = 0;
+    let body = loop {
+        let err = match tokio::time::timeout(CONNECT_TIMEOUT, open_stream(&url)).await {
+            Ok(Ok(body)) => break body,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "no response head within 30 s".to_string(),
+        };
+        let _ = tally.first_error.set(err);
+        if attempt == retries {
             tally.failed.fetch_add(1, Ordering::Relaxed);
             settled.fetch_add(1, Ordering::Release);
             return;
         }
+        // As an EventSource would: wait, then reconnect.
+        attempt += 1;
+        tally.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(RETRY_DELAY).await;
     };
+    tally.connected.fetch_add(1, Ordering::Relaxed);
     settled.fetch_add(1, Ordering::Release);
     drop(permit);
     let mut events = BodyDataStream::new(body).eventsource();
@@ -215,6 +233,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tally.clone(),
             connecting.clone(),
             settled.clone(),
+            args.retries,
         ));
     }
     // Every subscriber settles (connects or fails) within the connect
@@ -260,13 +279,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     println!(
         "RESULT subscribers={} connected={connected} messages={} received={} delivered={delivered:.4} \
-         p50_us={} p99_us={} max_us={} publish_errors={publish_errors}",
+         p50_us={} p99_us={} max_us={} publish_errors={publish_errors} retries={}",
         args.subscribers,
         args.messages,
         lat.len(),
         percentile(&lat, 50.0),
         percentile(&lat, 99.0),
         lat.last().copied().unwrap_or(0),
+        tally.retries.load(Ordering::Relaxed),
     );
     Ok(())
 }
