@@ -77,12 +77,13 @@ cleanup() {
   STARTED_PGIDS=()
 }
 
-# free_port: a loopback TCP port nobody listens on now.
+# free_port: a loopback TCP port no socket uses now, below the kernel's
+# ephemeral range (32768+), which the load clients' connections fill.
 free_port() {
   local p used
-  used=$(ss -Htln | awk '{print $4}' | sed 's/.*://')
+  used=$(ss -Htan | awk '{print $4}' | sed 's/.*://' | sort -u)
   while :; do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % 22000))
     grep -qx "$p" <<<"$used" || { echo "$p"; return; }
   done
 }

@@ -40,7 +40,7 @@ CONF
   start "$name" "$PROXY_CPU" nginx -p "$dir" -e "$dir/logs/error.log" \
     -c "$dir/nginx.conf" -g 'daemon off;'
   wait_http "http://127.0.0.1:$port$ready" "$START_PID" \
-    || die "$name did not start: $(tail -3 "$dir/logs/error.log" "$WORK/$name.log")"
+    || die "$name did not start: $(tail -n 3 "$dir/logs/error.log" "$WORK/$name.log")"
   printf -v "${name^^}_PG" '%s' "$START_PID"
   printf -v "${name^^}_URL" '%s' "http://127.0.0.1:$port"
 }
