@@ -64,8 +64,8 @@ async fn one(
     barrier.wait().await;
     let (mut send, conn) = connected?;
     tokio::spawn(conn);
-    let mut req = Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
-        .header(header::HOST, host);
+    let mut req =
+        Request::get(url.path_and_query().map_or("/", |p| p.as_str())).header(header::HOST, host);
     if let Some(cookie) = cookie {
         req = req.header(header::COOKIE, cookie);
     }
