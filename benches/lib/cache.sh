@@ -149,6 +149,8 @@ bench_cache() {
   ensure_deps nginx:nginx varnish:varnishd wrk:wrk util-linux:taskset curl:curl iproute2:ss
   build
   CACHE_TMP=$(mktemp -d /dev/shm/unpoll-bench-cache.XXXXXX)
+  # nginx workers and the Varnish child drop root: let them reach their dirs.
+  chmod 711 "$CACHE_TMP" "$WORK"
   CACHE_MISSING=""
   start_upstream upstream
   start_upstream slow --delay "$SLOW_DELAY"
