@@ -61,14 +61,19 @@ proxy_report() {
   echo "method: wrk -t1 -c$CONNS, ${WARMUP}s warm-up then ${DURATION}s measured, median of $RUNS runs;"
   echo "        proxy alone on CPU $PROXY_CPU with 1 worker; wrk and upstream share CPU $LOAD_CPU;"
   echo "        CPU us/req = proxy utime+stime over the run / requests; 1 KiB JSON GET"
-  printf '%-9s %9s %8s %8s %11s %9s %7s\n' target 'req/s' 'p50 us' 'p99 us' 'CPU us/req' 'proxy CPU' errors
+  echo "        req/s/core = 1e6 / CPU us per req: what one saturated core would serve"
+  printf '%-9s %9s %8s %8s %11s %9s %7s %11s\n' target 'req/s' 'p50 us' 'p99 us' 'CPU us/req' \
+    'proxy CPU' errors 'req/s/core'
   for t in "$@"; do
     local -a m=()
     for col in 2 3 4 5 6 7; do
       m+=("$(awk -v c=$col '$c != "-" {print $c}' "$WORK/proxy-$t.runs" | median)")
     done
+    local cap=-
+    [[ ${m[3]} == - ]] || cap=$(awk -v c="${m[3]}" 'BEGIN {printf "%.0f", 1e6 / c}')
     [[ ${m[4]} == - ]] || m[4]+=%
-    printf '%-9s %9.0f %8s %8s %11s %9s %7s\n' "$t" "${m[0]}" "${m[1]}" "${m[2]}" "${m[3]}" "${m[4]}" "${m[5]}"
+    printf '%-9s %9.0f %8s %8s %11s %9s %7s %11s\n' "$t" "${m[0]}" "${m[1]}" "${m[2]}" "${m[3]}" \
+      "${m[4]}" "${m[5]}" "$cap"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${m[@]}" >>"$RESULTS/proxy.tsv"
   done
   if [[ -n $missing ]]; then
@@ -77,9 +82,9 @@ proxy_report() {
   fi
   awk -F'\t' '{rps[$1] = $2; p99[$1] = $4; cpu[$1] = $5}
     END {
-      printf "unpoll/nginx: req/s %.2fx (target >= 1.3x), p99 %.2fx (target <= 1.0x), " \
-        "CPU/req %.2fx; unpoll %.1f us/req (target <= 20), nginx %.1f us/req\n",
-        rps["unpoll"] / rps["nginx"], p99["unpoll"] / p99["nginx"],
+      printf "unpoll/nginx: req/s %.2fx, req/s/core %.2fx (target >= 1.3x), p99 %.2fx " \
+        "(target <= 1.0x), CPU/req %.2fx; unpoll %.1f us/req (target <= 20), nginx %.1f us/req\n",
+        rps["unpoll"] / rps["nginx"], cpu["nginx"] / cpu["unpoll"], p99["unpoll"] / p99["nginx"],
         cpu["unpoll"] / cpu["nginx"], cpu["unpoll"], cpu["nginx"]
     }' "$RESULTS/proxy.tsv"
 }
