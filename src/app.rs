@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
+use crate::hub::Hub;
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::proxy::routes::Routes;
 use crate::proxy::upstream::UpstreamClient;
@@ -33,6 +34,9 @@ pub struct App {
     registry: Registry,
     /// Metrics of the proxy core.
     pub metrics: ProxyMetrics,
+    /// Channels, history and subscribers. Lives as long as the instance: a reload keeps
+    /// every open stream and the history (its `[hub]` settings apply at start only).
+    pub hub: Hub,
     /// Not-ready reasons by component; `/readyz` is 200 only when empty.
     readiness: Mutex<BTreeMap<&'static str, String>>,
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
@@ -47,11 +51,14 @@ impl App {
     pub fn new(config: Config, shutdown: CancellationToken) -> Arc<App> {
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
+        let hub = Hub::new(config.hub.clone());
+        hub.metrics().register(&mut registry);
         let snapshot = Snapshot::build(config, &metrics);
         Arc::new(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
+            hub,
             readiness: Mutex::new(BTreeMap::new()),
             shutdown,
             started: Instant::now(),
@@ -89,6 +96,9 @@ impl App {
         if old.config.workers != config.workers {
             warnings.push("workers changed: restart unpoll to apply it".to_string());
         }
+        if old.config.hub != config.hub {
+            warnings.push("[hub] changed: restart unpoll to apply it".to_string());
+        }
         if old.config.log.format != config.log.format {
             warnings.push("log.format changed: restart unpoll to apply it".to_string());
         }
@@ -110,6 +120,17 @@ impl App {
             .reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+    }
+
+    /// Purge cache entries carrying any of `tags` (after a tap's 2xx, a notification, or
+    /// `POST /purge`). The hook the cache issue fills in: until the cache lands it only
+    /// counts the request (`unpoll_tag_purges`), so taps and sources call it already.
+    pub fn purge_tags(&self, tags: &[String]) {
+        if tags.is_empty() {
+            return;
+        }
+        tracing::debug!(tags = ?tags, "purge requested");
+        self.hub.metrics().purges.inc_by(tags.len() as u64);
     }
 
     /// Mark `component` not ready (with the reason) or ready (`None`).

@@ -14,6 +14,10 @@
 //! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
 //!   action; forwarding, headers, upgrades, errors.
 //! - [`admin`]: health, readiness, metrics, stats.
+//! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
+//!   format and the response body that streams a subscription.
+//! - [`stream`]: `[[stream]]` rules (SSE endpoints); [`tap`]: `[[tap]]` rules (publish
+//!   on a 2xx answer to a webhook or mutation).
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.
 //!
@@ -24,12 +28,16 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod signals;
+pub mod sse;
+pub mod stream;
+pub mod tap;
 pub mod template;
 
 use std::io;
@@ -97,6 +105,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>) {
         app.clone(),
         tasks.clone(),
     ));
+    let sweeper = tokio::spawn(app.hub.clone().run_sweeper(app.shutdown.clone()));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         server::Listener::Admin,
@@ -106,7 +115,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>) {
     app.shutdown.cancelled().await;
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
-    let _ = tokio::join!(main, admin);
+    let _ = tokio::join!(main, admin, sweeper);
     tasks.close();
     let grace = app.snapshot().config.proxy.shutdown_grace;
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {

@@ -50,6 +50,15 @@ pub struct ProxyMetrics {
     pub open_connections: Gauge,
     /// Config reloads by result.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// SSE streams open now, by `[[stream]]` rule.
+    pub stream_subscribers: Family<RuleLabels, Gauge>,
+}
+
+/// Labels of per-rule gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// `stream[0]`, ...
+    pub rule: String,
 }
 
 impl ProxyMetrics {
@@ -62,6 +71,7 @@ impl ProxyMetrics {
             upstream_errors: Family::default(),
             open_connections: Gauge::default(),
             reloads: Family::default(),
+            stream_subscribers: Family::default(),
         };
         registry.register(
             "unpoll_http_requests",
@@ -88,7 +98,19 @@ impl ProxyMetrics {
             "Configuration reloads, by result",
             m.reloads.clone(),
         );
+        registry.register(
+            "unpoll_stream_subscribers",
+            "SSE streams open now, by stream rule",
+            m.stream_subscribers.clone(),
+        );
         m
+    }
+
+    /// The open-streams gauge of stream rule `rule`.
+    pub fn stream_subscribers(&self, rule: &str) -> Gauge {
+        self.stream_subscribers.get_or_create_owned(&RuleLabels {
+            rule: rule.to_owned(),
+        })
     }
 
     /// The per-class counters of one rule, resolved once so the request path does no map

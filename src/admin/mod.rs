@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod publish;
 
 use std::sync::Arc;
 
@@ -32,7 +33,15 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/readyz") => readyz(app),
         (&Method::GET, "/metrics") => metrics(app),
         (&Method::GET, "/stats") => stats(app),
-        (_, "/healthz" | "/readyz" | "/metrics" | "/stats") => {
+        (&Method::POST, "/publish") => {
+            // Publishing needs the token even on loopback: any local process could
+            // otherwise inject events into every browser.
+            if let Err(e) = auth::check_bearer(req.headers(), admin.token.as_deref()) {
+                return e.into_response();
+            }
+            publish::publish(app, req).await
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/publish") => {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -65,6 +74,9 @@ fn metrics(app: &App) -> Response<Body> {
     resp
 }
 
+/// Channels listed in `/stats` (the busiest first).
+const STATS_TOP_CHANNELS: usize = 20;
+
 fn stats(app: &App) -> Response<Body> {
     let snapshot = app.snapshot();
     let value = serde_json::json!({
@@ -72,6 +84,12 @@ fn stats(app: &App) -> Response<Body> {
         "open_connections": app.metrics.open_connections.get(),
         "upstream": snapshot.config.upstream.to_string(),
         "ready": app.not_ready().is_empty(),
+        "hub": app.hub.stats(STATS_TOP_CHANNELS),
+        "streams": snapshot.routes.streams.iter().map(|s| serde_json::json!({
+            "rule": s.rule.name,
+            "path": s.rule.path.to_string(),
+            "subscribers": s.subscribers.get(),
+        })).collect::<Vec<_>>(),
     });
     json(StatusCode::OK, &value)
 }

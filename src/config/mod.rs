@@ -21,8 +21,11 @@ pub use sections::{Sections, deserialize};
 pub use units::{parse_duration, parse_size};
 
 use crate::admin::config::{AdminConfig, RawAdminConfig};
+use crate::hub::config::{HubConfig, RawHubConfig};
 use crate::logging::{LogConfig, RawLogConfig};
 use crate::proxy::config::{ProxyConfig, RawProxyConfig};
+use crate::stream::{RawStreamRule, StreamRule};
+use crate::tap::{RawTapRule, TapRule};
 
 /// The whole validated configuration. Immutable: a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -39,6 +42,12 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[hub]`: history, queue and subscriber limits. Read at start only.
+    pub hub: HubConfig,
+    /// `[[stream]]` rules, in file order.
+    pub streams: Vec<StreamRule>,
+    /// `[[tap]]` rules, in file order.
+    pub taps: Vec<TapRule>,
     /// The file this came from, re-read on SIGHUP; `None` when built from a string.
     pub source: Option<PathBuf>,
 }
@@ -128,6 +137,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = s.take::<RawAdminConfig>("admin").unwrap_or_default();
     let proxy = s.take::<RawProxyConfig>("proxy").unwrap_or_default();
     let log = s.take::<RawLogConfig>("log").unwrap_or_default();
+    let hub = s.take::<RawHubConfig>("hub").unwrap_or_default();
+    let streams = s.take_rules::<RawStreamRule>("stream");
+    let taps = s.take_rules::<RawTapRule>("tap");
     s.finish();
 
     let listen = match listen.as_deref() {
@@ -160,6 +172,15 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = admin.validate("admin", &mut errors);
     let proxy = proxy.validate("proxy", &mut errors);
     let log = log.validate("log", &mut errors);
+    let hub = hub.validate("hub", &mut errors);
+    let streams: Vec<StreamRule> = streams
+        .into_iter()
+        .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
+        .collect();
+    let taps: Vec<TapRule> = taps
+        .into_iter()
+        .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
+        .collect();
 
     match (listen, upstream) {
         (Some(listen), Some(upstream)) if errors.is_empty() => Ok(Config {
@@ -169,6 +190,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             admin,
             proxy,
             log,
+            hub,
+            streams,
+            taps,
             source: None,
         }),
         _ => Err(errors),
@@ -182,6 +206,24 @@ impl Config {
         let _ = writeln!(out, "listen    {}", self.listen);
         let _ = writeln!(out, "admin     {}", self.admin.listen);
         let _ = writeln!(out, "upstream  {}", self.upstream);
+        for rule in &self.streams {
+            let channels: Vec<&str> = rule.channels.iter().map(|t| t.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "{:<9} GET {} → channels {} (auth {})",
+                rule.name,
+                rule.path,
+                channels.join(", "),
+                rule.auth.as_str()
+            );
+        }
+        for rule in &self.taps {
+            let _ = writeln!(
+                out,
+                "{:<9} {} {} → channel {}",
+                rule.name, rule.method, rule.path, rule.channel
+            );
+        }
         out
     }
 }

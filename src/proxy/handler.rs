@@ -13,6 +13,7 @@ use super::observe::UpstreamTime;
 use super::routes::Action;
 use crate::app::App;
 use crate::body::Body;
+use crate::stream::Outcome;
 
 /// Handle one client request on the main listener.
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -> Response<Body> {
@@ -35,6 +36,27 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
                     .insert(UpstreamTime(started.elapsed()));
                 resp
             })
+        }
+        Action::Stream(i) => {
+            let s = &snapshot.routes.streams[i];
+            match crate::stream::open(app, &s.rule, &s.subscribers, &route.params, &req, client_ip)
+            {
+                Outcome::Respond(resp) => Ok(resp),
+                Outcome::NotApplicable => {
+                    forward(
+                        &snapshot.upstream,
+                        &snapshot.config.proxy,
+                        req,
+                        client_ip,
+                        &app.shutdown,
+                    )
+                    .await
+                }
+            }
+        }
+        Action::Tap(i) => {
+            let rule = &snapshot.routes.taps[i].rule;
+            crate::tap::handle(app, &snapshot, rule, route.params.clone(), req, client_ip).await
         }
     };
 

@@ -1,5 +1,6 @@
 //! Header rewriting between client and upstream (RFC 9110 §7.6).
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -41,17 +42,26 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Remove hop-by-hop headers, including those the `Connection` header names. When
 /// `keep_upgrade` is set (an upgrade handshake), `Upgrade` and `Connection: upgrade` stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named by Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let upgrade = keep_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
+    // Headers named by Connection are hop-by-hop too. The usual tokens (keep-alive, close,
+    // upgrade) are removed below anyway, so only other names are collected: the Vec stays
+    // empty, and unallocated, on almost every request.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            let usual = ["keep-alive", "close", "upgrade"]
+                .iter()
+                .any(|t| token.eq_ignore_ascii_case(t));
+            if !usual && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    let upgrade = if keep_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
@@ -64,18 +74,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Append the client address to `X-Forwarded-For` (one header, comma-separated) and set
 /// `X-Forwarded-Proto` and, when the request named a host, `X-Forwarded-Host`.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
-    let client = client.to_string();
-    let joined: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let value = if joined.is_empty() {
-        client
-    } else {
-        format!("{}, {client}", joined.join(", "))
+    // Format the address on the stack: this runs on every proxied request.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // An IPv6 address is at most 45 bytes, so this cannot run out of room.
+    let _ = write!(cursor, "{client}");
+    let len = cursor.position() as usize;
+    let client = &buf[..len];
+
+    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter();
+    let value = match (existing.next(), existing.next()) {
+        (None, _) => HeaderValue::from_bytes(client),
+        (Some(one), None) => {
+            let mut joined = Vec::with_capacity(one.len() + 2 + client.len());
+            joined.extend_from_slice(one.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client);
+            HeaderValue::from_bytes(&joined)
+        }
+        (Some(_), Some(_)) => {
+            // Several X-Forwarded-For lines: fold them into one, in order.
+            let mut joined = Vec::new();
+            for v in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client);
+            HeaderValue::from_bytes(&joined)
+        }
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Ok(value) = value {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));

@@ -4,16 +4,23 @@
 use std::borrow::Cow;
 
 use http::Method;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::Config;
 use crate::metrics::{ProxyMetrics, RuleCounters};
 use crate::route::PathParams;
+use crate::stream::StreamRule;
+use crate::tap::TapRule;
 
 /// What the handler does with a request.
 #[derive(Debug)]
 pub enum Action {
     /// Forward to the upstream unchanged.
     Proxy,
+    /// Serve an SSE stream: `[[stream]]` rule at this index.
+    Stream(usize),
+    /// Forward, then publish on 2xx: `[[tap]]` rule at this index.
+    Tap(usize),
 }
 
 impl Action {
@@ -21,6 +28,8 @@ impl Action {
     pub fn as_str(&self) -> &'static str {
         match self {
             Action::Proxy => "proxy",
+            Action::Stream(_) => "stream",
+            Action::Tap(_) => "tap",
         }
     }
 }
@@ -37,21 +46,88 @@ pub struct Route<'a> {
     pub counters: &'a RuleCounters,
 }
 
+/// A `[[stream]]` rule with its counters.
+pub struct StreamRoute {
+    /// The rule.
+    pub rule: StreamRule,
+    /// Responses by status class.
+    pub counters: RuleCounters,
+    /// Streams open now under this rule (shared across reloads by rule name, so a reload
+    /// does not lose count of streams opened before it).
+    pub subscribers: Gauge,
+}
+
+/// A `[[tap]]` rule with its counters.
+pub struct TapRoute {
+    /// The rule.
+    pub rule: TapRule,
+    /// Responses by status class.
+    pub counters: RuleCounters,
+}
+
 /// Compiled rules of one config snapshot.
 pub struct Routes {
     proxy: RuleCounters,
+    /// `[[stream]]` rules in file order; the first match wins.
+    pub streams: Vec<StreamRoute>,
+    /// `[[tap]]` rules in file order; the first match wins.
+    pub taps: Vec<TapRoute>,
 }
 
 impl Routes {
     /// Compile the rules of `config`.
-    pub fn build(_config: &Config, metrics: &ProxyMetrics) -> Routes {
+    pub fn build(config: &Config, metrics: &ProxyMetrics) -> Routes {
+        let streams = config
+            .streams
+            .iter()
+            .map(|rule| StreamRoute {
+                counters: metrics.rule_counters(Cow::Owned(rule.name.clone())),
+                subscribers: metrics.stream_subscribers(&rule.name),
+                rule: rule.clone(),
+            })
+            .collect();
+        let taps = config
+            .taps
+            .iter()
+            .map(|rule| TapRoute {
+                counters: metrics.rule_counters(Cow::Owned(rule.name.clone())),
+                rule: rule.clone(),
+            })
+            .collect();
         Routes {
             proxy: metrics.rule_counters(Cow::Borrowed("proxy")),
+            streams,
+            taps,
         }
     }
 
-    /// Route a request by method and path (without query).
-    pub fn resolve(&self, _method: &Method, _path: &str) -> Route<'_> {
+    /// Route a request by method and path (without query): streams (GET), then taps, then
+    /// plain proxying.
+    pub fn resolve(&self, method: &Method, path: &str) -> Route<'_> {
+        if method == Method::GET {
+            for (i, s) in self.streams.iter().enumerate() {
+                if let Some(params) = s.rule.path.matches(path) {
+                    return Route {
+                        action: Action::Stream(i),
+                        params,
+                        name: &s.rule.name,
+                        counters: &s.counters,
+                    };
+                }
+            }
+        }
+        for (i, t) in self.taps.iter().enumerate() {
+            if t.rule.method == method
+                && let Some(params) = t.rule.path.matches(path)
+            {
+                return Route {
+                    action: Action::Tap(i),
+                    params,
+                    name: &t.rule.name,
+                    counters: &t.counters,
+                };
+            }
+        }
         Route {
             action: Action::Proxy,
             params: PathParams::default(),

@@ -48,20 +48,23 @@ impl UpstreamClient {
 
     /// The absolute upstream URI for a client's path and query (base path prepended).
     pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
-        let pq = path_and_query.map_or("/", PathAndQuery::as_str);
-        let full = if self.upstream.base_path.is_empty() {
-            pq.to_string()
-        } else {
-            format!("{}{pq}", self.upstream.base_path)
-        };
-        Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(full)
-            .build()
-            // Cannot fail: scheme and authority came validated from the config, and the path
-            // is the client's (already parsed) path with a validated prefix.
-            .unwrap_or_else(|_| Uri::from_static("/"))
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.upstream.scheme.clone());
+        parts.authority = Some(self.upstream.authority.clone());
+        parts.path_and_query = Some(match (self.upstream.base_path.as_str(), path_and_query) {
+            // The common case reuses the client's already-parsed path (a cheap clone).
+            ("", Some(pq)) => pq.clone(),
+            ("", None) => PathAndQuery::from_static("/"),
+            (base, pq) => {
+                let pq = pq.map_or("/", PathAndQuery::as_str);
+                // Cannot fail: a validated prefix followed by an already-parsed path.
+                format!("{base}{pq}")
+                    .parse()
+                    .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+            }
+        });
+        // Cannot fail: scheme, authority and path are all present and valid.
+        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
     }
 
     /// The upstream's `host:port`, for `preserve_host = false`.

@@ -1,0 +1,150 @@
+//! The SSE wire format (WHATWG HTML, "Server-sent events"), byte for byte.
+//!
+//! A frame is `id:`, optional `event:`, then one `data:` line per line of the data, split on
+//! every line ending the spec knows (CRLF, LF, CR) so no stray CR reaches the client, then a
+//! blank line. Field values in `id` and `event` cannot hold line breaks; they are replaced
+//! by spaces rather than letting a template inject fields.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// A comment line: keeps proxies and load balancers from closing an idle stream, and costs
+/// the client nothing (comments are ignored).
+pub const HEARTBEAT: Bytes = Bytes::from_static(b":\n\n");
+
+/// Encode one event.
+pub fn event(id: &str, event: Option<&str>, data: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + id.len() + 32);
+    field(&mut out, "id", id);
+    if let Some(name) = event {
+        field(&mut out, "event", name);
+    }
+    for line in lines(data) {
+        out.put_slice(b"data: ");
+        out.put_slice(line.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// The `retry:` hint sent first on every stream: how long the browser waits before
+/// reconnecting after the stream ends.
+pub fn retry(after: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", after.as_millis()))
+}
+
+/// A single-line field; line breaks inside the value become spaces.
+fn field(out: &mut BytesMut, name: &str, value: &str) {
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    for (i, part) in value.split(['\r', '\n']).enumerate() {
+        if i > 0 {
+            out.put_u8(b' ');
+        }
+        out.put_slice(part.as_bytes());
+    }
+    out.put_u8(b'\n');
+}
+
+/// Split on CRLF, LF or CR, keeping empty lines (a trailing newline is a trailing empty
+/// line, which the client turns back into the newline).
+fn lines(data: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(text)
+            }
+            Some(i) => {
+                let skip = if text[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&text[i + skip..]);
+                Some(&text[..i])
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: Bytes) -> String {
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn single_line_event() {
+        assert_eq!(
+            text(event("ab-1", Some("new_message"), r#"{"a":1}"#)),
+            "id: ab-1\nevent: new_message\ndata: {\"a\":1}\n\n"
+        );
+        assert_eq!(text(event("ab-2", None, "x")), "id: ab-2\ndata: x\n\n");
+    }
+
+    #[test]
+    fn every_line_ending_splits_and_no_cr_survives() {
+        let frame = text(event("i", None, "a\r\nb\nc\rd\r\n\r\ne"));
+        assert_eq!(
+            frame,
+            "id: i\ndata: a\ndata: b\ndata: c\ndata: d\ndata: \ndata: e\n\n"
+        );
+        assert!(!frame.contains('\r'));
+    }
+
+    #[test]
+    fn trailing_and_leading_newlines_and_empty_data() {
+        assert_eq!(text(event("i", None, "a\n")), "id: i\ndata: a\ndata: \n\n");
+        assert_eq!(text(event("i", None, "\na")), "id: i\ndata: \ndata: a\n\n");
+        assert_eq!(text(event("i", None, "")), "id: i\ndata: \n\n");
+        // A lone CR at the end is a line ending too.
+        assert_eq!(text(event("i", None, "a\r")), "id: i\ndata: a\ndata: \n\n");
+    }
+
+    #[test]
+    fn leading_space_in_data_survives_the_one_stripped_space() {
+        assert_eq!(text(event("i", None, " x")), "id: i\ndata:  x\n\n");
+    }
+
+    #[test]
+    fn unicode_is_passed_through_as_utf8() {
+        let data = "héllo 🌍\nпривет";
+        let frame = event("i", Some("ünï"), data);
+        assert_eq!(
+            &frame[..],
+            "id: i\nevent: ünï\ndata: héllo 🌍\ndata: привет\n\n".as_bytes()
+        );
+    }
+
+    #[test]
+    fn line_breaks_in_id_and_event_cannot_inject_fields() {
+        assert_eq!(
+            text(event("a\nb", Some("x\r\ndata: evil"), "d")),
+            "id: a b\nevent: x  data: evil\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn large_data_is_encoded_whole() {
+        let line = "x".repeat(1000);
+        let data = vec![line.as_str(); 2000].join("\n");
+        let frame = event("i", None, &data);
+        let expected_len = "id: i\n".len() + 2000 * ("data: ".len() + 1000 + 1) + 1;
+        assert_eq!(frame.len(), expected_len);
+        assert!(frame.ends_with(b"x\n\n"));
+        assert_eq!(
+            text(frame).matches("data: ").count(),
+            2000,
+            "one data field per line"
+        );
+    }
+
+    #[test]
+    fn retry_and_heartbeat() {
+        assert_eq!(text(retry(Duration::from_secs(3))), "retry: 3000\n\n");
+        assert_eq!(&HEARTBEAT[..], b":\n\n");
+    }
+}

@@ -1,0 +1,12 @@
+//! Server-Sent Events: the wire format ([`encode`]), the response body that streams a hub
+//! subscription ([`SseBody`]) and the request/response headers ([`last_event_id`],
+//! [`response`]).
+
+mod body;
+pub mod encode;
+mod request;
+
+pub use body::{SseBody, SseOptions};
+pub use request::{
+    LAST_EVENT_ID, LAST_EVENT_ID_PARAM, X_ACCEL_BUFFERING, last_event_id, response, set_headers,
+};

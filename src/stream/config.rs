@@ -1,0 +1,169 @@
+//! `[[stream]]` rules: an SSE endpoint at a path of the app, subscribing the client to
+//! channels resolved from the request.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigErrors, join, parse_duration};
+use crate::route::PathPattern;
+use crate::template::{Source, Template};
+
+/// Who may open a stream. Required on every rule; this build knows `"none"` (written
+/// explicitly). The auth issue adds `Upstream` (ask the app) and `Jwt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamAuth {
+    /// Anyone who can reach the path may subscribe.
+    None,
+}
+
+impl StreamAuth {
+    /// As written in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StreamAuth::None => "none",
+        }
+    }
+}
+
+/// Template variables a stream's channel names may use.
+pub const STREAM_SOURCES: &[Source] = &[Source::Path, Source::Query, Source::Header];
+
+/// A `[[stream]]` rule as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStreamRule {
+    path: String,
+    channels: Vec<String>,
+    auth: Option<String>,
+    heartbeat: Option<String>,
+    retry: Option<String>,
+    max_channels: Option<usize>,
+}
+
+/// A validated `[[stream]]` rule.
+#[derive(Debug, Clone)]
+pub struct StreamRule {
+    /// `stream[i]`, for logs and metrics.
+    pub name: String,
+    /// Where the stream is served (GET).
+    pub path: PathPattern,
+    /// Channel name templates; a list-valued query expands to one channel per value.
+    pub channels: Vec<Template>,
+    /// Who may subscribe.
+    pub auth: StreamAuth,
+    /// Interval of heartbeat comments. Default 15 s.
+    pub heartbeat: Duration,
+    /// The `retry:` hint. Default 2 s.
+    pub retry: Duration,
+    /// Channels one request may expand to (`device_ids=A,B,...`); more → 400. Default 16.
+    pub max_channels: usize,
+}
+
+impl RawStreamRule {
+    /// Validate, recording every error under `path` (`stream[i]`).
+    pub fn validate(self, path: &str, errors: &mut ConfigErrors) -> Option<StreamRule> {
+        let before = errors.len();
+        let pattern = PathPattern::parse(&self.path)
+            .map_err(|e| errors.push(join(path, "path"), e))
+            .ok();
+        if self.channels.is_empty() {
+            errors.push(
+                join(path, "channels"),
+                "at least one channel template is needed",
+            );
+        }
+        let channels: Vec<Template> = self
+            .channels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                let key = format!("{}[{i}]", join(path, "channels"));
+                let t = Template::parse(text, STREAM_SOURCES)
+                    .map_err(|e| errors.push(&key, e))
+                    .ok()?;
+                check_path_vars(&t, pattern.as_ref(), &key, errors);
+                Some(t)
+            })
+            .collect();
+        let auth = match self.auth.as_deref() {
+            Some("none") => Some(StreamAuth::None),
+            Some(other @ ("upstream" | "jwt")) => {
+                errors.push(
+                    join(path, "auth"),
+                    format!("{other:?} is not available in this build (available: \"none\")"),
+                );
+                None
+            }
+            Some(other) => {
+                errors.push(
+                    join(path, "auth"),
+                    format!("unknown auth {other:?} (write \"none\", \"upstream\" or \"jwt\")"),
+                );
+                None
+            }
+            None => {
+                errors.push(
+                    join(path, "auth"),
+                    "required: who may subscribe (write auth = \"none\" to let anyone)",
+                );
+                None
+            }
+        };
+        let mut dur = |key: &str, raw: Option<String>, default: Duration| match raw {
+            None => default,
+            Some(text) => match parse_duration(&text) {
+                Ok(v) if v >= Duration::from_millis(100) => v,
+                Ok(_) => {
+                    errors.push(join(path, key), "must be at least 100ms");
+                    default
+                }
+                Err(e) => {
+                    errors.push(join(path, key), e);
+                    default
+                }
+            },
+        };
+        let heartbeat = dur("heartbeat", self.heartbeat, Duration::from_secs(15));
+        let retry = dur("retry", self.retry, Duration::from_secs(2));
+        let max_channels = match self.max_channels {
+            Some(0) => {
+                errors.push(join(path, "max_channels"), "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => 16,
+        };
+        if errors.len() > before {
+            return None;
+        }
+        Some(StreamRule {
+            name: path.to_string(),
+            path: pattern?,
+            channels,
+            auth: auth?,
+            heartbeat,
+            retry,
+            max_channels,
+        })
+    }
+}
+
+/// `{path.NAME}` must name a `{NAME}` segment of the rule's own pattern.
+pub fn check_path_vars(
+    t: &Template,
+    pattern: Option<&PathPattern>,
+    key: &str,
+    errors: &mut ConfigErrors,
+) {
+    let Some(pattern) = pattern else { return };
+    for (source, name) in t.variables() {
+        if source == Source::Path && !pattern.param_names().any(|p| p == name) {
+            errors.push(
+                key,
+                format!("{{path.{name}}}: the path pattern {pattern} has no {{{name}}} segment"),
+            );
+        }
+    }
+}
