@@ -23,6 +23,8 @@ NCHAN_CONF='
     }
   }'
 
+# Every subscriber comes from 127.0.0.1 and joins one channel: the per-IP
+# (1,000) and per-channel (10,000) defaults would refuse most of them.
 UNPOLL_STREAM_CONF='listen = "127.0.0.1:PORT"
 upstream = "UPSTREAM"
 workers = 1
@@ -31,6 +33,9 @@ listen = "127.0.0.1:ADMIN_PORT"
 token = "bench"
 [log]
 access = false
+[hub]
+max_subscribers_per_ip = 20000
+max_subscribers_per_channel = 20000
 [[stream]]
 path = "/sub/{channel}"
 channels = ["{path.channel}"]
