@@ -134,25 +134,30 @@ fanout_run() {
   done
   sleep 1.5 # mid-hold: every subscriber connected and idle
   rss1=$(group_rss_kib "$SYS_PG")
+  local t0 t1
+  t0=$(group_ticks "$SYS_PG")
   for ((i = 0; i < 1200; i++)); do
     kill -0 "$client" 2>/dev/null || break
     sleep 0.1
   done
+  t1=$(group_ticks "$SYS_PG")
   stop "$client"
   cp "$WORK/sse-$sys-$n.log" "$out"
   res=$(grep '^RESULT ' "$out") || res=""
-  awk -v sys="$sys" -v n="$n" -v d=$((rss1 - rss0)) -v res="$res" 'BEGIN {
+  awk -v sys="$sys" -v n="$n" -v d=$((rss1 - rss0)) -v res="$res" \
+    -v cpu_us=$(((t1 - t0) * 1000000 / CLK_TCK)) 'BEGIN {
     split(res, f, " ")
     for (i in f) { split(f[i], kv, "="); v[kv[1]] = kv[2] }
     if (res == "") { printf "%s %d failed\n", sys, n; exit }
     if (v["messages"] == 0) {
-      printf "%s %d %d - - - - %.2f %d\n", sys, n, v["connected"],
+      printf "%s %d %d - - - - %.2f %d -\n", sys, n, v["connected"],
         (v["connected"] > 0 ? d / v["connected"] : 0), v["retries"]
       exit
     }
-    printf "%s %d %d %.4f %.1f %.1f %.1f %.2f %d\n", sys, n, v["connected"], v["delivered"],
+    printf "%s %d %d %.4f %.1f %.1f %.1f %.2f %d %.1f\n", sys, n, v["connected"], v["delivered"],
       v["p50_us"] / 1000, v["p99_us"] / 1000, v["max_us"] / 1000,
-      (v["connected"] > 0 ? d / v["connected"] : 0), v["retries"]
+      (v["connected"] > 0 ? d / v["connected"] : 0), v["retries"],
+      (v["received"] > 0 ? cpu_us / v["received"] : 0)
   }' >>"$WORK/fanout.rows"
   stop "$SYS_PG"
 }
@@ -180,11 +185,12 @@ fanout_report() {
   echo "        $FANOUT_MESSAGES messages 200 ms apart carrying their publish time; server on CPU $PROXY_CPU;"
   echo "        memory = server RSS (all its processes) with N idle subscribers minus before, / N;"
   echo "        rows with 0 messages hold N idle subscribers at once; retries = failed"
-  echo "        subscription attempts retried after 200 ms (as EventSource does), up to 3 each"
-  printf '%-8s %6s %9s %9s %8s %8s %8s %9s %8s\n' system N connected delivered 'p50 ms' 'p99 ms' \
-    'max ms' 'KiB/sub' retries
+  echo "        subscription attempts retried after 200 ms (as EventSource does), up to 3 each;"
+  echo "        CPU us/ev = server CPU time from the idle hold to the end / events delivered"
+  printf '%-8s %6s %9s %9s %8s %8s %8s %9s %8s %9s\n' system N connected delivered 'p50 ms' \
+    'p99 ms' 'max ms' 'KiB/sub' retries 'CPU us/ev'
   awk '$3 == "unpoll-missing" || $3 == "failed" { printf "%-8s %6d %s\n", $1, $2, $3; next }
-    { printf "%-8s %6d %9d %9s %8s %8s %8s %9s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }' \
+    { printf "%-8s %6d %9d %9s %8s %8s %8s %9s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' \
     "$WORK/fanout.rows"
   [[ -z $FANOUT_MISSING ]] || echo "$FANOUT_MISSING"
 }
