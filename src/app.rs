@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Cache;
 use crate::config::{Config, ConfigErrors};
 use crate::hub::Hub;
 use crate::metrics::{ProxyMetrics, ReloadLabels};
@@ -37,6 +38,9 @@ pub struct App {
     /// Channels, history and subscribers. Lives as long as the instance: a reload keeps
     /// every open stream and the history (its `[hub]` settings apply at start only).
     pub hub: Hub,
+    /// The polling cache shared by all `[[cache]]` rules. Lives as long as the instance
+    /// (its `cache_size` applies at start only).
+    pub cache: Cache,
     /// Not-ready reasons by component; `/readyz` is 200 only when empty.
     readiness: Mutex<BTreeMap<&'static str, String>>,
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
@@ -53,8 +57,10 @@ impl App {
         let metrics = ProxyMetrics::register(&mut registry);
         let hub = Hub::new(config.hub.clone());
         hub.metrics().register(&mut registry);
+        let cache = Cache::new(config.cache_size, &mut registry);
         let snapshot = Snapshot::build(config, &metrics);
         Arc::new(App {
+            cache,
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
@@ -96,6 +102,9 @@ impl App {
         if old.config.workers != config.workers {
             warnings.push("workers changed: restart unpoll to apply it".to_string());
         }
+        if old.config.cache_size != config.cache_size {
+            warnings.push("cache_size changed: restart unpoll to apply it".to_string());
+        }
         if old.config.hub != config.hub {
             warnings.push("[hub] changed: restart unpoll to apply it".to_string());
         }
@@ -123,14 +132,15 @@ impl App {
     }
 
     /// Purge cache entries carrying any of `tags` (after a tap's 2xx, a notification, or
-    /// `POST /purge`). The hook the cache issue fills in: until the cache lands it only
-    /// counts the request (`unpoll_tag_purges`), so taps and sources call it already.
+    /// `POST /purge`), including fills of them in flight.
     pub fn purge_tags(&self, tags: &[String]) {
-        if tags.is_empty() {
-            return;
-        }
-        tracing::debug!(tags = ?tags, "purge requested");
-        self.hub.metrics().purges.inc_by(tags.len() as u64);
+        self.cache.purge(tags);
+    }
+
+    /// Purge cache entries with a tag matching `pattern` (`*` wildcards): what a source does
+    /// when it lost events and cannot tell which tags they concerned.
+    pub fn purge_tag_pattern(&self, pattern: &str) {
+        self.cache.purge_glob(pattern);
     }
 
     /// Mark `component` not ready (with the reason) or ready (`None`).

@@ -96,7 +96,11 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
     let service = {
         let app = app.clone();
         let activity = activity.clone();
-        service_fn(move |req: Request<Incoming>| {
+        service_fn(move |mut req: Request<Incoming>| {
+            if req.version() <= http::Version::HTTP_11 {
+                req.extensions_mut()
+                    .insert(ConnectionAbort(activity.clone()));
+            }
             let app = app.clone();
             let guard = RequestGuard::begin(activity.clone());
             async move { Ok::<_, Infallible>(respond(&app, kind, req, peer, guard).await) }
@@ -116,6 +120,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
             _ = app.shutdown.cancelled(), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
+            }
+            _ = activity.abort.notified() => {
+                tracing::debug!(peer = %peer, "connection aborted by its response");
+                return;
             }
             _ = activity.idle_for(idle_timeout), if !draining => {
                 conn.as_mut().graceful_shutdown();
@@ -162,6 +170,30 @@ pub struct Activity {
     generation: AtomicU64,
     /// Woken when `in_flight` drops to zero.
     became_idle: Notify,
+    /// Notified by [`ConnectionAbort::abort`]: the connection is dropped at once.
+    abort: Notify,
+}
+
+/// Request extension (HTTP/1 only) that lets a response end its whole connection. An SSE
+/// stream whose client stopped reading overflows its queue while hyper is blocked writing
+/// to the full socket and never polls the body again; without this the connection (and its
+/// kernel buffers) would stay open forever. On HTTP/2 the other streams of the connection
+/// are innocent, so the slow stream just ends when next polled.
+#[derive(Clone)]
+pub struct ConnectionAbort(Arc<Activity>);
+
+impl ConnectionAbort {
+    /// Close the connection now.
+    pub fn abort(&self) {
+        // notify_one stores a permit if the connection loop is not waiting at this moment.
+        self.0.abort.notify_one();
+    }
+}
+
+impl std::fmt::Debug for ConnectionAbort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionAbort")
+    }
 }
 
 impl Activity {

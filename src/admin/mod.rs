@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod publish;
+pub mod purge;
 
 use std::sync::Arc;
 
@@ -41,7 +42,13 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
             publish::publish(app, req).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/publish") => {
+        (&Method::POST, "/purge") => {
+            if let Err(e) = auth::check_bearer(req.headers(), admin.token.as_deref()) {
+                return e.into_response();
+            }
+            purge::purge(app, req).await
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/publish" | "/purge") => {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -85,6 +92,7 @@ fn stats(app: &App) -> Response<Body> {
         "upstream": snapshot.config.upstream.to_string(),
         "ready": app.not_ready().is_empty(),
         "hub": app.hub.stats(STATS_TOP_CHANNELS),
+        "cache": app.cache.stats(),
         "streams": snapshot.routes.streams.iter().map(|s| serde_json::json!({
             "rule": s.rule.name,
             "path": s.rule.path.to_string(),
@@ -92,6 +100,39 @@ fn stats(app: &App) -> Response<Body> {
         })).collect::<Vec<_>>(),
     });
     json(StatusCode::OK, &value)
+}
+
+/// Read a request body of at most `max` bytes: 413 past it (by Content-Length or as it
+/// streams), 400 when it cannot be read.
+pub async fn read_body<B>(req: Request<B>, max: usize) -> Result<bytes::Bytes, Response<Body>>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    use http_body_util::{BodyExt, Limited};
+    let too_large = || {
+        let message = format!("request body over {max} bytes");
+        error_response(StatusCode::PAYLOAD_TOO_LARGE, &message)
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => {
+            tracing::debug!(cause = %e, "reading an admin request body failed");
+            Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "could not read the request body",
+            ))
+        }
+    }
 }
 
 /// A `text/plain` response.

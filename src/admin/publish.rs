@@ -2,7 +2,6 @@
 //! batch (a JSON array of them), for apps that want to push. Answers with the ids.
 
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
 use super::json;
@@ -39,24 +38,9 @@ where
     B: http_body::Body<Data = bytes::Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_PUBLISH_BODY as u64) {
-        return too_large();
-    }
-    let bytes = match Limited::new(req.into_body(), MAX_PUBLISH_BODY)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
-            tracing::debug!(cause = %e, "reading a publish request failed");
-            return error_response(StatusCode::BAD_REQUEST, "could not read the request body");
-        }
+    let bytes = match super::read_body(req, MAX_PUBLISH_BODY).await {
+        Ok(bytes) => bytes,
+        Err(resp) => return resp,
     };
     let parsed: PublishBody = match serde_json::from_slice(&bytes) {
         Ok(p) => p,
@@ -93,11 +77,4 @@ where
         serde_json::json!({ "id": ids[0] })
     };
     json(StatusCode::OK, &body)
-}
-
-fn too_large() -> Response<Body> {
-    error_response(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("publish body larger than {MAX_PUBLISH_BODY} bytes"),
-    )
 }

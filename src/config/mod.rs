@@ -21,6 +21,7 @@ pub use sections::{Sections, deserialize};
 pub use units::{parse_duration, parse_size};
 
 use crate::admin::config::{AdminConfig, RawAdminConfig};
+use crate::cache::{CacheRule, RawCacheRule};
 use crate::hub::config::{HubConfig, RawHubConfig};
 use crate::logging::{LogConfig, RawLogConfig};
 use crate::proxy::config::{ProxyConfig, RawProxyConfig};
@@ -42,6 +43,10 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// Memory budget of all `[[cache]]` entries together, in bytes. Read at start only.
+    pub cache_size: u64,
+    /// `[[cache]]` rules, in file order.
+    pub caches: Vec<CacheRule>,
     /// `[hub]`: history, queue and subscriber limits. Read at start only.
     pub hub: HubConfig,
     /// `[[stream]]` rules, in file order.
@@ -137,6 +142,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = s.take::<RawAdminConfig>("admin").unwrap_or_default();
     let proxy = s.take::<RawProxyConfig>("proxy").unwrap_or_default();
     let log = s.take::<RawLogConfig>("log").unwrap_or_default();
+    let cache_size = s.take::<String>("cache_size");
+    let caches = s.take_rules::<RawCacheRule>("cache");
     let hub = s.take::<RawHubConfig>("hub").unwrap_or_default();
     let streams = s.take_rules::<RawStreamRule>("stream");
     let taps = s.take_rules::<RawTapRule>("tap");
@@ -172,6 +179,11 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = admin.validate("admin", &mut errors);
     let proxy = proxy.validate("proxy", &mut errors);
     let log = log.validate("log", &mut errors);
+    let cache_size = crate::cache::config::cache_size(cache_size, &mut errors);
+    let caches: Vec<CacheRule> = caches
+        .into_iter()
+        .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
+        .collect();
     let hub = hub.validate("hub", &mut errors);
     let streams: Vec<StreamRule> = streams
         .into_iter()
@@ -190,6 +202,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             admin,
             proxy,
             log,
+            cache_size,
+            caches,
             hub,
             streams,
             taps,
@@ -215,6 +229,21 @@ impl Config {
                 rule.path,
                 channels.join(", "),
                 rule.auth.as_str()
+            );
+        }
+        for rule in &self.caches {
+            let vary: Vec<&str> = rule.vary.iter().map(|h| h.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "{:<9} GET {} → cached {:?} (vary: {})",
+                rule.name,
+                rule.path,
+                rule.ttl,
+                if vary.is_empty() {
+                    "shared".to_string()
+                } else {
+                    vary.join(", ")
+                }
             );
         }
         for rule in &self.taps {

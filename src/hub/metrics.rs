@@ -42,8 +42,6 @@ pub struct HubMetrics {
     /// Stream, tap and source rules that did not apply to a request or notification (a
     /// template variable had no value, a body was too large), by rule and reason.
     pub skipped: Family<SkipLabels, Counter>,
-    /// Cache tags whose purge was requested (by taps, sources or the admin API).
-    pub purges: Counter,
 }
 
 /// Labels of `unpoll_rule_skipped`.
@@ -118,11 +116,6 @@ impl HubMetrics {
             "unpoll_rule_skipped",
             "Rules that did not apply (missing template value, body too large, ...)",
             self.skipped.clone(),
-        );
-        r.register(
-            "unpoll_tag_purges",
-            "Cache tags whose purge was requested",
-            self.purges.clone(),
         );
     }
 

@@ -12,7 +12,7 @@
 pub mod config;
 mod error;
 mod event;
-mod glob;
+pub mod glob;
 mod id;
 mod metrics;
 mod state;
@@ -113,7 +113,7 @@ impl Hub {
         let has_room = state.channels.contains_key(channel)
             || state.channels.len() < inner.config.max_channels
             || {
-                state.sweep(now, &inner.config);
+                state.forced_sweep(now, &inner.config);
                 state.channels.len() < inner.config.max_channels
             };
         let (mut queued, mut dropped) = (0u64, 0u64);

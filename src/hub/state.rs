@@ -72,7 +72,13 @@ pub(crate) struct State {
     /// Subscriptions open, in total and per client address (entries removed at zero).
     pub subscribers: usize,
     pub per_ip: HashMap<IpAddr, u32>,
+    /// Last sweep forced by a full channel table; such sweeps walk every channel under the
+    /// lock, so they are rate-limited to one per [`FORCED_SWEEP_EVERY`].
+    last_forced_sweep: Option<Instant>,
 }
+
+/// Minimum interval between two sweeps forced by `max_channels`.
+pub(crate) const FORCED_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl State {
     /// The gap floor of a channel created now under `name`.
@@ -216,6 +222,19 @@ impl State {
             });
         }
         idle.len()
+    }
+
+    /// Sweep because the channel table is full, at most once per [`FORCED_SWEEP_EVERY`]
+    /// (a flood of publishes to new channels must not turn every publish into a full walk).
+    pub fn forced_sweep(&mut self, now: Instant, config: &HubConfig) {
+        if self
+            .last_forced_sweep
+            .is_some_and(|at| now.saturating_duration_since(at) < FORCED_SWEEP_EVERY)
+        {
+            return;
+        }
+        self.last_forced_sweep = Some(now);
+        self.sweep(now, config);
     }
 
     /// Record that a source lost events on channels matching `pattern` up to `seq`.

@@ -21,7 +21,7 @@ pub struct HubStats {
     pub events_delivered: u64,
     /// Frames dropped with overflowed subscribers since start.
     pub events_dropped: u64,
-    /// Events and bytes kept in history.
+    /// Events kept in history.
     pub history_events: usize,
     /// Bytes of encoded events kept in history.
     pub history_bytes: usize,

@@ -52,14 +52,14 @@ pub(crate) struct QueueBounds {
 }
 
 /// The part of a subscriber the hub's channels point to.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct SubShared {
     /// Written by publishers (under the hub lock) and read by the subscriber's stream; held
     /// only for a push or a pop, never across an await.
     queue: Mutex<SubQueue>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct SubQueue {
     /// Frames not yet taken by the stream. Bounded by [`QueueBounds`]; full → closed.
     frames: VecDeque<Bytes>,
@@ -71,7 +71,13 @@ struct SubQueue {
     waker: Option<Waker>,
     /// Seq of the last reset queued, so a subscriber of several reset channels gets one.
     last_reset: u64,
+    /// Run once when the queue overflows: closes the client's connection when the stream
+    /// cannot end by itself because nobody polls it (see `server::ConnectionAbort`).
+    on_overflow: Option<OverflowHook>,
 }
+
+/// See [`SubQueue::on_overflow`].
+pub(crate) type OverflowHook = Box<dyn FnOnce() + Send>;
 
 impl SubShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, SubQueue> {
@@ -83,6 +89,7 @@ impl SubShared {
     pub(crate) fn push(&self, frame: &Bytes, bounds: QueueBounds) -> Push {
         let waker;
         let outcome;
+        let mut hook = None;
         {
             let mut q = self.lock();
             if q.closed.is_some() {
@@ -95,6 +102,7 @@ impl SubShared {
                 q.frames = VecDeque::new();
                 q.bytes = 0;
                 q.closed = Some(CloseReason::Overflow);
+                hook = q.on_overflow.take();
                 outcome = Push::Overflowed(dropped);
             } else {
                 q.bytes += frame.len();
@@ -106,7 +114,15 @@ impl SubShared {
         if let Some(w) = waker {
             w.wake();
         }
+        if let Some(hook) = hook {
+            hook();
+        }
         outcome
+    }
+
+    /// Set the hook run on overflow.
+    pub(crate) fn set_on_overflow(&self, hook: OverflowHook) {
+        self.lock().on_overflow = Some(hook);
     }
 
     /// Queue a reset frame for hub position `seq` unless one for that position is queued.
@@ -169,6 +185,17 @@ impl SubShared {
             _ => q.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+}
+
+impl std::fmt::Debug for SubShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = self.lock();
+        f.debug_struct("SubShared")
+            .field("queued", &q.frames.len())
+            .field("bytes", &q.bytes)
+            .field("closed", &q.closed)
+            .finish_non_exhaustive()
     }
 }
 

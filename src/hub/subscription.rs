@@ -155,7 +155,7 @@ fn check_limits(
         }
     }
     if missing > 0 && state.channels.len() + missing > config.max_channels {
-        state.sweep(now, config);
+        state.forced_sweep(now, config);
         if state.channels.len() + missing > config.max_channels {
             return Err(SubscribeError::ChannelsFull { retry_after });
         }
@@ -240,6 +240,12 @@ impl Subscription {
     /// End it for `reason` (the first reason wins); pending frames are still delivered.
     pub fn close(&self, reason: CloseReason) {
         self.shared.close(reason);
+    }
+
+    /// Run `hook` (once) if this subscription overflows: the stream layer uses it to close
+    /// a connection that is blocked writing to a client that stopped reading.
+    pub fn on_overflow(&self, hook: impl FnOnce() + Send + 'static) {
+        self.shared.set_on_overflow(Box::new(hook));
     }
 
     /// Why it ended, if it did.

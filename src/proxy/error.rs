@@ -85,7 +85,7 @@ impl ProxyError {
 
     /// A short text that names the cause without leaking internals (no addresses, no
     /// library messages: those go to the log).
-    fn public_message(&self) -> &'static str {
+    pub fn public_message(&self) -> &'static str {
         match self {
             ProxyError::Upstream(UpstreamError::Connect(_)) => "upstream unreachable",
             ProxyError::Upstream(UpstreamError::ConnectTimeout) => "upstream connect timed out",

@@ -37,8 +37,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
                 resp
             })
         }
-        Action::Stream(i) => {
-            let s = &snapshot.routes.streams[i];
+        Action::Stream(s) => {
             match crate::stream::open(app, &s.rule, &s.subscribers, &route.params, &req, client_ip)
             {
                 Outcome::Respond(resp) => Ok(resp),
@@ -54,9 +53,19 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
                 }
             }
         }
-        Action::Tap(i) => {
-            let rule = &snapshot.routes.taps[i].rule;
-            crate::tap::handle(app, &snapshot, rule, route.params.clone(), req, client_ip).await
+        Action::Cache(c) => {
+            crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip).await
+        }
+        Action::Tap(t) => {
+            crate::tap::handle(
+                app,
+                &snapshot,
+                &t.rule,
+                route.params.clone(),
+                req,
+                client_ip,
+            )
+            .await
         }
     };
 

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use http::Method;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::cache::CacheRule;
 use crate::config::Config;
 use crate::metrics::{ProxyMetrics, RuleCounters};
 use crate::route::PathParams;
@@ -13,23 +14,26 @@ use crate::stream::StreamRule;
 use crate::tap::TapRule;
 
 /// What the handler does with a request.
-#[derive(Debug)]
-pub enum Action {
+#[derive(Debug, Clone, Copy)]
+pub enum Action<'a> {
     /// Forward to the upstream unchanged.
     Proxy,
-    /// Serve an SSE stream: `[[stream]]` rule at this index.
-    Stream(usize),
-    /// Forward, then publish on 2xx: `[[tap]]` rule at this index.
-    Tap(usize),
+    /// Serve an SSE stream under this `[[stream]]` rule.
+    Stream(&'a StreamRoute),
+    /// Forward, then publish on 2xx, under this `[[tap]]` rule.
+    Tap(&'a TapRoute),
+    /// Answer from the cache, or fetch once for all, under this `[[cache]]` rule.
+    Cache(&'a CacheRoute),
 }
 
-impl Action {
+impl Action<'_> {
     /// Label for logs.
     pub fn as_str(&self) -> &'static str {
         match self {
             Action::Proxy => "proxy",
             Action::Stream(_) => "stream",
             Action::Tap(_) => "tap",
+            Action::Cache(_) => "cache",
         }
     }
 }
@@ -37,7 +41,7 @@ impl Action {
 /// The outcome of routing one request.
 pub struct Route<'a> {
     /// What to do.
-    pub action: Action,
+    pub action: Action<'a>,
     /// Values of the matched pattern's `{name}` segments.
     pub params: PathParams,
     /// The rule's name for metrics and logs (`proxy`, `cache[0]`, ...).
@@ -47,6 +51,7 @@ pub struct Route<'a> {
 }
 
 /// A `[[stream]]` rule with its counters.
+#[derive(Debug)]
 pub struct StreamRoute {
     /// The rule.
     pub rule: StreamRule,
@@ -58,9 +63,19 @@ pub struct StreamRoute {
 }
 
 /// A `[[tap]]` rule with its counters.
+#[derive(Debug)]
 pub struct TapRoute {
     /// The rule.
     pub rule: TapRule,
+    /// Responses by status class.
+    pub counters: RuleCounters,
+}
+
+/// A `[[cache]]` rule with its counters.
+#[derive(Debug)]
+pub struct CacheRoute {
+    /// The rule.
+    pub rule: CacheRule,
     /// Responses by status class.
     pub counters: RuleCounters,
 }
@@ -72,6 +87,8 @@ pub struct Routes {
     pub streams: Vec<StreamRoute>,
     /// `[[tap]]` rules in file order; the first match wins.
     pub taps: Vec<TapRoute>,
+    /// `[[cache]]` rules in file order; the first match wins.
+    pub caches: Vec<CacheRoute>,
 }
 
 impl Routes {
@@ -94,21 +111,30 @@ impl Routes {
                 rule: rule.clone(),
             })
             .collect();
+        let caches = config
+            .caches
+            .iter()
+            .map(|rule| CacheRoute {
+                counters: metrics.rule_counters(Cow::Owned(rule.name.clone())),
+                rule: rule.clone(),
+            })
+            .collect();
         Routes {
             proxy: metrics.rule_counters(Cow::Borrowed("proxy")),
             streams,
             taps,
+            caches,
         }
     }
 
     /// Route a request by method and path (without query): streams (GET), then taps, then
-    /// plain proxying.
+    /// cache rules, then plain proxying.
     pub fn resolve(&self, method: &Method, path: &str) -> Route<'_> {
         if method == Method::GET {
-            for (i, s) in self.streams.iter().enumerate() {
+            for s in &self.streams {
                 if let Some(params) = s.rule.path.matches(path) {
                     return Route {
-                        action: Action::Stream(i),
+                        action: Action::Stream(s),
                         params,
                         name: &s.rule.name,
                         counters: &s.counters,
@@ -116,15 +142,27 @@ impl Routes {
                 }
             }
         }
-        for (i, t) in self.taps.iter().enumerate() {
+        for t in &self.taps {
             if t.rule.method == method
                 && let Some(params) = t.rule.path.matches(path)
             {
                 return Route {
-                    action: Action::Tap(i),
+                    action: Action::Tap(t),
                     params,
                     name: &t.rule.name,
                     counters: &t.counters,
+                };
+            }
+        }
+        for c in &self.caches {
+            if c.rule.methods.contains(method)
+                && let Some(params) = c.rule.path.matches(path)
+            {
+                return Route {
+                    action: Action::Cache(c),
+                    params,
+                    name: &c.rule.name,
+                    counters: &c.counters,
                 };
             }
         }

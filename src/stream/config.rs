@@ -167,3 +167,60 @@ pub fn check_path_vars(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn parse(rules: &str) -> Result<crate::Config, String> {
+        let text = format!("listen = \"127.0.0.1:1\"\nupstream = \"http://a\"\n{rules}");
+        crate::config::parse(&text, &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn valid_rule_with_defaults() {
+        let c = parse("[[stream]]\npath = \"/c/{id}/events\"\nchannels = [\"chat:{path.id}\"]\nauth = \"none\"").unwrap();
+        let s = &c.streams[0];
+        assert_eq!((s.name.as_str(), s.auth.as_str()), ("stream[0]", "none"));
+        assert_eq!(s.heartbeat, std::time::Duration::from_secs(15));
+        assert_eq!(s.max_channels, 16);
+    }
+
+    #[test]
+    fn every_error_has_its_key_path() {
+        let errors = parse(
+            r#"
+            [hub]
+            subscriber_queue = 0
+            history_max_age = "soon"
+            [[stream]]
+            path = "/a"
+            channels = ["x:{form.a}", "{path.nope}"]
+            heartbeat = "1ms"
+            [[stream]]
+            path = "/b"
+            channels = ["b"]
+            auth = "jwt"
+            [[stream]]
+            path = "/c"
+            channels = []
+            auth = "none"
+            extra = 1
+            "#,
+        )
+        .unwrap_err();
+        for expected in [
+            "hub.subscriber_queue: must be at least 1",
+            "hub.history_max_age: invalid duration",
+            "stream[0].channels[0]: template \"x:{form.a}\": {form.a} is not available here",
+            "stream[0].channels[1]: {path.nope}: the path pattern /a has no {nope} segment",
+            "stream[0].auth: required",
+            "stream[0].heartbeat: must be at least 100ms",
+            "stream[1].auth: \"jwt\" is not available in this build",
+            "stream[2].extra: unknown field `extra`",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "{expected:?} missing in:\n{errors}"
+            );
+        }
+    }
+}

@@ -16,6 +16,7 @@ use crate::body::{Body, boxed};
 use crate::hub::SubscribeError;
 use crate::proxy::error_response;
 use crate::route::PathParams;
+use crate::server::ConnectionAbort;
 use crate::sse::{SseBody, SseOptions};
 use crate::template::{RenderEachError, RequestVars};
 
@@ -74,6 +75,10 @@ pub fn open<B>(
         Ok(sub) => sub,
         Err(e) => return Outcome::Respond(refused(rule, &e)),
     };
+    if let Some(abort) = req.extensions().get::<ConnectionAbort>() {
+        let abort = abort.clone();
+        sub.on_overflow(move || abort.abort());
+    }
     let options = SseOptions {
         heartbeat: rule.heartbeat,
         retry: rule.retry,

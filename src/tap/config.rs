@@ -133,3 +133,49 @@ impl RawTapRule {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn parse(rules: &str) -> Result<crate::Config, String> {
+        let text = format!("listen = \"127.0.0.1:1\"\nupstream = \"http://a\"\n{rules}");
+        crate::config::parse(&text, &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn valid_rule_with_defaults() {
+        let c = parse("[[tap]]\npath = \"/hook\"\nchannel = \"c:{form.To}\"").unwrap();
+        let t = &c.taps[0];
+        assert_eq!(t.method, http::Method::POST);
+        assert_eq!(t.max_body, super::DEFAULT_MAX_BODY);
+        assert!(t.data.is_none() && t.event.is_none() && t.purge.is_empty());
+    }
+
+    #[test]
+    fn every_error_has_its_key_path() {
+        let errors = parse(
+            r#"
+            [[tap]]
+            method = "P OST"
+            path = "hook"
+            channel = "{payload.x}"
+            data = { a = "{json.a}", b = 3 }
+            purge = ["{nope}"]
+            max_body = "big"
+            "#,
+        )
+        .unwrap_err();
+        for expected in [
+            "tap[0].method: invalid method",
+            "tap[0].path: path pattern \"hook\" must start with /",
+            "tap[0].channel: template \"{payload.x}\": {payload.x} is not available here",
+            "tap[0].data.b: must be a template string",
+            "tap[0].purge[0]: template \"{nope}\"",
+            "tap[0].max_body: invalid size",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "{expected:?} missing in:\n{errors}"
+            );
+        }
+    }
+}

@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses its own part of the harness
 
 pub mod process;
+pub mod sse;
 pub mod upstream;
 
 use std::future::Future;

@@ -1,0 +1,362 @@
+//! A stored response, its freshness, and the rules for what may be stored or shared.
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use tokio::time::Instant;
+
+use super::config::CacheRule;
+use crate::body::{Body, empty, full};
+
+/// `Cache-Status` (RFC 9211).
+pub static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+/// The hub position when the response was produced (see the hub's cursor).
+pub static UNPOLL_CURSOR: header::HeaderName = header::HeaderName::from_static("unpoll-cursor");
+
+/// Bytes counted per entry on top of its key, headers and body (the struct, the Arc, the
+/// store's own bookkeeping), so many tiny entries cannot exceed the budget.
+pub const ENTRY_OVERHEAD: usize = 512;
+
+/// A complete upstream response held in memory.
+#[derive(Debug)]
+pub struct Entry {
+    /// Upstream status.
+    pub status: StatusCode,
+    /// Upstream headers, hop-by-hop removed.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// The upstream's ETag, or a strong one made from the body.
+    pub etag: HeaderValue,
+    /// When the upstream response arrived.
+    pub stored_at: Instant,
+    /// Tag generation the fill started in (see `tags.rs`).
+    pub generation: u64,
+    /// Rendered tags.
+    pub tags: Vec<String>,
+    /// `Unpoll-Cursor` value: the hub position before the upstream was asked.
+    pub cursor: HeaderValue,
+    /// Copied from the rule at fill time.
+    pub ttl: Duration,
+    /// Copied from the rule at fill time.
+    pub stale_while_revalidate: Duration,
+    /// Copied from the rule at fill time.
+    pub stale_if_error: Duration,
+}
+
+/// Where an entry is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within `ttl`: served as is.
+    Fresh,
+    /// Past `ttl`, within `stale_while_revalidate`: served while one refresh runs.
+    StaleRevalidate,
+    /// Past both, within `stale_if_error`: served only if the upstream fails.
+    StaleIfError,
+    /// Useless.
+    Expired,
+}
+
+impl Freshness {
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Freshness::Fresh => "fresh",
+            Freshness::StaleRevalidate => "stale-while-revalidate",
+            Freshness::StaleIfError => "stale-if-error",
+            Freshness::Expired => "expired",
+        }
+    }
+}
+
+impl Entry {
+    /// Build an entry; the ETag is the upstream's or made from the body.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rule: &CacheRule,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        generation: u64,
+        tags: Vec<String>,
+        cursor: HeaderValue,
+    ) -> Entry {
+        let etag = headers
+            .get(header::ETAG)
+            .cloned()
+            .unwrap_or_else(|| body_etag(&body));
+        Entry {
+            status,
+            headers,
+            body,
+            etag,
+            stored_at: Instant::now(),
+            generation,
+            tags,
+            cursor,
+            ttl: rule.ttl,
+            stale_while_revalidate: rule.stale_while_revalidate,
+            stale_if_error: rule.stale_if_error,
+        }
+    }
+
+    /// Age now.
+    pub fn age(&self) -> Duration {
+        self.stored_at.elapsed()
+    }
+
+    /// Freshness now.
+    pub fn freshness(&self) -> Freshness {
+        let age = self.age();
+        if age < self.ttl {
+            Freshness::Fresh
+        } else if age < self.ttl + self.stale_while_revalidate {
+            Freshness::StaleRevalidate
+        } else if age < self.ttl + self.stale_if_error {
+            Freshness::StaleIfError
+        } else {
+            Freshness::Expired
+        }
+    }
+
+    /// How long the store keeps it: after this it can serve nobody.
+    pub fn lifetime(&self) -> Duration {
+        self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
+    }
+
+    /// Bytes counted against the budget (key excluded).
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        ENTRY_OVERHEAD
+            + headers
+            + self.body.len()
+            + self.tags.iter().map(String::len).sum::<usize>()
+    }
+
+    /// The response to a client: 304 when its `If-None-Match` matches, no body for HEAD.
+    pub fn respond(
+        &self,
+        if_none_match: Option<&HeaderValue>,
+        head: bool,
+        status: String,
+    ) -> Response<Body> {
+        let not_modified = if_none_match.is_some_and(|inm| etag_matches(inm, &self.etag));
+        let body = if not_modified || head {
+            empty()
+        } else {
+            full(self.body.clone())
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = if not_modified {
+            StatusCode::NOT_MODIFIED
+        } else {
+            self.status
+        };
+        let headers = resp.headers_mut();
+        if not_modified {
+            // RFC 9110 §15.4.5: the validator and caching headers, no content headers.
+            for name in [
+                header::CACHE_CONTROL,
+                header::EXPIRES,
+                header::VARY,
+                header::DATE,
+            ] {
+                if let Some(v) = self.headers.get(&name) {
+                    headers.insert(name, v.clone());
+                }
+            }
+        } else {
+            *headers = self.headers.clone();
+            if head {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+            }
+        }
+        headers.insert(header::ETAG, self.etag.clone());
+        headers.insert(header::AGE, HeaderValue::from(self.age().as_secs()));
+        headers.insert(&UNPOLL_CURSOR, self.cursor.clone());
+        if let Ok(v) = HeaderValue::from_str(&status) {
+            headers.insert(&CACHE_STATUS, v);
+        }
+        resp
+    }
+}
+
+/// Why a response cannot be stored (or shared with waiting requests).
+pub fn not_storable(
+    rule: &CacheRule,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<&'static str> {
+    not_shareable(rule, headers).or_else(|| (!rule.statuses.contains(&status)).then_some("status"))
+}
+
+/// Why a response may not even be handed to the other requests for the same key that
+/// waited on it. Such responses are personal (Set-Cookie, private) or depend on request
+/// headers outside the key (Vary).
+pub fn not_shareable(rule: &CacheRule, headers: &HeaderMap) -> Option<&'static str> {
+    if headers.contains_key(header::SET_COOKIE) {
+        return Some("set-cookie");
+    }
+    let directives = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| {
+            d.trim()
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        });
+    for d in directives {
+        if d == "no-store" {
+            return Some("no-store");
+        }
+        if d == "private" && !rule.varies_on_credentials() {
+            return Some("private");
+        }
+    }
+    // The upstream says the body depends on request headers: only store it if they are all
+    // part of our key (Accept-Encoding is the usual one: add it to the rule's `vary`).
+    let vary_ok = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .all(|n| n != "*" && rule.vary.iter().any(|v| v.as_str().eq_ignore_ascii_case(n)));
+    (!vary_ok).then_some("vary")
+}
+
+/// A strong ETag from the body's hash and length.
+pub fn body_etag(body: &Bytes) -> HeaderValue {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    let tag = format!("\"u{:016x}-{:x}\"", h.finish(), body.len());
+    // Cannot fail: quotes, a letter and hex digits only.
+    HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"u\""))
+}
+
+/// `If-None-Match` against an ETag, by weak comparison (RFC 9110 §13.1.2).
+pub fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(inm) = if_none_match.to_str() else {
+        return false;
+    };
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let ours = strip(etag.to_str().unwrap_or(""));
+    inm.split(',').any(|t| t.trim() == "*" || strip(t) == ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(extra: &str) -> CacheRule {
+        let raw: super::super::config::RawCacheRule =
+            toml::from_str(&format!("path = \"/m\"\n{extra}")).unwrap();
+        raw.validate("cache[0]", &mut Default::default()).unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn storability() {
+        let r = rule("");
+        let ok = StatusCode::OK;
+        assert_eq!(not_storable(&r, ok, &headers(&[])), None);
+        assert_eq!(
+            not_storable(&r, StatusCode::INTERNAL_SERVER_ERROR, &headers(&[])),
+            Some("status")
+        );
+        assert_eq!(
+            not_storable(&r, ok, &headers(&[("set-cookie", "a=1")])),
+            Some("set-cookie")
+        );
+        assert_eq!(
+            not_storable(
+                &r,
+                ok,
+                &headers(&[("cache-control", "max-age=5, no-store")])
+            ),
+            Some("no-store")
+        );
+        // private is fine when the key varies on credentials, not when shared.
+        assert_eq!(
+            not_storable(&r, ok, &headers(&[("cache-control", "private")])),
+            None
+        );
+        let shared = rule("vary = []");
+        assert_eq!(
+            not_storable(&shared, ok, &headers(&[("cache-control", "private")])),
+            Some("private")
+        );
+        assert_eq!(
+            not_storable(&r, ok, &headers(&[("vary", "Accept-Encoding")])),
+            Some("vary")
+        );
+        assert_eq!(not_storable(&r, ok, &headers(&[("vary", "cookie")])), None);
+        assert_eq!(
+            not_storable(&r, ok, &headers(&[("vary", "*")])),
+            Some("vary")
+        );
+        // A 500 is not stored but may be shared with the requests that waited for it.
+        assert_eq!(not_shareable(&r, &headers(&[])), None);
+    }
+
+    #[test]
+    fn etags() {
+        let a = body_etag(&Bytes::from_static(b"hello"));
+        assert_eq!(a, body_etag(&Bytes::from_static(b"hello")));
+        assert_ne!(a, body_etag(&Bytes::from_static(b"hellp")));
+        assert!(etag_matches(&a, &a));
+        let weak = HeaderValue::from_str(&format!("W/{}", a.to_str().unwrap())).unwrap();
+        assert!(etag_matches(&weak, &a));
+        let list = HeaderValue::from_str(&format!("\"x\", {}", a.to_str().unwrap())).unwrap();
+        assert!(etag_matches(&list, &a));
+        assert!(etag_matches(&HeaderValue::from_static("*"), &a));
+        assert!(!etag_matches(&HeaderValue::from_static("\"x\""), &a));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn freshness_follows_the_rule() {
+        let r = rule("ttl = \"2s\"\nstale_while_revalidate = \"3s\"\nstale_if_error = \"10s\"");
+        let e = Entry::new(
+            &r,
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::new(),
+            0,
+            vec![],
+            HeaderValue::from_static("x"),
+        );
+        assert_eq!(e.freshness(), Freshness::Fresh);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(e.freshness(), Freshness::StaleRevalidate);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(e.freshness(), Freshness::StaleIfError);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(e.freshness(), Freshness::StaleIfError);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(e.freshness(), Freshness::Expired);
+        assert_eq!(e.lifetime(), Duration::from_secs(12));
+    }
+}

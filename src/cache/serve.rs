@@ -1,0 +1,364 @@
+//! The Cache arm of the handler: answer from an entry when one is fresh (or may be served
+//! stale), otherwise fetch once for everyone waiting on the same key.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+
+use super::entry::{CACHE_STATUS, Entry, Freshness, UNPOLL_CURSOR, not_shareable, not_storable};
+use super::key::CacheKey;
+use super::lock::{Acquired, Outcome, WritePermit};
+use super::{Cache, CacheRule};
+use crate::app::{App, Snapshot};
+use crate::body::{Body, BoxError, empty};
+use crate::proxy::forward::{client_response, forward, upstream_request};
+use crate::proxy::observe::UpstreamTime;
+use crate::proxy::{ProxyError, error_response};
+use crate::route::PathParams;
+use crate::template::RequestVars;
+
+/// Everything a fetch needs to know about the request, owned so a background refresh can
+/// outlive it.
+#[derive(Clone)]
+struct Fetch {
+    app: Arc<App>,
+    snapshot: Arc<Snapshot>,
+    rule: CacheRule,
+    key: CacheKey,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    tags: Vec<String>,
+    client_ip: IpAddr,
+}
+
+/// Serve `req` under `rule`.
+pub async fn serve(
+    app: &Arc<App>,
+    snapshot: &Arc<Snapshot>,
+    rule: &CacheRule,
+    params: &PathParams,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Result<Response<Body>, ProxyError> {
+    let cache = &app.cache;
+    let head = req.method() == Method::HEAD;
+    let key = CacheKey::new(rule, req.uri().path(), req.uri().query(), req.headers());
+    let inm = req.headers().get(header::IF_NONE_MATCH).cloned();
+
+    let mut stale = None;
+    if let Some(entry) = cache.get(&key) {
+        match entry.freshness() {
+            Freshness::Fresh => {
+                cache.metrics.saved(&cache.metrics.hits);
+                let ttl = entry.ttl.saturating_sub(entry.age()).as_secs();
+                return Ok(entry.respond(inm.as_ref(), head, format!("unpoll; hit; ttl={ttl}")));
+            }
+            Freshness::StaleRevalidate => {
+                cache.metrics.saved(&cache.metrics.stale);
+                if let Some(permit) = cache.locks.try_write(&key) {
+                    let fetch = fetch_of(app, snapshot, rule, params, &req, key, client_ip);
+                    if let Some(fetch) = fetch {
+                        // One refresh in the background; its answer goes to the store.
+                        tokio::spawn(async move {
+                            let _ = fetch.fill(permit, None).await;
+                        });
+                    }
+                }
+                let over = entry.age().saturating_sub(entry.ttl).as_secs();
+                let status = format!("unpoll; hit; ttl=-{over}; detail=stale-while-revalidate");
+                return Ok(entry.respond(inm.as_ref(), head, status));
+            }
+            Freshness::StaleIfError => stale = Some(entry),
+            Freshness::Expired => {}
+        }
+    }
+
+    let Some(fetch) = fetch_of(app, snapshot, rule, params, &req, key.clone(), client_ip) else {
+        // A tag had no value: storing the entry untagged would let a purge miss it.
+        cache.metrics.passes.inc();
+        return pass(snapshot, app, req, client_ip, "missing-tag").await;
+    };
+    cache.metrics.misses.inc();
+    loop {
+        match cache.locks.acquire(&key) {
+            Acquired::Write(permit) => {
+                let started = Instant::now();
+                return match fetch.fill(permit, stale).await {
+                    Filled::Entry(entry, status) => {
+                        let mut resp = entry.respond(inm.as_ref(), head, status);
+                        resp.extensions_mut()
+                            .insert(UpstreamTime(started.elapsed()));
+                        Ok(resp)
+                    }
+                    Filled::Response(resp) => Ok(resp),
+                    Filled::Error(e) => Err(e),
+                };
+            }
+            Acquired::Read(lock) => match lock.wait(rule.lock_timeout).await {
+                Some(Outcome::Shared(entry)) => {
+                    cache.metrics.saved(&cache.metrics.coalesced);
+                    let status = format!(
+                        "unpoll; fwd=miss; fwd-status={}; collapsed",
+                        entry.status.as_u16()
+                    );
+                    return Ok(entry.respond(inm.as_ref(), head, status));
+                }
+                Some(Outcome::Failed(status, message)) => {
+                    if let Some(entry) = cache
+                        .get(&key)
+                        .filter(|e| e.freshness() != Freshness::Expired)
+                    {
+                        cache.metrics.saved(&cache.metrics.stale);
+                        return Ok(entry.respond(inm.as_ref(), head, stale_status(status)));
+                    }
+                    return Ok(error_response(status, message));
+                }
+                Some(Outcome::Pass) => {
+                    cache.metrics.passes.inc();
+                    return pass(snapshot, app, req, client_ip, "uncacheable").await;
+                }
+                None => {
+                    cache.metrics.passes.inc();
+                    return pass(snapshot, app, req, client_ip, "lock-timeout").await;
+                }
+                Some(Outcome::Abandoned) => continue,
+            },
+        }
+    }
+}
+
+fn fetch_of<B>(
+    app: &Arc<App>,
+    snapshot: &Arc<Snapshot>,
+    rule: &CacheRule,
+    params: &PathParams,
+    req: &Request<B>,
+    key: CacheKey,
+    client_ip: IpAddr,
+) -> Option<Fetch> {
+    let vars = RequestVars {
+        path: params,
+        query: req.uri().query(),
+        headers: req.headers(),
+        form: None,
+        json: None,
+    };
+    let tags = rule
+        .tags
+        .iter()
+        .map(|t| t.render(&vars))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|missing| tracing::debug!(rule = %rule.name, cause = %missing, "cache tag has no value"))
+        .ok()?;
+    Some(Fetch {
+        app: app.clone(),
+        snapshot: snapshot.clone(),
+        rule: rule.clone(),
+        key,
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+        tags,
+        client_ip,
+    })
+}
+
+/// What a fill produced for the request that made it.
+enum Filled {
+    /// A complete response (stored or not); the string is its `Cache-Status`.
+    Entry(Arc<Entry>, String),
+    /// A response to pass through as is (personal, or too large to buffer).
+    Response(Response<Body>),
+    /// The upstream failed and there was nothing stale to serve.
+    Error(ProxyError),
+}
+
+impl Fetch {
+    /// Fetch from the upstream, store if allowed, and tell the waiters.
+    async fn fill(self, permit: WritePermit, stale: Option<Arc<Entry>>) -> Filled {
+        let cache: &Cache = &self.app.cache;
+        let generation = cache.generation();
+        // The hub position before asking: a stream resumed from it misses nothing the
+        // response could not reflect.
+        let cursor = HeaderValue::from_str(&self.app.hub.cursor().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        let req = self.upstream_request();
+        let resp = match self.snapshot.upstream.send(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let err = ProxyError::Upstream(e);
+                permit.finish(Outcome::Failed(err.status(), err.public_message()));
+                return match stale {
+                    Some(entry) => {
+                        cache.metrics.saved(&cache.metrics.stale);
+                        Filled::Entry(entry, stale_status(err.status()))
+                    }
+                    None => Filled::Error(err),
+                };
+            }
+        };
+        let status = resp.status();
+        if status.is_server_error()
+            && let Some(entry) = stale
+        {
+            permit.finish(Outcome::Failed(status, "upstream error"));
+            cache.metrics.saved(&cache.metrics.stale);
+            return Filled::Entry(entry, stale_status(status));
+        }
+        let fwd = if stale.is_some() { "stale" } else { "miss" };
+        let resp = client_response(resp, &self.snapshot.config.proxy);
+        if let Some(reason) = not_shareable(&self.rule, resp.headers()) {
+            permit.finish(Outcome::Pass);
+            return Filled::Response(with_status(
+                resp,
+                format!(
+                    "unpoll; fwd={fwd}; fwd-status={}; detail={reason}",
+                    status.as_u16()
+                ),
+            ));
+        }
+        let (parts, body) = resp.into_parts();
+        let body = match read_limited(body, self.rule.max_body).await {
+            Ok(Read::Whole(bytes)) => bytes,
+            Ok(Read::TooLarge(prefix, rest)) => {
+                permit.finish(Outcome::Pass);
+                let resp = Response::from_parts(parts, prefixed(prefix, rest));
+                return Filled::Response(with_status(
+                    resp,
+                    format!(
+                        "unpoll; fwd={fwd}; fwd-status={}; detail=too-large",
+                        status.as_u16()
+                    ),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(rule = %self.rule.name, cause = %e, "upstream body failed");
+                permit.finish(Outcome::Failed(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream connection failed",
+                ));
+                return Filled::Response(error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream connection failed",
+                ));
+            }
+        };
+        let entry = Arc::new(Entry::new(
+            &self.rule,
+            status,
+            parts.headers,
+            body,
+            generation,
+            self.tags,
+            cursor,
+        ));
+        let storable = not_storable(&self.rule, status, &entry.headers).is_none();
+        let stored = storable && cache.insert(self.key, entry.clone());
+        permit.finish(Outcome::Shared(entry.clone()));
+        let stored = if stored { "; stored" } else { "" };
+        Filled::Entry(
+            entry,
+            format!("unpoll; fwd={fwd}; fwd-status={}{stored}", status.as_u16()),
+        )
+    }
+
+    /// A GET without conditionals, so the upstream answers with a full body to store.
+    fn upstream_request(&self) -> Request<Body> {
+        let mut req = Request::new(empty());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        for h in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::CONTENT_LENGTH,
+        ] {
+            req.headers_mut().remove(h);
+        }
+        let (parts, body) = req.into_parts();
+        upstream_request(
+            &self.snapshot.upstream,
+            &self.snapshot.config.proxy,
+            parts,
+            body,
+            self.client_ip,
+        )
+    }
+}
+
+/// Forward without the cache.
+async fn pass(
+    snapshot: &Snapshot,
+    app: &App,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+    why: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let resp = forward(
+        &snapshot.upstream,
+        &snapshot.config.proxy,
+        req,
+        client_ip,
+        &app.shutdown,
+    )
+    .await?;
+    Ok(with_status(
+        resp,
+        format!("unpoll; fwd=bypass; detail={why}"),
+    ))
+}
+
+fn with_status(mut resp: Response<Body>, status: String) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&status) {
+        resp.headers_mut().insert(&CACHE_STATUS, v);
+    }
+    resp.headers_mut().remove(&UNPOLL_CURSOR);
+    resp
+}
+
+fn stale_status(upstream: StatusCode) -> String {
+    format!(
+        "unpoll; fwd=stale; fwd-status={}; detail=stale-if-error",
+        upstream.as_u16()
+    )
+}
+
+enum Read {
+    Whole(Bytes),
+    TooLarge(Vec<Bytes>, Body),
+}
+
+/// Read `body` whole if it is at most `max` bytes; otherwise return what was read and the rest.
+async fn read_limited(mut body: Body, max: usize) -> Result<Read, BoxError> {
+    let mut buf = BytesMut::new();
+    let mut chunks = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers are not stored
+        };
+        if buf.len() + data.len() > max {
+            chunks.push(buf.freeze());
+            chunks.push(data);
+            return Ok(Read::TooLarge(chunks, body));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Read::Whole(buf.freeze()))
+}
+
+/// The chunks already read, then the rest of the body, streamed.
+fn prefixed(prefix: Vec<Bytes>, rest: Body) -> Body {
+    let head = futures_util::stream::iter(
+        prefix
+            .into_iter()
+            .map(|b| Ok::<_, BoxError>(Frame::data(b))),
+    );
+    let tail = rest.into_data_stream().map(|r| r.map(Frame::data));
+    StreamBody::new(head.chain(tail)).boxed_unsync()
+}
