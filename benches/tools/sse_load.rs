@@ -1,0 +1,315 @@
+//! Fan-out load client: N SSE subscribers on one channel, M published messages,
+//! delivery latency and fraction delivered.
+//!
+//! Run by `benches/run fanout` against unpoll, Pushpin and Nchan. Steps:
+//! 1. open `--subscribers` streams to `--url` (at most `--connect-concurrency`
+//!    connecting at once, so the server's listen backlog never overflows), and
+//!    print `connected OK FAILED` once every attempt is settled;
+//! 2. hold them idle for `--hold` (the driver measures the server's RSS then);
+//! 3. publish `--messages` messages `--interval` apart through `--publish-url`,
+//!    each carrying its publish time (`{"t": unix_micros, "seq": i}`);
+//! 4. wait until every subscriber has every message or `--drain` has passed
+//!    since the last publish, print one `RESULT` line and exit.
+//!
+//! A separate process from the server on purpose: each side may hold up to
+//! 20,000 open files.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use http::{Request, Uri, header};
+use http_body_util::{BodyDataStream, BodyExt, Empty, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Semaphore};
+
+/// A subscription whose response head has not come by then counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before retrying a failed subscription (an EventSource's `retry`).
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+#[derive(Parser)]
+#[command(about = "SSE fan-out load client")]
+struct Args {
+    /// Subscriber URL (http, loopback).
+    #[arg(long)]
+    url: Uri,
+    /// Number of subscribers.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Subscriptions being set up at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Times a failed subscription is retried before it counts as failed.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// Idle time after all subscribers are connected, before publishing.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    hold: Duration,
+    /// Messages to publish (0: only hold the subscribers).
+    #[arg(long, default_value_t = 20)]
+    messages: u64,
+    /// Time between two publishes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+    interval: Duration,
+    /// How long to wait for deliveries after the last publish.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    drain: Duration,
+    /// Publish endpoint.
+    #[arg(long)]
+    publish_url: Option<Uri>,
+    /// Publish API flavour.
+    #[arg(long, value_enum, default_value = "unpoll")]
+    publish: Flavour,
+    /// Channel to publish on.
+    #[arg(long, default_value = "c")]
+    channel: String,
+    /// Bearer token for the publish endpoint.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+/// How each system takes a publish.
+#[derive(Clone, Copy, ValueEnum)]
+enum Flavour {
+    /// `POST /publish` `{"channel","event","data"}` on unpoll's admin listener.
+    Unpoll,
+    /// `POST` of the raw data to an Nchan publisher location.
+    Nchan,
+    /// Pushpin's HTTP control API, `POST /publish/` with an `http-stream` item.
+    Pushpin,
+}
+
+/// What every subscriber reports into.
+#[derive(Default)]
+struct Tally {
+    /// Subscribers whose response head was 200 with a stream body.
+    connected: AtomicUsize,
+    /// Subscribers that failed to connect or got a non-200 answer.
+    failed: AtomicUsize,
+    /// The first subscription error, printed to explain `failed`.
+    first_error: std::sync::OnceLock<String>,
+    /// Subscription attempts that failed and were retried.
+    retries: AtomicU64,
+    /// Messages received in total, to stop early once all are in.
+    received: AtomicU64,
+    /// Delivery latencies in microseconds; appended once per message per
+    /// subscriber, so bounded by subscribers × messages.
+    latencies: Mutex<Vec<u64>>,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `host:port` of a loopback URL, for connecting and for the Host header.
+fn authority(uri: &Uri) -> anyhow::Result<String> {
+    let a = uri
+        .authority()
+        .ok_or_else(|| anyhow::anyhow!("{uri}: no host"))?;
+    Ok(a.as_str().to_string())
+}
+
+/// One subscriber: connect, subscribe, then record every message's latency
+/// until the server closes the stream or the process exits.
+async fn subscribe(
+    url: Uri,
+    tally: Arc<Tally>,
+    connecting: Arc<Semaphore>,
+    settled: Arc<AtomicUsize>,
+    retries: u32,
+) {
+    let permit = connecting.acquire_owned().await;
+    let mut attempt = 0;
+    let body = loop {
+        let err = match tokio::time::timeout(CONNECT_TIMEOUT, open_stream(&url)).await {
+            Ok(Ok(body)) => break body,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "no response head within 30 s".to_string(),
+        };
+        let _ = tally.first_error.set(err);
+        if attempt == retries {
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+            settled.fetch_add(1, Ordering::Release);
+            return;
+        }
+        // As an EventSource would: wait, then reconnect.
+        attempt += 1;
+        tally.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(RETRY_DELAY).await;
+    };
+    tally.connected.fetch_add(1, Ordering::Relaxed);
+    settled.fetch_add(1, Ordering::Release);
+    drop(permit);
+    let mut events = BodyDataStream::new(body).eventsource();
+    while let Some(Ok(event)) = events.next().await {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&event.data) else {
+            continue;
+        };
+        let Some(sent) = v.get("t").and_then(serde_json::Value::as_u64) else {
+            continue;
+        };
+        let latency = now_micros().saturating_sub(sent);
+        tally.latencies.lock().await.push(latency);
+        tally.received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn open_stream(url: &Uri) -> anyhow::Result<hyper::body::Incoming> {
+    let host = authority(url)?;
+    let tcp = TcpStream::connect(&host).await?;
+    let (mut send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let path = url.path_and_query().map_or("/", |p| p.as_str());
+    let req = Request::get(path)
+        .header(header::HOST, host)
+        .header(header::ACCEPT, "text/event-stream")
+        .body(Empty::<Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
+    Ok(resp.into_body())
+}
+
+/// Publish one message; returns an error naming the status on failure.
+async fn publish(args: &Args, url: &Uri, seq: u64) -> anyhow::Result<()> {
+    let data = serde_json::json!({ "t": now_micros(), "seq": seq });
+    let body = match args.publish {
+        Flavour::Unpoll => {
+            serde_json::json!({ "channel": args.channel, "event": "m", "data": data }).to_string()
+        }
+        Flavour::Nchan => data.to_string(),
+        Flavour::Pushpin => serde_json::json!({ "items": [{
+            "channel": args.channel,
+            "formats": { "http-stream": { "content": format!("event: m\ndata: {data}\n\n") } }
+        }]})
+        .to_string(),
+    };
+    let host = authority(url)?;
+    let tcp = TcpStream::connect(&host).await?;
+    let (mut send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::post(url.path_and_query().map_or("/", |p| p.as_str()))
+        .header(header::HOST, host)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = &args.token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let resp = send
+        .send_request(req.body(Full::new(Bytes::from(body)))?)
+        .await?;
+    let status = resp.status();
+    let answer = resp.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "publish {seq}: {status} {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let tally = Arc::new(Tally::default());
+    let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let settled = Arc::new(AtomicUsize::new(0));
+    for _ in 0..args.subscribers {
+        tokio::spawn(subscribe(
+            args.url.clone(),
+            tally.clone(),
+            connecting.clone(),
+            settled.clone(),
+            args.retries,
+        ));
+    }
+    // Every subscriber settles (connects or fails) within the connect
+    // timeout of the OS; poll the counter rather than collecting handles.
+    while settled.load(Ordering::Acquire) < args.subscribers {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connected = tally.connected.load(Ordering::Relaxed);
+    println!(
+        "connected {connected} {}",
+        tally.failed.load(Ordering::Relaxed)
+    );
+    tokio::time::sleep(args.hold).await;
+
+    let expected = connected as u64 * args.messages;
+    let mut publish_errors = 0u64;
+    if args.messages > 0 {
+        let url = args
+            .publish_url
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--publish-url is required with --messages"))?;
+        let mut tick = tokio::time::interval(args.interval);
+        for seq in 0..args.messages {
+            tick.tick().await;
+            if let Err(e) = publish(&args, &url, seq).await {
+                eprintln!("{e}");
+                publish_errors += 1;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + args.drain;
+        while tally.received.load(Ordering::Relaxed) < expected
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut lat = std::mem::take(&mut *tally.latencies.lock().await);
+    lat.sort_unstable();
+    let delivered = if expected == 0 {
+        1.0
+    } else {
+        lat.len() as f64 / expected as f64
+    };
+    println!(
+        "RESULT subscribers={} connected={connected} messages={} received={} delivered={delivered:.4} \
+         p50_us={} p99_us={} max_us={} publish_errors={publish_errors} retries={}",
+        args.subscribers,
+        args.messages,
+        lat.len(),
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0),
+        lat.last().copied().unwrap_or(0),
+        tally.retries.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // One thread: the client shares its CPU with the publisher side of the run.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+}
