@@ -8,10 +8,11 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use super::error::ProxyError;
 use super::forward::forward;
 use super::observe::UpstreamTime;
 use super::routes::Action;
-use crate::app::App;
+use crate::app::{App, Snapshot};
 use crate::body::Body;
 use crate::stream::Outcome;
 
@@ -21,36 +22,12 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
 
     let result = match route.action {
-        Action::Proxy => {
-            let started = Instant::now();
-            forward(
-                &snapshot.upstream,
-                &snapshot.config.proxy,
-                req,
-                client_ip,
-                &app.shutdown,
-            )
-            .await
-            .map(|mut resp| {
-                resp.extensions_mut()
-                    .insert(UpstreamTime(started.elapsed()));
-                resp
-            })
-        }
+        Action::Proxy => proxy(app, &snapshot, req, client_ip).await,
         Action::Stream(s) => {
             match crate::stream::open(app, &s.rule, &s.subscribers, &route.params, &req, client_ip)
             {
                 Outcome::Respond(resp) => Ok(resp),
-                Outcome::NotApplicable => {
-                    forward(
-                        &snapshot.upstream,
-                        &snapshot.config.proxy,
-                        req,
-                        client_ip,
-                        &app.shutdown,
-                    )
-                    .await
-                }
+                Outcome::NotApplicable => proxy(app, &snapshot, req, client_ip).await,
             }
         }
         Action::Cache(c) => {
@@ -75,4 +52,25 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
     });
     route.counters.count(resp.status().as_u16());
     resp
+}
+
+/// Forward to the upstream unchanged, noting its response time for the access log.
+pub async fn proxy(
+    app: &App,
+    snapshot: &Snapshot,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Result<Response<Body>, ProxyError> {
+    let started = Instant::now();
+    let mut resp = forward(
+        &snapshot.upstream,
+        &snapshot.config.proxy,
+        req,
+        client_ip,
+        &app.shutdown,
+    )
+    .await?;
+    resp.extensions_mut()
+        .insert(UpstreamTime(started.elapsed()));
+    Ok(resp)
 }
