@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthMetrics, Authorizer, JwtAuth};
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::proxy::routes::Routes;
@@ -23,6 +24,10 @@ pub struct Snapshot {
     pub routes: Routes,
     /// Pooled client to the upstream.
     pub upstream: UpstreamClient,
+    /// The `[jwt]` verifier shared by every `auth = "jwt"` rule, if configured.
+    pub jwt: Option<Arc<JwtAuth>>,
+    /// The gate of `/_unpoll/sse`, when `[generic_stream] enabled` (always JWT).
+    pub generic_stream: Option<Authorizer>,
 }
 
 /// The shared state of one unpoll instance.
@@ -33,6 +38,8 @@ pub struct App {
     registry: Registry,
     /// Metrics of the proxy core.
     pub metrics: ProxyMetrics,
+    /// Metrics of subscribe auth and limits.
+    pub auth_metrics: AuthMetrics,
     /// Not-ready reasons by component; `/readyz` is 200 only when empty.
     readiness: Mutex<BTreeMap<&'static str, String>>,
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
@@ -47,11 +54,13 @@ impl App {
     pub fn new(config: Config, shutdown: CancellationToken) -> Arc<App> {
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
-        let snapshot = Snapshot::build(config, &metrics);
+        let auth_metrics = AuthMetrics::register(&mut registry);
+        let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
         Arc::new(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
+            auth_metrics,
             readiness: Mutex::new(BTreeMap::new()),
             shutdown,
             started: Instant::now(),
@@ -92,8 +101,11 @@ impl App {
         if old.config.log.format != config.log.format {
             warnings.push("log.format changed: restart unpoll to apply it".to_string());
         }
-        self.snapshot
-            .store(Arc::new(Snapshot::build(config, &self.metrics)));
+        self.snapshot.store(Arc::new(Snapshot::build(
+            config,
+            &self.metrics,
+            &self.auth_metrics,
+        )));
         self.count_reload(true);
         warnings
     }
@@ -139,13 +151,25 @@ impl App {
 }
 
 impl Snapshot {
-    fn build(config: Config, metrics: &ProxyMetrics) -> Snapshot {
+    fn build(config: Config, metrics: &ProxyMetrics, auth_metrics: &AuthMetrics) -> Snapshot {
         let routes = Routes::build(&config, metrics);
         let upstream = UpstreamClient::new(config.upstream.clone(), &config.proxy, metrics.clone());
+        let jwt = config.jwt.as_ref().map(|j| Arc::new(JwtAuth::new(j)));
+        let generic_stream = config.generic_stream.enabled.then(|| {
+            Authorizer::new(
+                "generic_stream",
+                &crate::auth::RuleAuthConfig::Jwt,
+                &config.generic_stream.limits,
+                jwt.as_ref(),
+                auth_metrics,
+            )
+        });
         Snapshot {
             config,
             routes,
             upstream,
+            jwt,
+            generic_stream,
         }
     }
 }

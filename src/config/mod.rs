@@ -21,6 +21,7 @@ pub use sections::{Sections, deserialize};
 pub use units::{parse_duration, parse_size};
 
 use crate::admin::config::{AdminConfig, RawAdminConfig};
+use crate::auth::{GenericStreamConfig, JwtConfig, RawGenericStream, RawJwtConfig};
 use crate::logging::{LogConfig, RawLogConfig};
 use crate::proxy::config::{ProxyConfig, RawProxyConfig};
 
@@ -39,6 +40,10 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[jwt]`: token verification for `auth = "jwt"` rules and the generic stream.
+    pub jwt: Option<JwtConfig>,
+    /// `[generic_stream]`: `/_unpoll/sse?channel=…`.
+    pub generic_stream: GenericStreamConfig,
     /// The file this came from, re-read on SIGHUP; `None` when built from a string.
     pub source: Option<PathBuf>,
 }
@@ -128,6 +133,10 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = s.take::<RawAdminConfig>("admin").unwrap_or_default();
     let proxy = s.take::<RawProxyConfig>("proxy").unwrap_or_default();
     let log = s.take::<RawLogConfig>("log").unwrap_or_default();
+    let jwt = s.take::<RawJwtConfig>("jwt");
+    let generic_stream = s
+        .take::<RawGenericStream>("generic_stream")
+        .unwrap_or_default();
     s.finish();
 
     let listen = match listen.as_deref() {
@@ -160,6 +169,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let admin = admin.validate("admin", &mut errors);
     let proxy = proxy.validate("proxy", &mut errors);
     let log = log.validate("log", &mut errors);
+    let jwt = jwt.and_then(|j| j.validate("jwt", &mut errors));
+    let generic_stream = generic_stream.validate("generic_stream", jwt.as_ref(), &mut errors);
 
     match (listen, upstream) {
         (Some(listen), Some(upstream)) if errors.is_empty() => Ok(Config {
@@ -169,6 +180,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             admin,
             proxy,
             log,
+            jwt,
+            generic_stream,
             source: None,
         }),
         _ => Err(errors),
