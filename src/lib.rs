@@ -54,10 +54,9 @@ pub struct Listeners {
 impl Listeners {
     /// Bind the addresses of `config`.
     pub async fn bind(config: &Config) -> io::Result<Listeners> {
-        let main = TcpListener::bind(config.listen)
-            .await
+        let main = listen(config.listen)
             .map_err(|e| io::Error::new(e.kind(), format!("listen {}: {e}", config.listen)))?;
-        let admin = TcpListener::bind(config.admin.listen).await.map_err(|e| {
+        let admin = listen(config.admin.listen).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("admin.listen {}: {e}", config.admin.listen),
@@ -70,6 +69,23 @@ impl Listeners {
     pub fn local_addrs(&self) -> io::Result<(SocketAddr, SocketAddr)> {
         Ok((self.main.local_addr()?, self.admin.local_addr()?))
     }
+}
+
+/// Pending connections the kernel may queue before accept(). std's default of 128 drops SYNs
+/// under a burst of new connections (hundreds of tabs reconnecting at once), which costs
+/// clients a 1 s retransmit; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Restarting unpoll must not fail on connections of the previous process in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serve until `app.shutdown` is cancelled, then stop accepting, let in-flight requests

@@ -263,3 +263,45 @@ async fn reload_swaps_rules_without_cutting_an_open_stream() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn access_log_is_one_json_line_per_request_without_the_query() {
+    let upstream = Upstream::builder().route("/echo", "hello").run().await;
+    let unpoll = Spawned::start(&format!(
+        "{}[log]\nformat = \"json\"\n",
+        config(&upstream.url())
+    ))
+    .await;
+    let resp = client()
+        .get(unpoll.url("/echo?token=s3cr3t-token&x=1"))
+        .header("cookie", "session=c00kie-value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "hello");
+    let line = {
+        let mut found = None;
+        eventually(Duration::from_secs(5), "access log line", || {
+            found = unpoll
+                .log()
+                .lines()
+                .find(|l| l.contains("unpoll::access"))
+                .map(str::to_string);
+            std::future::ready(found.is_some())
+        })
+        .await;
+        found.unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/echo");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["bytes"], 5);
+    assert!(v["duration_ms"].as_f64().is_some());
+    assert!(v["upstream_ms"].as_f64().is_some());
+    let log = unpoll.log();
+    assert!(
+        !log.contains("s3cr3t-token") && !log.contains("c00kie-value"),
+        "{log}"
+    );
+}

@@ -111,7 +111,16 @@ impl Spawned {
     }
 }
 
+/// `key=value` of a text log line, or `"key": "value"` of a JSON one.
 fn field(line: &str, key: &str) -> SocketAddr {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        let name = key.trim_end_matches('=');
+        return v[name]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse {name} in {line:?}"));
+    }
     let start = line
         .find(key)
         .unwrap_or_else(|| panic!("{key} missing in {line:?}"))
