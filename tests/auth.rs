@@ -598,3 +598,41 @@ fn auth_must_be_written_and_jwt_needs_its_section() {
         "{errors}"
     );
 }
+
+/// The client address of the access log honours X-Forwarded-For only from trusted proxies.
+#[tokio::test]
+async fn access_log_client_honours_trusted_proxies_only() {
+    let upstream = Upstream::builder().route("/echo", "hello").run().await;
+    for (trusted, expected) in [("[]", "127.0.0.1"), ("[\"127.0.0.0/8\"]", "203.0.113.7")] {
+        let unpoll = common::process::Spawned::start(&format!(
+            "listen = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [proxy]\ntrusted_proxies = {trusted}\n[log]\nformat = \"json\"\n",
+            upstream.url()
+        ))
+        .await;
+        let resp = common::client()
+            .get(unpoll.url("/echo"))
+            .header("x-forwarded-for", "198.51.100.1, 203.0.113.7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), "hello");
+        let mut line = None;
+        common::eventually(Duration::from_secs(5), "access log line", || {
+            line = unpoll
+                .log()
+                .lines()
+                .find(|l| l.contains("unpoll::access"))
+                .map(str::to_string);
+            std::future::ready(line.is_some())
+        })
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_eq!(v["client"], expected, "trusted_proxies = {trusted}");
+        // Forwarding is unchanged either way: the chain plus the peer.
+        assert_eq!(
+            upstream.last().headers["x-forwarded-for"],
+            "198.51.100.1, 203.0.113.7, 127.0.0.1"
+        );
+    }
+}

@@ -103,9 +103,10 @@ impl JwtAuth {
             .map_err(|e| AuthError::InvalidToken { why: why(e.kind()) })?;
         let claims = data.claims;
         // `exp` is required and validated above, so it is a number here; be strict anyway.
+        // NumericDate may be fractional (RFC 7519 §2); whole seconds are enough here.
         let exp = claims
             .get("exp")
-            .and_then(Value::as_u64)
+            .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64)))
             .ok_or(AuthError::InvalidToken {
                 why: "exp must be a number of seconds",
             })?;

@@ -65,10 +65,12 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
-/// The credentials and resolved path a decision is about. No `Debug`: it holds cookies.
+/// The credentials, host and resolved path a decision is about (the host too: one app may
+/// serve several tenants by name). No `Debug`: it holds cookies.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct CheckKey {
     path: String,
+    host: Option<Bytes>,
     cookie: Option<Bytes>,
     authorization: Option<Bytes>,
 }
@@ -107,6 +109,7 @@ impl UpstreamAuth {
         let mut builder = Cache::builder().max_capacity(DECISION_CACHE_BYTES).weigher(
             |k: &CheckKey, _: &Decision| {
                 let len = k.path.len()
+                    + k.host.as_ref().map_or(0, Bytes::len)
                     + k.cookie.as_ref().map_or(0, Bytes::len)
                     + k.authorization.as_ref().map_or(0, Bytes::len);
                 u32::try_from(len + 64).unwrap_or(u32::MAX)
@@ -150,8 +153,8 @@ impl UpstreamAuth {
             let authority = parts.uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         });
-        if let Some(host) = host {
-            headers.insert(header::HOST, host);
+        if let Some(host) = &host {
+            headers.insert(header::HOST, host.clone());
         }
         for v in parts.headers.get_all(&X_FORWARDED_FOR) {
             headers.append(&X_FORWARDED_FOR, v.clone());
@@ -168,6 +171,7 @@ impl UpstreamAuth {
         Ok(CheckRequest {
             key: CheckKey {
                 path,
+                host: host.map(bytes),
                 cookie: cookie.map(bytes),
                 authorization: authorization.map(bytes),
             },
