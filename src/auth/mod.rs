@@ -9,12 +9,14 @@
 //!
 //! - `config.rs`: the rule keys, `[jwt]`, `[generic_stream]`.
 //! - `upstream.rs`: asking the app, with a bounded, coalescing decision cache.
-//! - `jwt.rs`: token extraction and verification; `pattern.rs`: channel patterns.
+//! - `jwt.rs`: token extraction and verification; `pattern.rs`: channel patterns;
+//!   `generic.rs`: the channels a client names on `/_unpoll/sse`.
 //! - `limits.rs`, `rate.rs`: per-rule subscriber caps and connection rate.
 //! - `grant.rs`: what a subscriber holds; `error.rs`: why it was refused.
 
 mod config;
 mod error;
+mod generic;
 mod grant;
 mod jwt;
 mod limits;
@@ -31,6 +33,7 @@ pub use config::{
     RawJwtConfig, RawRuleAuth, RuleAuthConfig, UpstreamAuthConfig,
 };
 pub use error::{AuthError, Limit, UpstreamFailure};
+pub use generic::{GENERIC_STREAM_PATH, MAX_CHANNEL_NAME, requested_channels};
 pub use grant::{AccessEnded, EndedFuture, Grant};
 pub use jwt::JwtAuth;
 pub use limits::{Admission, Limiter, RawStreamLimits, StreamLimits};
