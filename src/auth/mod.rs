@@ -12,8 +12,10 @@
 //! - `jwt.rs`: token extraction and verification; `pattern.rs`: channel patterns;
 //!   `generic.rs`: the channels a client names on `/_unpoll/sse`.
 //! - `limits.rs`, `rate.rs`: per-rule subscriber caps and connection rate.
-//! - `grant.rs`: what a subscriber holds; `error.rs`: why it was refused.
+//! - `grant.rs`: what a subscriber holds; `body.rs`: a stream body that ends with its
+//!   access; `error.rs`: why a subscriber was refused.
 
+mod body;
 mod config;
 mod error;
 mod generic;
@@ -28,6 +30,7 @@ mod upstream;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use body::{ACCESS_ENDED_EVENT, GrantedBody, access_ended_frame};
 pub use config::{
     DEFAULT_AUTH_CACHE, DEFAULT_REAUTH, GenericStreamConfig, JwtConfig, RawGenericStream,
     RawJwtConfig, RawRuleAuth, RuleAuthConfig, UpstreamAuthConfig,
