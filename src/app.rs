@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthMetrics, Authorizer, JwtAuth};
 use crate::cache::Cache;
 use crate::config::{Config, ConfigErrors};
 use crate::hub::Hub;
@@ -26,6 +27,10 @@ pub struct Snapshot {
     pub routes: Routes,
     /// Pooled client to the upstream.
     pub upstream: UpstreamClient,
+    /// The `[jwt]` verifier shared by every `auth = "jwt"` rule, if configured.
+    pub jwt: Option<Arc<JwtAuth>>,
+    /// The gate of `/_unpoll/sse`, when `[generic_stream] enabled` (always JWT).
+    pub generic_stream: Option<Authorizer>,
 }
 
 /// The shared state of one unpoll instance.
@@ -45,6 +50,8 @@ pub struct App {
     /// The polling cache shared by all `[[cache]]` rules. Lives as long as the instance
     /// (its `cache_size` applies at start only).
     pub cache: Cache,
+    /// Metrics of subscribe auth and limits.
+    pub auth_metrics: AuthMetrics,
     /// Not-ready reasons by component; `/readyz` is 200 only when empty.
     readiness: Mutex<BTreeMap<&'static str, String>>,
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
@@ -71,7 +78,8 @@ impl App {
         let hub = Hub::new(config.hub.clone());
         hub.metrics().register(&mut registry);
         let cache = Cache::new(config.cache_size, &mut registry);
-        let snapshot = Snapshot::build(config, &metrics);
+        let auth_metrics = AuthMetrics::register(&mut registry);
+        let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
         Arc::new(App {
             cache,
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -80,6 +88,7 @@ impl App {
             postgres,
             hub,
             readiness: Mutex::new(readiness),
+            auth_metrics,
             shutdown,
             started: Instant::now(),
         })
@@ -129,8 +138,11 @@ impl App {
         if old.config.log.format != config.log.format {
             warnings.push("log.format changed: restart unpoll to apply it".to_string());
         }
-        self.snapshot
-            .store(Arc::new(Snapshot::build(config, &self.metrics)));
+        self.snapshot.store(Arc::new(Snapshot::build(
+            config,
+            &self.metrics,
+            &self.auth_metrics,
+        )));
         self.count_reload(true);
         warnings
     }
@@ -188,13 +200,25 @@ impl App {
 }
 
 impl Snapshot {
-    fn build(config: Config, metrics: &ProxyMetrics) -> Snapshot {
-        let routes = Routes::build(&config, metrics);
+    fn build(config: Config, metrics: &ProxyMetrics, auth_metrics: &AuthMetrics) -> Snapshot {
+        let jwt = config.jwt.as_ref().map(|j| Arc::new(JwtAuth::new(j)));
+        let routes = Routes::build(&config, metrics, auth_metrics, jwt.as_ref());
         let upstream = UpstreamClient::new(config.upstream.clone(), &config.proxy, metrics.clone());
+        let generic_stream = config.generic_stream.enabled.then(|| {
+            Authorizer::new(
+                "generic_stream",
+                &crate::auth::RuleAuthConfig::Jwt,
+                &config.generic_stream.limits,
+                jwt.as_ref(),
+                auth_metrics,
+            )
+        });
         Snapshot {
             config,
             routes,
             upstream,
+            jwt,
+            generic_stream,
         }
     }
 }

@@ -27,6 +27,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod config;

@@ -141,7 +141,15 @@ async fn respond(
     guard: RequestGuard,
 ) -> Response<TrackedBody> {
     let started = Instant::now();
-    let access = app.snapshot().config.log.access;
+    let snapshot = app.snapshot();
+    let access = snapshot.config.log.access;
+    // Resolved once, before the request moves on: what the access log shows as the client.
+    let client = crate::proxy::client_ip::client_ip(
+        peer.ip(),
+        req.headers(),
+        &snapshot.config.proxy.trusted_proxies,
+    );
+    drop(snapshot);
     let head = access.then(|| (req.method().clone(), req.uri().path().to_string()));
     let resp = match kind {
         Listener::Main => crate::proxy::handle(app, req, peer.ip()).await,
@@ -150,7 +158,7 @@ async fn respond(
     let log = head.map(|(method, path)| AccessLog {
         method,
         path,
-        client: peer.ip(),
+        client,
         status: resp.status(),
         listener: kind.as_str(),
         started,

@@ -193,7 +193,7 @@ impl Fetch {
             Ok(resp) => resp,
             Err(e) => {
                 let err = ProxyError::Upstream(e);
-                permit.finish(Outcome::Failed(err.status(), err.public_message()));
+                permit.finish(Outcome::Failed(err.status(), err.fixed_message()));
                 return match stale {
                     Some(entry) => {
                         cache.metrics.saved(&cache.metrics.stale);

@@ -21,6 +21,7 @@ pub use sections::{Sections, deserialize};
 pub use units::{parse_duration, parse_size};
 
 use crate::admin::config::{AdminConfig, RawAdminConfig};
+use crate::auth::{GenericStreamConfig, JwtConfig, RawGenericStream, RawJwtConfig};
 use crate::cache::{CacheRule, RawCacheRule};
 use crate::hub::config::{HubConfig, RawHubConfig};
 use crate::logging::{LogConfig, RawLogConfig};
@@ -59,6 +60,10 @@ pub struct Config {
     pub streams: Vec<StreamRule>,
     /// `[[tap]]` rules, in file order.
     pub taps: Vec<TapRule>,
+    /// `[jwt]`: token verification for `auth = "jwt"` rules and the generic stream.
+    pub jwt: Option<JwtConfig>,
+    /// `[generic_stream]`: `/_unpoll/sse?channel=…`.
+    pub generic_stream: GenericStreamConfig,
     /// The file this came from, re-read on SIGHUP; `None` when built from a string.
     pub source: Option<PathBuf>,
 }
@@ -155,6 +160,10 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let hub = s.take::<RawHubConfig>("hub").unwrap_or_default();
     let streams = s.take_rules::<RawStreamRule>("stream");
     let taps = s.take_rules::<RawTapRule>("tap");
+    let jwt = s.take::<RawJwtConfig>("jwt");
+    let generic_stream = s
+        .take::<RawGenericStream>("generic_stream")
+        .unwrap_or_default();
     s.finish();
 
     let listen = match listen.as_deref() {
@@ -195,14 +204,16 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
         .collect();
     let hub = hub.validate("hub", &mut errors);
+    let jwt = jwt.and_then(|j| j.validate("jwt", &mut errors));
     let streams: Vec<StreamRule> = streams
         .into_iter()
-        .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
+        .filter_map(|(path, raw)| raw.validate(&path, jwt.as_ref(), &mut errors))
         .collect();
     let taps: Vec<TapRule> = taps
         .into_iter()
         .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
         .collect();
+    let generic_stream = generic_stream.validate("generic_stream", jwt.as_ref(), &mut errors);
 
     match (listen, upstream) {
         (Some(listen), Some(upstream)) if errors.is_empty() => Ok(Config {
@@ -219,6 +230,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             hub,
             streams,
             taps,
+            jwt,
+            generic_stream,
             source: None,
         }),
         _ => Err(errors),

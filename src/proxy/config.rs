@@ -1,6 +1,9 @@
 //! `[proxy]`: how unpoll talks to clients and to the upstream.
 
+use std::net::IpAddr;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use serde::Deserialize;
 
@@ -21,6 +24,7 @@ pub struct RawProxyConfig {
     preserve_host: Option<bool>,
     via: Option<bool>,
     shutdown_grace: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 /// Validated `[proxy]` settings. Defaults are documented in `config.toml.example`.
@@ -49,6 +53,9 @@ pub struct ProxyConfig {
     pub via: bool,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
+    /// Proxies in front of unpoll whose `X-Forwarded-For` entries are believed when finding
+    /// the client address (limits, logs). Empty by default: the TCP peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for ProxyConfig {
@@ -65,6 +72,7 @@ impl Default for ProxyConfig {
             preserve_host: true,
             via: false,
             shutdown_grace: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -131,6 +139,17 @@ impl RawProxyConfig {
             Some(n) => n,
             None => d.max_connections,
         };
+        let trusted_proxies = self
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                parse_net(text)
+                    .map_err(|e| errors.push(format!("{}[{i}]", join(path, "trusted_proxies")), e))
+                    .ok()
+            })
+            .collect();
         ProxyConfig {
             connect_timeout,
             response_timeout,
@@ -143,6 +162,14 @@ impl RawProxyConfig {
             preserve_host: self.preserve_host.unwrap_or(d.preserve_host),
             via: self.via.unwrap_or(d.via),
             shutdown_grace,
+            trusted_proxies,
         }
     }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`10.0.0.1`).
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("invalid address or CIDR {text:?} (write e.g. \"10.0.0.0/8\")"))
 }

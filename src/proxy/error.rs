@@ -2,6 +2,7 @@
 
 use http::{Response, StatusCode, header};
 
+use crate::auth::AuthError;
 use crate::body::{Body, full};
 
 /// Why a request to the upstream failed. Knowing the source is what lets the cache serve
@@ -69,6 +70,9 @@ pub enum ProxyError {
     /// The request cannot be forwarded as it is.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A subscribe was refused (auth or limits).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl ProxyError {
@@ -80,24 +84,51 @@ impl ProxyError {
             }
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Auth(e) => e.status(),
         }
     }
 
     /// A short text that names the cause without leaking internals (no addresses, no
     /// library messages: those go to the log).
-    pub fn public_message(&self) -> &'static str {
+    fn public_message(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            ProxyError::Auth(e) => e.public_message().into(),
+            other => other.fixed_message().into(),
+        }
+    }
+
+    /// The message of errors whose text does not depend on the request (everything but
+    /// auth refusals), shareable with requests waiting on the same upstream fetch.
+    pub fn fixed_message(&self) -> &'static str {
         match self {
             ProxyError::Upstream(UpstreamError::Connect(_)) => "upstream unreachable",
             ProxyError::Upstream(UpstreamError::ConnectTimeout) => "upstream connect timed out",
             ProxyError::Upstream(UpstreamError::Timeout) => "upstream response timed out",
             ProxyError::Upstream(UpstreamError::Protocol(_)) => "upstream connection failed",
             ProxyError::BadRequest(why) => why,
+            ProxyError::Auth(_) => "refused",
         }
     }
 
     /// The response sent to the client.
     pub fn into_response(self) -> Response<Body> {
-        error_response(self.status(), self.public_message())
+        let mut resp = error_response(self.status(), &self.public_message());
+        if let ProxyError::Auth(e) = &self {
+            let headers = resp.headers_mut();
+            if let Some(wait) = e.retry_after() {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(wait.as_secs().max(1)),
+                );
+            }
+            if matches!(e, AuthError::MissingToken | AuthError::InvalidToken { .. }) {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"unpoll\""),
+                );
+            }
+        }
+        resp
     }
 }
 

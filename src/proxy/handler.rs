@@ -22,14 +22,41 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
 
     let result = match route.action {
-        Action::Proxy => proxy(app, &snapshot, req, client_ip).await,
         Action::Stream(s) => {
-            match crate::stream::open(app, &s.rule, &s.subscribers, &route.params, &req, client_ip)
-            {
+            let (parts, body) = req.into_parts();
+            let outcome = crate::stream::open(
+                app,
+                &snapshot,
+                &s.rule,
+                &s.authorizer,
+                &s.subscribers,
+                &route.params,
+                &parts,
+                client_ip,
+            )
+            .await;
+            match outcome {
                 Outcome::Respond(resp) => Ok(resp),
-                Outcome::NotApplicable => proxy(app, &snapshot, req, client_ip).await,
+                Outcome::NotApplicable => {
+                    proxy(app, &snapshot, Request::from_parts(parts, body), client_ip).await
+                }
             }
         }
+        Action::Proxy
+            if req.method() == http::Method::GET
+                && req.uri().path() == crate::auth::GENERIC_STREAM_PATH
+                && snapshot.generic_stream.is_some() =>
+        {
+            let (parts, _body) = req.into_parts();
+            match &snapshot.generic_stream {
+                Some(gate) => {
+                    Ok(crate::stream::open_generic(app, &snapshot, gate, &parts, client_ip).await)
+                }
+                // Checked in the guard above.
+                None => Err(ProxyError::BadRequest("generic stream disabled")),
+            }
+        }
+        Action::Proxy => proxy(app, &snapshot, req, client_ip).await,
         Action::Cache(c) => {
             crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip).await
         }

@@ -1,5 +1,6 @@
 //! The reverse proxy: routing, forwarding to the upstream, header rules, errors.
 
+pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod forward;

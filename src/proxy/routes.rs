@@ -6,6 +6,9 @@ use std::borrow::Cow;
 use http::Method;
 use prometheus_client::metrics::gauge::Gauge;
 
+use std::sync::Arc;
+
+use crate::auth::{AuthMetrics, Authorizer, JwtAuth};
 use crate::cache::CacheRule;
 use crate::config::Config;
 use crate::metrics::{ProxyMetrics, RuleCounters};
@@ -57,6 +60,8 @@ pub struct StreamRoute {
     pub rule: StreamRule,
     /// Responses by status class.
     pub counters: RuleCounters,
+    /// The rule's gate: its limits, then its auth.
+    pub authorizer: Authorizer,
     /// Streams open now under this rule (shared across reloads by rule name, so a reload
     /// does not lose count of streams opened before it).
     pub subscribers: Gauge,
@@ -93,13 +98,25 @@ pub struct Routes {
 
 impl Routes {
     /// Compile the rules of `config`.
-    pub fn build(config: &Config, metrics: &ProxyMetrics) -> Routes {
+    pub fn build(
+        config: &Config,
+        metrics: &ProxyMetrics,
+        auth_metrics: &AuthMetrics,
+        jwt: Option<&Arc<JwtAuth>>,
+    ) -> Routes {
         let streams = config
             .streams
             .iter()
             .map(|rule| StreamRoute {
                 counters: metrics.rule_counters(Cow::Owned(rule.name.clone())),
                 subscribers: metrics.stream_subscribers(&rule.name),
+                authorizer: Authorizer::new(
+                    &rule.name,
+                    &rule.auth,
+                    &rule.limits,
+                    jwt,
+                    auth_metrics,
+                ),
                 rule: rule.clone(),
             })
             .collect();

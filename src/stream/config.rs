@@ -5,27 +5,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::{JwtConfig, RawRuleAuth, RawStreamLimits, RuleAuthConfig, StreamLimits};
 use crate::config::{ConfigErrors, join, parse_duration};
 use crate::route::PathPattern;
 use crate::template::{Source, Template};
-
-/// Who may open a stream. Required on every rule; this build knows `"none"` (written
-/// explicitly). The auth issue adds `Upstream` (ask the app) and `Jwt`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StreamAuth {
-    /// Anyone who can reach the path may subscribe.
-    None,
-}
-
-impl StreamAuth {
-    /// As written in the config.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            StreamAuth::None => "none",
-        }
-    }
-}
 
 /// Template variables a stream's channel names may use.
 pub const STREAM_SOURCES: &[Source] = &[Source::Path, Source::Query, Source::Header];
@@ -37,6 +20,10 @@ pub struct RawStreamRule {
     path: String,
     channels: Vec<String>,
     auth: Option<String>,
+    auth_path: Option<String>,
+    auth_cache: Option<String>,
+    reauth: Option<String>,
+    limits: Option<RawStreamLimits>,
     heartbeat: Option<String>,
     retry: Option<String>,
     max_channels: Option<usize>,
@@ -51,8 +38,10 @@ pub struct StreamRule {
     pub path: PathPattern,
     /// Channel name templates; a list-valued query expands to one channel per value.
     pub channels: Vec<Template>,
-    /// Who may subscribe.
-    pub auth: StreamAuth,
+    /// Who may subscribe: required, `"none"` written out.
+    pub auth: RuleAuthConfig,
+    /// This rule's subscriber caps and connection rate (the hub's global ones apply too).
+    pub limits: StreamLimits,
     /// Interval of heartbeat comments. Default 15 s.
     pub heartbeat: Duration,
     /// The `retry:` hint. Default 2 s.
@@ -63,7 +52,12 @@ pub struct StreamRule {
 
 impl RawStreamRule {
     /// Validate, recording every error under `path` (`stream[i]`).
-    pub fn validate(self, path: &str, errors: &mut ConfigErrors) -> Option<StreamRule> {
+    pub fn validate(
+        self,
+        path: &str,
+        jwt: Option<&JwtConfig>,
+        errors: &mut ConfigErrors,
+    ) -> Option<StreamRule> {
         let before = errors.len();
         let pattern = PathPattern::parse(&self.path)
             .map_err(|e| errors.push(join(path, "path"), e))
@@ -87,30 +81,21 @@ impl RawStreamRule {
                 Some(t)
             })
             .collect();
-        let auth = match self.auth.as_deref() {
-            Some("none") => Some(StreamAuth::None),
-            Some(other @ ("upstream" | "jwt")) => {
-                errors.push(
-                    join(path, "auth"),
-                    format!("{other:?} is not available in this build (available: \"none\")"),
-                );
-                None
-            }
-            Some(other) => {
-                errors.push(
-                    join(path, "auth"),
-                    format!("unknown auth {other:?} (write \"none\", \"upstream\" or \"jwt\")"),
-                );
-                None
-            }
-            None => {
-                errors.push(
-                    join(path, "auth"),
-                    "required: who may subscribe (write auth = \"none\" to let anyone)",
-                );
-                None
-            }
-        };
+        let params: Vec<&str> = pattern
+            .as_ref()
+            .map(|p| p.param_names().collect())
+            .unwrap_or_default();
+        let auth = RawRuleAuth {
+            auth: self.auth,
+            auth_path: self.auth_path,
+            auth_cache: self.auth_cache,
+            reauth: self.reauth,
+        }
+        .validate(path, &params, jwt, errors);
+        let limits = self
+            .limits
+            .unwrap_or_default()
+            .validate(&join(path, "limits"), errors);
         let mut dur = |key: &str, raw: Option<String>, default: Duration| match raw {
             None => default,
             Some(text) => match parse_duration(&text) {
@@ -142,7 +127,8 @@ impl RawStreamRule {
             name: path.to_string(),
             path: pattern?,
             channels,
-            auth: auth?,
+            auth,
+            limits,
             heartbeat,
             retry,
             max_channels,
@@ -214,7 +200,7 @@ mod tests {
             "stream[0].channels[1]: {path.nope}: the path pattern /a has no {nope} segment",
             "stream[0].auth: required",
             "stream[0].heartbeat: must be at least 100ms",
-            "stream[1].auth: \"jwt\" is not available in this build",
+            "stream[1].auth: \"jwt\" needs a [jwt] section",
             "stream[2].extra: unknown field `extra`",
         ] {
             assert!(

@@ -1,20 +1,25 @@
 //! The Stream arm of the handler: resolve a `[[stream]]` rule's channels from the request,
-//! subscribe to the hub (replaying from `Last-Event-ID`), answer with an SSE body.
+//! pass the rule's gate (limits, then auth), subscribe to the hub (replaying from
+//! `Last-Event-ID`), answer with an SSE body that ends when access does.
 
 pub mod config;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::header::{HeaderValue, RETRY_AFTER};
-use http::{Request, Response, StatusCode};
+use http::request::Parts;
+use http::{Response, StatusCode};
 use prometheus_client::metrics::gauge::Gauge;
 
-pub use config::{RawStreamRule, StreamAuth, StreamRule};
+pub use config::{RawStreamRule, StreamRule};
 
-use crate::app::App;
+use crate::app::{App, Snapshot};
+use crate::auth::{Authorizer, GrantedBody, SubscribeRequest, requested_channels};
 use crate::body::{Body, boxed};
 use crate::hub::SubscribeError;
-use crate::proxy::error_response;
+use crate::proxy::client_ip::client_ip;
+use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
 use crate::server::ConnectionAbort;
 use crate::sse::{SseBody, SseOptions};
@@ -22,26 +27,36 @@ use crate::template::{RenderEachError, RequestVars};
 
 /// What the Stream arm decided.
 pub enum Outcome {
-    /// Answer with this (the stream, or 400/429).
+    /// Answer with this (the stream, or 400/401/403/429/502/504).
     Respond(Response<Body>),
     /// A template variable had no value: the rule does not apply and the request is
     /// proxied (logged and counted), never subscribed to a wrong channel.
     NotApplicable,
 }
 
-/// Open a stream for `req` under `rule`; `subscribers` counts the rule's open streams.
-pub fn open<B>(
+/// Heartbeat and retry hint of the generic stream (it has no rule to say otherwise).
+const GENERIC_SSE: SseOptions = SseOptions {
+    heartbeat: Duration::from_secs(15),
+    retry: Duration::from_secs(2),
+};
+
+/// Open a stream for the request `parts` under `rule`, whose gate is `authorizer`;
+/// `subscribers` counts the rule's open streams. `peer` is the TCP peer.
+#[allow(clippy::too_many_arguments)]
+pub async fn open(
     app: &App,
+    snapshot: &Snapshot,
     rule: &StreamRule,
+    authorizer: &Authorizer,
     subscribers: &Gauge,
     params: &PathParams,
-    req: &Request<B>,
-    client_ip: IpAddr,
+    parts: &Parts,
+    peer: IpAddr,
 ) -> Outcome {
     let vars = RequestVars {
         path: params,
-        query: req.uri().query(),
-        headers: req.headers(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
         form: None,
         json: None,
     };
@@ -67,29 +82,103 @@ pub fn open<B>(
         );
         return Outcome::Respond(error_response(StatusCode::BAD_REQUEST, &message));
     }
-    let last_event_id = crate::sse::last_event_id(req.headers(), req.uri().query());
-    let sub = match app
-        .hub
-        .subscribe(&channels, last_event_id.as_deref(), Some(client_ip))
-    {
-        Ok(sub) => sub,
-        Err(e) => return Outcome::Respond(refused(rule, &e)),
-    };
-    if let Some(abort) = req.extensions().get::<ConnectionAbort>() {
-        let abort = abort.clone();
-        sub.on_overflow(move || abort.abort());
-    }
     let options = SseOptions {
         heartbeat: rule.heartbeat,
         retry: rule.retry,
     };
-    let body = SseBody::new(sub, options, app.shutdown.clone()).counted(subscribers.clone());
-    Outcome::Respond(crate::sse::response(boxed(body)))
+    let gate = Gate {
+        snapshot,
+        authorizer,
+        subscribers,
+        name: &rule.name,
+        options,
+    };
+    Outcome::Respond(gate.subscribe(app, params, parts, peer, channels).await)
+}
+
+/// `/_unpoll/sse?channel=a&channel=b`: the client names the channels, its JWT limits them.
+pub async fn open_generic(
+    app: &App,
+    snapshot: &Snapshot,
+    authorizer: &Authorizer,
+    parts: &Parts,
+    peer: IpAddr,
+) -> Response<Body> {
+    let channels = match requested_channels(parts.uri.query()) {
+        Ok(channels) => channels,
+        Err(e) => return ProxyError::Auth(e).into_response(),
+    };
+    let subscribers = app.metrics.stream_subscribers("generic_stream");
+    let gate = Gate {
+        snapshot,
+        authorizer,
+        subscribers: &subscribers,
+        name: "generic_stream",
+        options: GENERIC_SSE,
+    };
+    gate.subscribe(app, &PathParams::default(), parts, peer, channels)
+        .await
+}
+
+/// What a stream passes through once its channels are known.
+struct Gate<'a> {
+    snapshot: &'a Snapshot,
+    authorizer: &'a Authorizer,
+    subscribers: &'a Gauge,
+    name: &'a str,
+    options: SseOptions,
+}
+
+impl Gate<'_> {
+    async fn subscribe(
+        &self,
+        app: &App,
+        params: &PathParams,
+        parts: &Parts,
+        peer: IpAddr,
+        channels: Vec<String>,
+    ) -> Response<Body> {
+        let client = client_ip(
+            peer,
+            &parts.headers,
+            &self.snapshot.config.proxy.trusted_proxies,
+        );
+        let request = SubscribeRequest {
+            parts,
+            params,
+            peer,
+            client_ip: client,
+            upstream: &self.snapshot.upstream,
+            proxy: &self.snapshot.config.proxy,
+        };
+        let grant = match self.authorizer.authorize(&request, &channels).await {
+            Ok(grant) => grant,
+            Err(e) => {
+                tracing::info!(rule = %self.name, reason = e.as_str(), "stream refused");
+                return ProxyError::Auth(e).into_response();
+            }
+        };
+        let last_event_id = crate::sse::last_event_id(&parts.headers, parts.uri.query());
+        let sub = match app
+            .hub
+            .subscribe(&channels, last_event_id.as_deref(), Some(client))
+        {
+            Ok(sub) => sub,
+            Err(e) => return refused(self.name, &e),
+        };
+        if let Some(abort) = parts.extensions.get::<ConnectionAbort>() {
+            let abort = abort.clone();
+            sub.on_overflow(move || abort.abort());
+        }
+        let body =
+            SseBody::new(sub, self.options, app.shutdown.clone()).counted(self.subscribers.clone());
+        crate::sse::response(boxed(GrantedBody::new(body, grant)))
+    }
 }
 
 /// 429 with `Retry-After` for a limit, 400 for a bad request.
-fn refused(rule: &StreamRule, e: &SubscribeError) -> Response<Body> {
-    tracing::info!(rule = %rule.name, reason = e.as_str(), "stream refused");
+fn refused(rule: &str, e: &SubscribeError) -> Response<Body> {
+    tracing::info!(rule = %rule, reason = e.as_str(), "stream refused");
     match e.retry_after() {
         Some(after) => {
             let mut resp = error_response(StatusCode::TOO_MANY_REQUESTS, &e.to_string());

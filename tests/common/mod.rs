@@ -7,6 +7,7 @@
 //! ```
 #![allow(dead_code, unused_imports)] // each test binary uses its own part of the harness
 
+pub mod auth;
 pub mod pg;
 pub mod process;
 pub mod sse;

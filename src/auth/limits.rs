@@ -1,0 +1,310 @@
+//! Per-rule abuse limits: subscribers per channel, streams per client address, and new
+//! streams per address per period. They sit on top of the hub's server-wide caps
+//! (`[hub] max_subscribers*`), which protect the process; these protect one endpoint from
+//! one client, so they are per rule and usually much lower.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::error::{AuthError, Limit};
+use super::metrics::AuthMetrics;
+use super::rate::{Rate, RateTable};
+use crate::config::{ConfigErrors, join, parse_duration};
+
+/// The `limits = { ... }` table of a stream rule as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStreamLimits {
+    /// See [`StreamLimits::per_channel`].
+    pub per_channel: Option<usize>,
+    /// See [`StreamLimits::per_ip`].
+    pub per_ip: Option<usize>,
+    /// See [`StreamLimits::rate`].
+    pub rate: Option<String>,
+    /// See [`StreamLimits::retry_after`].
+    pub retry_after: Option<String>,
+}
+
+/// Validated per-rule limits; `None` = no limit of that kind beyond the hub's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Open streams of this rule on one channel. Full → 429.
+    pub per_channel: Option<usize>,
+    /// Open streams of this rule from one client address. Full → 429.
+    pub per_ip: Option<usize>,
+    /// New streams of this rule per client address (`"20/1m"`). Over → 429 with the time
+    /// until the next one is allowed.
+    pub rate: Option<Rate>,
+    /// `Retry-After` sent with the per-channel and per-address 429s (the rate's 429 says
+    /// exactly when). Default 5 s.
+    pub retry_after: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            per_channel: None,
+            per_ip: None,
+            rate: None,
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RawStreamLimits {
+    /// Validate, recording every error under `path`.
+    pub fn validate(self, path: &str, errors: &mut ConfigErrors) -> StreamLimits {
+        let d = StreamLimits::default();
+        let mut positive = |key: &str, v: Option<usize>| match v {
+            Some(0) => {
+                errors.push(join(path, key), "must be at least 1 (omit it for no limit)");
+                None
+            }
+            v => v,
+        };
+        let per_channel = positive("per_channel", self.per_channel);
+        let per_ip = positive("per_ip", self.per_ip);
+        let rate = self.rate.and_then(|text| {
+            Rate::parse(&text)
+                .map_err(|e| errors.push(join(path, "rate"), e))
+                .ok()
+        });
+        let retry_after = match self.retry_after {
+            None => d.retry_after,
+            Some(text) => parse_duration(&text)
+                .map_err(|e| errors.push(join(path, "retry_after"), e))
+                .unwrap_or(d.retry_after),
+        };
+        StreamLimits {
+            per_channel,
+            per_ip,
+            rate,
+            retry_after,
+        }
+    }
+}
+
+/// The live counters of one rule's limits.
+#[derive(Debug)]
+pub struct Limiter {
+    limits: StreamLimits,
+    rate: Option<RateTable>,
+    /// Open streams per channel and per address. Entries are removed when they reach zero,
+    /// so the maps are bounded by the open streams (themselves bounded by the hub). Held
+    /// only for the check-and-increment, never across an await.
+    counts: Mutex<Counts>,
+    metrics: AuthMetrics,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    channels: HashMap<String, usize>,
+    ips: HashMap<IpAddr, usize>,
+}
+
+/// One admitted stream; dropping it gives its places back.
+#[derive(Debug)]
+pub struct Admission {
+    limiter: Option<Arc<Limiter>>,
+    ip: IpAddr,
+    channels: Vec<String>,
+}
+
+impl Limiter {
+    /// Counters enforcing `limits`.
+    pub fn new(limits: StreamLimits, metrics: AuthMetrics) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            rate: limits.rate.map(RateTable::new),
+            limits,
+            counts: Mutex::new(Counts::default()),
+            metrics,
+        })
+    }
+
+    /// Admit one stream from `ip` on `channels` (deduplicated by the caller), or say which
+    /// limit refused it. A refused attempt still counts against the rate: a client hammering
+    /// the endpoint must wait, not retry in a loop.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        channels: &[String],
+    ) -> Result<Admission, AuthError> {
+        let refuse = |limit: Limit, retry_after: Duration| {
+            self.metrics.limited(limit);
+            AuthError::Limited { limit, retry_after }
+        };
+        if let Some(rate) = &self.rate
+            && let Err(wait) = rate.check(ip, Instant::now())
+        {
+            // Round up: `Retry-After` is in whole seconds and 0 would invite a retry now.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(refuse(Limit::Rate, Duration::from_secs(secs.max(1))));
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(max) = self.limits.per_ip
+            && counts.ips.get(&ip).copied().unwrap_or(0) >= max
+        {
+            return Err(refuse(Limit::PerIp, self.limits.retry_after));
+        }
+        if let Some(max) = self.limits.per_channel
+            && channels
+                .iter()
+                .any(|c| counts.channels.get(c).copied().unwrap_or(0) >= max)
+        {
+            return Err(refuse(Limit::PerChannel, self.limits.retry_after));
+        }
+        *counts.ips.entry(ip).or_default() += 1;
+        if self.limits.per_channel.is_some() {
+            for c in channels {
+                *counts.channels.entry(c.clone()).or_default() += 1;
+            }
+        }
+        drop(counts);
+        Ok(Admission {
+            limiter: Some(self.clone()),
+            ip,
+            channels: if self.limits.per_channel.is_some() {
+                channels.to_vec()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Open streams of this rule from `ip` (for tests and stats).
+    pub fn streams_from(&self, ip: IpAddr) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.ips.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Admission {
+    /// An admission that counts nothing (a stream with no limiter).
+    pub fn unlimited(ip: IpAddr) -> Admission {
+        Admission {
+            limiter: None,
+            ip,
+            channels: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let Some(limiter) = self.limiter.take() else {
+            return;
+        };
+        let mut counts = limiter
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        decrement(&mut counts.ips, &self.ip);
+        for c in &self.channels {
+            decrement(&mut counts.channels, c);
+        }
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(
+        per_channel: Option<usize>,
+        per_ip: Option<usize>,
+        rate: Option<&str>,
+    ) -> Arc<Limiter> {
+        let limits = StreamLimits {
+            per_channel,
+            per_ip,
+            rate: rate.map(|r| Rate::parse(r).unwrap()),
+            ..StreamLimits::default()
+        };
+        Limiter::new(limits, AuthMetrics::default())
+    }
+
+    fn ch(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn per_ip_and_per_channel_release_on_drop() {
+        let l = limiter(Some(2), Some(3), None);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let s1 = l.admit(a, &ch(&["x"])).unwrap();
+        let _s2 = l.admit(a, &ch(&["x", "y"])).unwrap();
+        let err = l.admit(b, &ch(&["x"])).unwrap_err();
+        assert!(matches!(
+            err,
+            AuthError::Limited {
+                limit: Limit::PerChannel,
+                ..
+            }
+        ));
+        let s3 = l.admit(a, &ch(&["y"])).unwrap();
+        let err = l.admit(a, &ch(&["z"])).unwrap_err();
+        assert!(matches!(
+            err,
+            AuthError::Limited {
+                limit: Limit::PerIp,
+                ..
+            }
+        ));
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+        drop(s1);
+        assert_eq!(l.streams_from(a), 2);
+        let _s4 = l.admit(b, &ch(&["x"])).unwrap();
+        drop(s3);
+        let _s5 = l.admit(a, &ch(&["z"])).unwrap();
+        assert_eq!(l.metrics.limited_count(Limit::PerIp), 1);
+        assert_eq!(l.metrics.limited_count(Limit::PerChannel), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_refusals_say_when_to_retry() {
+        let l = limiter(None, None, Some("2/10s"));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let _s1 = l.admit(a, &ch(&["x"])).unwrap();
+        let _s2 = l.admit(a, &ch(&["x"])).unwrap();
+        let err = l.admit(a, &ch(&["x"])).unwrap_err();
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(l.admit(a, &ch(&["x"])).is_ok());
+        assert_eq!(l.metrics.limited_count(Limit::Rate), 1);
+    }
+
+    #[test]
+    fn config_errors_have_paths() {
+        let mut errors = ConfigErrors::default();
+        let raw = RawStreamLimits {
+            per_channel: Some(0),
+            rate: Some("fast".into()),
+            ..RawStreamLimits::default()
+        };
+        raw.validate("stream[0].limits", &mut errors);
+        let text = errors.to_string();
+        assert!(
+            text.contains("stream[0].limits.per_channel: must be at least 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stream[0].limits.rate: invalid rate"),
+            "{text}"
+        );
+    }
+}

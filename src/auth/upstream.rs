@@ -1,0 +1,350 @@
+//! `auth = "upstream"`: ask the app, with the client's Cookie and Authorization, whether it
+//! may see `auth_path`. Decisions are cached per (credentials, resolved path) and concurrent
+//! checks of one key share one upstream request, so a reconnect storm of one user's tabs
+//! costs one call.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use moka::future::Cache;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+use super::config::UpstreamAuthConfig;
+use super::error::{AuthError, UpstreamFailure};
+use super::metrics::AuthMetrics;
+use crate::body::empty;
+use crate::proxy::config::ProxyConfig;
+use crate::proxy::forward::upstream_request;
+use crate::proxy::headers::X_FORWARDED_FOR;
+use crate::proxy::upstream::UpstreamClient;
+use crate::route::PathParams;
+use crate::template::{RequestVars, Source, Vars};
+
+/// Bytes of cached decisions per rule (keys are the credentials and the path). Full: moka
+/// evicts the least useful entries (TinyLFU); an evicted user's next subscribe asks again.
+pub const DECISION_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Bytes of an auth response body read so its connection can go back to the pool; a
+/// longer body is dropped (and its connection closed) instead.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// How long draining that body may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Everything `encodeURIComponent` encodes: a value can neither end a path segment nor
+/// start a query, whichever part of `auth_path` it lands in.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The upstream checker of one rule.
+pub struct UpstreamAuth {
+    config: UpstreamAuthConfig,
+    rule: String,
+    /// Decisions by (credentials, path): allowed, or the 401/403/404 to pass on. Failures
+    /// are not cached. Bounded by [`DECISION_CACHE_BYTES`]; entries live `auth_cache`.
+    /// Also the coalescing point: moka runs one init per key and hands its result to every
+    /// concurrent caller.
+    cache: Cache<CheckKey, Decision>,
+    metrics: AuthMetrics,
+}
+
+impl std::fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamAuth")
+            .field("rule", &self.rule)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The credentials, host and resolved path a decision is about (the host too: one app may
+/// serve several tenants by name). No `Debug`: it holds cookies.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CheckKey {
+    path: String,
+    host: Option<Bytes>,
+    cookie: Option<Bytes>,
+    authorization: Option<Bytes>,
+}
+
+/// A cached decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Allow,
+    Deny(StatusCode),
+}
+
+/// What a check needs from the subscribing request, kept by the stream for re-checks.
+#[derive(Clone)]
+pub struct CheckRequest {
+    key: CheckKey,
+    /// Host and X-Forwarded-For of the client request, so the app sees the same forwarding
+    /// headers on the auth request as on a proxied one.
+    headers: HeaderMap,
+    peer: IpAddr,
+    client: UpstreamClient,
+    proxy: ProxyConfig,
+}
+
+impl std::fmt::Debug for CheckRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The path may carry query values and the key carries credentials: neither logged.
+        f.debug_struct("CheckRequest")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamAuth {
+    /// The checker of rule `rule` (its name, for logs).
+    pub fn new(config: UpstreamAuthConfig, rule: String, metrics: AuthMetrics) -> Self {
+        let mut builder = Cache::builder().max_capacity(DECISION_CACHE_BYTES).weigher(
+            |k: &CheckKey, _: &Decision| {
+                let len = k.path.len()
+                    + k.host.as_ref().map_or(0, Bytes::len)
+                    + k.cookie.as_ref().map_or(0, Bytes::len)
+                    + k.authorization.as_ref().map_or(0, Bytes::len);
+                u32::try_from(len + 64).unwrap_or(u32::MAX)
+            },
+        );
+        if !config.cache.is_zero() {
+            builder = builder.time_to_live(config.cache);
+        }
+        UpstreamAuth {
+            config,
+            rule,
+            cache: builder.build(),
+            metrics,
+        }
+    }
+
+    /// How often open streams are re-checked.
+    pub fn reauth(&self) -> Option<Duration> {
+        self.config.reauth
+    }
+
+    /// Resolve `auth_path` for a request and keep what a check needs.
+    pub fn request(
+        &self,
+        parts: &http::request::Parts,
+        params: &PathParams,
+        peer: IpAddr,
+        client: &UpstreamClient,
+        proxy: &ProxyConfig,
+    ) -> Result<CheckRequest, AuthError> {
+        let vars = RequestVars {
+            path: params,
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            form: None,
+            json: None,
+        };
+        let path = render_path(&self.config, &vars)?;
+        let mut headers = HeaderMap::new();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+        if let Some(host) = &host {
+            headers.insert(header::HOST, host.clone());
+        }
+        for v in parts.headers.get_all(&X_FORWARDED_FOR) {
+            headers.append(&X_FORWARDED_FOR, v.clone());
+        }
+        let cookie = joined_cookies(&parts.headers);
+        if let Some(c) = &cookie {
+            headers.insert(header::COOKIE, c.clone());
+        }
+        let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+        if let Some(a) = &authorization {
+            headers.insert(header::AUTHORIZATION, a.clone());
+        }
+        let bytes = |v: HeaderValue| Bytes::copy_from_slice(v.as_bytes());
+        Ok(CheckRequest {
+            key: CheckKey {
+                path,
+                host: host.map(bytes),
+                cookie: cookie.map(bytes),
+                authorization: authorization.map(bytes),
+            },
+            headers,
+            peer,
+            client: client.clone(),
+            proxy: proxy.clone(),
+        })
+    }
+
+    /// Is access allowed? From the cache when a decision for these credentials and path is
+    /// fresh, else by asking the app once for all concurrent callers.
+    pub async fn check(&self, req: &CheckRequest) -> Result<(), AuthError> {
+        let result = self
+            .cache
+            .try_get_with(req.key.clone(), self.ask(req))
+            .await;
+        if self.config.cache.is_zero() {
+            // Not cached: the entry only served the callers that waited on this check.
+            self.cache.invalidate(&req.key).await;
+        }
+        match result.map_err(|failure| AuthError::Upstream(*failure))? {
+            Decision::Allow => Ok(()),
+            Decision::Deny(status) => Err(AuthError::Denied { status }),
+        }
+    }
+
+    async fn ask(&self, req: &CheckRequest) -> Result<Decision, UpstreamFailure> {
+        self.metrics.upstream_checks.inc();
+        let uri: Uri = req
+            .key
+            .path
+            .parse()
+            .map_err(|_| UpstreamFailure::Unreachable)?;
+        let mut head = Request::new(());
+        *head.method_mut() = Method::GET;
+        *head.uri_mut() = uri;
+        *head.headers_mut() = req.headers.clone();
+        let (parts, ()) = head.into_parts();
+        let upstream_req = upstream_request(&req.client, &req.proxy, parts, empty(), req.peer);
+        let resp = match req.client.send(upstream_req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(rule = %self.rule, cause = %e, "auth check: upstream failed");
+                return Err(UpstreamFailure::from(&e));
+            }
+        };
+        let status = resp.status();
+        // Read a short body so the connection returns to the pool; the content is unused.
+        let drain = Limited::new(resp.into_body(), DRAIN_LIMIT).collect();
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+        match status {
+            s if s.is_success() => Ok(Decision::Allow),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+                Ok(Decision::Deny(status))
+            }
+            other => {
+                tracing::warn!(rule = %self.rule, status = other.as_u16(), "auth check: unexpected status");
+                Err(UpstreamFailure::Status(other))
+            }
+        }
+    }
+}
+
+/// Every Cookie header as one value (HTTP/2 sends one header per cookie).
+fn joined_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let first = values.next()?;
+    let rest: Vec<&[u8]> = values.map(HeaderValue::as_bytes).collect();
+    if rest.is_empty() {
+        return Some(first.clone());
+    }
+    let mut joined = first.as_bytes().to_vec();
+    for r in rest {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(r);
+    }
+    HeaderValue::from_bytes(&joined).ok()
+}
+
+/// Render `auth_path` with every value percent-encoded as a URL component, refusing values
+/// that are dot segments (`..` would walk up the app's path).
+fn render_path(config: &UpstreamAuthConfig, vars: &RequestVars<'_>) -> Result<String, AuthError> {
+    let encoded = Encoded(vars);
+    for (source, name) in config.path.variables() {
+        if let Some(v) = encoded.decoded(source, name)
+            && (v == "." || v == "..")
+        {
+            return Err(AuthError::BadRequest(format!(
+                "{{{}.{name}}} may not be {v:?}",
+                source.as_str()
+            )));
+        }
+    }
+    config
+        .path
+        .render(&encoded)
+        .map_err(|missing| AuthError::BadRequest(missing.to_string()))
+}
+
+struct Encoded<'a, 'b>(&'a RequestVars<'b>);
+
+impl Encoded<'_, '_> {
+    /// The value as the user meant it: path segments arrive still percent-encoded.
+    fn decoded(&self, source: Source, name: &str) -> Option<String> {
+        let v = self.0.get(source, name)?;
+        Some(match source {
+            Source::Path => percent_decode_str(&v).decode_utf8_lossy().into_owned(),
+            _ => v.into_owned(),
+        })
+    }
+}
+
+impl Vars for Encoded<'_, '_> {
+    fn get(&self, source: Source, name: &str) -> Option<Cow<'_, str>> {
+        let v = self.decoded(source, name)?;
+        Some(Cow::Owned(utf8_percent_encode(&v, COMPONENT).to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::PathPattern;
+    use crate::template::Template;
+
+    fn config(path: &str) -> UpstreamAuthConfig {
+        UpstreamAuthConfig {
+            path: Template::parse(path, &[Source::Path, Source::Query, Source::Header]).unwrap(),
+            cache: Duration::from_secs(10),
+            reauth: None,
+        }
+    }
+
+    fn render(template: &str, pattern: &str, path: &str, query: &str) -> Result<String, AuthError> {
+        let params = PathPattern::parse(pattern).unwrap().matches(path).unwrap();
+        let headers = HeaderMap::new();
+        let vars = RequestVars {
+            path: &params,
+            query: Some(query),
+            headers: &headers,
+            form: None,
+            json: None,
+        };
+        render_path(&config(template), &vars)
+    }
+
+    #[test]
+    fn values_are_encoded_and_dot_segments_refused() {
+        let t = "/api/bots/{query.botId}/x?chat={path.id}";
+        assert_eq!(
+            render(t, "/c/{id}", "/c/7", "botId=42").unwrap(),
+            "/api/bots/42/x?chat=7"
+        );
+        assert_eq!(
+            render(t, "/c/{id}", "/c/a%20b", "botId=1%2F..%2Fadmin%3Fx%3D1%26y").unwrap(),
+            "/api/bots/1%2F..%2Fadmin%3Fx%3D1%26y/x?chat=a%20b"
+        );
+        let err = render(t, "/c/{id}", "/c/7", "botId=..").unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let err = render(t, "/c/{id}", "/c/%2E%2E", "botId=1").unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let err = render(t, "/c/{id}", "/c/7", "other=1").unwrap_err();
+        assert_eq!(err.to_string(), "bad request: no value for {query.botId}");
+    }
+
+    #[test]
+    fn cookies_are_joined() {
+        let mut h = HeaderMap::new();
+        assert!(joined_cookies(&h).is_none());
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        assert_eq!(joined_cookies(&h).unwrap(), "a=1");
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(joined_cookies(&h).unwrap(), "a=1; b=2");
+    }
+}
