@@ -143,19 +143,22 @@ async fn respond(
     let started = Instant::now();
     let snapshot = app.snapshot();
     let access = snapshot.config.log.access;
-    // Resolved once, before the request moves on: what the access log shows as the client.
-    let client = crate::proxy::client_ip::client_ip(
-        peer.ip(),
-        req.headers(),
-        &snapshot.config.proxy.trusted_proxies,
-    );
+    // What the access log shows as the client, resolved before the request moves on; only
+    // when there is a log line to write (this runs on every request).
+    let head = access.then(|| {
+        let client = crate::proxy::client_ip::client_ip(
+            peer.ip(),
+            req.headers(),
+            &snapshot.config.proxy.trusted_proxies,
+        );
+        (req.method().clone(), req.uri().path().to_string(), client)
+    });
     drop(snapshot);
-    let head = access.then(|| (req.method().clone(), req.uri().path().to_string()));
     let resp = match kind {
         Listener::Main => crate::proxy::handle(app, req, peer.ip()).await,
         Listener::Admin => admin::handle(app, req).await,
     };
-    let log = head.map(|(method, path)| AccessLog {
+    let log = head.map(|(method, path, client)| AccessLog {
         method,
         path,
         client,
