@@ -224,3 +224,54 @@ async fn client_going_away_cancels_the_upstream_request() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    // The upstream streams forever; count the chunks it could hand over.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let gone = Arc::new(AtomicUsize::new(0));
+    let (s, g) = (sent.clone(), gone.clone());
+    let upstream = Upstream::builder()
+        .handler("/forever", move |_req| {
+            let (s, g) = (s.clone(), g.clone());
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+                tokio::spawn(async move {
+                    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+                    while tx.send(chunk.clone()).await.is_ok() {
+                        s.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // unpoll dropped the response: the client was cut off.
+                    g.fetch_add(1, Ordering::SeqCst);
+                });
+                let mut rx = rx;
+                let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                    .map(|b| Ok::<_, std::io::Error>(hyper::body::Frame::data(b)));
+                http::Response::new(http_body_util::BodyExt::boxed_unsync(
+                    http_body_util::BodyExt::map_err(http_body_util::StreamBody::new(body), |e| {
+                        e.into()
+                    }),
+                ))
+            }
+        })
+        .run()
+        .await;
+    let unpoll = Unpoll::start(&upstream.url(), "[proxy]\nsend_timeout = \"300ms\"").await;
+    let mut stream = TcpStream::connect(unpoll.addr).await.unwrap();
+    stream
+        .write_all(b"GET /forever HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Never read: the kernel buffers fill, unpoll's writes block, the timeout fires.
+    eventually(
+        Duration::from_secs(10),
+        "the stalled client is disconnected",
+        || {
+            let g = gone.clone();
+            async move { g.load(Ordering::SeqCst) == 1 }
+        },
+    )
+    .await;
+    assert!(sent.load(Ordering::SeqCst) > 0);
+    drop(stream);
+}

@@ -19,6 +19,7 @@ pub struct RawProxyConfig {
     pool_idle_timeout: Option<String>,
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
+    send_timeout: Option<String>,
     max_connections: Option<usize>,
     max_header_bytes: Option<String>,
     preserve_host: Option<bool>,
@@ -43,6 +44,9 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// A client connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// A client that accepts no byte of its response for this long is disconnected (a
+    /// reader too slow to keep up, or gone without a FIN).
+    pub send_timeout: Duration,
     /// Concurrent client connections; past it, new connections wait in the kernel backlog.
     pub max_connections: usize,
     /// Largest request head accepted; larger → 431.
@@ -67,6 +71,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             preserve_host: true,
@@ -115,6 +120,7 @@ impl RawProxyConfig {
             d.header_read_timeout,
         );
         let idle_timeout = dur("idle_timeout", self.idle_timeout, d.idle_timeout);
+        let send_timeout = dur("send_timeout", self.send_timeout, d.send_timeout);
         let shutdown_grace = dur("shutdown_grace", self.shutdown_grace, d.shutdown_grace);
 
         let max_header_bytes = match self.max_header_bytes {
@@ -157,6 +163,7 @@ impl RawProxyConfig {
             pool_idle_timeout,
             header_read_timeout,
             idle_timeout,
+            send_timeout,
             max_connections,
             max_header_bytes,
             preserve_host: self.preserve_host.unwrap_or(d.preserve_host),
