@@ -13,7 +13,9 @@
 //! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown.
 //! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
 //!   action; forwarding, headers, upgrades, errors.
-//! - [`admin`]: health, readiness, metrics, stats.
+//! - [`admin`]: health, readiness, metrics, stats, publish, purge.
+//! - [`cache`]: `[[cache]]` rules: per-user keys, coalescing, stale serving, tag purge.
+//! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox) behind a `Sink`.
 //! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
 //!   format and the response body that streams a subscription.
