@@ -12,7 +12,6 @@ use serde_json::Value;
 
 use super::config::JwtConfig;
 use super::error::AuthError;
-use super::pattern;
 
 /// A compiled JWT verifier.
 pub struct JwtAuth {
@@ -113,7 +112,7 @@ impl JwtAuth {
         let patterns = patterns(&claims, &self.claim);
         if let Some(refused) = channels
             .iter()
-            .find(|c| !patterns.iter().any(|p| pattern::matches(p, c)))
+            .find(|c| !patterns.iter().any(|p| crate::hub::glob::matches(p, c)))
         {
             return Err(AuthError::ChannelNotAllowed {
                 channel: refused.clone(),

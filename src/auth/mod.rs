@@ -9,7 +9,7 @@
 //!
 //! - `config.rs`: the rule keys, `[jwt]`, `[generic_stream]`.
 //! - `upstream.rs`: asking the app, with a bounded, coalescing decision cache.
-//! - `jwt.rs`: token extraction and verification; `pattern.rs`: channel patterns;
+//! - `jwt.rs`: token extraction and verification (channel patterns are `hub::glob`'s);
 //!   `generic.rs`: the channels a client names on `/_unpoll/sse`.
 //! - `limits.rs`, `rate.rs`: per-rule subscriber caps and connection rate.
 //! - `grant.rs`: what a subscriber holds; `body.rs`: a stream body that ends with its
@@ -23,7 +23,6 @@ mod grant;
 mod jwt;
 mod limits;
 mod metrics;
-mod pattern;
 mod rate;
 mod upstream;
 
