@@ -238,6 +238,13 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     }
 }
 
+/// Parse `rules` after a minimal `listen`/`upstream` header, for the rule modules' tests.
+#[cfg(test)]
+pub fn parse_rules(rules: &str) -> Result<Config, String> {
+    let text = format!("listen = \"127.0.0.1:1\"\nupstream = \"http://a\"\n{rules}");
+    parse(&text, &|_| None).map_err(|e| e.to_string())
+}
+
 impl Config {
     /// The short summary `unpoll check` prints: listeners, upstream and rules.
     pub fn summary(&self) -> String {

@@ -156,10 +156,7 @@ pub fn check_path_vars(
 
 #[cfg(test)]
 mod tests {
-    fn parse(rules: &str) -> Result<crate::Config, String> {
-        let text = format!("listen = \"127.0.0.1:1\"\nupstream = \"http://a\"\n{rules}");
-        crate::config::parse(&text, &|_| None).map_err(|e| e.to_string())
-    }
+    use crate::config::parse_rules as parse;
 
     #[test]
     fn valid_rule_with_defaults() {

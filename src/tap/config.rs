@@ -136,10 +136,7 @@ impl RawTapRule {
 
 #[cfg(test)]
 mod tests {
-    fn parse(rules: &str) -> Result<crate::Config, String> {
-        let text = format!("listen = \"127.0.0.1:1\"\nupstream = \"http://a\"\n{rules}");
-        crate::config::parse(&text, &|_| None).map_err(|e| e.to_string())
-    }
+    use crate::config::parse_rules as parse;
 
     #[test]
     fn valid_rule_with_defaults() {
