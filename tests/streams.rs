@@ -5,9 +5,11 @@ mod common;
 use std::time::Duration;
 
 use common::sse::{SseClient, publish};
-use common::{Unpoll, Upstream, client, eventually, metric};
+use common::{Unpoll, Upstream, client, eventually, metric, read_until};
 use futures::future::join_all;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const TOKEN: &str = "t0ken";
 const T: Duration = Duration::from_secs(10);
@@ -319,4 +321,84 @@ async fn open_streams_and_history_survive_a_reload() {
     )
     .await;
     assert_eq!(s.next(T).await.data, "\"after\"");
+}
+
+/// A stream asked for as its connection's first request is served outside hyper: its body
+/// ends with the connection (`Connection: close`, no chunk framing). Asked for on a reused
+/// keep-alive connection it is hyper's and chunked. A first request whose stream rule does
+/// not apply is handed to hyper and proxied. Both streams carry the same frames and both
+/// end cleanly on shutdown.
+#[tokio::test]
+async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() {
+    let (_up, unpoll) = start("").await;
+    let mut fresh = TcpStream::connect(unpoll.addr).await.unwrap();
+    fresh
+        .write_all(b"GET /bots/events?botId=7 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let fresh_head = read_until(&mut fresh, "retry: 2000\n\n", T).await;
+    assert!(
+        fresh_head.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{fresh_head}"
+    );
+    assert!(
+        fresh_head.contains("\r\nconnection: close\r\n"),
+        "{fresh_head}"
+    );
+    assert!(fresh_head.contains("\r\ncontent-type: text/event-stream"));
+    assert!(fresh_head.contains("\r\ndate: "), "{fresh_head}");
+    assert!(!fresh_head.contains("transfer-encoding"), "{fresh_head}");
+    assert!(
+        fresh_head.ends_with("\r\n\r\nretry: 2000\n\n"),
+        "{fresh_head}"
+    );
+
+    // No botId: the rule does not apply, the upstream answers, the connection stays open.
+    let mut reused = TcpStream::connect(unpoll.addr).await.unwrap();
+    reused
+        .write_all(b"GET /bots/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let proxied = read_until(&mut reused, "proxied", T).await;
+    assert!(proxied.starts_with("HTTP/1.1 200 OK\r\n"), "{proxied}");
+    reused
+        .write_all(b"GET /bots/events?botId=7 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reused_head = read_until(&mut reused, "retry: 2000\n\n", T).await;
+    assert!(
+        reused_head.contains("transfer-encoding: chunked"),
+        "{reused_head}"
+    );
+    eventually(T, "both subscribed", || async {
+        unpoll.app.hub.stats(0).subscribers == 2
+    })
+    .await;
+
+    let http = client();
+    let id = publish(
+        &http,
+        &unpoll.admin_url("/publish"),
+        TOKEN,
+        json!({"channel": "bot:7", "data": "hi"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let frame = format!("id: {id}\ndata: \"hi\"\n\n");
+    assert_eq!(read_until(&mut fresh, "\n\n", T).await, frame);
+    let chunk = read_until(&mut reused, "\n\n\r\n", T).await;
+    assert_eq!(chunk, format!("{:X}\r\n{frame}\r\n", frame.len()));
+
+    let stop = tokio::spawn(unpoll.stop());
+    let mut rest = Vec::new();
+    tokio::time::timeout(T, fresh.read_to_end(&mut rest))
+        .await
+        .expect("the direct stream ends on shutdown")
+        .unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let end = read_until(&mut reused, "0\r\n\r\n", T).await;
+    assert_eq!(end, "0\r\n\r\n");
+    stop.await.unwrap();
 }

@@ -296,6 +296,16 @@ async fn publish_api_checks_token_json_and_size() {
 /// queue overflows and it is disconnected, while a reading client gets every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_is_disconnected_at_its_bound_while_others_keep_receiving() {
+    slow_subscriber_case(false).await;
+}
+
+/// The same when the stream is not its connection's first request, so hyper serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_on_a_reused_connection_is_disconnected_too() {
+    slow_subscriber_case(true).await;
+}
+
+async fn slow_subscriber_case(reused_connection: bool) {
     let (_up, unpoll, _bodies) = start(
         "subscriber_queue = 16\nsubscriber_queue_bytes = \"512KiB\"\nhistory_max_bytes = \"2MiB\"",
     )
@@ -306,6 +316,13 @@ async fn slow_subscriber_is_disconnected_at_its_bound_while_others_keep_receivin
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let mut slow = socket.connect(unpoll.addr).await.unwrap();
+    if reused_connection {
+        slow.write_all(b"GET /items/7 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = common::read_until(&mut slow, "\r\n\r\n", T).await;
+        assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    }
     slow.write_all(b"GET /events/fan HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();

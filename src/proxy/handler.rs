@@ -5,13 +5,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::request::Parts;
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::forward::forward;
 use super::observe::UpstreamTime;
-use super::routes::Action;
+use super::routes::{Action, Route};
 use crate::app::{App, Snapshot};
 use crate::body::Body;
 use crate::stream::Outcome;
@@ -22,39 +23,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
 
     let result = match route.action {
-        Action::Stream(s) => {
-            let (parts, body) = req.into_parts();
-            let outcome = crate::stream::open(
-                app,
-                &snapshot,
-                &s.rule,
-                &s.authorizer,
-                &s.subscribers,
-                &route.params,
-                &parts,
-                client_ip,
-            )
-            .await;
-            match outcome {
-                Outcome::Respond(resp) => Ok(resp),
-                Outcome::NotApplicable => {
-                    proxy(app, &snapshot, Request::from_parts(parts, body), client_ip).await
-                }
-            }
-        }
-        Action::Proxy
-            if req.method() == http::Method::GET
-                && req.uri().path() == crate::auth::GENERIC_STREAM_PATH
-                && snapshot.generic_stream.is_some() =>
-        {
-            let (parts, _body) = req.into_parts();
-            match &snapshot.generic_stream {
-                Some(gate) => {
-                    Ok(crate::stream::open_generic(app, &snapshot, gate, &parts, client_ip).await)
-                }
-                // Checked in the guard above.
-                None => Err(ProxyError::BadRequest("generic stream disabled")),
-            }
+        Action::Stream(_) => stream_or_proxy(app, &snapshot, &route, req, client_ip).await,
+        Action::Proxy if is_generic_stream(&snapshot, req.method(), req.uri().path()) => {
+            stream_or_proxy(app, &snapshot, &route, req, client_ip).await
         }
         Action::Proxy => proxy(app, &snapshot, req, client_ip).await,
         Action::Cache(c) => {
@@ -79,6 +50,97 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
     });
     route.counters.count(resp.status().as_u16());
     resp
+}
+
+/// Whether a request for `path` opens an event stream: a `[[stream]]` rule or the generic
+/// stream. The server asks before serving a stream outside hyper.
+pub fn is_stream(snapshot: &Snapshot, method: &Method, path: &str) -> bool {
+    match snapshot.routes.resolve(method, path).action {
+        Action::Stream(_) => true,
+        Action::Proxy => is_generic_stream(snapshot, method, path),
+        Action::Cache(_) | Action::Tap(_) => false,
+    }
+}
+
+/// Open the stream `parts` asks for, outside hyper (see `server::direct_sse`), counted like
+/// any response. `None`: the request is not a stream after all (its rule's templates do
+/// not apply) and must take the ordinary path, which proxies and counts it.
+pub async fn open_stream(
+    app: &Arc<App>,
+    parts: &Parts,
+    client_ip: IpAddr,
+) -> Option<Response<Body>> {
+    let snapshot = app.snapshot();
+    let route = snapshot.routes.resolve(&parts.method, parts.uri.path());
+    let resp = match stream_arm(app, &snapshot, &route, parts, client_ip).await? {
+        Outcome::Respond(resp) => resp,
+        Outcome::NotApplicable(_) => return None,
+    };
+    route.counters.count(resp.status().as_u16());
+    Some(resp)
+}
+
+/// A stream route's request: the stream, or the upstream's answer when the rule's
+/// templates do not apply to it (logged and counted).
+async fn stream_or_proxy(
+    app: &App,
+    snapshot: &Snapshot,
+    route: &Route<'_>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    match stream_arm(app, snapshot, route, &parts, client_ip).await {
+        Some(Outcome::Respond(resp)) => return Ok(resp),
+        Some(Outcome::NotApplicable(missing)) => {
+            tracing::debug!(rule = route.name, cause = %missing, "stream rule does not apply");
+            app.hub.metrics().skip(route.name, "missing_value");
+        }
+        None => {}
+    }
+    proxy(app, snapshot, Request::from_parts(parts, body), client_ip).await
+}
+
+/// The stream behind `route`: its rule's, or the generic stream on a proxied route.
+/// `None` when no stream serves it.
+async fn stream_arm(
+    app: &App,
+    snapshot: &Snapshot,
+    route: &Route<'_>,
+    parts: &Parts,
+    client_ip: IpAddr,
+) -> Option<Outcome> {
+    let outcome = match (&route.action, &snapshot.generic_stream) {
+        (Action::Stream(s), _) => {
+            crate::stream::open(
+                app,
+                snapshot,
+                &s.rule,
+                &s.authorizer,
+                &s.subscribers,
+                &route.params,
+                parts,
+                client_ip,
+            )
+            .await
+        }
+        (Action::Proxy, Some(gate))
+            if is_generic_stream(snapshot, &parts.method, parts.uri.path()) =>
+        {
+            Outcome::Respond(
+                crate::stream::open_generic(app, snapshot, gate, parts, client_ip).await,
+            )
+        }
+        _ => return None,
+    };
+    Some(outcome)
+}
+
+/// `GET /_unpoll/sse` when `[auth.jwt]` enables the generic stream.
+fn is_generic_stream(snapshot: &Snapshot, method: &Method, path: &str) -> bool {
+    method == Method::GET
+        && path == crate::auth::GENERIC_STREAM_PATH
+        && snapshot.generic_stream.is_some()
 }
 
 /// Forward to the upstream unchanged, noting its response time for the access log.

@@ -11,4 +11,4 @@ pub mod routes;
 pub mod upstream;
 
 pub use error::{ProxyError, UpstreamError, error_response};
-pub use handler::handle;
+pub use handler::{handle, is_stream, open_stream};

@@ -23,15 +23,15 @@ use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
 use crate::server::ConnectionAbort;
 use crate::sse::{SseBody, SseOptions};
-use crate::template::{RenderEachError, RequestVars};
+use crate::template::{Missing, RenderEachError, RequestVars};
 
 /// What the Stream arm decided.
 pub enum Outcome {
     /// Answer with this (the stream, or 400/401/403/429/502/504).
     Respond(Response<Body>),
     /// A template variable had no value: the rule does not apply and the request is
-    /// proxied (logged and counted), never subscribed to a wrong channel.
-    NotApplicable,
+    /// proxied (the caller logs and counts it), never subscribed to a wrong channel.
+    NotApplicable(Missing),
 }
 
 /// Heartbeat and retry hint of the generic stream (it has no rule to say otherwise).
@@ -64,11 +64,7 @@ pub async fn open(
     for template in &rule.channels {
         match template.render_each(&vars, rule.max_channels) {
             Ok(names) => channels.extend(names),
-            Err(RenderEachError::Missing(missing)) => {
-                tracing::debug!(rule = %rule.name, cause = %missing, "stream rule does not apply");
-                app.hub.metrics().skip(&rule.name, "missing_value");
-                return Outcome::NotApplicable;
-            }
+            Err(RenderEachError::Missing(missing)) => return Outcome::NotApplicable(missing),
             Err(RenderEachError::TooMany { cap }) => {
                 let message = format!("too many channels requested (at most {cap})");
                 return Outcome::Respond(error_response(StatusCode::BAD_REQUEST, &message));

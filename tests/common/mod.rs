@@ -166,3 +166,30 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Read from `stream` until what was read contains `needle`; panics on EOF or after
+/// `timeout`. Returns everything read.
+pub async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    needle: &str,
+    timeout: Duration,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !out.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "EOF before {needle:?}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+    };
+    if tokio::time::timeout(timeout, read).await.is_err() {
+        panic!("timed out waiting for {needle:?}");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

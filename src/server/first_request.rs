@@ -1,0 +1,284 @@
+//! The first request head of a connection, read before hyper sees the socket.
+//!
+//! Two decisions need it: HTTP/2 (the h2c preface) or HTTP/1, and whether the request opens
+//! an event stream that unpoll serves without hyper ([`super::direct_sse`]). Everything
+//! else goes to hyper with the bytes read so far replayed in front of the socket
+//! ([`Rewind`]), so hyper parses, limits and answers it exactly as if it had read it
+//! itself: a malformed or oversized head gets hyper's 400 or 431.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// The client's opening bytes of an h2c connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Header lines parsed here; hyper's own default limit is 100. More: left to hyper.
+const MAX_HEADERS: usize = 100;
+
+/// First read size: most request heads fit, and the buffer is freed once hyper has
+/// replayed it (or once a direct stream has parsed it).
+const FIRST_READ: usize = 4096;
+
+/// What the first bytes of a connection asked for.
+pub(super) enum FirstRequest {
+    /// The client closed or failed before a request head was complete.
+    Gone,
+    /// Serve the connection with hyper, replaying `prefix`.
+    Hyper { prefix: Bytes, http2: bool },
+    /// A complete, bodiless HTTP/1.1 GET, alone in `prefix`, whose path `direct` accepted.
+    Direct { parts: Box<Parts>, prefix: Bytes },
+}
+
+/// Read the first request head from `io`, at most `limit` bytes of it; `direct` says
+/// whether a GET to a path (without query) is served without hyper.
+pub(super) async fn read<S, F>(io: &mut S, limit: usize, direct: F) -> FirstRequest
+where
+    S: AsyncRead + Unpin,
+    F: Fn(&Method, &str) -> bool,
+{
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return FirstRequest::Gone,
+            Ok(_) => {}
+        }
+        match examine(&buf, limit, &direct) {
+            Verdict::NeedMore => {}
+            Verdict::Hyper { http2 } => {
+                return FirstRequest::Hyper {
+                    prefix: buf.freeze(),
+                    http2,
+                };
+            }
+            Verdict::Direct(parts) => {
+                return FirstRequest::Direct {
+                    parts,
+                    prefix: buf.freeze(),
+                };
+            }
+        }
+    }
+}
+
+enum Verdict {
+    NeedMore,
+    Hyper { http2: bool },
+    Direct(Box<Parts>),
+}
+
+/// Decide on the bytes read so far. Synchronous so the header array lives on the stack,
+/// never in the connection's future.
+fn examine(buf: &[u8], limit: usize, direct: &dyn Fn(&Method, &str) -> bool) -> Verdict {
+    if buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+        return Verdict::NeedMore;
+    }
+    if buf.starts_with(H2_PREFACE) {
+        return Verdict::Hyper { http2: true };
+    }
+    let http1 = Verdict::Hyper { http2: false };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            // Bytes after the head are a body or a pipelined request: hyper's business.
+            if len != buf.len() || req.method != Some("GET") || req.version != Some(1) {
+                return http1;
+            }
+            match direct_parts(&req, direct) {
+                Some(parts) => Verdict::Direct(Box::new(parts)),
+                None => http1,
+            }
+        }
+        Ok(httparse::Status::Partial) => {
+            // The request line alone can rule the direct path out: no need to wait for the
+            // rest of the head.
+            if let (Some(method), Some(target)) = (req.method, req.path)
+                && !(method == "GET" && target_accepted(target, direct))
+            {
+                return http1;
+            }
+            if buf.len() >= limit {
+                http1
+            } else {
+                Verdict::NeedMore
+            }
+        }
+        Err(_) => http1,
+    }
+}
+
+fn target_accepted(target: &str, direct: &dyn Fn(&Method, &str) -> bool) -> bool {
+    Uri::try_from(target).is_ok_and(|uri| direct(&Method::GET, uri.path()))
+}
+
+/// The request as hyper would have built it, when it qualifies for the direct path: no
+/// body, no upgrade, nothing that does not convert cleanly (hyper answers that).
+fn direct_parts(
+    req: &httparse::Request<'_, '_>,
+    direct: &dyn Fn(&Method, &str) -> bool,
+) -> Option<Parts> {
+    let uri = Uri::try_from(req.path?).ok()?;
+    if !direct(&Method::GET, uri.path()) {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        let has_body = (name == CONTENT_LENGTH && value != "0") || name == TRANSFER_ENCODING;
+        if has_body || name == UPGRADE {
+            return None;
+        }
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = Method::GET;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Some(parts)
+}
+
+/// A socket with bytes already read from it put back in front.
+pub(super) struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub(super) fn new(prefix: Bytes, inner: S) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Free the first read's buffer now, not when the connection ends.
+                self.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn only_sub(_: &Method, path: &str) -> bool {
+        path.starts_with("/sub/")
+    }
+
+    fn verdict(bytes: &[u8]) -> &'static str {
+        match examine(bytes, 1024, &only_sub) {
+            Verdict::NeedMore => "more",
+            Verdict::Hyper { http2: true } => "h2",
+            Verdict::Hyper { http2: false } => "h1",
+            Verdict::Direct(_) => "direct",
+        }
+    }
+
+    #[test]
+    fn stream_gets_are_direct_and_keep_their_head() {
+        let head = b"GET /sub/a?last_event_id=x-1 HTTP/1.1\r\nHost: h\r\nCookie: a=1\r\n\r\n";
+        let Verdict::Direct(parts) = examine(head, 1024, &only_sub) else {
+            panic!("not direct");
+        };
+        assert_eq!(parts.uri, "/sub/a?last_event_id=x-1");
+        assert_eq!(parts.headers["cookie"], "a=1");
+        assert_eq!(parts.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        assert_eq!(verdict(b"GET /api HTTP/1.1\r\nHost: h\r\n\r\n"), "h1");
+        assert_eq!(verdict(b"POST /sub/a HTTP/1.1\r\nHost: h\r\n\r\n"), "h1");
+        assert_eq!(verdict(b"GET /sub/a HTTP/1.0\r\n\r\n"), "h1");
+        assert_eq!(
+            verdict(b"GET /sub/a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+            "h1"
+        );
+        assert_eq!(
+            verdict(b"GET /sub/a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            "h1"
+        );
+        // Pipelined second request.
+        assert_eq!(
+            verdict(b"GET /sub/a HTTP/1.1\r\n\r\nGET /x HTTP/1.1\r\n\r\n"),
+            "h1"
+        );
+        assert_eq!(verdict(b"GET /sub/a HTTP/1.1\r\nBad Header\r\n\r\n"), "h1");
+        assert_eq!(verdict(H2_PREFACE), "h2");
+    }
+
+    #[test]
+    fn partial_heads_wait_only_while_they_may_be_streams() {
+        assert_eq!(verdict(b"PRI * HTTP/2"), "more");
+        assert_eq!(verdict(b"GET /sub/a HTTP/1.1\r\nHost:"), "more");
+        // The request line already rules it out.
+        assert_eq!(verdict(b"GET /api HTTP/1.1\r\nHost:"), "h1");
+        // Past the limit hyper answers 431.
+        let mut big = b"GET /sub/a HTTP/1.1\r\nX: ".to_vec();
+        big.resize(2000, b'a');
+        assert_eq!(verdict(&big), "h1");
+    }
+
+    #[tokio::test]
+    async fn rewind_replays_then_reads_through() {
+        let inner: &[u8] = b" world";
+        let mut io = Rewind::new(Bytes::from_static(b"hello"), inner);
+        let mut out = String::new();
+        io.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+}

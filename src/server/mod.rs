@@ -1,0 +1,299 @@
+//! Accepting client connections: HTTP/1.1 and h2c (prior knowledge) on one port, upgrades,
+//! a cap on concurrent connections, header-read and idle timeouts, graceful shutdown.
+//!
+//! Each connection's first request head is read here ([`first_request`]) to pick HTTP/1 or
+//! HTTP/2 and to serve event streams without hyper ([`direct_sse`]); all else is hyper's.
+
+mod activity;
+mod direct_sse;
+mod first_request;
+mod send_timeout;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+pub use activity::{Activity, ConnectionAbort, RequestGuard};
+pub use send_timeout::SendTimeout;
+
+use crate::admin;
+use crate::app::App;
+use crate::body::Body;
+use crate::proxy::observe::{AccessLog, TrackedBody, UpstreamTime};
+use first_request::{FirstRequest, Rewind};
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// App traffic: rules and proxying.
+    Main,
+    /// Metrics, health, stats, publish, purge.
+    Admin,
+}
+
+impl Listener {
+    /// Label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Main => "main",
+            Listener::Admin => "admin",
+        }
+    }
+}
+
+/// Accept connections on `listener` until shutdown, serving each on its own task tracked by
+/// `tasks` (so shutdown can wait for them).
+pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, tasks: TaskTracker) {
+    // Past the cap we stop calling accept(): new connections wait in the kernel's listen
+    // backlog until a slot frees (and are refused by the kernel once the backlog is full),
+    // which sheds load without unpoll spending memory on them.
+    let max = app.snapshot().config.proxy.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = app.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = kind.as_str(), cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = app.shutdown.cancelled() => return,
+        };
+        let app = app.clone();
+        tasks.spawn(async move {
+            app.metrics.open_connections.inc();
+            serve_connection(stream, peer, kind, &app).await;
+            app.metrics.open_connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, app: &Arc<App>) {
+    let _ = stream.set_nodelay(true);
+    let (header_read_timeout, limit, send_timeout) = {
+        let config = &app.snapshot().config.proxy;
+        (
+            config.header_read_timeout,
+            config.max_header_bytes,
+            config.send_timeout,
+        )
+    };
+    let mut stream = SendTimeout::new(stream, send_timeout);
+    let first = {
+        // Only the main listener has streams; the snapshot is not held across the read.
+        let direct = |method: &http::Method, path: &str| {
+            kind == Listener::Main && crate::proxy::is_stream(&app.snapshot(), method, path)
+        };
+        // Boxed: the read's state is needed only until the head is in.
+        let read = Box::pin(tokio::time::timeout(
+            header_read_timeout,
+            first_request::read(&mut stream, limit, direct),
+        ));
+        match read.await {
+            Ok(first) => first,
+            Err(_) => return,
+        }
+    };
+    // The long-lived halves are boxed so this task's future stays small for idle streams.
+    match first {
+        FirstRequest::Gone => {}
+        FirstRequest::Hyper { prefix, http2 } => {
+            let io = Rewind::new(prefix, stream);
+            Box::pin(serve_hyper(io, http2, peer, kind, app)).await;
+        }
+        FirstRequest::Direct { parts, prefix } => {
+            // Each step is its own box (bound by `let`, so no temporary outlives it): what
+            // stays for the life of the stream is only the last one.
+            let open = Box::pin(direct_sse::open(app, parts, peer));
+            let Some(opened) = open.await else {
+                let io = Rewind::new(prefix, stream);
+                Box::pin(serve_hyper(io, false, peer, kind, app)).await;
+                return;
+            };
+            drop(prefix);
+            let head = Box::pin(direct_sse::write_head(opened, &mut stream));
+            let Some(streaming) = head.await else {
+                return;
+            };
+            let body = Box::pin(direct_sse::stream_body(streaming, &mut stream));
+            body.await;
+        }
+    }
+}
+
+/// Serve a connection with hyper: HTTP/1.1 (with upgrades) or HTTP/2, with the idle
+/// timeout, graceful shutdown and response-initiated aborts.
+async fn serve_hyper<S>(io: S, http2: bool, peer: SocketAddr, kind: Listener, app: &Arc<App>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let app = app.clone();
+        let activity = activity.clone();
+        service_fn(move |mut req: Request<Incoming>| {
+            if req.version() <= http::Version::HTTP_11 {
+                req.extensions_mut()
+                    .insert(ConnectionAbort::new(activity.clone()));
+            }
+            let app = app.clone();
+            let guard = RequestGuard::begin(activity.clone());
+            async move { Ok::<_, Infallible>(respond(&app, kind, req, peer, guard).await) }
+        })
+    };
+    let config = &app.snapshot().config.proxy;
+    let idle_timeout = config.idle_timeout;
+    let io = TokioIo::new(io);
+    if http2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            .serve_connection(io, service);
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            &activity,
+            idle_timeout,
+            peer,
+            app,
+        )
+        .await;
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .serve_connection(io, service)
+            .with_upgrades();
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            &activity,
+            idle_timeout,
+            peer,
+            app,
+        )
+        .await;
+    }
+}
+
+/// Run a hyper connection to its end: drain it gracefully on shutdown or once idle for
+/// `idle_timeout`, drop it at once when a response aborts it.
+async fn drive<C>(
+    conn: C,
+    drain: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    idle_timeout: Duration,
+    peer: SocketAddr,
+    app: &App,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %peer, cause = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = app.shutdown.cancelled(), if !draining => {
+                drain(conn.as_mut());
+                draining = true;
+            }
+            _ = activity.aborted() => {
+                tracing::debug!(peer = %peer, "connection aborted by its response");
+                return;
+            }
+            _ = activity.idle_for(idle_timeout), if !draining => {
+                drain(conn.as_mut());
+                draining = true;
+            }
+        }
+    }
+}
+
+async fn respond(
+    app: &Arc<App>,
+    kind: Listener,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    guard: RequestGuard,
+) -> Response<TrackedBody> {
+    let arrival = Arrival::note(app, req.method(), req.uri(), req.headers(), peer);
+    let resp = match kind {
+        Listener::Main => crate::proxy::handle(app, req, peer.ip()).await,
+        Listener::Admin => admin::handle(app, req).await,
+    };
+    arrival.track(resp, kind, guard)
+}
+
+/// What the access-log line needs from a request, noted when it arrives (the request
+/// moves on to the handler); `None` inside when access logging is off, since this runs
+/// on every request.
+struct Arrival(Option<(Method, String, IpAddr, Instant)>);
+
+impl Arrival {
+    fn note(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketAddr) -> Self {
+        let snapshot = app.snapshot();
+        if !snapshot.config.log.access {
+            return Arrival(None);
+        }
+        let client = crate::proxy::client_ip::client_ip(
+            peer.ip(),
+            headers,
+            &snapshot.config.proxy.trusted_proxies,
+        );
+        Arrival(Some((
+            method.clone(),
+            uri.path().to_string(),
+            client,
+            Instant::now(),
+        )))
+    }
+
+    /// Wrap `resp`'s body so the request settles (log line, idle accounting) when it ends.
+    fn track(
+        self,
+        resp: Response<Body>,
+        kind: Listener,
+        guard: RequestGuard,
+    ) -> Response<TrackedBody> {
+        let log = self.0.map(|(method, path, client, started)| AccessLog {
+            method,
+            path,
+            client,
+            status: resp.status(),
+            listener: kind.as_str(),
+            started,
+            upstream: resp.extensions().get::<UpstreamTime>().map(|t| t.0),
+        });
+        resp.map(|body| TrackedBody::new(body, log, guard))
+    }
+}
