@@ -214,3 +214,72 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// An upstream that answers the first request of each connection without announcing a
+/// close, then drops the connection when a second request arrives on it: the race of an
+/// app closing an idle keep-alive connection just as unpoll reuses it. A bodiless GET is
+/// sent again on a new connection; a POST with a body is not (the app may have acted on
+/// it) and gets 502. Counted on the upstream side: connections accepted, requests dropped.
+#[tokio::test]
+async fn requests_on_a_connection_the_upstream_dropped_are_resent_only_when_safe() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (a, d) = (accepted.clone(), dropped.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                if socket.read(&mut byte).await.unwrap_or(0) > 0 {
+                    d.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let unpoll = Unpoll::start(&upstream, "").await;
+    let http = client();
+    let get = || async { http.get(unpoll.url("/x")).send().await.unwrap() };
+
+    let first = get().await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.text().await.unwrap(), "ok");
+    let post = http
+        .post(unpoll.url("/x"))
+        .body("charge the card")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        post.status(),
+        502,
+        "a request with a body is not sent twice"
+    );
+    for _ in 0..2 {
+        let resp = get().await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "ok");
+    }
+    // GET (new conn 1), POST (conn 1, dropped), GET (new conn 2), GET (conn 2, dropped,
+    // then new conn 3).
+    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}

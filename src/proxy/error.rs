@@ -2,6 +2,7 @@
 
 use http::{Response, StatusCode, header};
 
+use super::pool::PoolError;
 use crate::auth::AuthError;
 use crate::body::{Body, full};
 
@@ -11,7 +12,7 @@ use crate::body::{Body, full};
 pub enum UpstreamError {
     /// Refused, unreachable, DNS failure.
     #[error("upstream unreachable: {0}")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] std::io::Error),
     /// The TCP connect did not finish within `proxy.connect_timeout`.
     #[error("upstream connect timed out")]
     ConnectTimeout,
@@ -20,23 +21,20 @@ pub enum UpstreamError {
     Timeout,
     /// The connection broke or the upstream spoke invalid HTTP.
     #[error("upstream connection failed: {0}")]
-    Protocol(#[source] hyper_util::client::legacy::Error),
+    Protocol(#[source] hyper::Error),
+}
+
+impl From<PoolError> for UpstreamError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Connect { source, .. } => UpstreamError::Connect(source),
+            PoolError::ConnectTimeout(_) => UpstreamError::ConnectTimeout,
+            PoolError::Http(e) => UpstreamError::Protocol(e),
+        }
+    }
 }
 
 impl UpstreamError {
-    /// Classify a client error.
-    pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
-        if err.is_connect() {
-            if caused_by_timeout(&err) {
-                UpstreamError::ConnectTimeout
-            } else {
-                UpstreamError::Connect(err)
-            }
-        } else {
-            UpstreamError::Protocol(err)
-        }
-    }
-
     /// Label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -46,19 +44,6 @@ impl UpstreamError {
             UpstreamError::Protocol(_) => "protocol",
         }
     }
-}
-
-fn caused_by_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Everything that can end a request with an error response.

@@ -10,8 +10,9 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ProxyConfig;
-use super::error::{ProxyError, UpstreamError};
+use super::error::ProxyError;
 use super::headers::{add_forwarded, is_upgrade, strip_hop_by_hop};
+use super::pool::PooledBody;
 use super::upstream::UpstreamClient;
 use crate::body::{Body, boxed, empty};
 
@@ -53,7 +54,7 @@ pub fn upstream_request(
 
 /// Clean an upstream response for the client: hop-by-hop headers removed, `Via` added when
 /// configured.
-pub fn client_response(mut resp: Response<Incoming>, config: &ProxyConfig) -> Response<Body> {
+pub fn client_response(mut resp: Response<PooledBody>, config: &ProxyConfig) -> Response<Body> {
     strip_hop_by_hop(resp.headers_mut(), false);
     if config.via {
         resp.headers_mut().append(header::VIA, VIA.clone());
@@ -107,10 +108,4 @@ pub async fn forward(
     let (mut parts, _) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, true);
     Ok(Response::from_parts(parts, empty()))
-}
-
-impl From<hyper_util::client::legacy::Error> for ProxyError {
-    fn from(e: hyper_util::client::legacy::Error) -> Self {
-        ProxyError::Upstream(UpstreamError::from_client(e))
-    }
 }

@@ -7,6 +7,7 @@ pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod observe;
+pub mod pool;
 pub mod routes;
 pub mod upstream;
 

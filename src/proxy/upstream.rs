@@ -1,18 +1,15 @@
-//! The keep-alive client to the upstream app: one pooled hyper-util legacy client per config
-//! snapshot (a reload that changes pool settings builds a new one; the old pool drains as its
-//! last requests finish).
+//! The client to the upstream app: the keep-alive [`Pool`] plus timeouts, metrics and the
+//! one retry. One client per config snapshot (a reload that changes pool settings builds a
+//! new one; the old pool drains as its last requests finish).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::config::ProxyConfig;
 use super::error::UpstreamError;
+use super::pool::{Pool, PoolSettings, PooledBody, SendError};
 use crate::body::{Body, empty};
 use crate::config::Upstream;
 use crate::metrics::ProxyMetrics;
@@ -20,37 +17,33 @@ use crate::metrics::ProxyMetrics;
 /// Client for the upstream app.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Body>,
+    pool: Pool,
     upstream: Upstream,
-    response_timeout: std::time::Duration,
+    response_timeout: Duration,
     metrics: ProxyMetrics,
 }
 
 impl UpstreamClient {
     /// Build the client and its pool from the `[proxy]` settings.
     pub fn new(upstream: Upstream, config: &ProxyConfig, metrics: ProxyMetrics) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .build(connector);
+        let pool = Pool::new(PoolSettings {
+            authority: upstream.authority.to_string(),
+            connect_timeout: config.connect_timeout,
+            max_idle: config.pool_max_idle,
+            idle_timeout: config.pool_idle_timeout,
+        });
         UpstreamClient {
-            client,
+            pool,
             upstream,
             response_timeout: config.response_timeout,
             metrics,
         }
     }
 
-    /// The absolute upstream URI for a client's path and query (base path prepended).
+    /// The request target sent upstream for a client's path and query: origin-form, the
+    /// upstream's base path prepended (the host goes in the Host header).
     pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.upstream.scheme.clone());
-        parts.authority = Some(self.upstream.authority.clone());
         parts.path_and_query = Some(match (self.upstream.base_path.as_str(), path_and_query) {
             // The common case reuses the client's already-parsed path (a cheap clone).
             ("", Some(pq)) => pq.clone(),
@@ -63,7 +56,7 @@ impl UpstreamClient {
                     .unwrap_or_else(|_| PathAndQuery::from_static("/"))
             }
         });
-        // Cannot fail: scheme, authority and path are all present and valid.
+        // Cannot fail: a path alone is a valid origin-form URI.
         Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
     }
 
@@ -73,32 +66,11 @@ impl UpstreamClient {
     }
 
     /// Send a request and wait for the response head, within `response_timeout`.
-    ///
-    /// A bodiless idempotent request whose pooled connection broke (the upstream closed an
-    /// idle keep-alive connection as we wrote on it) is retried once on a fresh connection:
-    /// the upstream cannot have acted on it.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        let retry = retryable(&req).then(|| clone_head(&req));
-        match self.send_once(req).await {
-            Err(UpstreamError::Protocol(err)) => match retry {
-                Some(again) => {
-                    tracing::debug!(cause = %err, "upstream connection broke; retrying once");
-                    self.send_once(again).await
-                }
-                None => Err(UpstreamError::Protocol(err)),
-            },
-            other => other,
-        }
-    }
-
-    async fn send_once(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<PooledBody>, UpstreamError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
-        let result = match result {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(UpstreamError::from_client(e)),
-            Err(_) => Err(UpstreamError::Timeout),
-        };
+        let result = tokio::time::timeout(self.response_timeout, self.exchange(req))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout));
         match &result {
             Ok(_) => self
                 .metrics
@@ -108,6 +80,69 @@ impl UpstreamClient {
         }
         result
     }
+
+    /// One exchange on a pooled connection, sent again on a new connection when the pooled
+    /// one turns out to be dead: always when the request never left, and for a bodiless
+    /// idempotent request when the connection broke after it was written (the upstream
+    /// closed an idle keep-alive connection as we wrote on it: it cannot have acted on it).
+    async fn exchange(&self, req: Request<Body>) -> Result<Response<PooledBody>, UpstreamError> {
+        let conn = self.pool.checkout().await?;
+        if conn.idle_for.is_none() {
+            return conn
+                .send(req)
+                .await
+                .map_err(|e| UpstreamError::Protocol(e.error));
+        }
+        let again = retryable(&req).then(|| clone_head(&req));
+        let req = match conn.send(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(SendError {
+                unsent: Some(req),
+                error,
+            }) => {
+                tracing::debug!(cause = %error, "pooled upstream connection closed; sending on a new one");
+                req
+            }
+            Err(SendError { error, .. }) => match again {
+                Some(req) if connection_broke(&error) => {
+                    tracing::debug!(cause = %error, "pooled upstream connection broke; retrying once");
+                    req
+                }
+                _ => return Err(UpstreamError::Protocol(error)),
+            },
+        };
+        let conn = self.pool.connect().await?;
+        conn.send(req)
+            .await
+            .map_err(|e| UpstreamError::Protocol(e.error))
+    }
+
+    /// Idle keep-alive connections to the upstream.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle()
+    }
+}
+
+/// The connection closed or reset under the request, as opposed to the upstream answering
+/// something invalid.
+fn connection_broke(error: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    if error.is_incomplete_message() || error.is_canceled() || error.is_closed() {
+        return true;
+    }
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn retryable(req: &Request<Body>) -> bool {

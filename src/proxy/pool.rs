@@ -1,0 +1,320 @@
+//! Keep-alive connections to the upstream: hyper's HTTP/1 client connections kept on a
+//! stack, taken for one request and put back when its response body has been read.
+//!
+//! unpoll talks to exactly one upstream, so the pool is one `Vec` behind a mutex held for a
+//! push or a pop. hyper-util's general client cost more per request than the whole rest of
+//! the proxy path (a pool map keyed by hashed scheme and authority, a checkout racing a
+//! lazy connect, a task spawned per request to return the connection: see BENCHMARKS.md).
+//!
+//! Last in, first out: under load the same few warm connections serve everything, and the
+//! bottom of the stack is always the longest idle, so expiry is a cut there.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+
+/// Why a connection could not be had or used.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Name resolution or TCP connect failed (refused, unreachable).
+    #[error("connect to {authority}: {source}")]
+    Connect {
+        authority: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connect did not finish within `proxy.connect_timeout`.
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    /// The HTTP exchange failed: the connection broke or the upstream spoke invalid HTTP.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// Settings of a pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// `host:port` of the upstream.
+    pub authority: String,
+    /// Deadline for resolving and connecting.
+    pub connect_timeout: Duration,
+    /// Idle connections kept at most; more are closed when put back.
+    pub max_idle: usize,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+}
+
+/// The upstream's keep-alive connections.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: PoolSettings,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// A connection taken from the pool (or new) for one request.
+pub struct Conn {
+    sender: SendRequest<Body>,
+    /// How long it sat idle before this request; `None` for a new connection.
+    pub idle_for: Option<Duration>,
+    pool: Weak<Shared>,
+}
+
+impl Pool {
+    /// An empty pool. Idle connections past `idle_timeout` are closed by a sweep every
+    /// `idle_timeout`, which stops when the pool is dropped.
+    pub fn new(settings: PoolSettings) -> Self {
+        let shared = Arc::new(Shared {
+            settings,
+            idle: Mutex::new(Vec::new()),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep(Arc::downgrade(&shared)));
+        }
+        Pool { shared }
+    }
+
+    /// A connection ready for a request: the most recently used idle one, or a new one.
+    pub async fn checkout(&self) -> Result<Conn, PoolError> {
+        while let Some(idle) = self.shared.pop_unexpired() {
+            let mut sender = idle.sender;
+            // Put back once its response was read, but the connection may not have asked
+            // for the next request yet: that is a moment away, unless it is closed.
+            if !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
+            return Ok(Conn {
+                sender,
+                idle_for: Some(idle.since.elapsed()),
+                pool: Arc::downgrade(&self.shared),
+            });
+        }
+        self.connect().await
+    }
+
+    /// A new connection, its hyper task spawned.
+    pub async fn connect(&self) -> Result<Conn, PoolError> {
+        let settings = &self.shared.settings;
+        let stream = tokio::time::timeout(settings.connect_timeout, connect(&settings.authority))
+            .await
+            .map_err(|_| PoolError::ConnectTimeout(settings.authority.clone()))??;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(cause = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Conn {
+            sender,
+            idle_for: None,
+            pool: Arc::downgrade(&self.shared),
+        })
+    }
+
+    /// Idle connections now (for tests and stats).
+    pub fn idle(&self) -> usize {
+        self.shared.lock().len()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // A panic while holding the lock cannot leave a Vec half-pushed.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newest idle connection that is neither expired nor closed. Expired ones are the
+    /// bottom of the stack: finding one drops it and everything older.
+    fn pop_unexpired(&self) -> Option<Idle> {
+        let mut idle = self.lock();
+        while let Some(top) = idle.pop() {
+            if top.since.elapsed() > self.settings.idle_timeout {
+                idle.clear();
+                return None;
+            }
+            if !top.sender.is_closed() {
+                return Some(top);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.settings.max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Close idle connections older than the idle timeout (the oldest are at the bottom).
+    fn expire(&self) {
+        let timeout = self.settings.idle_timeout;
+        let mut idle = self.lock();
+        let fresh = idle
+            .iter()
+            .position(|i| i.since.elapsed() <= timeout)
+            .unwrap_or(idle.len());
+        idle.drain(..fresh);
+        idle.retain(|i| !i.sender.is_closed());
+    }
+}
+
+async fn sweep(shared: Weak<Shared>) {
+    let period = match shared.upgrade() {
+        Some(s) => s.settings.idle_timeout.max(Duration::from_millis(100)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match shared.upgrade() {
+            Some(s) => s.expire(),
+            None => return,
+        }
+    }
+}
+
+/// Resolve `authority` and connect to the first address that accepts.
+async fn connect(authority: &str) -> Result<TcpStream, PoolError> {
+    let failed = |source| PoolError::Connect {
+        authority: authority.to_owned(),
+        source,
+    };
+    // An IP literal (the usual sidecar setup) skips the resolver thread entirely.
+    let addrs: Vec<SocketAddr> = match authority.parse::<SocketAddr>() {
+        Ok(addr) => vec![addr],
+        Err(_) => tokio::net::lookup_host(authority)
+            .await
+            .map_err(failed)?
+            .collect(),
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(failed(last))
+}
+
+/// What a failed send left: the request back when it never left (safe to send again on
+/// another connection, whatever it is).
+pub struct SendError {
+    /// The failure.
+    pub error: hyper::Error,
+    /// The request, when it was not sent.
+    pub unsent: Option<Request<Body>>,
+}
+
+impl Conn {
+    /// Send `req` and wait for the response head. The response body, when read to its
+    /// end, puts the connection back in the pool.
+    pub async fn send(mut self, req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
+        match self.sender.try_send_request(req).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                // A switched protocol owns the connection from now on.
+                let conn = (parts.status != StatusCode::SWITCHING_PROTOCOLS).then_some(self);
+                Ok(Response::from_parts(parts, PooledBody::new(body, conn)))
+            }
+            Err(mut e) => Err(SendError {
+                unsent: e.take_message(),
+                error: e.into_error(),
+            }),
+        }
+    }
+
+    fn put_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put_back(self.sender);
+        }
+    }
+}
+
+/// An upstream response body that returns its connection to the pool at its end. Dropped
+/// before the end (the client went away), it closes the connection instead: unread bytes
+/// would corrupt the next response.
+pub struct PooledBody {
+    inner: Incoming,
+    conn: Option<Conn>,
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, conn: Option<Conn>) -> Self {
+        let mut body = PooledBody { inner, conn };
+        // No body at all (HEAD, 204, 304, `Content-Length: 0`): nothing will poll it.
+        body.release_if_done();
+        body
+    }
+
+    fn release_if_done(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(conn) = self.conn.take()
+        {
+            conn.put_back();
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => self.release_if_done(),
+            Poll::Ready(None) => {
+                if let Some(conn) = self.conn.take() {
+                    conn.put_back();
+                }
+            }
+            // Broken: dropping the sender lets the connection close.
+            Poll::Ready(Some(Err(_))) => self.conn = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
