@@ -22,24 +22,27 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
     let snapshot = app.snapshot();
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
 
+    // Each arm's future is boxed: they differ in size by kilobytes, and an unboxed match
+    // is as large as its largest arm, copied whole at every level above it (the service
+    // future, hyper's dispatcher) on every request.
     let result = match route.action {
-        Action::Stream(_) => stream_or_proxy(app, &snapshot, &route, req, client_ip).await,
-        Action::Proxy if is_generic_stream(&snapshot, req.method(), req.uri().path()) => {
-            stream_or_proxy(app, &snapshot, &route, req, client_ip).await
+        Action::Stream(_) => {
+            Box::pin(stream_or_proxy(app, &snapshot, &route, req, client_ip)).await
         }
-        Action::Proxy => proxy(app, &snapshot, req, client_ip).await,
+        Action::Proxy if is_generic_stream(&snapshot, req.method(), req.uri().path()) => {
+            Box::pin(stream_or_proxy(app, &snapshot, &route, req, client_ip)).await
+        }
+        Action::Proxy => Box::pin(proxy(app, &snapshot, req, client_ip)).await,
         Action::Cache(c) => {
-            crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip).await
+            let serve =
+                crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip);
+            Box::pin(serve).await
         }
         Action::Tap(t) => {
-            crate::tap::handle(
-                app,
-                &snapshot,
-                &t.rule,
-                route.params.clone(),
-                req,
-                client_ip,
-            )
+            let params = route.params.clone();
+            Box::pin(crate::tap::handle(
+                app, &snapshot, &t.rule, params, req, client_ip,
+            ))
             .await
         }
     };

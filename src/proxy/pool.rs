@@ -109,7 +109,9 @@ impl Pool {
                 pool: Arc::downgrade(&self.shared),
             });
         }
-        self.connect().await
+        // Boxed: connecting is rare under load and its future would make every request's
+        // larger (it is copied whole as it moves through the request path).
+        Box::pin(self.connect()).await
     }
 
     /// A new connection, its hyper task spawned.

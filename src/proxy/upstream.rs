@@ -111,7 +111,7 @@ impl UpstreamClient {
                 _ => return Err(UpstreamError::Protocol(error)),
             },
         };
-        let conn = self.pool.connect().await?;
+        let conn = Box::pin(self.pool.connect()).await?;
         conn.send(req)
             .await
             .map_err(|e| UpstreamError::Protocol(e.error))
