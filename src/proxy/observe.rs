@@ -68,6 +68,15 @@ pub struct TrackedBody {
 }
 
 impl TrackedBody {
+    /// A body that settles nothing: a stand-in for a response whose real body is written
+    /// elsewhere (and settled there).
+    pub fn untracked(inner: Body) -> Self {
+        TrackedBody {
+            inner,
+            completion: None,
+        }
+    }
+
     /// Wrap `inner`; `log` is `None` when access logging is off.
     pub fn new(inner: Body, log: Option<AccessLog>, request: RequestGuard) -> Self {
         TrackedBody {

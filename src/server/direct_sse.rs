@@ -11,8 +11,11 @@
 //! anyway, so there is no chunk framing to add and nothing to copy. What stays per idle
 //! subscriber is this task, its socket, its subscription and its heartbeat timer.
 //!
-//! Everything else (HTTP/2, a stream requested on a reused keep-alive connection, anything
-//! unusual in the head) stays with hyper and behaves the same, at hyper's memory cost.
+//! A stream requested later on a keep-alive connection that hyper serves (what browsers
+//! behind a pooling proxy, and browsers reusing an idle connection, send) starts in hyper:
+//! hyper writes the head, with chunked framing, and then the connection leaves hyper
+//! ([`handoff_body`], [`Handoff`]) and the frames are written here, chunked. HTTP/2 streams
+//! stay with hyper: their connection carries other requests.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -75,10 +78,139 @@ pub(super) struct Streaming {
     activity: Arc<Activity>,
 }
 
+/// How the body's end is marked on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// By closing the connection (the head said `Connection: close`).
+    Close,
+    /// Chunked transfer coding (hyper wrote the head and chose it).
+    Chunked,
+}
+
+/// A stream whose head hyper wrote: its body and connection, taken from hyper.
+pub(super) struct Handoff<S> {
+    pub(super) streaming: Streaming,
+    pub(super) io: S,
+}
+
+impl Streaming {
+    /// The parked body of `activity`'s connection.
+    pub(super) fn parked(activity: Arc<Activity>) -> Option<Streaming> {
+        let body = activity.take_parked()?;
+        Some(Streaming { body, activity })
+    }
+}
+
+/// The body hyper gets in place of a stream's: it tells the connection that hyper has
+/// encoded the head, then never yields; the connection leaves hyper once the head is
+/// flushed.
+pub(super) fn handoff_body(activity: Arc<Activity>) -> crate::body::Body {
+    crate::body::boxed(HandoffBody {
+        activity: Some(activity),
+    })
+}
+
+struct HandoffBody {
+    activity: Option<Arc<Activity>>,
+}
+
+impl http_body::Body for HandoffBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Some(activity) = self.activity.take() {
+            activity.head_encoded();
+        }
+        std::task::Poll::Pending
+    }
+}
+
+/// A socket that records in the connection's [`Activity`] whether everything written to
+/// it was flushed, so the connection leaves hyper only when hyper holds no unsent byte.
+pub(super) struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    pub(super) fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Watched { inner, activity }
+    }
+
+    pub(super) fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.activity.set_unflushed(true);
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.activity.set_unflushed(true);
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        if let std::task::Poll::Ready(Ok(())) = polled {
+            self.activity.set_unflushed(false);
+        }
+        polled
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Write the rest of a stream that hyper started (its head, with chunked framing).
+pub(super) async fn stream_handed_off<S>(handoff: Box<Handoff<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Handoff { streaming, mut io } = *handoff;
+    stream_body(streaming, Framing::Chunked, &mut io).await;
+}
+
 /// Write the body frame by frame until it ends (the stream closed, shutdown), the client
 /// goes away, a write fails (including `proxy.send_timeout`) or the subscriber overflows.
 /// This is the state an idle subscriber's connection keeps: keep it small.
-pub(super) async fn stream_body<S>(streaming: Streaming, io: &mut S)
+pub(super) async fn stream_body<S>(streaming: Streaming, framing: Framing, io: &mut S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -98,16 +230,28 @@ where
         };
         let data = match frame {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue,
+                // An empty chunk would end a chunked body.
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
             },
             Some(Err(_)) | None => break,
         };
-        if write(io, &activity, &data).await.is_err() {
+        let chunked;
+        let bytes: &[u8] = match framing {
+            Framing::Close => &data,
+            Framing::Chunked => {
+                chunked = chunk(&data);
+                &chunked
+            }
+        };
+        if write(io, &activity, bytes).await.is_err() {
             return;
         }
     }
-    // A clean end (shutdown, refusal): send the FIN now rather than on drop.
+    // A clean end (shutdown, refusal): the last chunk, then the FIN now rather than on drop.
+    if framing == Framing::Chunked && write(io, &activity, b"0\r\n\r\n").await.is_err() {
+        return;
+    }
     let _ = io.shutdown().await;
 }
 
@@ -121,6 +265,15 @@ where
         _ = activity.aborted() => Err(()),
         written = io.write_all(bytes) => written.map_err(|_| ()),
     }
+}
+
+/// `data` as one chunk of the chunked transfer coding.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 12);
+    let _ = write!(out, "{:X}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// The HTTP/1.1 response head. The body ends with the connection, unless its length is

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, Request, Response, Uri};
@@ -33,6 +34,7 @@ use crate::admin;
 use crate::app::App;
 use crate::body::Body;
 use crate::proxy::observe::{AccessLog, TrackedBody, UpstreamTime};
+use direct_sse::{Framing, Handoff, Streaming, Watched};
 use first_request::{FirstRequest, Rewind};
 
 /// Which listener a connection arrived on.
@@ -122,16 +124,14 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
     match first {
         FirstRequest::Gone => {}
         FirstRequest::Hyper { prefix, http2 } => {
-            let io = Rewind::new(prefix, stream);
-            Box::pin(serve_hyper(io, http2, peer, kind, app)).await;
+            hyper_then_stream(Rewind::new(prefix, stream), http2, peer, kind, app).await;
         }
         FirstRequest::Direct { parts, prefix } => {
             // Each step is its own box (bound by `let`, so no temporary outlives it): what
             // stays for the life of the stream is only the last one.
             let open = Box::pin(direct_sse::open(app, parts, peer));
             let Some(opened) = open.await else {
-                let io = Rewind::new(prefix, stream);
-                Box::pin(serve_hyper(io, false, peer, kind, app)).await;
+                hyper_then_stream(Rewind::new(prefix, stream), false, peer, kind, app).await;
                 return;
             };
             drop(prefix);
@@ -139,15 +139,39 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
             let Some(streaming) = head.await else {
                 return;
             };
-            let body = Box::pin(direct_sse::stream_body(streaming, &mut stream));
+            let body = Box::pin(direct_sse::stream_body(
+                streaming,
+                Framing::Close,
+                &mut stream,
+            ));
             body.await;
         }
     }
 }
 
+/// hyper's part of a connection, then the event stream it handed off, if any: each in a
+/// box of its own, hyper's freed before the stream starts.
+async fn hyper_then_stream<S>(io: S, http2: bool, peer: SocketAddr, kind: Listener, app: &Arc<App>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handoff = Box::pin(serve_hyper(io, http2, peer, kind, app)).await;
+    if let Some(handoff) = handoff {
+        Box::pin(direct_sse::stream_handed_off(handoff)).await;
+    }
+}
+
 /// Serve a connection with hyper: HTTP/1.1 (with upgrades) or HTTP/2, with the idle
-/// timeout, graceful shutdown and response-initiated aborts.
-async fn serve_hyper<S>(io: S, http2: bool, peer: SocketAddr, kind: Listener, app: &Arc<App>)
+/// timeout, graceful shutdown and response-initiated aborts. An HTTP/1.1 event stream
+/// ends hyper's part: the connection is returned with the stream's body, for
+/// [`direct_sse`] to write.
+async fn serve_hyper<S>(
+    io: S,
+    http2: bool,
+    peer: SocketAddr,
+    kind: Listener,
+    app: &Arc<App>,
+) -> Option<Box<Handoff<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -156,72 +180,125 @@ where
         let app = app.clone();
         let activity = activity.clone();
         service_fn(move |mut req: Request<Incoming>| {
-            if req.version() <= http::Version::HTTP_11 {
+            let http1 = req.version() <= http::Version::HTTP_11;
+            if http1 {
                 req.extensions_mut()
                     .insert(ConnectionAbort::new(activity.clone()));
             }
+            // hyper frames a body of unknown length with chunks only for HTTP/1.1 clients.
+            let hand_off = (req.version() == http::Version::HTTP_11).then(|| activity.clone());
             let app = app.clone();
             let guard = RequestGuard::begin(activity.clone());
-            async move { Ok::<_, Infallible>(respond(&app, kind, req, peer, guard).await) }
+            async move {
+                let resp = respond(&app, kind, req, peer, guard).await;
+                Ok::<_, Infallible>(match hand_off {
+                    Some(activity) => park_event_stream(resp, activity),
+                    None => resp,
+                })
+            }
         })
     };
     let config = &app.snapshot().config.proxy;
     let idle_timeout = config.idle_timeout;
-    let io = TokioIo::new(io);
     if http2 {
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-            .serve_connection(io, service);
-        drive(
-            conn,
-            |c| c.graceful_shutdown(),
-            &activity,
-            idle_timeout,
-            peer,
-            app,
-        )
-        .await;
-    } else {
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(config.max_header_bytes.max(8192))
-            .serve_connection(io, service)
-            .with_upgrades();
-        drive(
-            conn,
-            |c| c.graceful_shutdown(),
-            &activity,
-            idle_timeout,
-            peer,
-            app,
-        )
-        .await;
+            .serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let drain = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+        drive(conn, drain, &activity, idle_timeout, peer, app).await;
+        return None;
     }
+    let io = Watched::new(io, activity.clone());
+    let mut conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let drain = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+    let driven = drive(
+        Pin::new(&mut conn),
+        drain,
+        &activity,
+        idle_timeout,
+        peer,
+        app,
+    )
+    .await;
+    let handoff = match driven {
+        Driven::Ended => None,
+        // Dropping hyper's side of the connection frees its buffers; bytes a client sent
+        // after the stream's request (nothing, from an event source) go with them.
+        Driven::HandOff => conn.into_parts().and_then(|parts| {
+            let io = parts.io.into_inner().into_inner();
+            let streaming = Streaming::parked(activity.clone())?;
+            Some(Box::new(Handoff { streaming, io }))
+        }),
+    };
+    // A stream parked by a connection that ended first holds the connection's activity.
+    drop(activity.take_parked());
+    handoff
 }
 
-/// Run a hyper connection to its end: drain it gracefully on shutdown or once idle for
-/// `idle_timeout`, drop it at once when a response aborts it.
+/// An HTTP/1.1 event stream leaves hyper once its head is written: its body is parked in
+/// the connection's `activity` and hyper gets a stand-in that never yields.
+fn park_event_stream(
+    resp: Response<TrackedBody>,
+    activity: Arc<Activity>,
+) -> Response<TrackedBody> {
+    if resp.status() != http::StatusCode::OK
+        || resp.extensions().get::<crate::sse::EventStream>().is_none()
+    {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    activity.park(body);
+    let stand_in = TrackedBody::untracked(direct_sse::handoff_body(activity));
+    Response::from_parts(parts, stand_in)
+}
+
+/// How a hyper connection's run ended.
+enum Driven {
+    /// The connection closed, failed, was aborted or drained.
+    Ended,
+    /// An event stream's head is out: the connection leaves hyper.
+    HandOff,
+}
+
+/// Run a hyper connection until it ends or hands off a stream: drain it gracefully on
+/// shutdown or once idle for `idle_timeout`, drop it at once when a response aborts it.
 async fn drive<C>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     drain: impl Fn(Pin<&mut C>),
     activity: &Activity,
     idle_timeout: Duration,
     peer: SocketAddr,
     app: &App,
-) where
+) -> Driven
+where
     C: Future<Output = Result<(), hyper::Error>>,
 {
-    tokio::pin!(conn);
     let mut draining = false;
     loop {
+        // hyper encodes and flushes a parked stream's head within one poll of the
+        // connection; checked after each poll.
+        let polled = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
+            Poll::Ready(res) => Poll::Ready(Some(res)),
+            Poll::Pending if activity.ready_for_handoff() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        });
         tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(peer = %peer, cause = %e, "connection ended with an error");
-                }
-                return;
+            res = polled => {
+                return match res {
+                    None => Driven::HandOff,
+                    Some(Err(e)) => {
+                        tracing::debug!(peer = %peer, cause = %e, "connection ended with an error");
+                        Driven::Ended
+                    }
+                    Some(Ok(())) => Driven::Ended,
+                };
             }
             _ = app.shutdown.cancelled(), if !draining => {
                 drain(conn.as_mut());
@@ -229,7 +306,7 @@ async fn drive<C>(
             }
             _ = activity.aborted() => {
                 tracing::debug!(peer = %peer, "connection aborted by its response");
-                return;
+                return Driven::Ended;
             }
             _ = activity.idle_for(idle_timeout), if !draining => {
                 drain(conn.as_mut());

@@ -8,5 +8,6 @@ mod request;
 
 pub use body::{SseBody, SseOptions};
 pub use request::{
-    LAST_EVENT_ID, LAST_EVENT_ID_PARAM, X_ACCEL_BUFFERING, last_event_id, response, set_headers,
+    EventStream, LAST_EVENT_ID, LAST_EVENT_ID_PARAM, X_ACCEL_BUFFERING, last_event_id, response,
+    set_headers,
 };

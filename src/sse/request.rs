@@ -34,10 +34,16 @@ pub fn set_headers(headers: &mut HeaderMap) {
     headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
 }
 
+/// Marks a response as an event stream (an extension): the server may write its body
+/// outside hyper.
+#[derive(Debug, Clone, Copy)]
+pub struct EventStream;
+
 /// A `200` SSE response around `body`.
 pub fn response<B>(body: B) -> http::Response<B> {
     let mut resp = http::Response::new(body);
     set_headers(resp.headers_mut());
+    resp.extensions_mut().insert(EventStream);
     resp
 }
 
