@@ -47,23 +47,71 @@ pub async fn serve(
     req: Request<Incoming>,
     client_ip: IpAddr,
 ) -> Result<Response<Body>, ProxyError> {
-    let cache = &app.cache;
     let head = req.method() == Method::HEAD;
     let key = CacheKey::new(rule, req.uri().path(), req.uri().query(), req.headers());
     let inm = req.headers().get(header::IF_NONE_MATCH).cloned();
+    let lookup = Lookup {
+        app,
+        snapshot,
+        rule,
+        params,
+        client_ip,
+        head,
+        inm,
+    };
+    match lookup.stored(&req, &key) {
+        Stored::Served(resp) => Ok(resp),
+        // Boxed: the miss path (lock, upstream fetch) is kilobytes of future state that a
+        // hit, the hot path, would otherwise carry and copy.
+        Stored::Missing(stale) => Box::pin(lookup.miss(req, key, stale)).await,
+    }
+}
 
-    let mut stale = None;
-    if let Some(entry) = cache.get(&key) {
+/// What every branch of [`serve`] needs.
+struct Lookup<'a> {
+    app: &'a Arc<App>,
+    snapshot: &'a Arc<Snapshot>,
+    rule: &'a CacheRule,
+    params: &'a PathParams,
+    client_ip: IpAddr,
+    head: bool,
+    inm: Option<header::HeaderValue>,
+}
+
+/// What the store had.
+enum Stored {
+    /// A fresh entry, or a stale one while one background refresh runs.
+    Served(Response<Body>),
+    /// Nothing usable now; maybe an entry to serve if the upstream fails.
+    Missing(Option<Arc<Entry>>),
+}
+
+impl Lookup<'_> {
+    fn stored(&self, req: &Request<Incoming>, key: &CacheKey) -> Stored {
+        let Lookup {
+            app,
+            snapshot,
+            rule,
+            params,
+            client_ip,
+            head,
+            ..
+        } = *self;
+        let cache = &app.cache;
+        let inm = self.inm.as_ref();
+        let Some(entry) = cache.get(key) else {
+            return Stored::Missing(None);
+        };
         match entry.freshness() {
             Freshness::Fresh => {
                 cache.metrics.saved(&cache.metrics.hits);
                 let ttl = entry.ttl.saturating_sub(entry.age()).as_secs();
-                return Ok(entry.respond(inm.as_ref(), head, format!("unpoll; hit; ttl={ttl}")));
+                Stored::Served(entry.respond(inm, head, format!("unpoll; hit; ttl={ttl}")))
             }
             Freshness::StaleRevalidate => {
                 cache.metrics.saved(&cache.metrics.stale);
-                if let Some(permit) = cache.locks.try_write(&key) {
-                    let fetch = fetch_of(app, snapshot, rule, params, &req, key, client_ip);
+                if let Some(permit) = cache.locks.try_write(key) {
+                    let fetch = fetch_of(app, snapshot, rule, params, req, key.clone(), client_ip);
                     if let Some(fetch) = fetch {
                         // One refresh in the background; its answer goes to the store.
                         tokio::spawn(async move {
@@ -73,63 +121,82 @@ pub async fn serve(
                 }
                 let over = entry.age().saturating_sub(entry.ttl).as_secs();
                 let status = format!("unpoll; hit; ttl=-{over}; detail=stale-while-revalidate");
-                return Ok(entry.respond(inm.as_ref(), head, status));
+                Stored::Served(entry.respond(inm, head, status))
             }
-            Freshness::StaleIfError => stale = Some(entry),
-            Freshness::Expired => {}
+            Freshness::StaleIfError => Stored::Missing(Some(entry)),
+            Freshness::Expired => Stored::Missing(None),
         }
     }
 
-    let Some(fetch) = fetch_of(app, snapshot, rule, params, &req, key.clone(), client_ip) else {
-        // A tag had no value: storing the entry untagged would let a purge miss it.
-        cache.metrics.passes.inc();
-        return pass(snapshot, app, req, client_ip, "missing-tag").await;
-    };
-    cache.metrics.misses.inc();
-    loop {
-        match cache.locks.acquire(&key) {
-            Acquired::Write(permit) => {
-                let started = Instant::now();
-                return match fetch.fill(permit, stale).await {
-                    Filled::Entry(entry, status) => {
-                        let mut resp = entry.respond(inm.as_ref(), head, status);
-                        resp.extensions_mut()
-                            .insert(UpstreamTime(started.elapsed()));
-                        Ok(resp)
+    /// Fetch (once for all concurrent requests of the key) or wait for the one fetch.
+    async fn miss(
+        self,
+        req: Request<Incoming>,
+        key: CacheKey,
+        stale: Option<Arc<Entry>>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Lookup {
+            app,
+            snapshot,
+            rule,
+            params,
+            client_ip,
+            head,
+            inm,
+        } = self;
+        let cache = &app.cache;
+        let Some(fetch) = fetch_of(app, snapshot, rule, params, &req, key.clone(), client_ip)
+        else {
+            // A tag had no value: storing the entry untagged would let a purge miss it.
+            cache.metrics.passes.inc();
+            return pass(snapshot, app, req, client_ip, "missing-tag").await;
+        };
+        cache.metrics.misses.inc();
+        loop {
+            match cache.locks.acquire(&key) {
+                Acquired::Write(permit) => {
+                    let started = Instant::now();
+                    return match fetch.fill(permit, stale).await {
+                        Filled::Entry(entry, status) => {
+                            let mut resp = entry.respond(inm.as_ref(), head, status);
+                            resp.extensions_mut()
+                                .insert(UpstreamTime(started.elapsed()));
+                            Ok(resp)
+                        }
+                        Filled::Response(resp) => Ok(resp),
+                        Filled::Error(e) => Err(e),
+                    };
+                }
+                Acquired::Read(lock) => match lock.wait(rule.lock_timeout).await {
+                    Some(Outcome::Shared(entry)) => {
+                        cache.metrics.saved(&cache.metrics.coalesced);
+                        let status = format!(
+                            "unpoll; fwd=miss; fwd-status={}; collapsed",
+                            entry.status.as_u16()
+                        );
+                        return Ok(entry.respond(inm.as_ref(), head, status));
                     }
-                    Filled::Response(resp) => Ok(resp),
-                    Filled::Error(e) => Err(e),
-                };
+                    Some(Outcome::Failed(status, message)) => {
+                        if let Some(entry) = cache
+                            .get(&key)
+                            .filter(|e| e.freshness() != Freshness::Expired)
+                        {
+                            cache.metrics.saved(&cache.metrics.stale);
+                            return Ok(entry.respond(inm.as_ref(), head, stale_status(status)));
+                        }
+                        return Ok(error_response(status, message));
+                    }
+                    Some(Outcome::Pass) => {
+                        cache.metrics.passes.inc();
+                        return pass(snapshot, app, req, client_ip, "uncacheable").await;
+                    }
+                    None => {
+                        cache.metrics.passes.inc();
+                        return pass(snapshot, app, req, client_ip, "lock-timeout").await;
+                    }
+                    Some(Outcome::Abandoned) => continue,
+                },
             }
-            Acquired::Read(lock) => match lock.wait(rule.lock_timeout).await {
-                Some(Outcome::Shared(entry)) => {
-                    cache.metrics.saved(&cache.metrics.coalesced);
-                    let status = format!(
-                        "unpoll; fwd=miss; fwd-status={}; collapsed",
-                        entry.status.as_u16()
-                    );
-                    return Ok(entry.respond(inm.as_ref(), head, status));
-                }
-                Some(Outcome::Failed(status, message)) => {
-                    if let Some(entry) = cache
-                        .get(&key)
-                        .filter(|e| e.freshness() != Freshness::Expired)
-                    {
-                        cache.metrics.saved(&cache.metrics.stale);
-                        return Ok(entry.respond(inm.as_ref(), head, stale_status(status)));
-                    }
-                    return Ok(error_response(status, message));
-                }
-                Some(Outcome::Pass) => {
-                    cache.metrics.passes.inc();
-                    return pass(snapshot, app, req, client_ip, "uncacheable").await;
-                }
-                None => {
-                    cache.metrics.passes.inc();
-                    return pass(snapshot, app, req, client_ip, "lock-timeout").await;
-                }
-                Some(Outcome::Abandoned) => continue,
-            },
         }
     }
 }

@@ -33,10 +33,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
             Box::pin(stream_or_proxy(app, &snapshot, &route, req, client_ip)).await
         }
         Action::Proxy => Box::pin(proxy(app, &snapshot, req, client_ip)).await,
+        // Not boxed: a hit is the hot path and small; the cache boxes its miss path.
         Action::Cache(c) => {
-            let serve =
-                crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip);
-            Box::pin(serve).await
+            crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip).await
         }
         Action::Tap(t) => {
             let params = route.params.clone();
