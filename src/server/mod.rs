@@ -34,7 +34,7 @@ use crate::admin;
 use crate::app::App;
 use crate::body::Body;
 use crate::proxy::observe::{AccessLog, TrackedBody, UpstreamTime};
-use direct_sse::{Framing, Handoff, Streaming, Watched};
+use direct_sse::{Framing, Handoff, Streaming};
 use first_request::{FirstRequest, Rewind};
 
 /// Which listener a connection arrived on.
@@ -151,8 +151,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
 
 /// hyper's part of a connection, then the event stream it handed off, if any: each in a
 /// box of its own, hyper's freed before the stream starts.
-async fn hyper_then_stream<S>(io: S, http2: bool, peer: SocketAddr, kind: Listener, app: &Arc<App>)
-where
+async fn hyper_then_stream<S>(
+    io: Rewind<S>,
+    http2: bool,
+    peer: SocketAddr,
+    kind: Listener,
+    app: &Arc<App>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handoff = Box::pin(serve_hyper(io, http2, peer, kind, app)).await;
@@ -166,12 +171,12 @@ where
 /// ends hyper's part: the connection is returned with the stream's body, for
 /// [`direct_sse`] to write.
 async fn serve_hyper<S>(
-    io: S,
+    mut io: Rewind<S>,
     http2: bool,
     peer: SocketAddr,
     kind: Listener,
     app: &Arc<App>,
-) -> Option<Box<Handoff<S>>>
+) -> Option<Box<Handoff<Rewind<S>>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -210,7 +215,7 @@ where
         drive(conn, drain, &activity, idle_timeout, peer, app).await;
         return None;
     }
-    let io = Watched::new(io, activity.clone());
+    io.watch_flushes(activity.clone());
     let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
@@ -232,7 +237,7 @@ where
         // Dropping hyper's side of the connection frees its buffers; bytes a client sent
         // after the stream's request (nothing, from an event source) go with them.
         Driven::HandOff => conn.into_parts().and_then(|parts| {
-            let io = parts.io.into_inner().into_inner();
+            let io = parts.io.into_inner();
             let streaming = Streaming::parked(activity.clone())?;
             Some(Box::new(Handoff { streaming, io }))
         }),
