@@ -130,7 +130,11 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .delay("/slow", Duration::from_millis(800))
         .run()
         .await;
-    let mut unpoll = Spawned::start(&config(&upstream.url())).await;
+    // A long header-read timeout: the silent connection below must be closed by the
+    // shutdown itself, not by that timer.
+    let text = format!("{}header_read_timeout = \"60s\"\n", config(&upstream.url()));
+    let mut unpoll = Spawned::start(&text).await;
+    let mut silent = tokio::net::TcpStream::connect(unpoll.addr).await.unwrap();
     let url = unpoll.url("/slow");
     let in_flight = tokio::spawn(async move { client().get(url).send().await?.text().await });
     eventually(
@@ -146,6 +150,17 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         tokio::net::TcpStream::connect(addr).await.is_err()
     })
     .await;
+    // A connection that never sent a request has nothing to drain: closed at once.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        silent.read_to_end(&mut rest).await
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the silent connection was not closed on SIGTERM"
+    );
     assert_eq!(in_flight.await.unwrap().unwrap(), "finished");
     let status = tokio::time::timeout(Duration::from_secs(10), unpoll.child.wait())
         .await

@@ -115,9 +115,14 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
             header_read_timeout,
             first_request::read(&mut stream, limit, direct),
         ));
-        match read.await {
-            Ok(first) => first,
-            Err(_) => return,
+        // A connection that has sent nothing yet has nothing to drain: it closes at once
+        // on shutdown, as hyper closes its idle ones.
+        tokio::select! {
+            first = read => match first {
+                Ok(first) => first,
+                Err(_) => return,
+            },
+            _ = app.shutdown.cancelled() => return,
         }
     };
     // The long-lived halves are boxed so this task's future stays small for idle streams.
