@@ -150,9 +150,9 @@ where
     // away is noticed while the stream is idle. Anything it does send is discarded.
     let mut scratch = [0u8; 16];
     loop {
+        // No abort to watch here: an overflowing subscription ends the body by itself.
         let frame = tokio::select! {
             biased;
-            _ = activity.aborted() => return,
             frame = body.frame() => frame,
             read = io.read(&mut scratch) => match read {
                 Ok(0) | Err(_) => return,
@@ -191,10 +191,16 @@ async fn write<S>(io: &mut S, activity: &Activity, bytes: &[u8]) -> Result<(), (
 where
     S: AsyncWrite + Unpin,
 {
+    let mut write = std::pin::pin!(io.write_all(bytes));
+    // Nearly every write completes at once; only a blocked one needs to watch for the
+    // abort (whose registration takes a lock each way, per event and subscriber).
+    if let Some(written) = futures_util::FutureExt::now_or_never(write.as_mut()) {
+        return written.map_err(|_| ());
+    }
     tokio::select! {
         biased;
         _ = activity.aborted() => Err(()),
-        written = io.write_all(bytes) => written.map_err(|_| ()),
+        written = write => written.map_err(|_| ()),
     }
 }
 
