@@ -15,10 +15,17 @@ use super::observe::UpstreamTime;
 use super::routes::{Action, Route};
 use crate::app::{App, Snapshot};
 use crate::body::Body;
+use crate::server::ConnectionAbort;
 use crate::stream::Outcome;
 
-/// Handle one client request on the main listener.
-pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -> Response<Body> {
+/// Handle one client request on the main listener. `abort` ends the request's HTTP/1
+/// connection; a stream takes it (see `server::ConnectionAbort`).
+pub async fn handle(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+    abort: Option<ConnectionAbort>,
+) -> Response<Body> {
     let snapshot = app.snapshot();
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
 
@@ -27,10 +34,16 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, client_ip: IpAddr) -
     // future, hyper's dispatcher) on every request.
     let result = match route.action {
         Action::Stream(_) => {
-            Box::pin(stream_or_proxy(app, &snapshot, &route, req, client_ip)).await
+            Box::pin(stream_or_proxy(
+                app, &snapshot, &route, req, client_ip, abort,
+            ))
+            .await
         }
         Action::Proxy if is_generic_stream(&snapshot, req.method(), req.uri().path()) => {
-            Box::pin(stream_or_proxy(app, &snapshot, &route, req, client_ip)).await
+            Box::pin(stream_or_proxy(
+                app, &snapshot, &route, req, client_ip, abort,
+            ))
+            .await
         }
         Action::Proxy => Box::pin(proxy(app, &snapshot, req, client_ip)).await,
         // Not boxed: a hit is the hot path and small; the cache boxes its miss path.
@@ -90,8 +103,14 @@ async fn stream_or_proxy(
     route: &Route<'_>,
     req: Request<Incoming>,
     client_ip: IpAddr,
+    abort: Option<ConnectionAbort>,
 ) -> Result<Response<Body>, ProxyError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // An extension only here: inserting one allocates the request's extension map, which
+    // no other request needs.
+    if let Some(abort) = abort {
+        parts.extensions.insert(abort);
+    }
     match stream_arm(app, snapshot, route, &parts, client_ip).await {
         Some(Outcome::Respond(resp)) => return Ok(resp),
         Some(Outcome::NotApplicable(missing)) => {
@@ -161,7 +180,10 @@ pub async fn proxy(
         &app.shutdown,
     )
     .await?;
-    resp.extensions_mut()
-        .insert(UpstreamTime(started.elapsed()));
+    // For the access log only; an extension allocates the response's extension map.
+    if snapshot.config.log.access {
+        resp.extensions_mut()
+            .insert(UpstreamTime(started.elapsed()));
+    }
     Ok(resp)
 }

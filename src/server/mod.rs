@@ -189,18 +189,16 @@ where
     let service = {
         let app = app.clone();
         let activity = activity.clone();
-        service_fn(move |mut req: Request<Incoming>| {
-            let http1 = req.version() <= http::Version::HTTP_11;
-            if http1 {
-                req.extensions_mut()
-                    .insert(ConnectionAbort::new(activity.clone()));
-            }
+        service_fn(move |req: Request<Incoming>| {
+            // On HTTP/2 the other streams of the connection are innocent: no abort.
+            let abort = (req.version() <= http::Version::HTTP_11)
+                .then(|| ConnectionAbort::new(activity.clone()));
             // hyper frames a body of unknown length with chunks only for HTTP/1.1 clients.
             let hand_off = (req.version() == http::Version::HTTP_11).then(|| activity.clone());
             let app = app.clone();
             let guard = RequestGuard::begin(activity.clone());
             async move {
-                let resp = respond(&app, kind, req, peer, guard).await;
+                let resp = respond(&app, kind, req, peer, guard, abort).await;
                 Ok::<_, Infallible>(match hand_off {
                     Some(activity) => park_event_stream(resp, activity),
                     None => resp,
@@ -332,10 +330,11 @@ async fn respond(
     req: Request<Incoming>,
     peer: SocketAddr,
     guard: RequestGuard,
+    abort: Option<ConnectionAbort>,
 ) -> Response<TrackedBody> {
     let arrival = Arrival::note(app, req.method(), req.uri(), req.headers(), peer);
     let resp = match kind {
-        Listener::Main => crate::proxy::handle(app, req, peer.ip()).await,
+        Listener::Main => crate::proxy::handle(app, req, peer.ip(), abort).await,
         Listener::Admin => admin::handle(app, req).await,
     };
     arrival.track(resp, kind, guard)
