@@ -402,3 +402,43 @@ async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() {
     assert_eq!(end, "0\r\n\r\n");
     stop.await.unwrap();
 }
+
+/// Over HTTP/2 (h2c) a stream stays with hyper, next to the connection's other requests:
+/// two streams and a proxied request on one client's connection, each stream gets its
+/// event.
+#[tokio::test]
+async fn streams_over_h2c_share_the_connection() {
+    let (_up, unpoll) = start("").await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut a = SseClient::open(&h2, &unpoll.url("/bots/events?botId=1"), None).await;
+    let mut b = SseClient::open(&h2, &unpoll.url("/bots/events?botId=2"), None).await;
+    let proxied = h2.get(unpoll.url("/bots/events")).send().await.unwrap();
+    assert_eq!(proxied.version(), reqwest::Version::HTTP_2);
+    assert_eq!(proxied.text().await.unwrap(), "proxied");
+    let admin = unpoll.admin_url("/publish");
+    let http = client();
+    publish(
+        &http,
+        &admin,
+        TOKEN,
+        json!({"channel": "bot:2", "data": "two"}),
+    )
+    .await;
+    publish(
+        &http,
+        &admin,
+        TOKEN,
+        json!({"channel": "bot:1", "data": "one"}),
+    )
+    .await;
+    assert_eq!(a.next(T).await.data, "\"one\"");
+    assert_eq!(b.next(T).await.data, "\"two\"");
+    assert_eq!(
+        a.headers["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+}
