@@ -387,3 +387,52 @@ async fn idle_subscriber_memory(reused_connections: bool) {
         "an idle subscriber costs {per_subscriber} bytes"
     );
 }
+
+/// A connection opened ahead of its first request (browsers preconnect, pooling proxies
+/// keep spares) costs at most 4 KiB until it sends something (about 2.5 KiB in a release
+/// build; 5.6 KiB when the first read's buffer was 4 KiB).
+#[tokio::test]
+async fn connections_without_a_request_yet_cost_at_most_4_kib_each() {
+    const N: usize = 400;
+    let upstream = Upstream::builder().run().await;
+    let unpoll = Spawned::start(&config(&upstream.url())).await;
+    let open = |n: usize| {
+        let addr = unpoll.addr;
+        async move {
+            let mut sockets = Vec::with_capacity(n);
+            for _ in 0..n {
+                sockets.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+            sockets
+        }
+    };
+    let _warm = open(50).await;
+    let metrics = format!("http://{}/metrics", unpoll.admin);
+    let open_connections = || async {
+        let text = client()
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric(&text, "unpoll_open_connections")
+    };
+    eventually(Duration::from_secs(10), "warm-up accepted", || async {
+        open_connections().await >= 50.0
+    })
+    .await;
+    let before = unpoll.rss();
+    let _sockets = open(N).await;
+    eventually(Duration::from_secs(10), "all accepted", || async {
+        open_connections().await >= (50 + N) as f64
+    })
+    .await;
+    let per_connection = unpoll.rss().saturating_sub(before) / N as u64;
+    eprintln!("{N} connections without a request: {per_connection} bytes each");
+    assert!(
+        per_connection <= 4096,
+        "a connection without a request costs {per_connection} bytes"
+    );
+}

@@ -25,9 +25,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Header lines parsed here; hyper's own default limit is 100. More: left to hyper.
 const MAX_HEADERS: usize = 100;
 
-/// First read size: most request heads fit, and the buffer is freed once hyper has
-/// replayed it (or once a direct stream has parsed it).
-const FIRST_READ: usize = 4096;
+/// First read size, doubled while a head needs more. The buffer is allocated before the
+/// first byte arrives (a fresh socket reports readable at once), so connections opened
+/// ahead of their requests (browser preconnects, proxies' spare connections) each hold
+/// it: kept small. Freed once hyper has replayed it or a direct stream has parsed it.
+const FIRST_READ: usize = 1024;
 
 /// What the first bytes of a connection asked for.
 pub(super) enum FirstRequest {
