@@ -102,16 +102,8 @@ async fn sighup_reloads_a_valid_file_and_keeps_the_old_on_a_bad_one() {
 
     std::fs::write(&unpoll.config, "listen = \"127.0.0.1:0\"\nupstream = 42\n").unwrap();
     unpoll.signal("HUP");
-    let metrics_url = format!("http://{}/metrics", unpoll.admin);
     eventually(Duration::from_secs(10), "failed reload counted", || async {
-        let m = http
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = unpoll.metrics().await;
         metric(&m, "unpoll_config_reloads_total{result=\"error\"}") == 1.0
     })
     .await;
@@ -407,18 +399,7 @@ async fn connections_without_a_request_yet_cost_at_most_4_kib_each() {
         }
     };
     let _warm = open(50).await;
-    let metrics = format!("http://{}/metrics", unpoll.admin);
-    let open_connections = || async {
-        let text = client()
-            .get(&metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric(&text, "unpoll_open_connections")
-    };
+    let open_connections = || async { metric(&unpoll.metrics().await, "unpoll_open_connections") };
     eventually(Duration::from_secs(10), "warm-up accepted", || async {
         open_connections().await >= 50.0
     })

@@ -109,6 +109,18 @@ impl Spawned {
             .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 
+    /// The rendered `/metrics` text of the admin listener.
+    pub async fn metrics(&self) -> String {
+        crate::common::client()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// `http://ADDR{path}` on the main listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
