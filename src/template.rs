@@ -283,6 +283,19 @@ pub struct RequestVars<'a> {
     pub json: Option<&'a serde_json::Value>,
 }
 
+impl<'a> RequestVars<'a> {
+    /// The variables of a request head: path captures, query and headers, no body.
+    pub fn head(path: &'a PathParams, uri: &'a http::Uri, headers: &'a HeaderMap) -> Self {
+        RequestVars {
+            path,
+            query: uri.query(),
+            headers,
+            form: None,
+            json: None,
+        }
+    }
+}
+
 impl Vars for RequestVars<'_> {
     fn get(&self, source: Source, name: &str) -> Option<Cow<'_, str>> {
         match source {

@@ -501,14 +501,7 @@ async fn stored_bytes_stay_within_cache_size() {
         assert_eq!(resp.status(), 200);
     }
     unpoll.app.cache.maintain();
-    let stats: serde_json::Value = http
-        .get(unpoll.admin_url("/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = unpoll.stats().await;
     let cache = &stats["cache"];
     assert!(
         cache["stored_bytes"].as_u64().unwrap() <= 64 * 1024,

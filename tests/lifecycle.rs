@@ -250,14 +250,7 @@ async fn reload_swaps_rules_without_cutting_an_open_stream() {
 
     let warnings = unpoll.reload(&b.url(), "");
     assert!(warnings.is_empty(), "{warnings:?}");
-    let who = http
-        .get(unpoll.url("/who"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let who = common::get_text(&unpoll.url("/who")).await;
     assert_eq!(who, "b", "new requests use the new config");
 
     tx.send(Bytes::from_static(b"after")).await.unwrap();

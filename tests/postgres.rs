@@ -368,14 +368,7 @@ async fn starts_without_postgres_keeps_proxying_and_connects_later() {
         postgres_section(&url_via(proxy.addr, "unpoll_late"))
     );
     let unpoll = Unpoll::start_with_sink(&upstream.url(), &extra, sink.clone()).await;
-    let body = client()
-        .get(unpoll.url("/hello"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = common::get_text(&unpoll.url("/hello")).await;
     assert_eq!(body, "hi", "proxying works while Postgres is unreachable");
     let u = &unpoll;
     eventually(WAIT, "a failed connection attempt", || async move {

@@ -280,14 +280,7 @@ async fn publish_api_checks_token_json_and_size() {
     let ids = batch["ids"].as_array().unwrap();
     assert_eq!(ids.len(), 2);
     assert_ne!(ids[0], ids[1]);
-    let stats: serde_json::Value = http
-        .get(unpoll.admin_url("/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = unpoll.stats().await;
     assert_eq!(stats["hub"]["events_published"], 2);
     assert_eq!(stats["hub"]["cursor"], ids[1]);
 }

@@ -140,13 +140,7 @@ impl UpstreamAuth {
         client: &UpstreamClient,
         proxy: &ProxyConfig,
     ) -> Result<CheckRequest, AuthError> {
-        let vars = RequestVars {
-            path: params,
-            query: parts.uri.query(),
-            headers: &parts.headers,
-            form: None,
-            json: None,
-        };
+        let vars = RequestVars::head(params, &parts.uri, &parts.headers);
         let path = render_path(&self.config, &vars)?;
         let mut headers = HeaderMap::new();
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {

@@ -210,13 +210,7 @@ fn fetch_of<B>(
     key: CacheKey,
     client_ip: IpAddr,
 ) -> Option<Fetch> {
-    let vars = RequestVars {
-        path: params,
-        query: req.uri().query(),
-        headers: req.headers(),
-        form: None,
-        json: None,
-    };
+    let vars = RequestVars::head(params, req.uri(), req.headers());
     let tags = rule
         .tags
         .iter()

@@ -53,13 +53,7 @@ pub async fn open(
     parts: &Parts,
     peer: IpAddr,
 ) -> Outcome {
-    let vars = RequestVars {
-        path: params,
-        query: parts.uri.query(),
-        headers: &parts.headers,
-        form: None,
-        json: None,
-    };
+    let vars = RequestVars::head(params, &parts.uri, &parts.headers);
     let mut channels = Vec::new();
     for template in &rule.channels {
         match template.render_each(&vars, rule.max_channels) {

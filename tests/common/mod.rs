@@ -109,12 +109,12 @@ impl Unpoll {
 
     /// The rendered `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.admin_url("/metrics"))
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics body")
+        get_text(&self.admin_url("/metrics")).await
+    }
+
+    /// The admin `/stats` JSON.
+    pub async fn stats(&self) -> serde_json::Value {
+        serde_json::from_str(&get_text(&self.admin_url("/stats")).await).expect("stats JSON")
     }
 }
 
@@ -158,6 +158,18 @@ pub fn client() -> reqwest::Client {
         .no_proxy()
         .build()
         .expect("reqwest client")
+}
+
+/// The body of `GET url` as text, whatever the status; panics if the request fails.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("body of GET {url}: {e}"))
 }
 
 /// The value of a metric line `name{labels} value` in Prometheus text, or 0.

@@ -111,14 +111,7 @@ impl Spawned {
 
     /// The rendered `/metrics` text of the admin listener.
     pub async fn metrics(&self) -> String {
-        crate::common::client()
-            .get(format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics body")
+        crate::common::get_text(&format!("http://{}/metrics", self.admin)).await
     }
 
     /// `http://ADDR{path}` on the main listener.
