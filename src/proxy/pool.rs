@@ -75,8 +75,8 @@ struct Idle {
 /// A connection taken from the pool (or new) for one request.
 pub struct Conn {
     sender: SendRequest<Body>,
-    /// How long it sat idle before this request; `None` for a new connection.
-    pub idle_for: Option<Duration>,
+    /// Whether it served a request before (a new connection cannot be stale).
+    pub reused: bool,
     pool: Weak<Shared>,
 }
 
@@ -96,8 +96,7 @@ impl Pool {
 
     /// A connection ready for a request: the most recently used idle one, or a new one.
     pub async fn checkout(&self) -> Result<Conn, PoolError> {
-        while let Some(idle) = self.shared.pop_unexpired() {
-            let mut sender = idle.sender;
+        while let Some(mut sender) = self.shared.pop_unexpired() {
             // Put back once its response was read, but the connection may not have asked
             // for the next request yet: that is a moment away, unless it is closed.
             if !sender.is_ready() && sender.ready().await.is_err() {
@@ -105,7 +104,7 @@ impl Pool {
             }
             return Ok(Conn {
                 sender,
-                idle_for: Some(idle.since.elapsed()),
+                reused: true,
                 pool: Arc::downgrade(&self.shared),
             });
         }
@@ -128,14 +127,9 @@ impl Pool {
         });
         Ok(Conn {
             sender,
-            idle_for: None,
+            reused: false,
             pool: Arc::downgrade(&self.shared),
         })
-    }
-
-    /// Idle connections now (for tests and stats).
-    pub fn idle(&self) -> usize {
-        self.shared.lock().len()
     }
 }
 
@@ -147,7 +141,7 @@ impl Shared {
 
     /// The newest idle connection that is neither expired nor closed. Expired ones are the
     /// bottom of the stack: finding one drops it and everything older.
-    fn pop_unexpired(&self) -> Option<Idle> {
+    fn pop_unexpired(&self) -> Option<SendRequest<Body>> {
         let mut idle = self.lock();
         while let Some(top) = idle.pop() {
             if top.since.elapsed() > self.settings.idle_timeout {
@@ -155,7 +149,7 @@ impl Shared {
                 return None;
             }
             if !top.sender.is_closed() {
-                return Some(top);
+                return Some(top.sender);
             }
         }
         None

@@ -87,7 +87,7 @@ impl UpstreamClient {
     /// closed an idle keep-alive connection as we wrote on it: it cannot have acted on it).
     async fn exchange(&self, req: Request<Body>) -> Result<Response<PooledBody>, UpstreamError> {
         let conn = self.pool.checkout().await?;
-        if conn.idle_for.is_none() {
+        if !conn.reused {
             return conn
                 .send(req)
                 .await
@@ -115,11 +115,6 @@ impl UpstreamClient {
         conn.send(req)
             .await
             .map_err(|e| UpstreamError::Protocol(e.error))
-    }
-
-    /// Idle keep-alive connections to the upstream.
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle()
     }
 }
 
