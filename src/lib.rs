@@ -10,9 +10,12 @@
 //!   key path.
 //! - [`app`]: the running instance: the config snapshot swapped on reload (arc-swap),
 //!   metrics, readiness, shutdown.
-//! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown.
+//! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown; the first
+//!   request head of each connection is read here, and HTTP/1.1 event streams are written
+//!   outside hyper (`server/direct_sse.rs`).
 //! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
-//!   action; forwarding, headers, upgrades, errors.
+//!   action; forwarding, headers, upgrades, errors; the upstream keep-alive pool
+//!   (`proxy/pool.rs`).
 //! - [`admin`]: health, readiness, metrics, stats, publish, purge.
 //! - [`cache`]: `[[cache]]` rules: per-user keys, coalescing, stale serving, tag purge.
 //! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
