@@ -239,3 +239,102 @@ async fn per_rule_limits_answer_429_with_retry_after() {
         "{m}"
     );
 }
+
+/// An app that lets user `a` watch bots 1 and 3, never bot 2, and that reads an id's leading
+/// integer (as Rails `find` and PHP `intval` do): `/api/bots/1%2C2` is bot 1 to it.
+async fn leading_integer_app() -> Upstream {
+    let allow = |allowed: bool| {
+        move |req: http::Request<hyper::body::Incoming>| async move {
+            let cookie = req.headers().get("cookie").and_then(|v| v.to_str().ok());
+            match cookie {
+                Some("user=a") if allowed => text(200, "{}"),
+                Some(_) => text(403, "forbidden"),
+                None => text(401, "login"),
+            }
+        }
+    };
+    Upstream::builder()
+        .handler("/api/bots/1", allow(true))
+        .handler("/api/bots/2", allow(false))
+        .handler("/api/bots/3", allow(true))
+        .handler("/api/bots/1%2C2", allow(true))
+        .handler("/api/bots/1,2", allow(true))
+        .run()
+        .await
+}
+
+/// Issue 10, item 1: a list value (`?botId=1&botId=2`, `?botId=1,2`, `?botId=1%2C2`) subscribes
+/// to one channel per value, so every value is asked about; one refusal refuses the stream,
+/// and bot 2's events never reach a user the app allows for bot 1 only.
+#[tokio::test]
+async fn every_value_of_a_list_is_authorised() {
+    let app = leading_integer_app().await;
+    let unpoll = Unpoll::start(&app.url(), &upstream_rule("auth_cache = \"0s\"")).await;
+    let http = client();
+    let admin = unpoll.admin_url("/publish");
+    let lists = [
+        "botId=1&botId=2",
+        "botId=1,2",
+        "botId=1%2C2",
+        "botId=2&botId=1",
+    ];
+    let mut seen = Vec::new();
+    for query in lists {
+        let before = app.hits("/api/bots/2");
+        let (status, _, mut events) = open(
+            &unpoll.url(&format!("/bots/events?{query}")),
+            &[("cookie", "user=a")],
+        )
+        .await;
+        let mut leaked = None;
+        if status == 200 {
+            publish(
+                &http,
+                &admin,
+                ADMIN,
+                serde_json::json!({"channel": "bot:2", "event": "m", "data": "secret of bot 2"}),
+            )
+            .await;
+            publish(
+                &http,
+                &admin,
+                ADMIN,
+                serde_json::json!({"channel": "bot:1", "event": "m", "data": "hello bot 1"}),
+            )
+            .await;
+            leaked = next(&mut events).await.map(|e| e.data);
+        }
+        let asked = app.hits("/api/bots/2") - before;
+        seen.push((query, status, leaked, asked));
+    }
+    // Refused, nothing of bot 2 delivered, and the app asked about bot 2 once per subscribe.
+    let expected: Vec<_> = lists.iter().map(|q| (*q, 403, None, 1)).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(
+        app.hits("/api/bots/1%2C2"),
+        0,
+        "a list is never asked joined"
+    );
+    assert_eq!(app.hits("/api/bots/1,2"), 0, "a list is never asked joined");
+
+    // Every value allowed: the stream opens on each channel.
+    for query in ["botId=1&botId=3", "botId=1,3", "botId=1%2C3"] {
+        let (status, _, mut events) = open(
+            &unpoll.url(&format!("/bots/events?{query}")),
+            &[("cookie", "user=a")],
+        )
+        .await;
+        assert_eq!(status, 200, "?{query}");
+        for bot in ["bot:3", "bot:1"] {
+            publish(
+                &http,
+                &admin,
+                ADMIN,
+                serde_json::json!({"channel": bot, "event": "m", "data": bot}),
+            )
+            .await;
+            let e = next(&mut events).await.expect("an event");
+            assert_eq!(e.data, format!("\"{bot}\""), "?{query}");
+        }
+    }
+}
