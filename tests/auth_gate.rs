@@ -282,3 +282,51 @@ async fn access_log_client_honours_trusted_proxies_only() {
         );
     }
 }
+
+/// Issue 10, item 1: `unpoll check` refuses an upstream-auth stream whose channels are made
+/// of a value the app is never asked about, naming the key; one that asks about every value
+/// passes (header names compare case-insensitively).
+#[test]
+fn check_refuses_channels_made_of_values_auth_path_does_not_use() {
+    let run = |stream: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unpoll.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:8000\"\n\
+                 [[stream]]\npath = \"/chats/{{id}}/events\"\nauth = \"upstream\"\n{stream}"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(common::process::binary())
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, errors) = run(
+        "channels = [\"bot:{query.botId}\", \"chat:{path.id}:{header.X-Tenant}\"]\n\
+         auth_path = \"/api/me?tenant={header.x-tenant}\"",
+    );
+    assert_eq!(code, Some(64), "{errors}");
+    for expected in [
+        "2 error(s)",
+        "stream[0].auth_path: does not use {query.botId}, which channels[0] (\"bot:{query.botId}\") is made of",
+        "stream[0].auth_path: does not use {path.id}, which channels[1]",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "{expected:?} missing in:\n{errors}"
+        );
+    }
+    let (code, errors) = run(
+        "channels = [\"bot:{query.botId}\", \"chat:{path.id}:{header.X-Tenant}\"]\n\
+         auth_path = \"/api/bots/{query.botId}/chats/{path.id}?tenant={header.x-tenant}\"",
+    );
+    assert_eq!(code, Some(0), "{errors}");
+}

@@ -236,3 +236,60 @@ async fn revoked_access_ends_the_stream_after_reauth() {
         .unwrap();
     assert_eq!(reason, AccessEnded::Revoked(StatusCode::FORBIDDEN));
 }
+
+/// Issue 10, item 1: a stream on several values holds access to each; the periodic re-check
+/// asks about every one of them, and access ends when the app revokes any.
+#[tokio::test]
+async fn reauth_checks_every_value_of_a_list() {
+    let allowed = Arc::new(AtomicBool::new(true));
+    let flag = allowed.clone();
+    let upstream = Upstream::builder()
+        .route("/api/bots/1", "ok")
+        .handler("/api/bots/3", move |_| {
+            let ok = flag.load(Ordering::SeqCst);
+            async move {
+                if ok {
+                    text(200, "ok")
+                } else {
+                    text(404, "gone")
+                }
+            }
+        })
+        .run()
+        .await;
+    let app = app(&upstream.url(), "");
+    let gate = gate(
+        &app,
+        rule_auth(
+            "upstream",
+            Some("/api/bots/{query.botId}"),
+            Some("0s"),
+            Some("100ms"),
+        ),
+        &StreamLimits::default(),
+    );
+    let parts = head("/bots/events?botId=1&botId=3", &[("cookie", "session=A")]);
+    let grant = authorize(&app, &gate, &parts, &["bot:1", "bot:3"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (upstream.hits("/api/bots/1"), upstream.hits("/api/bots/3")),
+        (1, 1),
+        "each value asked once"
+    );
+    let mut ended = grant.ended();
+    // The re-checks run inside `ended`: poll it while waiting for them.
+    let rechecked = common::eventually(Duration::from_secs(5), "two re-checks of each", || {
+        let hits = (upstream.hits("/api/bots/1"), upstream.hits("/api/bots/3"));
+        async move { hits.0 >= 3 && hits.1 >= 3 }
+    });
+    tokio::select! {
+        reason = &mut ended => panic!("access ended while every path is allowed: {reason:?}"),
+        () = rechecked => {}
+    }
+    allowed.store(false, Ordering::SeqCst);
+    let reason = tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .unwrap();
+    assert_eq!(reason, AccessEnded::Revoked(StatusCode::NOT_FOUND));
+}

@@ -58,7 +58,13 @@ pub struct UpstreamAuthConfig {
     pub cache: Duration,
     /// Re-check interval of open streams; `None` = never. Default 60 s.
     pub reauth: Option<Duration>,
+    /// Distinct paths one subscribe may ask (one per value of a list); more → 400. The
+    /// stream rule sets its `max_channels`; default [`DEFAULT_MAX_AUTH_PATHS`].
+    pub max_paths: usize,
 }
+
+/// Default `max_paths`: the default `max_channels` of a stream rule.
+pub const DEFAULT_MAX_AUTH_PATHS: usize = 16;
 
 /// Default `auth_cache`.
 pub const DEFAULT_AUTH_CACHE: Duration = Duration::from_secs(10);
@@ -162,6 +168,7 @@ impl RawRuleAuth {
             path: template?,
             cache,
             reauth: (!reauth.is_zero()).then_some(reauth),
+            max_paths: DEFAULT_MAX_AUTH_PATHS,
         })
     }
 }

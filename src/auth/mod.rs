@@ -31,8 +31,8 @@ use std::sync::Arc;
 
 pub use body::{ACCESS_ENDED_EVENT, GrantedBody, access_ended_frame};
 pub use config::{
-    DEFAULT_AUTH_CACHE, DEFAULT_REAUTH, GenericStreamConfig, JwtConfig, RawGenericStream,
-    RawJwtConfig, RawRuleAuth, RuleAuthConfig, UpstreamAuthConfig,
+    DEFAULT_AUTH_CACHE, DEFAULT_MAX_AUTH_PATHS, DEFAULT_REAUTH, GenericStreamConfig, JwtConfig,
+    RawGenericStream, RawJwtConfig, RawRuleAuth, RuleAuthConfig, UpstreamAuthConfig,
 };
 pub use error::{AuthError, Limit, UpstreamFailure};
 pub use generic::{GENERIC_STREAM_PATH, MAX_CHANNEL_NAME, requested_channels};

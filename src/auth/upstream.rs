@@ -2,6 +2,11 @@
 //! may see `auth_path`. Decisions are cached per (credentials, resolved path) and concurrent
 //! checks of one key share one upstream request, so a reconnect storm of one user's tabs
 //! costs one call.
+//!
+//! A list value (`?botId=1,2`, `?botId=1&botId=2`) subscribes to one channel per value, so
+//! `auth_path` is rendered once per value the same way ([`crate::template::Template::render_each`] over the
+//! same request variables) and every distinct path must be allowed. A list never reaches the
+//! app joined: `/api/bots/1%2C2` would be bot 1 to an app that reads an id's leading integer.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -23,7 +28,7 @@ use crate::proxy::forward::upstream_request;
 use crate::proxy::headers::X_FORWARDED_FOR;
 use crate::proxy::upstream::UpstreamClient;
 use crate::route::PathParams;
-use crate::template::{RequestVars, Source, Vars};
+use crate::template::{RenderEachError, RequestVars, Source, Vars};
 
 /// Bytes of cached decisions per rule (keys are the credentials and the path). Full: moka
 /// evicts the least useful entries (TinyLFU); an evicted user's next subscribe asks again.
@@ -85,7 +90,9 @@ enum Decision {
 /// What a check needs from the subscribing request, kept by the stream for re-checks.
 #[derive(Clone)]
 pub struct CheckRequest {
-    key: CheckKey,
+    /// One key per distinct rendered `auth_path`, all with the same credentials; every one
+    /// must be allowed.
+    keys: Vec<CheckKey>,
     /// Host and X-Forwarded-For of the client request, so the app sees the same forwarding
     /// headers on the auth request as on a proxied one.
     headers: HeaderMap,
@@ -131,7 +138,8 @@ impl UpstreamAuth {
         self.config.reauth
     }
 
-    /// Resolve `auth_path` for a request and keep what a check needs.
+    /// Resolve `auth_path` for a request, once per value of its list-valued variables, and
+    /// keep what a check needs.
     pub fn request(
         &self,
         parts: &http::request::Parts,
@@ -141,7 +149,7 @@ impl UpstreamAuth {
         proxy: &ProxyConfig,
     ) -> Result<CheckRequest, AuthError> {
         let vars = RequestVars::head(params, &parts.uri, &parts.headers);
-        let path = render_path(&self.config, &vars)?;
+        let paths = render_paths(&self.config, &vars)?;
         let mut headers = HeaderMap::new();
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
             let authority = parts.uri.authority()?;
@@ -161,14 +169,23 @@ impl UpstreamAuth {
         if let Some(a) = &authorization {
             headers.insert(header::AUTHORIZATION, a.clone());
         }
-        let bytes = |v: HeaderValue| Bytes::copy_from_slice(v.as_bytes());
-        Ok(CheckRequest {
-            key: CheckKey {
+        let bytes = |v: &HeaderValue| Bytes::copy_from_slice(v.as_bytes());
+        let (host, cookie, authorization) = (
+            host.as_ref().map(bytes),
+            cookie.as_ref().map(bytes),
+            authorization.as_ref().map(bytes),
+        );
+        let keys = paths
+            .into_iter()
+            .map(|path| CheckKey {
                 path,
-                host: host.map(bytes),
-                cookie: cookie.map(bytes),
-                authorization: authorization.map(bytes),
-            },
+                host: host.clone(),
+                cookie: cookie.clone(),
+                authorization: authorization.clone(),
+            })
+            .collect();
+        Ok(CheckRequest {
+            keys,
             headers,
             peer,
             client: client.clone(),
@@ -176,30 +193,50 @@ impl UpstreamAuth {
         })
     }
 
-    /// Is access allowed? From the cache when a decision for these credentials and path is
-    /// fresh, else by asking the app once for all concurrent callers.
+    /// Is access allowed to every path of `req`? Each path from the cache when a decision
+    /// for these credentials and path is fresh, else by asking the app once for all
+    /// concurrent callers; the paths are asked at the same time. A refusal of any path wins
+    /// over a failure to get an answer for another, so a re-check ends access when the app
+    /// clearly says no to one of them.
     pub async fn check(&self, req: &CheckRequest) -> Result<(), AuthError> {
-        let result = self
-            .cache
-            .try_get_with(req.key.clone(), self.ask(req))
-            .await;
-        if self.config.cache.is_zero() {
-            // Not cached: the entry only served the callers that waited on this check.
-            self.cache.invalidate(&req.key).await;
+        let results =
+            futures_util::future::join_all(req.keys.iter().map(|key| self.check_one(req, key)))
+                .await;
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok(Decision::Allow) => {}
+                Ok(Decision::Deny(status)) => return Err(AuthError::Denied { status }),
+                Err(f) => {
+                    failure.get_or_insert(f);
+                }
+            }
         }
-        match result.map_err(|failure| AuthError::Upstream(*failure))? {
-            Decision::Allow => Ok(()),
-            Decision::Deny(status) => Err(AuthError::Denied { status }),
+        match failure {
+            Some(f) => Err(AuthError::Upstream(f)),
+            None => Ok(()),
         }
     }
 
-    async fn ask(&self, req: &CheckRequest) -> Result<Decision, UpstreamFailure> {
+    async fn check_one(
+        &self,
+        req: &CheckRequest,
+        key: &CheckKey,
+    ) -> Result<Decision, UpstreamFailure> {
+        let result = self
+            .cache
+            .try_get_with(key.clone(), self.ask(req, &key.path))
+            .await;
+        if self.config.cache.is_zero() {
+            // Not cached: the entry only served the callers that waited on this check.
+            self.cache.invalidate(key).await;
+        }
+        result.map_err(|failure| *failure)
+    }
+
+    async fn ask(&self, req: &CheckRequest, path: &str) -> Result<Decision, UpstreamFailure> {
         self.metrics.upstream_checks.inc();
-        let uri: Uri = req
-            .key
-            .path
-            .parse()
-            .map_err(|_| UpstreamFailure::Unreachable)?;
+        let uri: Uri = path.parse().map_err(|_| UpstreamFailure::Unreachable)?;
         let mut head = Request::new(());
         *head.method_mut() = Method::GET;
         *head.uri_mut() = uri;
@@ -246,13 +283,20 @@ fn joined_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&joined).ok()
 }
 
-/// Render `auth_path` with every value percent-encoded as a URL component, refusing values
-/// that are dot segments (`..` would walk up the app's path).
-fn render_path(config: &UpstreamAuthConfig, vars: &RequestVars<'_>) -> Result<String, AuthError> {
+/// Render `auth_path` once per value of its list-valued variables (every combination, as
+/// the channels are), every value percent-encoded as a URL component; distinct paths in
+/// order. Values that are dot segments (`..` would walk up the app's path) are refused, as
+/// are more than `config.max_paths` paths.
+fn render_paths(
+    config: &UpstreamAuthConfig,
+    vars: &RequestVars<'_>,
+) -> Result<Vec<String>, AuthError> {
     let encoded = Encoded(vars);
     for (source, name) in config.path.variables() {
-        if let Some(v) = encoded.decoded(source, name)
-            && (v == "." || v == "..")
+        if let Some(v) = encoded
+            .decoded_all(source, name)
+            .into_iter()
+            .find(|v| v == "." || v == "..")
         {
             return Err(AuthError::BadRequest(format!(
                 "{{{}.{name}}} may not be {v:?}",
@@ -260,29 +304,55 @@ fn render_path(config: &UpstreamAuthConfig, vars: &RequestVars<'_>) -> Result<St
             )));
         }
     }
-    config
+    let mut paths = config
         .path
-        .render(&encoded)
-        .map_err(|missing| AuthError::BadRequest(missing.to_string()))
+        .render_each(&encoded, config.max_paths)
+        .map_err(|e| match e {
+            RenderEachError::Missing(missing) => AuthError::BadRequest(missing.to_string()),
+            RenderEachError::TooMany { cap } => {
+                AuthError::BadRequest(format!("more than {cap} auth paths to check"))
+            }
+        })?;
+    let mut seen = std::collections::HashSet::with_capacity(paths.len());
+    paths.retain(|p| seen.insert(p.clone()));
+    Ok(paths)
 }
 
+/// The request's variables as `auth_path` sees them: each value decoded to what the user
+/// meant, then percent-encoded so it can neither end a path segment nor start a query.
 struct Encoded<'a, 'b>(&'a RequestVars<'b>);
 
 impl Encoded<'_, '_> {
-    /// The value as the user meant it: path segments arrive still percent-encoded.
-    fn decoded(&self, source: Source, name: &str) -> Option<String> {
-        let v = self.0.get(source, name)?;
-        Some(match source {
-            Source::Path => percent_decode_str(&v).decode_utf8_lossy().into_owned(),
-            _ => v.into_owned(),
-        })
+    /// Every value as the user meant it (path segments arrive still percent-encoded). The
+    /// same list [`crate::template::Template::render_each`] renders the channels from.
+    fn decoded_all(&self, source: Source, name: &str) -> Vec<String> {
+        self.0
+            .get_all(source, name)
+            .into_iter()
+            .map(|v| match source {
+                Source::Path => percent_decode_str(&v).decode_utf8_lossy().into_owned(),
+                _ => v.into_owned(),
+            })
+            .collect()
     }
 }
 
+fn encode(v: &str) -> Cow<'static, str> {
+    Cow::Owned(utf8_percent_encode(v, COMPONENT).to_string())
+}
+
 impl Vars for Encoded<'_, '_> {
+    /// Only the first value: `render_paths` renders through [`Vars::get_all`], so a list
+    /// is never joined into one path.
     fn get(&self, source: Source, name: &str) -> Option<Cow<'_, str>> {
-        let v = self.decoded(source, name)?;
-        Some(Cow::Owned(utf8_percent_encode(&v, COMPONENT).to_string()))
+        self.decoded_all(source, name).first().map(|v| encode(v))
+    }
+
+    fn get_all(&self, source: Source, name: &str) -> Vec<Cow<'_, str>> {
+        self.decoded_all(source, name)
+            .iter()
+            .map(|v| encode(v))
+            .collect()
     }
 }
 
@@ -297,10 +367,16 @@ mod tests {
             path: Template::parse(path, &[Source::Path, Source::Query, Source::Header]).unwrap(),
             cache: Duration::from_secs(10),
             reauth: None,
+            max_paths: 4,
         }
     }
 
-    fn render(template: &str, pattern: &str, path: &str, query: &str) -> Result<String, AuthError> {
+    fn render(
+        template: &str,
+        pattern: &str,
+        path: &str,
+        query: &str,
+    ) -> Result<Vec<String>, AuthError> {
         let params = PathPattern::parse(pattern).unwrap().matches(path).unwrap();
         let headers = HeaderMap::new();
         let vars = RequestVars {
@@ -310,7 +386,7 @@ mod tests {
             form: None,
             json: None,
         };
-        render_path(&config(template), &vars)
+        render_paths(&config(template), &vars)
     }
 
     #[test]
@@ -318,17 +394,49 @@ mod tests {
         let t = "/api/bots/{query.botId}/x?chat={path.id}";
         assert_eq!(
             render(t, "/c/{id}", "/c/7", "botId=42").unwrap(),
-            "/api/bots/42/x?chat=7"
+            ["/api/bots/42/x?chat=7"]
         );
         assert_eq!(
             render(t, "/c/{id}", "/c/a%20b", "botId=1%2F..%2Fadmin%3Fx%3D1%26y").unwrap(),
-            "/api/bots/1%2F..%2Fadmin%3Fx%3D1%26y/x?chat=a%20b"
+            ["/api/bots/1%2F..%2Fadmin%3Fx%3D1%26y/x?chat=a%20b"]
         );
         let err = render(t, "/c/{id}", "/c/7", "botId=..").unwrap_err();
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         let err = render(t, "/c/{id}", "/c/%2E%2E", "botId=1").unwrap_err();
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         let err = render(t, "/c/{id}", "/c/7", "other=1").unwrap_err();
+        assert_eq!(err.to_string(), "bad request: no value for {query.botId}");
+    }
+
+    #[test]
+    fn a_list_is_one_path_per_value_never_joined() {
+        let t = "/api/bots/{query.botId}";
+        for query in [
+            "botId=1&botId=2",
+            "botId=1,2",
+            "botId=1%2C2",
+            "botId=1,,2,&botId=1",
+        ] {
+            assert_eq!(
+                render(t, "/e", "/e", query).unwrap(),
+                ["/api/bots/1", "/api/bots/2"],
+                "{query}"
+            );
+        }
+        // Every combination when several variables are lists, as for channels.
+        assert_eq!(
+            render("/b/{query.a}/{query.b}", "/e", "/e", "a=1,2&b=x").unwrap(),
+            ["/b/1/x", "/b/2/x"]
+        );
+        // A dot segment anywhere in the list is refused, not only in the first value.
+        let err = render(t, "/e", "/e", "botId=1&botId=..").unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let err = render(t, "/e", "/e", "botId=1,2,3,4,5").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad request: more than 4 auth paths to check"
+        );
+        let err = render(t, "/e", "/e", "botId=,").unwrap_err();
         assert_eq!(err.to_string(), "bad request: no value for {query.botId}");
     }
 

@@ -85,7 +85,7 @@ impl RawStreamRule {
             .as_ref()
             .map(|p| p.param_names().collect())
             .unwrap_or_default();
-        let auth = RawRuleAuth {
+        let mut auth = RawRuleAuth {
             auth: self.auth,
             auth_path: self.auth_path,
             auth_cache: self.auth_cache,
@@ -120,6 +120,10 @@ impl RawStreamRule {
             Some(n) => n,
             None => 16,
         };
+        if let RuleAuthConfig::Upstream(upstream) = &mut auth {
+            check_auth_path_vars(&channels, &upstream.path, &join(path, "auth_path"), errors);
+            upstream.max_paths = max_channels;
+        }
         if errors.len() > before {
             return None;
         }
@@ -149,6 +153,46 @@ pub fn check_path_vars(
             errors.push(
                 key,
                 format!("{{path.{name}}}: the path pattern {pattern} has no {{{name}}} segment"),
+            );
+        }
+    }
+}
+
+/// Every variable a channel is made of must be in `auth_path` too: the app is asked about
+/// each value a channel is rendered from, so a value it never sees cannot pick a channel
+/// (`channels = ["bot:{query.botId}"]` with `auth_path = "/api/me"` would let anyone with a
+/// session read every bot).
+fn check_auth_path_vars(
+    channels: &[Template],
+    auth_path: &Template,
+    key: &str,
+    errors: &mut ConfigErrors,
+) {
+    let same = |(s1, n1): (Source, &str), (s2, n2): (Source, &str)| {
+        s1 == s2
+            && match s1 {
+                // Header names are case-insensitive: {header.X-Bot} is {header.x-bot}.
+                Source::Header => n1.eq_ignore_ascii_case(n2),
+                _ => n1 == n2,
+            }
+    };
+    let mut reported: Vec<(Source, &str)> = Vec::new();
+    for (i, channel) in channels.iter().enumerate() {
+        for var in channel.variables() {
+            let checked = auth_path.variables().any(|a| same(a, var));
+            if checked || reported.iter().any(|r| same(*r, var)) {
+                continue;
+            }
+            reported.push(var);
+            errors.push(
+                key,
+                format!(
+                    "does not use {{{}.{}}}, which channels[{i}] ({:?}) is made of: the app \
+                     must be asked about every value a channel is rendered from",
+                    var.0.as_str(),
+                    var.1,
+                    channel.as_str()
+                ),
             );
         }
     }
