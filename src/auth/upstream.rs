@@ -285,23 +285,30 @@ fn joined_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Render `auth_path` once per value of its list-valued variables (every combination, as
 /// the channels are), every value percent-encoded as a URL component; distinct paths in
-/// order. Values that are dot segments (`..` would walk up the app's path) are refused, as
-/// are more than `config.max_paths` paths.
+/// order. Values that are dot segments (`..` would walk up the app's path) or hold a comma
+/// are refused, as are more than `config.max_paths` paths.
 fn render_paths(
     config: &UpstreamAuthConfig,
     vars: &RequestVars<'_>,
 ) -> Result<Vec<String>, AuthError> {
     let encoded = Encoded(vars);
     for (source, name) in config.path.variables() {
-        if let Some(v) = encoded
-            .decoded_all(source, name)
-            .into_iter()
-            .find(|v| v == "." || v == "..")
-        {
-            return Err(AuthError::BadRequest(format!(
-                "{{{}.{name}}} may not be {v:?}",
-                source.as_str()
-            )));
+        for v in encoded.decoded_all(source, name) {
+            if v == "." || v == ".." {
+                return Err(AuthError::BadRequest(format!(
+                    "{{{}.{name}}} may not be {v:?}",
+                    source.as_str()
+                )));
+            }
+            // A query list is split before it gets here; a path segment or header with a
+            // comma is one channel name but would read as a list (or as its first id) to
+            // the app: never ask about it.
+            if v.contains(',') {
+                return Err(AuthError::BadRequest(format!(
+                    "{{{}.{name}}} may not contain a comma",
+                    source.as_str()
+                )));
+            }
         }
     }
     let mut paths = config
@@ -438,6 +445,15 @@ mod tests {
         );
         let err = render(t, "/e", "/e", "botId=,").unwrap_err();
         assert_eq!(err.to_string(), "bad request: no value for {query.botId}");
+        // A path segment is one value, not a list: with a comma it is not asked at all.
+        for segment in ["1,2", "1%2C2"] {
+            let err =
+                render("/api/c/{path.id}", "/c/{id}", &format!("/c/{segment}"), "").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "bad request: {path.id} may not contain a comma"
+            );
+        }
     }
 
     #[test]

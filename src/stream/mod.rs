@@ -23,7 +23,7 @@ use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
 use crate::server::ConnectionAbort;
 use crate::sse::{SseBody, SseOptions};
-use crate::template::{Missing, RenderEachError, RequestVars};
+use crate::template::{Missing, RenderEachError, RequestVars, Template, Vars};
 
 /// What the Stream arm decided.
 pub enum Outcome {
@@ -54,24 +54,14 @@ pub async fn open(
     peer: IpAddr,
 ) -> Outcome {
     let vars = RequestVars::head(params, &parts.uri, &parts.headers);
-    let mut channels = Vec::new();
-    for template in &rule.channels {
-        match template.render_each(&vars, rule.max_channels) {
-            Ok(names) => channels.extend(names),
-            Err(RenderEachError::Missing(missing)) => return Outcome::NotApplicable(missing),
-            Err(RenderEachError::TooMany { cap }) => {
-                let message = format!("too many channels requested (at most {cap})");
-                return Outcome::Respond(error_response(StatusCode::BAD_REQUEST, &message));
-            }
+    let channels = match channels(&rule.channels, &vars, rule.max_channels) {
+        Ok(channels) => channels,
+        Err(RenderEachError::Missing(missing)) => return Outcome::NotApplicable(missing),
+        Err(RenderEachError::TooMany { cap }) => {
+            let message = format!("too many channels requested (at most {cap})");
+            return Outcome::Respond(error_response(StatusCode::BAD_REQUEST, &message));
         }
-    }
-    if channels.len() > rule.max_channels {
-        let message = format!(
-            "too many channels requested (at most {})",
-            rule.max_channels
-        );
-        return Outcome::Respond(error_response(StatusCode::BAD_REQUEST, &message));
-    }
+    };
     let options = SseOptions {
         heartbeat: rule.heartbeat,
         retry: rule.retry,
@@ -84,6 +74,25 @@ pub async fn open(
         options,
     };
     Outcome::Respond(gate.subscribe(app, params, parts, peer, channels).await)
+}
+
+/// The channels a request subscribes to: every template rendered once per value of its
+/// list-valued variables ([`crate::template::Template::render_each`]), at most `cap` in
+/// all. Upstream auth renders `auth_path` from the same variables the same way, so each
+/// value here is a value the app was asked about.
+pub fn channels(
+    templates: &[Template],
+    vars: &dyn Vars,
+    cap: usize,
+) -> Result<Vec<String>, RenderEachError> {
+    let mut channels = Vec::new();
+    for template in templates {
+        channels.extend(template.render_each(vars, cap)?);
+        if channels.len() > cap {
+            return Err(RenderEachError::TooMany { cap });
+        }
+    }
+    Ok(channels)
 }
 
 /// `/_unpoll/sse?channel=a&channel=b`: the client names the channels, its JWT limits them.
