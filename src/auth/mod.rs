@@ -23,6 +23,8 @@ mod grant;
 mod jwt;
 mod limits;
 mod metrics;
+#[cfg(test)]
+mod properties;
 mod rate;
 mod upstream;
 

@@ -287,7 +287,7 @@ fn joined_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
 /// the channels are), every value percent-encoded as a URL component; distinct paths in
 /// order. Values that are dot segments (`..` would walk up the app's path) or hold a comma
 /// are refused, as are more than `config.max_paths` paths.
-fn render_paths(
+pub(super) fn render_paths(
     config: &UpstreamAuthConfig,
     vars: &RequestVars<'_>,
 ) -> Result<Vec<String>, AuthError> {
