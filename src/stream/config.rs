@@ -46,7 +46,8 @@ pub struct StreamRule {
     pub heartbeat: Duration,
     /// The `retry:` hint. Default 2 s.
     pub retry: Duration,
-    /// Channels one request may expand to (`device_ids=A,B,...`); more → 400. Default 16.
+    /// Channels one request may expand to (`device_ids=A,B,...`), and the auth paths it may
+    /// ask with `auth = "upstream"`; more → 400. Default 16.
     pub max_channels: usize,
 }
 
