@@ -457,6 +457,29 @@ mod tests {
     }
 
     #[test]
+    fn a_header_with_a_comma_is_not_asked() {
+        let params = PathParams::default();
+        let config = config("/api/bots/{header.X-Bot}");
+        let paths = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-bot", HeaderValue::from_static(value));
+            let vars = RequestVars {
+                path: &params,
+                query: None,
+                headers: &headers,
+                form: None,
+                json: None,
+            };
+            render_paths(&config, &vars).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            paths("1,2").unwrap_err(),
+            "bad request: {header.X-Bot} may not contain a comma"
+        );
+        assert_eq!(paths("1").unwrap(), ["/api/bots/1"]);
+    }
+
+    #[test]
     fn cookies_are_joined() {
         let mut h = HeaderMap::new();
         assert!(joined_cookies(&h).is_none());
