@@ -172,6 +172,28 @@ async fn each_client_s_conditions_are_answered_from_the_entry() {
     );
     assert_eq!(get(&[("if-none-match", "\"v1\"")]).await.0, 304);
     assert_eq!(
+        get(&[("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT")])
+            .await
+            .0,
+        304
+    );
+    assert_eq!(
+        get(&[("if-modified-since", "Tue, 20 Oct 2015 07:28:00 GMT")])
+            .await
+            .0,
+        200
+    );
+    // If-None-Match wins over If-Modified-Since.
+    assert_eq!(
+        get(&[
+            ("if-none-match", "\"v0\""),
+            ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT")
+        ])
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
         upstream.hits("/doc"),
         1,
         "all of these were answered by the entry"

@@ -141,7 +141,8 @@ impl Entry {
     }
 
     /// The response to a client, from its own conditions (see [`Conditions`]): 412 when
-    /// `If-Match` or `If-Unmodified-Since` fails, 304 when `If-None-Match` matches, 206 or
+    /// `If-Match` or `If-Unmodified-Since` fails, 304 when `If-None-Match` matches (or,
+    /// without it, `If-Modified-Since` finds nothing newer), 206 or
     /// 416 for a single `Range`, no body for HEAD.
     pub fn respond(&self, cond: &Conditions, head: bool, status: String) -> Response<Body> {
         let resp = match self.evaluate(cond, head) {
@@ -160,7 +161,8 @@ impl Entry {
         self.decorate(resp, status)
     }
 
-    /// RFC 9110 §13.2.2 order: If-Match, else If-Unmodified-Since; If-None-Match; then
+    /// RFC 9110 §13.2.2 order: If-Match, else If-Unmodified-Since; If-None-Match, else
+    /// If-Modified-Since; then
     /// Range (with If-Range). Preconditions only apply to a 2xx entry (§13.2.1), Range only
     /// to a GET of a 200.
     fn evaluate(&self, cond: &Conditions, head: bool) -> Answer {
@@ -180,7 +182,16 @@ impl Entry {
                 return Answer::PreconditionFailed;
             }
         }
-        if cond
+        if cond.if_none_match.is_empty() {
+            if let (true, Some(since), Some(modified)) = (
+                self.status.is_success(),
+                cond.if_modified_since,
+                self.last_modified(),
+            ) && modified <= since
+            {
+                return Answer::NotModified;
+            }
+        } else if cond
             .if_none_match
             .iter()
             .any(|v| list_matches(v, &self.etag, false))
@@ -307,6 +318,7 @@ pub struct Conditions {
     if_match: Vec<HeaderValue>,
     if_none_match: Vec<HeaderValue>,
     if_unmodified_since: Option<SystemTime>,
+    if_modified_since: Option<SystemTime>,
     range: Option<HeaderValue>,
     if_range: Option<HeaderValue>,
 }
@@ -325,14 +337,14 @@ impl Conditions {
     /// The conditions of a request with `headers`.
     pub fn of(headers: &HeaderMap) -> Conditions {
         let all = |name| headers.get_all(name).iter().cloned().collect::<Vec<_>>();
+        // An invalid date is ignored (RFC 9110 §13.1.3, §13.1.4).
+        let date = |name| httpdate::parse_http_date(headers.get(name)?.to_str().ok()?).ok();
         let mut ranges = headers.get_all(header::RANGE).iter();
         Conditions {
             if_match: all(header::IF_MATCH),
             if_none_match: all(header::IF_NONE_MATCH),
-            // An invalid date is ignored (RFC 9110 §13.1.4).
-            if_unmodified_since: headers
-                .get(header::IF_UNMODIFIED_SINCE)
-                .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok()),
+            if_unmodified_since: date(header::IF_UNMODIFIED_SINCE),
+            if_modified_since: date(header::IF_MODIFIED_SINCE),
             // Several Range lines are not a range we serve: ignored.
             range: match (ranges.next(), ranges.next()) {
                 (Some(r), None) => Some(r.clone()),
@@ -544,6 +556,40 @@ mod tests {
         assert!(etag_matches(&list, &a));
         assert!(etag_matches(&HeaderValue::from_static("*"), &a));
         assert!(!etag_matches(&HeaderValue::from_static("\"x\""), &a));
+    }
+
+    #[test]
+    fn byte_ranges() {
+        let r = |v: &'static str, len| single_range(&HeaderValue::from_static(v), len);
+        assert_eq!(r("bytes=0-0", 16), Some(Ok((0, 0))));
+        assert_eq!(r("Bytes = 2-", 16), Some(Ok((2, 15))));
+        assert_eq!(r("bytes=-20", 16), Some(Ok((0, 15))));
+        assert_eq!(r("bytes=15-15", 16), Some(Ok((15, 15))));
+        assert_eq!(r("bytes=16-", 16), Some(Err(())));
+        assert_eq!(r("bytes=-0", 16), Some(Err(())));
+        assert_eq!(r("bytes=0-", 0), Some(Err(())));
+        assert_eq!(r("bytes=-5", 0), Some(Err(())));
+        assert_eq!(r("bytes=99999999999999999999999-", 16), Some(Err(())));
+        for ignored in [
+            "bytes=5-4",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=0-1,3-4",
+        ] {
+            assert_eq!(r(ignored, 16), None, "{ignored}");
+        }
+    }
+
+    #[test]
+    fn strong_and_weak_comparison() {
+        let strong = HeaderValue::from_static("\"a\"");
+        let weak = HeaderValue::from_static("W/\"a\"");
+        assert!(list_matches(&strong, &strong, true));
+        assert!(!list_matches(&weak, &strong, true));
+        assert!(!list_matches(&strong, &weak, true));
+        assert!(list_matches(&HeaderValue::from_static("*"), &weak, true));
+        assert!(list_matches(&weak, &strong, false));
     }
 
     #[tokio::test(start_paused = true)]
