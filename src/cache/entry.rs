@@ -1,7 +1,7 @@
 //! A stored response, its freshness, and the rules for what may be stored or shared.
 
 use std::hash::{Hash, Hasher};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -140,44 +140,151 @@ impl Entry {
             + self.tags.iter().map(String::len).sum::<usize>()
     }
 
-    /// The response to a client: 304 when its `If-None-Match` matches, no body for HEAD.
-    pub fn respond(
-        &self,
-        if_none_match: Option<&HeaderValue>,
-        head: bool,
-        status: String,
-    ) -> Response<Body> {
-        let not_modified = if_none_match.is_some_and(|inm| etag_matches(inm, &self.etag));
-        let body = if not_modified || head {
+    /// The response to a client, from its own conditions (see [`Conditions`]): 412 when
+    /// `If-Match` or `If-Unmodified-Since` fails, 304 when `If-None-Match` matches (or,
+    /// without it, `If-Modified-Since` finds nothing newer), 206 or
+    /// 416 for a single `Range`, no body for HEAD.
+    pub fn respond(&self, cond: &Conditions, head: bool, status: String) -> Response<Body> {
+        let resp = match self.evaluate(cond, head) {
+            Answer::Full => self.full(head),
+            Answer::NotModified => self.not_modified(),
+            Answer::PreconditionFailed => bare(StatusCode::PRECONDITION_FAILED),
+            Answer::Partial(start, end) => self.partial(start, end),
+            Answer::Unsatisfiable => {
+                let mut resp = bare(StatusCode::RANGE_NOT_SATISFIABLE);
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", self.body.len())) {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                resp
+            }
+        };
+        self.decorate(resp, status)
+    }
+
+    /// RFC 9110 §13.2.2 order: If-Match, else If-Unmodified-Since; If-None-Match, else
+    /// If-Modified-Since; then
+    /// Range (with If-Range). Preconditions only apply to a 2xx entry (§13.2.1), Range only
+    /// to a GET of a 200.
+    fn evaluate(&self, cond: &Conditions, head: bool) -> Answer {
+        if self.status.is_success() {
+            if !cond.if_match.is_empty() {
+                if !cond
+                    .if_match
+                    .iter()
+                    .any(|v| list_matches(v, &self.etag, true))
+                {
+                    return Answer::PreconditionFailed;
+                }
+            } else if let (Some(since), Some(modified)) =
+                (cond.if_unmodified_since, self.last_modified())
+                && modified > since
+            {
+                return Answer::PreconditionFailed;
+            }
+        }
+        if cond.if_none_match.is_empty() {
+            if let (true, Some(since), Some(modified)) = (
+                self.status.is_success(),
+                cond.if_modified_since,
+                self.last_modified(),
+            ) && modified <= since
+            {
+                return Answer::NotModified;
+            }
+        } else if cond
+            .if_none_match
+            .iter()
+            .any(|v| list_matches(v, &self.etag, false))
+        {
+            return Answer::NotModified;
+        }
+        let Some(range) = cond.range.as_ref() else {
+            return Answer::Full;
+        };
+        if head || self.status != StatusCode::OK {
+            return Answer::Full;
+        }
+        if let Some(if_range) = &cond.if_range
+            && !self.if_range_holds(if_range)
+        {
+            return Answer::Full;
+        }
+        match single_range(range, self.body.len()) {
+            Some(Ok((start, end))) => Answer::Partial(start, end),
+            Some(Err(())) => Answer::Unsatisfiable,
+            None => Answer::Full,
+        }
+    }
+
+    fn last_modified(&self) -> Option<SystemTime> {
+        let v = self.headers.get(header::LAST_MODIFIED)?.to_str().ok()?;
+        httpdate::parse_http_date(v).ok()
+    }
+
+    /// `If-Range`: an entity tag by strong comparison, or a date equal to Last-Modified.
+    fn if_range_holds(&self, if_range: &HeaderValue) -> bool {
+        let Ok(v) = if_range.to_str() else {
+            return false;
+        };
+        let v = v.trim();
+        if v.starts_with('"') || v.starts_with("W/") {
+            return list_matches(if_range, &self.etag, true) && !v.starts_with("W/");
+        }
+        match (httpdate::parse_http_date(v), self.last_modified()) {
+            (Ok(date), Some(modified)) => date == modified,
+            _ => false,
+        }
+    }
+
+    fn full(&self, head: bool) -> Response<Body> {
+        let mut resp = Response::new(if head {
             empty()
         } else {
             full(self.body.clone())
-        };
-        let mut resp = Response::new(body);
-        *resp.status_mut() = if not_modified {
-            StatusCode::NOT_MODIFIED
-        } else {
-            self.status
-        };
+        });
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers.clone();
+        if head {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        }
+        resp
+    }
+
+    fn not_modified(&self) -> Response<Body> {
+        let mut resp = bare(StatusCode::NOT_MODIFIED);
         let headers = resp.headers_mut();
-        if not_modified {
-            // RFC 9110 §15.4.5: the validator and caching headers, no content headers.
-            for name in [
-                header::CACHE_CONTROL,
-                header::EXPIRES,
-                header::VARY,
-                header::DATE,
-            ] {
-                if let Some(v) = self.headers.get(&name) {
-                    headers.insert(name, v.clone());
-                }
-            }
-        } else {
-            *headers = self.headers.clone();
-            if head {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        // RFC 9110 §15.4.5: the validator and caching headers, no content headers.
+        for name in [
+            header::CACHE_CONTROL,
+            header::EXPIRES,
+            header::VARY,
+            header::DATE,
+        ] {
+            if let Some(v) = self.headers.get(&name) {
+                headers.insert(name, v.clone());
             }
         }
+        resp
+    }
+
+    /// Bytes `start..=end` of the body.
+    fn partial(&self, start: usize, end: usize) -> Response<Body> {
+        let mut resp = Response::new(full(self.body.slice(start..=end)));
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        *resp.headers_mut() = self.headers.clone();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end + 1 - start));
+        let range = format!("bytes {start}-{end}/{}", self.body.len());
+        if let Ok(v) = HeaderValue::from_str(&range) {
+            headers.insert(header::CONTENT_RANGE, v);
+        }
+        resp
+    }
+
+    /// The headers every answer from the entry carries.
+    fn decorate(&self, mut resp: Response<Body>, status: String) -> Response<Body> {
+        let headers = resp.headers_mut();
         headers.insert(header::ETAG, self.etag.clone());
         headers.insert(header::AGE, HeaderValue::from(self.age().as_secs()));
         headers.insert(&UNPOLL_CURSOR, self.cursor.clone());
@@ -185,6 +292,108 @@ impl Entry {
             headers.insert(&CACHE_STATUS, v);
         }
         resp
+    }
+}
+
+/// What [`Entry::respond`] answers.
+enum Answer {
+    Full,
+    NotModified,
+    PreconditionFailed,
+    /// Bytes `.0..=.1` of the body.
+    Partial(usize, usize),
+    Unsatisfiable,
+}
+
+fn bare(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = status;
+    resp
+}
+
+/// A client's conditional and range headers. A fill never forwards them (the entry must
+/// be the full answer, whoever started it); each client's are answered from the entry.
+#[derive(Debug, Default, Clone)]
+pub struct Conditions {
+    if_match: Vec<HeaderValue>,
+    if_none_match: Vec<HeaderValue>,
+    if_unmodified_since: Option<SystemTime>,
+    if_modified_since: Option<SystemTime>,
+    range: Option<HeaderValue>,
+    if_range: Option<HeaderValue>,
+}
+
+impl Conditions {
+    /// The headers that a fill strips and [`Entry::respond`] answers.
+    pub const HEADERS: [header::HeaderName; 6] = [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+    ];
+
+    /// The conditions of a request with `headers`.
+    pub fn of(headers: &HeaderMap) -> Conditions {
+        let all = |name| headers.get_all(name).iter().cloned().collect::<Vec<_>>();
+        // An invalid date is ignored (RFC 9110 §13.1.3, §13.1.4).
+        let date = |name| httpdate::parse_http_date(headers.get(name)?.to_str().ok()?).ok();
+        let mut ranges = headers.get_all(header::RANGE).iter();
+        Conditions {
+            if_match: all(header::IF_MATCH),
+            if_none_match: all(header::IF_NONE_MATCH),
+            if_unmodified_since: date(header::IF_UNMODIFIED_SINCE),
+            if_modified_since: date(header::IF_MODIFIED_SINCE),
+            // Several Range lines are not a range we serve: ignored.
+            range: match (ranges.next(), ranges.next()) {
+                (Some(r), None) => Some(r.clone()),
+                _ => None,
+            },
+            if_range: headers.get(header::IF_RANGE).cloned(),
+        }
+    }
+}
+
+/// One `bytes` range of a body of `len` bytes: `Some(Ok((first, last)))` to serve,
+/// `Some(Err(()))` when unsatisfiable (416), `None` to ignore the header (another unit,
+/// several ranges, bad syntax: the whole body is served, as RFC 9110 §14.2 allows).
+fn single_range(range: &HeaderValue, len: usize) -> Option<Result<(usize, usize), ()>> {
+    let v = range.to_str().ok()?.trim();
+    let (unit, spec) = v.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.trim().split_once('-')?;
+    let number = |s: &str| -> Option<Option<u64>> {
+        if s.is_empty() {
+            Some(None)
+        } else if s.bytes().all(|b| b.is_ascii_digit()) {
+            // Too many digits for u64: larger than any body.
+            Some(Some(s.parse().unwrap_or(u64::MAX)))
+        } else {
+            None
+        }
+    };
+    let len64 = len as u64;
+    match (number(first)?, number(last)?) {
+        (Some(first), last) => {
+            if last.is_some_and(|l| l < first) {
+                return None;
+            }
+            if first >= len64 {
+                return Some(Err(()));
+            }
+            let last = last.map_or(len64 - 1, |l| l.min(len64 - 1));
+            Some(Ok((first as usize, last as usize)))
+        }
+        (None, Some(suffix)) => {
+            if suffix == 0 || len == 0 {
+                return Some(Err(()));
+            }
+            Some(Ok(((len64 - suffix.min(len64)) as usize, len - 1)))
+        }
+        (None, None) => None,
     }
 }
 
@@ -248,12 +457,25 @@ pub fn body_etag(body: &Bytes) -> HeaderValue {
 
 /// `If-None-Match` against an ETag, by weak comparison (RFC 9110 §13.1.2).
 pub fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
-    let Ok(inm) = if_none_match.to_str() else {
+    list_matches(if_none_match, etag, false)
+}
+
+/// An entity-tag list (or `*`) against an ETag; strong comparison (If-Match, If-Range)
+/// requires both tags to be strong.
+fn list_matches(list: &HeaderValue, etag: &HeaderValue, strong: bool) -> bool {
+    let Ok(list) = list.to_str() else {
         return false;
     };
+    let ours = etag.to_str().unwrap_or("").trim();
+    let weak = |t: &str| t.starts_with("W/");
+    if strong && weak(ours) {
+        return list.trim() == "*";
+    }
     let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
-    let ours = strip(etag.to_str().unwrap_or(""));
-    inm.split(',').any(|t| t.trim() == "*" || strip(t) == ours)
+    let ours = strip(ours);
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || (!(strong && weak(t)) && strip(t) == ours))
 }
 
 #[cfg(test)]
@@ -334,6 +556,40 @@ mod tests {
         assert!(etag_matches(&list, &a));
         assert!(etag_matches(&HeaderValue::from_static("*"), &a));
         assert!(!etag_matches(&HeaderValue::from_static("\"x\""), &a));
+    }
+
+    #[test]
+    fn byte_ranges() {
+        let r = |v: &'static str, len| single_range(&HeaderValue::from_static(v), len);
+        assert_eq!(r("bytes=0-0", 16), Some(Ok((0, 0))));
+        assert_eq!(r("Bytes = 2-", 16), Some(Ok((2, 15))));
+        assert_eq!(r("bytes=-20", 16), Some(Ok((0, 15))));
+        assert_eq!(r("bytes=15-15", 16), Some(Ok((15, 15))));
+        assert_eq!(r("bytes=16-", 16), Some(Err(())));
+        assert_eq!(r("bytes=-0", 16), Some(Err(())));
+        assert_eq!(r("bytes=0-", 0), Some(Err(())));
+        assert_eq!(r("bytes=-5", 0), Some(Err(())));
+        assert_eq!(r("bytes=99999999999999999999999-", 16), Some(Err(())));
+        for ignored in [
+            "bytes=5-4",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=0-1,3-4",
+        ] {
+            assert_eq!(r(ignored, 16), None, "{ignored}");
+        }
+    }
+
+    #[test]
+    fn strong_and_weak_comparison() {
+        let strong = HeaderValue::from_static("\"a\"");
+        let weak = HeaderValue::from_static("W/\"a\"");
+        assert!(list_matches(&strong, &strong, true));
+        assert!(!list_matches(&weak, &strong, true));
+        assert!(!list_matches(&strong, &weak, true));
+        assert!(list_matches(&HeaderValue::from_static("*"), &weak, true));
+        assert!(list_matches(&weak, &strong, false));
     }
 
     #[tokio::test(start_paused = true)]

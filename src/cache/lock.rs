@@ -147,7 +147,7 @@ mod tests {
     fn key(s: &str) -> CacheKey {
         let raw: super::super::config::RawCacheRule = toml::from_str("path = \"/m\"").unwrap();
         let rule = raw.validate("cache[0]", &mut Default::default()).unwrap();
-        CacheKey::new(&rule, s, None, &http::HeaderMap::new())
+        CacheKey::new(&rule, &s.parse().unwrap(), &http::HeaderMap::new())
     }
 
     #[tokio::test]

@@ -12,7 +12,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use super::entry::{CACHE_STATUS, Entry, Freshness, UNPOLL_CURSOR, not_shareable, not_storable};
+use super::entry::{
+    CACHE_STATUS, Conditions, Entry, Freshness, UNPOLL_CURSOR, not_shareable, not_storable,
+};
 use super::key::CacheKey;
 use super::lock::{Acquired, Outcome, WritePermit};
 use super::{Cache, CacheRule};
@@ -48,8 +50,8 @@ pub async fn serve(
     client_ip: IpAddr,
 ) -> Result<Response<Body>, ProxyError> {
     let head = req.method() == Method::HEAD;
-    let key = CacheKey::new(rule, req.uri().path(), req.uri().query(), req.headers());
-    let inm = req.headers().get(header::IF_NONE_MATCH).cloned();
+    let key = CacheKey::new(rule, req.uri(), req.headers());
+    let cond = Conditions::of(req.headers());
     let lookup = Lookup {
         app,
         snapshot,
@@ -57,7 +59,7 @@ pub async fn serve(
         params,
         client_ip,
         head,
-        inm,
+        cond,
     };
     match lookup.stored(&req, &key) {
         Stored::Served(resp) => Ok(resp),
@@ -75,7 +77,8 @@ struct Lookup<'a> {
     params: &'a PathParams,
     client_ip: IpAddr,
     head: bool,
-    inm: Option<header::HeaderValue>,
+    /// This client's conditional and range headers, answered from the entry.
+    cond: Conditions,
 }
 
 /// What the store had.
@@ -98,7 +101,7 @@ impl Lookup<'_> {
             ..
         } = *self;
         let cache = &app.cache;
-        let inm = self.inm.as_ref();
+        let cond = &self.cond;
         let Some(entry) = cache.get(key) else {
             return Stored::Missing(None);
         };
@@ -106,7 +109,7 @@ impl Lookup<'_> {
             Freshness::Fresh => {
                 cache.metrics.saved(&cache.metrics.hits);
                 let ttl = entry.ttl.saturating_sub(entry.age()).as_secs();
-                Stored::Served(entry.respond(inm, head, format!("unpoll; hit; ttl={ttl}")))
+                Stored::Served(entry.respond(cond, head, format!("unpoll; hit; ttl={ttl}")))
             }
             Freshness::StaleRevalidate => {
                 cache.metrics.saved(&cache.metrics.stale);
@@ -121,7 +124,7 @@ impl Lookup<'_> {
                 }
                 let over = entry.age().saturating_sub(entry.ttl).as_secs();
                 let status = format!("unpoll; hit; ttl=-{over}; detail=stale-while-revalidate");
-                Stored::Served(entry.respond(inm, head, status))
+                Stored::Served(entry.respond(cond, head, status))
             }
             Freshness::StaleIfError => Stored::Missing(Some(entry)),
             Freshness::Expired => Stored::Missing(None),
@@ -142,7 +145,7 @@ impl Lookup<'_> {
             params,
             client_ip,
             head,
-            inm,
+            cond,
         } = self;
         let cache = &app.cache;
         let Some(fetch) = fetch_of(app, snapshot, rule, params, &req, key.clone(), client_ip)
@@ -158,7 +161,7 @@ impl Lookup<'_> {
                     let started = Instant::now();
                     return match fetch.fill(permit, stale).await {
                         Filled::Entry(entry, status) => {
-                            let mut resp = entry.respond(inm.as_ref(), head, status);
+                            let mut resp = entry.respond(&cond, head, status);
                             resp.extensions_mut()
                                 .insert(UpstreamTime(started.elapsed()));
                             Ok(resp)
@@ -174,7 +177,7 @@ impl Lookup<'_> {
                             "unpoll; fwd=miss; fwd-status={}; collapsed",
                             entry.status.as_u16()
                         );
-                        return Ok(entry.respond(inm.as_ref(), head, status));
+                        return Ok(entry.respond(&cond, head, status));
                     }
                     Some(Outcome::Failed(status, message)) => {
                         if let Some(entry) = cache
@@ -182,7 +185,7 @@ impl Lookup<'_> {
                             .filter(|e| e.freshness() != Freshness::Expired)
                         {
                             cache.metrics.saved(&cache.metrics.stale);
-                            return Ok(entry.respond(inm.as_ref(), head, stale_status(status)));
+                            return Ok(entry.respond(&cond, head, stale_status(status)));
                         }
                         return Ok(error_response(status, message));
                     }
@@ -329,17 +332,14 @@ impl Fetch {
         )
     }
 
-    /// A GET without conditionals, so the upstream answers with a full body to store.
+    /// A GET without conditional or range headers, so the upstream answers with the full
+    /// body to store, whichever client started the fill (nginx does the same).
     fn upstream_request(&self) -> Request<Body> {
         let mut req = Request::new(empty());
         *req.method_mut() = Method::GET;
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
-        for h in [
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::CONTENT_LENGTH,
-        ] {
+        for h in Conditions::HEADERS.iter().chain([&header::CONTENT_LENGTH]) {
             req.headers_mut().remove(h);
         }
         let (parts, body) = req.into_parts();
