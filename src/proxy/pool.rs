@@ -9,6 +9,7 @@
 //! Last in, first out: under load the same few warm connections serve everything, and the
 //! bottom of the stack is always the longest idle, so expiry is a cut there.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -22,8 +23,10 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
+use crate::metrics::ProxyMetrics;
 
 /// Why a connection could not be had or used.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +47,7 @@ pub enum PoolError {
 }
 
 /// Settings of a pool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolSettings {
     /// `host:port` of the upstream.
     pub authority: String,
@@ -54,6 +57,12 @@ pub struct PoolSettings {
     pub max_idle: usize,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
+    /// Longest silence allowed between two reads of a response body (`proxy.read_timeout`).
+    pub read_timeout: Duration,
+    /// Connections open at most, idle and busy (`proxy.max_upstream_connections`).
+    pub max_connections: usize,
+    /// Where read timeouts and connection waits are counted.
+    pub metrics: ProxyMetrics,
 }
 
 /// The upstream's keep-alive connections.
@@ -237,12 +246,21 @@ impl Conn {
     /// Send `req` and wait for the response head. The response body, when read to its
     /// end, puts the connection back in the pool.
     pub async fn send(mut self, req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
+        let silence = self.pool.upgrade().map(|p| Silence {
+            limit: p.settings.read_timeout,
+            metrics: p.settings.metrics.clone(),
+            timer: None,
+            progressed: false,
+        });
         match self.sender.try_send_request(req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
                 // A switched protocol owns the connection from now on.
                 let conn = (parts.status != StatusCode::SWITCHING_PROTOCOLS).then_some(self);
-                Ok(Response::from_parts(parts, PooledBody::new(body, conn)))
+                Ok(Response::from_parts(
+                    parts,
+                    PooledBody::new(body, conn, silence),
+                ))
             }
             Err(mut e) => Err(SendError {
                 unsent: e.take_message(),
@@ -258,17 +276,59 @@ impl Conn {
     }
 }
 
+/// The upstream sent no byte of a response body for `proxy.read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing for {0:?} (proxy.read_timeout)")]
+pub struct ReadTimeout(pub Duration);
+
+/// The read timeout of one response body: the silence since the last frame.
+struct Silence {
+    limit: Duration,
+    metrics: ProxyMetrics,
+    /// Armed on the first wait only: a body that arrives with its head (most do) never
+    /// registers a timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A frame arrived since the timer was last set.
+    progressed: bool,
+}
+
+impl Silence {
+    /// Poll while the body has nothing: ready when the silence has lasted too long.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if std::mem::take(&mut self.progressed) {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        timer.as_mut().poll(cx)
+    }
+}
+
 /// An upstream response body that returns its connection to the pool at its end. Dropped
 /// before the end (the client went away), it closes the connection instead: unread bytes
-/// would corrupt the next response.
+/// would corrupt the next response. A body silent for `read_timeout` fails with
+/// [`ReadTimeout`], which aborts the client's response (hyper does not end it cleanly) and
+/// closes the connection.
 pub struct PooledBody {
     inner: Incoming,
     conn: Option<Conn>,
+    silence: Option<Silence>,
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, conn: Option<Conn>) -> Self {
-        let mut body = PooledBody { inner, conn };
+    fn new(inner: Incoming, conn: Option<Conn>, silence: Option<Silence>) -> Self {
+        let mut body = PooledBody {
+            inner,
+            conn,
+            silence,
+        };
         // No body at all (HEAD, 204, 304, `Content-Length: 0`): nothing will poll it.
         body.release_if_done();
         body
@@ -285,15 +345,20 @@ impl PooledBody {
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(Ok(_))) => self.release_if_done(),
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(silence) = &mut self.silence {
+                    silence.progressed = true;
+                }
+                self.release_if_done();
+            }
             Poll::Ready(None) => {
                 if let Some(conn) = self.conn.take() {
                     conn.put_back();
@@ -301,9 +366,20 @@ impl HttpBody for PooledBody {
             }
             // Broken: dropping the sender lets the connection close.
             Poll::Ready(Some(Err(_))) => self.conn = None,
-            Poll::Pending => {}
+            Poll::Pending => {
+                if let Some(silence) = &mut self.silence
+                    && silence.poll_expired(cx).is_ready()
+                {
+                    let limit = silence.limit;
+                    silence.metrics.upstream_error("read_timeout");
+                    self.silence = None;
+                    // Unread bytes may follow: the connection cannot serve another request.
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(ReadTimeout(limit)))));
+                }
+            }
         }
-        polled
+        polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
