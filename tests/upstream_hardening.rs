@@ -111,3 +111,150 @@ async fn a_silent_upstream_body_is_never_cached() {
         2.0
     );
 }
+
+/// The app answers an upload with 413 after its first bytes while the client is still
+/// sending the rest. That connection must not serve the next request (it would be written
+/// behind the rest of the upload and time out): the next client is answered by the app on
+/// another connection.
+#[tokio::test]
+async fn a_connection_still_uploading_is_not_lent_to_the_next_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                while let Some(head) = read_head(&mut socket).await {
+                    let answer: &[u8] = if head.starts_with("POST /upload") {
+                        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext"
+                    };
+                    socket.write_all(answer).await.unwrap();
+                }
+            });
+        }
+    });
+    let unpoll = Unpoll::start(
+        &format!("http://{addr}"),
+        "[proxy]\nresponse_timeout = \"2s\"",
+    )
+    .await;
+
+    // The uploader sends its head and 10 of 1,000,000 bytes, then stalls (still open).
+    let mut uploader = TcpStream::connect(unpoll.addr).await.unwrap();
+    uploader
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 1000000\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("big!") {
+        let n = uploader.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the 413 arrived");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 413"));
+
+    for _ in 0..3 {
+        let resp = client().get(unpoll.url("/next")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "next");
+    }
+    // The upload's connection plus one kept-alive connection for the three GETs.
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(uploader);
+}
+
+/// A raw upstream that answers each request after `delay`, keeping connections alive, and
+/// counts the connections it accepted.
+async fn slow_upstream(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                while read_head(&mut socket).await.is_some() {
+                    tokio::time::sleep(delay).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if socket.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A burst of 60 concurrent cold misses on distinct keys opens at most
+/// `max_upstream_connections` upstream connections; the rest wait for one and all succeed;
+/// the waits are counted.
+#[tokio::test]
+async fn a_burst_opens_at_most_max_upstream_connections() {
+    let (addr, accepted) = slow_upstream(Duration::from_millis(50)).await;
+    let unpoll = Unpoll::start(
+        &format!("http://{addr}"),
+        "[proxy]\nmax_upstream_connections = 4\nconnect_timeout = \"10s\"\n\
+         [[cache]]\npath = \"/item/{id}\"\nttl = \"30s\"",
+    )
+    .await;
+    let http = client();
+    let requests = (0..60).map(|i| {
+        let http = http.clone();
+        let url = unpoll.url(&format!("/item/{i}"));
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(requests).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert!(
+        accepted.load(Ordering::SeqCst) <= 4,
+        "opened {} upstream connections",
+        accepted.load(Ordering::SeqCst)
+    );
+    let metrics = unpoll.metrics().await;
+    assert!(metric(&metrics, "unpoll_upstream_connections") <= 4.0);
+    assert!(
+        metric(&metrics, "unpoll_upstream_connection_wait_seconds_count") >= 1.0,
+        "waits are counted"
+    );
+}
+
+/// At the cap, a request that gets no connection within `connect_timeout` is answered 503
+/// with a body naming the cause.
+#[tokio::test]
+async fn past_the_cap_a_request_gets_503_after_connect_timeout() {
+    let (addr, _) = slow_upstream(Duration::from_secs(30)).await;
+    let unpoll = Unpoll::start(
+        &format!("http://{addr}"),
+        "[proxy]\nmax_upstream_connections = 1\nconnect_timeout = \"300ms\"",
+    )
+    .await;
+    let http = client();
+    let holder = tokio::spawn(http.get(unpoll.url("/hold")).send());
+    common::eventually(
+        Duration::from_secs(5),
+        "the first request holds the connection",
+        || async { metric(&unpoll.metrics().await, "unpoll_upstream_connections") == 1.0 },
+    )
+    .await;
+    let resp = http.get(unpoll.url("/other")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "unpoll: all upstream connections busy (proxy.max_upstream_connections)\n"
+    );
+    let metrics = unpoll.metrics().await;
+    assert_eq!(
+        metric(&metrics, "unpoll_upstream_errors_total{kind=\"saturated\"}"),
+        1.0
+    );
+    holder.abort();
+}
