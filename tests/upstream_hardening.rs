@@ -258,3 +258,86 @@ async fn past_the_cap_a_request_gets_503_after_connect_timeout() {
     );
     holder.abort();
 }
+
+/// Send `request` on a new connection to unpoll and read until it closes (the requests
+/// below ask for `Connection: close`) or 10 s pass.
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An upstream that answers with the method, target and body it received.
+async fn echo_upstream() -> common::Upstream {
+    use http_body_util::BodyExt;
+    common::Upstream::builder()
+        .handler("/echo", |req| async move {
+            let head = format!("{} {}", req.method(), req.uri());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            common::upstream::text(200, format!("{head} [{}]", String::from_utf8_lossy(&body)))
+        })
+        .run()
+        .await
+}
+
+/// A GET body reaches the app whatever its framing: chunked as well as Content-Length.
+#[tokio::test]
+async fn a_get_body_is_forwarded_chunked_or_not() {
+    let upstream = echo_upstream().await;
+    let unpoll = Unpoll::start(&upstream.url(), "").await;
+    let by_length = raw(
+        unpoll.addr,
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(by_length.ends_with("GET /echo [hello]"), "{by_length}");
+    let chunked = raw(
+        unpoll.addr,
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(chunked.ends_with("GET /echo [hello world]"), "{chunked}");
+}
+
+/// An absolute-form target's authority replaces the client's Host (RFC 9112 §3.2.2);
+/// two Host headers are refused with 400 and never reach the app, on the proxied path
+/// and on a stream path (which unpoll parses itself before hyper).
+#[tokio::test]
+async fn absolute_form_sets_host_and_two_hosts_are_refused() {
+    let upstream = echo_upstream().await;
+    let unpoll = Unpoll::start(
+        &upstream.url(),
+        "[[stream]]\npath = \"/events\"\nchannels = [\"news\"]\nauth = \"none\"",
+    )
+    .await;
+    let resp = raw(
+        unpoll.addr,
+        b"GET http://other.example/echo HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.ends_with("GET /echo []"), "{resp}");
+    let seen = upstream.last();
+    assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+    assert_eq!(seen.headers["host"], "other.example");
+    assert_eq!(seen.headers["x-forwarded-host"], "other.example");
+
+    for target in ["/echo", "/events"] {
+        let resp = raw(
+            unpoll.addr,
+            format!(
+                "GET {target} HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{target}: {resp}");
+        assert!(
+            resp.contains("more than one Host header"),
+            "{target}: {resp}"
+        );
+    }
+    assert_eq!(upstream.total(), 1);
+}

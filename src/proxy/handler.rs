@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::forward::forward;
+use super::headers::normalize_host;
 use super::observe::UpstreamTime;
 use super::routes::{Action, Route};
 use crate::app::{App, Snapshot};
@@ -26,36 +27,45 @@ pub async fn handle(
     client_ip: IpAddr,
     abort: Option<ConnectionAbort>,
 ) -> Response<Body> {
+    // Before anything reads Host (cache keys, templates, forwarding).
+    let (mut parts, body) = req.into_parts();
+    let host = normalize_host(&mut parts.headers, &parts.uri);
+    let req = Request::from_parts(parts, body);
     let snapshot = app.snapshot();
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
 
     // Each arm's future is boxed: they differ in size by kilobytes, and an unboxed match
     // is as large as its largest arm, copied whole at every level above it (the service
     // future, hyper's dispatcher) on every request.
-    let result = match route.action {
-        Action::Stream(_) => {
-            Box::pin(stream_or_proxy(
-                app, &snapshot, &route, req, client_ip, abort,
-            ))
-            .await
-        }
-        Action::Proxy if is_generic_stream(&snapshot, req.method(), req.uri().path()) => {
-            Box::pin(stream_or_proxy(
-                app, &snapshot, &route, req, client_ip, abort,
-            ))
-            .await
-        }
-        Action::Proxy => Box::pin(proxy(app, &snapshot, req, client_ip)).await,
-        // Not boxed: a hit is the hot path and small; the cache boxes its miss path.
-        Action::Cache(c) => {
-            crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip).await
-        }
-        Action::Tap(t) => {
-            let params = route.params.clone();
-            Box::pin(crate::tap::handle(
-                app, &snapshot, &t.rule, params, req, client_ip,
-            ))
-            .await
+    let result = if let Err(why) = host {
+        Err(ProxyError::BadRequest(why))
+    } else {
+        match route.action {
+            Action::Stream(_) => {
+                Box::pin(stream_or_proxy(
+                    app, &snapshot, &route, req, client_ip, abort,
+                ))
+                .await
+            }
+            Action::Proxy if is_generic_stream(&snapshot, req.method(), req.uri().path()) => {
+                Box::pin(stream_or_proxy(
+                    app, &snapshot, &route, req, client_ip, abort,
+                ))
+                .await
+            }
+            Action::Proxy => Box::pin(proxy(app, &snapshot, req, client_ip)).await,
+            // Not boxed: a hit is the hot path and small; the cache boxes its miss path.
+            Action::Cache(c) => {
+                crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip)
+                    .await
+            }
+            Action::Tap(t) => {
+                let params = route.params.clone();
+                Box::pin(crate::tap::handle(
+                    app, &snapshot, &t.rule, params, req, client_ip,
+                ))
+                .await
+            }
         }
     };
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -137,11 +137,14 @@ fn direct_parts(
         return None;
     }
     let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(h.value).ok()?;
         let has_body = (name == CONTENT_LENGTH && value != "0") || name == TRANSFER_ENCODING;
-        if has_body || name == UPGRADE {
+        // Two Host lines: hyper's path answers 400 (`proxy::headers::normalize_host`).
+        hosts += usize::from(name == HOST);
+        if has_body || name == UPGRADE || hosts > 1 {
             return None;
         }
         headers.append(name, value);
@@ -151,6 +154,8 @@ fn direct_parts(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = headers;
+    // An absolute-form target's authority replaces Host, as on hyper's path.
+    crate::proxy::headers::normalize_host(&mut parts.headers, &parts.uri).ok()?;
     Some(parts)
 }
 
