@@ -33,39 +33,39 @@ pub async fn handle(
     let req = Request::from_parts(parts, body);
     let snapshot = app.snapshot();
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
+    if let Err(why) = host {
+        let resp = ProxyError::BadRequest(why).into_response();
+        route.counters.count(resp.status().as_u16());
+        return resp;
+    }
 
     // Each arm's future is boxed: they differ in size by kilobytes, and an unboxed match
     // is as large as its largest arm, copied whole at every level above it (the service
     // future, hyper's dispatcher) on every request.
-    let result = if let Err(why) = host {
-        Err(ProxyError::BadRequest(why))
-    } else {
-        match route.action {
-            Action::Stream(_) => {
-                Box::pin(stream_or_proxy(
-                    app, &snapshot, &route, req, client_ip, abort,
-                ))
-                .await
-            }
-            Action::Proxy if is_generic_stream(&snapshot, req.method(), req.uri().path()) => {
-                Box::pin(stream_or_proxy(
-                    app, &snapshot, &route, req, client_ip, abort,
-                ))
-                .await
-            }
-            Action::Proxy => Box::pin(proxy(app, &snapshot, req, client_ip)).await,
-            // Not boxed: a hit is the hot path and small; the cache boxes its miss path.
-            Action::Cache(c) => {
-                crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip)
-                    .await
-            }
-            Action::Tap(t) => {
-                let params = route.params.clone();
-                Box::pin(crate::tap::handle(
-                    app, &snapshot, &t.rule, params, req, client_ip,
-                ))
-                .await
-            }
+    let result = match route.action {
+        Action::Stream(_) => {
+            Box::pin(stream_or_proxy(
+                app, &snapshot, &route, req, client_ip, abort,
+            ))
+            .await
+        }
+        Action::Proxy if is_generic_stream(&snapshot, req.method(), req.uri().path()) => {
+            Box::pin(stream_or_proxy(
+                app, &snapshot, &route, req, client_ip, abort,
+            ))
+            .await
+        }
+        Action::Proxy => Box::pin(proxy(app, &snapshot, req, client_ip)).await,
+        // Not boxed: a hit is the hot path and small; the cache boxes its miss path.
+        Action::Cache(c) => {
+            crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip).await
+        }
+        Action::Tap(t) => {
+            let params = route.params.clone();
+            Box::pin(crate::tap::handle(
+                app, &snapshot, &t.rule, params, req, client_ip,
+            ))
+            .await
         }
     };
 
