@@ -29,12 +29,13 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use crate::body::{Body, BoxError, boxed};
-use crate::metrics::ProxyMetrics;
+use crate::metrics::{ErrorLabels, ProxyMetrics};
 
 /// Why a connection could not be had or used.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,9 @@ struct Shared {
     slots: Arc<Semaphore>,
     /// Signalled when a connection is put back, for requests waiting at the cap.
     returned: Notify,
+    /// `unpoll_upstream_errors_total{kind="read_timeout"}`, resolved once: each response
+    /// body carries a handle (one reference count, not the whole metrics set).
+    read_timeouts: Counter,
 }
 
 struct Idle {
@@ -110,8 +114,16 @@ impl Pool {
     /// An empty pool. Idle connections past `idle_timeout` are closed by a sweep every
     /// `idle_timeout`, which stops when the pool is dropped.
     pub fn new(settings: PoolSettings) -> Self {
+        let read_timeouts = settings
+            .metrics
+            .upstream_errors
+            .get_or_create(&ErrorLabels {
+                kind: "read_timeout",
+            })
+            .clone();
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(settings.max_connections)),
+            read_timeouts,
             settings,
             idle: Mutex::new(Vec::new()),
             returned: Notify::new(),
@@ -355,7 +367,7 @@ impl Conn {
         };
         let silence = self.pool.upgrade().map(|p| Silence {
             limit: p.settings.read_timeout,
-            metrics: p.settings.metrics.clone(),
+            timeouts: p.read_timeouts.clone(),
             timer: None,
             progressed: false,
         });
@@ -442,7 +454,7 @@ pub struct ReadTimeout(pub Duration);
 /// The read timeout of one response body: the silence since the last frame.
 struct Silence {
     limit: Duration,
-    metrics: ProxyMetrics,
+    timeouts: Counter,
     /// Armed on the first wait only: a body that arrives with its head (most do) never
     /// registers a timer.
     timer: Option<Pin<Box<Sleep>>>,
@@ -529,7 +541,7 @@ impl HttpBody for PooledBody {
                     && silence.poll_expired(cx).is_ready()
                 {
                     let limit = silence.limit;
-                    silence.metrics.upstream_error("read_timeout");
+                    silence.timeouts.inc();
                     self.silence = None;
                     // Unread bytes may follow: the connection cannot serve another request.
                     self.conn = None;
