@@ -48,6 +48,11 @@ pub struct ProxyMetrics {
     pub upstream_errors: Family<ErrorLabels, Counter>,
     /// Client connections open now (both listeners).
     pub open_connections: Gauge,
+    /// Connections to the upstream open now, idle and busy.
+    pub upstream_connections: Gauge,
+    /// Time requests waited for an upstream connection at `proxy.max_upstream_connections`
+    /// (observed only for requests that had to wait; its count is the number of waits).
+    pub upstream_connection_wait: Histogram,
     /// Config reloads by result.
     pub reloads: Family<ReloadLabels, Counter>,
     /// SSE streams open now, by `[[stream]]` rule.
@@ -70,6 +75,9 @@ impl ProxyMetrics {
             upstream_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             upstream_errors: Family::default(),
             open_connections: Gauge::default(),
+            upstream_connections: Gauge::default(),
+            // 1 ms … ~16 s
+            upstream_connection_wait: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             reloads: Family::default(),
             stream_subscribers: Family::default(),
         };
@@ -92,6 +100,16 @@ impl ProxyMetrics {
             "unpoll_open_connections",
             "Client connections open now",
             m.open_connections.clone(),
+        );
+        registry.register(
+            "unpoll_upstream_connections",
+            "Connections to the upstream open now, idle and busy",
+            m.upstream_connections.clone(),
+        );
+        registry.register(
+            "unpoll_upstream_connection_wait_seconds",
+            "Time requests waited for an upstream connection at max_upstream_connections",
+            m.upstream_connection_wait.clone(),
         );
         registry.register(
             "unpoll_config_reloads",

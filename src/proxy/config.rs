@@ -15,6 +15,8 @@ use crate::config::{ConfigErrors, join, parse_duration, parse_size};
 pub struct RawProxyConfig {
     connect_timeout: Option<String>,
     response_timeout: Option<String>,
+    read_timeout: Option<String>,
+    max_upstream_connections: Option<usize>,
     pool_max_idle: Option<usize>,
     pool_idle_timeout: Option<String>,
     header_read_timeout: Option<String>,
@@ -35,6 +37,12 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Time the upstream has to send response headers (the body may stream longer).
     pub response_timeout: Duration,
+    /// Longest silence between two reads of an upstream response body (nginx
+    /// `proxy_read_timeout`); past it the client's response is aborted.
+    pub read_timeout: Duration,
+    /// Upstream connections open at most (idle and busy); past it requests wait for one,
+    /// within `connect_timeout`, then get 503.
+    pub max_upstream_connections: usize,
     /// Idle keep-alive connections kept to the upstream.
     pub pool_max_idle: usize,
     /// How long an idle upstream connection is kept. Below gunicorn's 2 s keep-alive so we
@@ -67,6 +75,8 @@ impl Default for ProxyConfig {
         ProxyConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
+            max_upstream_connections: 256,
             pool_max_idle: 64,
             pool_idle_timeout: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(10),
@@ -109,6 +119,7 @@ impl RawProxyConfig {
             self.response_timeout,
             d.response_timeout,
         );
+        let read_timeout = dur("read_timeout", self.read_timeout, d.read_timeout);
         let pool_idle_timeout = dur(
             "pool_idle_timeout",
             self.pool_idle_timeout,
@@ -145,6 +156,14 @@ impl RawProxyConfig {
             Some(n) => n,
             None => d.max_connections,
         };
+        let max_upstream_connections = match self.max_upstream_connections {
+            Some(0) => {
+                errors.push(join(path, "max_upstream_connections"), "must be at least 1");
+                d.max_upstream_connections
+            }
+            Some(n) => n,
+            None => d.max_upstream_connections,
+        };
         let trusted_proxies = self
             .trusted_proxies
             .unwrap_or_default()
@@ -159,6 +178,8 @@ impl RawProxyConfig {
         ProxyConfig {
             connect_timeout,
             response_timeout,
+            read_timeout,
+            max_upstream_connections,
             pool_max_idle: self.pool_max_idle.unwrap_or(d.pool_max_idle),
             pool_idle_timeout,
             header_read_timeout,

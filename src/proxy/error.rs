@@ -19,6 +19,9 @@ pub enum UpstreamError {
     /// No response head within `proxy.response_timeout`.
     #[error("upstream response timed out")]
     Timeout,
+    /// `proxy.max_upstream_connections` were busy for all of `proxy.connect_timeout`.
+    #[error("all upstream connections busy")]
+    Saturated,
     /// The connection broke or the upstream spoke invalid HTTP.
     #[error("upstream connection failed: {0}")]
     Protocol(#[source] hyper::Error),
@@ -29,6 +32,7 @@ impl From<PoolError> for UpstreamError {
         match e {
             PoolError::Connect { source, .. } => UpstreamError::Connect(source),
             PoolError::ConnectTimeout(_) => UpstreamError::ConnectTimeout,
+            PoolError::Saturated(_) => UpstreamError::Saturated,
             PoolError::Http(e) => UpstreamError::Protocol(e),
         }
     }
@@ -41,6 +45,7 @@ impl UpstreamError {
             UpstreamError::Connect(_) => "connect",
             UpstreamError::ConnectTimeout => "connect_timeout",
             UpstreamError::Timeout => "timeout",
+            UpstreamError::Saturated => "saturated",
             UpstreamError::Protocol(_) => "protocol",
         }
     }
@@ -67,6 +72,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Timeout | UpstreamError::ConnectTimeout) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::Upstream(UpstreamError::Saturated) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Auth(e) => e.status(),
@@ -89,6 +95,9 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Connect(_)) => "upstream unreachable",
             ProxyError::Upstream(UpstreamError::ConnectTimeout) => "upstream connect timed out",
             ProxyError::Upstream(UpstreamError::Timeout) => "upstream response timed out",
+            ProxyError::Upstream(UpstreamError::Saturated) => {
+                "all upstream connections busy (proxy.max_upstream_connections)"
+            }
             ProxyError::Upstream(UpstreamError::Protocol(_)) => "upstream connection failed",
             ProxyError::BadRequest(why) => why,
             ProxyError::Auth(_) => "refused",

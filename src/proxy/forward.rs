@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,17 @@ pub fn upstream_request(
         parts.headers.append(header::VIA, VIA.clone());
     }
     parts.uri = client.uri_for(parts.uri.path_and_query());
+    // hyper sends a GET (HEAD, CONNECT) body of unknown length as no body at all unless
+    // the framing is asked for; a Content-Length body is forwarded, so this one is too.
+    if !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     // The upstream speaks HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
     Request::from_parts(parts, body)

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::forward::forward;
+use super::headers::normalize_host;
 use super::observe::UpstreamTime;
 use super::routes::{Action, Route};
 use crate::app::{App, Snapshot};
@@ -26,8 +27,17 @@ pub async fn handle(
     client_ip: IpAddr,
     abort: Option<ConnectionAbort>,
 ) -> Response<Body> {
+    // Before anything reads Host (cache keys, templates, forwarding).
+    let (mut parts, body) = req.into_parts();
+    let host = normalize_host(&mut parts.headers, &parts.uri);
+    let req = Request::from_parts(parts, body);
     let snapshot = app.snapshot();
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
+    if let Err(why) = host {
+        let resp = ProxyError::BadRequest(why).into_response();
+        route.counters.count(resp.status().as_u16());
+        return resp;
+    }
 
     // Each arm's future is boxed: they differ in size by kilobytes, and an unboxed match
     // is as large as its largest arm, copied whole at every level above it (the service

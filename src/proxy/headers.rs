@@ -71,6 +71,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Make the `Host` header say what RFC 9112 §3.2.2 says the request is for: the
+/// authority of an absolute-form target (`GET http://a.example/x`, and HTTP/2's
+/// `:authority`) replaces any `Host` the client sent. A request with more than one `Host`
+/// line is refused (`Err`, answered 400): which one the app reads is anyone's guess.
+pub fn normalize_host(headers: &mut HeaderMap, uri: &http::Uri) -> Result<(), &'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(authority) = uri.authority() {
+        let value = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "invalid authority in the request target")?;
+        headers.insert(header::HOST, value);
+    }
+    Ok(())
+}
+
 /// Append the client address to `X-Forwarded-For` (one header, comma-separated) and set
 /// `X-Forwarded-Proto` and, when the request named a host, `X-Forwarded-Host`.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
@@ -138,6 +155,19 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn absolute_form_authority_replaces_host_and_two_hosts_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "good.example".parse().unwrap());
+        let uri: http::Uri = "http://evil.example:8080/x".parse().unwrap();
+        normalize_host(&mut h, &uri).unwrap();
+        assert_eq!(h["host"], "evil.example:8080");
+        normalize_host(&mut h, &"/x".parse().unwrap()).unwrap();
+        assert_eq!(h["host"], "evil.example:8080");
+        h.append("host", "other.example".parse().unwrap());
+        assert!(normalize_host(&mut h, &"/x".parse().unwrap()).is_err());
     }
 
     #[test]

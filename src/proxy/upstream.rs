@@ -31,6 +31,9 @@ impl UpstreamClient {
             connect_timeout: config.connect_timeout,
             max_idle: config.pool_max_idle,
             idle_timeout: config.pool_idle_timeout,
+            read_timeout: config.read_timeout,
+            max_connections: config.max_upstream_connections,
+            metrics: metrics.clone(),
         });
         UpstreamClient {
             pool,

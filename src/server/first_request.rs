@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -137,11 +137,14 @@ fn direct_parts(
         return None;
     }
     let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(h.value).ok()?;
         let has_body = (name == CONTENT_LENGTH && value != "0") || name == TRANSFER_ENCODING;
-        if has_body || name == UPGRADE {
+        // Two Host lines: hyper's path answers 400 (`proxy::headers::normalize_host`).
+        hosts += usize::from(name == HOST);
+        if has_body || name == UPGRADE || hosts > 1 {
             return None;
         }
         headers.append(name, value);
@@ -151,6 +154,8 @@ fn direct_parts(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = headers;
+    // An absolute-form target's authority replaces Host, as on hyper's path.
+    crate::proxy::headers::normalize_host(&mut parts.headers, &parts.uri).ok()?;
     Some(parts)
 }
 
@@ -301,6 +306,223 @@ mod tests {
         let mut big = b"GET /sub/a HTTP/1.1\r\nX: ".to_vec();
         big.resize(2000, b'a');
         assert_eq!(verdict(&big), "h1");
+    }
+
+    /// Property: on generated request heads (methods, targets, header names and values
+    /// with odd bytes, Content-Length / Transfer-Encoding combinations), whenever the head
+    /// is served on the direct path, hyper's own parser accepts the same bytes as the same
+    /// request: method, target, version, headers (after the Host rule both paths apply)
+    /// and no body. Whatever the direct path does not take goes to hyper, which decides.
+    mod against_hyper {
+        use std::convert::Infallible;
+        use std::sync::Mutex;
+        use std::time::Duration;
+
+        use http_body::Body as _;
+        use hyper::body::Incoming;
+        use hyper_util::rt::TokioIo;
+        use proptest::prelude::*;
+        use tokio::io::AsyncWriteExt;
+
+        use super::*;
+
+        fn any_path(_: &Method, _: &str) -> bool {
+            true
+        }
+
+        /// What hyper made of `head`: the first request's parts and whether it had no
+        /// body, or `None` when it refused it (or saw no complete request).
+        fn hyper_view(rt: &tokio::runtime::Runtime, head: &[u8]) -> Option<(Parts, bool)> {
+            rt.block_on(async {
+                let (mut client, server) = tokio::io::duplex(1 << 16);
+                let seen = Arc::new(Mutex::new(None));
+                let record = seen.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let record = record.clone();
+                    async move {
+                        let bodiless = req.body().is_end_stream();
+                        let (parts, _) = req.into_parts();
+                        let mut first = record.lock().unwrap();
+                        if first.is_none() {
+                            *first = Some((parts, bodiless));
+                        }
+                        Ok::<_, Infallible>(http::Response::new(
+                            http_body_util::Empty::<Bytes>::new(),
+                        ))
+                    }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(server), service);
+                client.write_all(head).await.unwrap();
+                // Kept open (a half-closed client makes hyper drop the request): hyper
+                // either calls the service or answers an error and closes.
+                let parsed = async {
+                    while seen.lock().unwrap().is_none() {
+                        tokio::task::yield_now().await;
+                    }
+                };
+                tokio::select! {
+                    _ = conn => {}
+                    () = parsed => {}
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                drop(client);
+                seen.lock().unwrap().take()
+            })
+        }
+
+        fn method() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                16 => Just(b"GET".to_vec()),
+                1 => Just(b"get".to_vec()),
+                1 => Just(b"POST".to_vec()),
+                1 => Just(b"HEAD".to_vec()),
+                1 => Just(b"G\x7fT".to_vec()),
+                1 => proptest::collection::vec(any::<u8>(), 1..5),
+            ]
+        }
+
+        fn target() -> impl Strategy<Value = Vec<u8>> {
+            let start = prop_oneof![
+                Just(b"/sub/a".to_vec()),
+                Just(b"/sub/a".to_vec()),
+                Just(b"/".to_vec()),
+                Just(b"*".to_vec()),
+                Just(b"//x".to_vec()),
+                Just(b"http://evil.example/sub/a".to_vec()),
+                Just(b"http://u@h:1/x".to_vec()),
+                Just(b"h.example:80".to_vec()),
+            ];
+            let tail = prop_oneof![
+                Just(Vec::new()),
+                Just(Vec::new()),
+                Just(b"?x=%C3%A9".to_vec()),
+                Just(b"?a=1&a=2".to_vec()),
+                Just(b"%zz".to_vec()),
+                Just(b"#frag".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..4),
+            ];
+            (start, tail).prop_map(|(mut s, t)| {
+                s.extend(t);
+                s
+            })
+        }
+
+        fn odd_bytes() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(
+                prop_oneof![
+                    40 => 0x20u8..0x7f,
+                    2 => Just(b'\t'),
+                    4 => 0x80u8..=0xff,
+                    1 => Just(0x7fu8),
+                    1 => Just(0u8),
+                    1 => Just(b'\r'),
+                    1 => Just(b'\n'),
+                ],
+                0..8,
+            )
+        }
+
+        fn header() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+            let name = prop_oneof![
+                4 => Just(b"Host".to_vec()),
+                4 => Just(b"Cookie".to_vec()),
+                4 => Just(b"X-A".to_vec()),
+                2 => Just(b"Content-Length".to_vec()),
+                2 => Just(b"Transfer-Encoding".to_vec()),
+                1 => Just(b"content-length".to_vec()),
+                1 => Just(b"Upgrade".to_vec()),
+                1 => Just(b"Connection".to_vec()),
+                1 => Just(b"Content-Length ".to_vec()),
+                1 => odd_bytes(),
+            ];
+            let value = prop_oneof![
+                6 => odd_bytes(),
+                1 => Just(b"0".to_vec()),
+                1 => Just(b"00".to_vec()),
+                1 => Just(b"+0".to_vec()),
+                1 => Just(b"0, 0".to_vec()),
+                1 => Just(b"5".to_vec()),
+                1 => Just(b"chunked".to_vec()),
+                1 => Just(b"gzip, chunked".to_vec()),
+                1 => Just(b"websocket".to_vec()),
+                1 => Just(b"a.example".to_vec()),
+                1 => Just(b" spaced\t".to_vec()),
+            ];
+            (name, value)
+        }
+
+        fn head() -> impl Strategy<Value = Vec<u8>> {
+            let version = prop_oneof![
+                24 => Just(b"HTTP/1.1".to_vec()),
+                1 => Just(b"HTTP/1.0".to_vec()),
+                1 => Just(b"HTTP/2.0".to_vec()),
+                1 => Just(b"http/1.1".to_vec()),
+            ];
+            let eol = prop_oneof![8 => Just(b"\r\n".to_vec()), 1 => Just(b"\n".to_vec())];
+            let body = prop_oneof![
+                16 => Just(Vec::new()),
+                1 => Just(b"hello".to_vec()),
+                1 => Just(b"0\r\n\r\n".to_vec()),
+            ];
+            (
+                method(),
+                target(),
+                version,
+                proptest::collection::vec(header(), 0..5),
+                eol,
+                body,
+            )
+                .prop_map(|(method, target, version, headers, eol, body)| {
+                    let mut out = method;
+                    out.push(b' ');
+                    out.extend(target);
+                    out.push(b' ');
+                    out.extend(version);
+                    out.extend(&eol);
+                    for (name, value) in headers {
+                        out.extend(name);
+                        out.extend(b": ");
+                        out.extend(value);
+                        out.extend(&eol);
+                    }
+                    out.extend(&eol);
+                    out.extend(body);
+                    out
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 1000,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn direct_heads_are_what_hyper_parses(head in head()) {
+                let Verdict::Direct(direct) = examine(&head, 64 * 1024, &any_path) else {
+                    // Not served here: hyper reads it, exactly as if it had read it itself.
+                    return Ok(());
+                };
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let view = hyper_view(&rt, &head);
+                let Some((mut parts, bodiless)) = view else {
+                    return Err(TestCaseError::fail("direct path took a head hyper refuses"));
+                };
+                // The rule proxy::handle applies to hyper's requests before anything else.
+                let host = crate::proxy::headers::normalize_host(&mut parts.headers, &parts.uri);
+                prop_assert!(host.is_ok(), "hyper's path refuses it: {:?}", host);
+                prop_assert_eq!(&direct.method, &parts.method);
+                prop_assert_eq!(&direct.uri, &parts.uri);
+                prop_assert_eq!(direct.version, parts.version);
+                prop_assert_eq!(&direct.headers, &parts.headers);
+                prop_assert!(bodiless, "hyper saw a body");
+            }
+        }
     }
 
     #[tokio::test]
