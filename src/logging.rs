@@ -3,8 +3,11 @@
 //! Access-log lines are events with target `unpoll::access`, so `RUST_LOG=unpoll::access=off`
 //! silences them without touching anything else.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::LazyLock;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
@@ -67,13 +70,62 @@ impl RawLogConfig {
     }
 }
 
+/// Log lines that could not be written (stderr closed, a broken pipe, a full disk), process
+/// wide: the subscriber is global, so every [`App`](crate::App) registers this one counter.
+static WRITE_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Register `unpoll_log_write_errors_total` in `registry`.
+pub fn register_metrics(registry: &mut Registry) {
+    registry.register(
+        "unpoll_log_write_errors",
+        "Log lines dropped because writing them to stderr failed",
+        WRITE_ERRORS.clone(),
+    );
+}
+
+/// Log lines dropped so far because stderr refused them.
+pub fn write_errors() -> u64 {
+    WRITE_ERRORS.get()
+}
+
+/// stderr for log lines, where a failed write drops the line and counts it. Logging must never
+/// fail a request or stop shutdown: tracing's fmt layer reports a write error with
+/// `eprintln!`, which panics when stderr itself is the broken pipe, and that panic ended
+/// request tasks (empty replies) and the signal task (SIGTERM ignored).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::io::stderr().write(buf) {
+            Ok(n) => Ok(n),
+            // Retried by `write_all`.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
+            Err(_) => {
+                WRITE_ERRORS.inc();
+                // Claim the rest was written so `write_all` drops the line instead of
+                // returning an error.
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // stderr is unbuffered; nothing to report.
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Install the global subscriber. `RUST_LOG` overrides the default level (`info`).
 pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogWriter)
+        // Its internal errors go to `eprintln!`, which panics on a broken stderr.
+        .log_internal_errors(false);
     // A second init (tests starting several servers) keeps the first subscriber.
     let _ = match config.format {
         LogFormat::Text => builder.try_init(),

@@ -26,6 +26,8 @@ pub struct Spawned {
     pub config: PathBuf,
     /// Everything it logged so far.
     pub log: Arc<Mutex<String>>,
+    /// The task reading its stderr; aborting it closes the pipe's read end.
+    log_reader: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,7 +51,7 @@ impl Spawned {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        tokio::spawn(async move {
+        let log_reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 sink.lock().unwrap().push_str(&format!("{line}\n"));
                 let _ = tx.send(line);
@@ -73,6 +75,7 @@ impl Spawned {
             admin: addrs.1,
             config: path,
             log,
+            log_reader,
             _dir: dir,
         }
     }
@@ -86,6 +89,13 @@ impl Spawned {
             .expect("run kill")
             .success();
         assert!(ok, "kill -{name} {pid} failed");
+    }
+
+    /// Stop reading its stderr and close the pipe: its next log write fails with EPIPE.
+    pub async fn close_stderr(&mut self) {
+        self.log_reader.abort();
+        // Wait until the task, and with it the pipe's read end, is dropped.
+        let _ = (&mut self.log_reader).await;
     }
 
     /// Peak resident memory (VmHWM) in bytes.
