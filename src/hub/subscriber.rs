@@ -4,13 +4,14 @@
 //!
 //! Full is not slow. A publisher's burst (one `POST /publish` array of thousands) fills the
 //! queue of a subscriber that reads continuously faster than it can drain. So a full queue
-//! only stops queueing: the subscriber remembers where it stopped ([`SubQueue::lag_after`])
+//! only stops queueing: the subscriber remembers where it stopped ([`SubQueue::resume_at`])
 //! and, once it has taken what was queued, reads the rest from its channels' history (see
 //! [`Subscription::poll_recv`](super::Subscription::poll_recv)). It is cut off only when it
 //! is really behind: its history no longer holds what it has not read (or `send_timeout`
 //! finds its client not taking bytes). The queue stays bounded either way.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Waker};
 
@@ -97,9 +98,11 @@ struct SubQueue {
     waker: Option<Waker>,
     /// Seq of the last reset queued, so a subscriber of several reset channels gets one.
     last_reset: u64,
-    /// Set when the queue was full: every event after this seq on its channels was left in
-    /// history and is read from there, in order, once the queue is drained. `None`: live.
-    lag_after: Option<u64>,
+    /// Set when the queue was full: every event of its channels from this seq on was left
+    /// in history and is read from there, in order, once the queue is drained. `None`: live.
+    /// Non-zero (seqs start at 1) so the option costs no more than a `u64`: an idle
+    /// subscriber stays as small as before.
+    resume_at: Option<NonZeroU64>,
     /// Run once when the queue overflows: closes the client's connection when the stream
     /// cannot end by itself because nobody polls it (see `server::ConnectionAbort`).
     on_overflow: Option<OverflowHook>,
@@ -132,8 +135,9 @@ impl SubShared {
             if q.closed.is_some() {
                 return Push::Closed;
             }
-            if let Some(after) = q.lag_after {
-                if after >= gap_floor {
+            if let Some(at) = q.resume_at {
+                // History must still hold every event from `at` on: all after `gap_floor`.
+                if at.get() > gap_floor {
                     return Push::Deferred;
                 }
                 outcome = Push::Overflowed(q.overflow());
@@ -142,8 +146,8 @@ impl SubShared {
                 || (!q.frames.is_empty() && q.bytes + frame.len() > bounds.bytes)
             {
                 // Every earlier event of its channels was queued (publishing is serialized
-                // by the hub lock), so it resumes from the one before this.
-                q.lag_after = Some(seq - 1);
+                // by the hub lock), so it resumes at this one.
+                q.resume_at = NonZeroU64::new(seq);
                 return Push::Deferred;
             } else {
                 q.bytes += frame.len();
@@ -177,7 +181,7 @@ impl SubShared {
             if q.closed.is_some() || q.last_reset == seq {
                 return false;
             }
-            if q.lag_after.is_some() {
+            if q.resume_at.is_some() {
                 q.overflow();
                 let hook = q.on_overflow.take();
                 let waker = q.waker.take();
@@ -237,8 +241,8 @@ impl SubShared {
         if q.closed.is_some() {
             return Pop::Ended;
         }
-        if let Some(after) = q.lag_after {
-            return Pop::CatchUp(after);
+        if let Some(at) = q.resume_at {
+            return Pop::CatchUp(at.get() - 1);
         }
         match &q.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -259,7 +263,11 @@ impl SubShared {
             q.bytes += frame.len();
             q.frames.push_back(frame);
         }
-        q.lag_after = if done { None } else { Some(last) };
+        q.resume_at = if done {
+            None
+        } else {
+            NonZeroU64::new(last + 1)
+        };
     }
 
     /// Close for being behind what history holds (first reason wins); false if it was
@@ -281,7 +289,7 @@ impl SubQueue {
         self.frames = VecDeque::new();
         self.bytes = 0;
         self.closed = Some(CloseReason::Overflow);
-        self.lag_after = None;
+        self.resume_at = None;
         dropped
     }
 }
@@ -293,7 +301,7 @@ impl std::fmt::Debug for SubShared {
             .field("queued", &q.frames.len())
             .field("bytes", &q.bytes)
             .field("closed", &q.closed)
-            .field("lag_after", &q.lag_after)
+            .field("resume_at", &q.resume_at)
             .finish_non_exhaustive()
     }
 }
@@ -399,5 +407,18 @@ mod tests {
         assert!(s.push_reset(&r, 5));
         assert!(!s.push_reset(&r, 5));
         assert!(s.push_reset(&r, 6));
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// Tens of thousands are held at once. 96 bytes before the catch-up position, 104 with
+    /// it; in its `Arc` that is 120 bytes, still one 128-byte malloc chunk as before (the
+    /// measured cost per idle subscriber did not change).
+    #[test]
+    fn an_idle_subscriber_queue_stays_small() {
+        let size = std::mem::size_of::<super::SubShared>();
+        println!("SubShared {size} B");
+        assert!(size <= 104, "SubShared is {size} bytes");
     }
 }
