@@ -135,7 +135,7 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let status = runtime.block_on(async move {
         let listeners = match unpoll::Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
@@ -163,5 +163,8 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
         signals.abort();
         tracing::info!("unpoll stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Log lines are written by a thread of their own; give the last ones a moment.
+    unpoll::logging::flush(std::time::Duration::from_secs(1));
+    status
 }

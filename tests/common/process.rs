@@ -28,6 +28,8 @@ pub struct Spawned {
     pub log: Arc<Mutex<String>>,
     /// The task reading its stderr; aborting it closes the pipe's read end.
     log_reader: tokio::task::JoinHandle<()>,
+    /// Tells that task to stop reading while keeping the pipe open.
+    pause: Arc<tokio::sync::Notify>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,8 +53,19 @@ impl Spawned {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
+        let pause = Arc::new(tokio::sync::Notify::new());
+        let paused = pause.clone();
         let log_reader = tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
+            loop {
+                let line = tokio::select! {
+                    line = lines.next_line() => line,
+                    _ = paused.notified() => {
+                        // Keep the pipe open, never read again.
+                        std::future::pending::<()>().await;
+                        unreachable!()
+                    }
+                };
+                let Ok(Some(line)) = line else { break };
                 sink.lock().unwrap().push_str(&format!("{line}\n"));
                 let _ = tx.send(line);
             }
@@ -76,6 +89,7 @@ impl Spawned {
             config: path,
             log,
             log_reader,
+            pause,
             _dir: dir,
         }
     }
@@ -96,6 +110,12 @@ impl Spawned {
         self.log_reader.abort();
         // Wait until the task, and with it the pipe's read end, is dropped.
         let _ = (&mut self.log_reader).await;
+    }
+
+    /// Stop reading its stderr but keep the pipe open: once the pipe buffer is full its log
+    /// writes would block.
+    pub fn pause_stderr(&self) {
+        self.pause.notify_one();
     }
 
     /// Peak resident memory (VmHWM) in bytes.
