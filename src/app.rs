@@ -67,6 +67,7 @@ impl App {
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
         let postgres = PostgresMetrics::register(&mut registry);
+        crate::logging::register_metrics(&mut registry);
         let mut readiness = BTreeMap::new();
         if config.postgres.is_some() && !config.notify.is_empty() {
             // Not ready from the first instant, before the source's task has even run.

@@ -1,5 +1,6 @@
 //! The `unpoll` binary: parse arguments, load the config, bind, run.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -54,27 +55,45 @@ fn main() -> ExitCode {
         return sql_trigger(args);
     }
     let Some(path) = cli.config else {
-        eprintln!("unpoll: no config file; pass --config FILE or set UNPOLL_CONFIG");
+        err(format_args!(
+            "unpoll: no config file; pass --config FILE or set UNPOLL_CONFIG"
+        ));
         return ExitCode::from(EXIT_CONFIG);
     };
     let config = match unpoll::config::load_file(&path) {
         Ok(c) => c,
         Err(errors) => {
-            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            err(format_args!(
+                "{}: {} error(s)",
+                path.display(),
+                errors.len()
+            ));
             for e in errors.iter() {
-                eprintln!("  {e}");
+                err(format_args!("  {e}"));
             }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
-            print!("{}: ok\n{}", path.display(), config.summary());
+            out(format_args!("{}: ok\n{}", path.display(), config.summary()));
             ExitCode::SUCCESS
         }
         Command::Run => run(config, path),
         Command::SqlTrigger(_) => unreachable!("handled before the config is loaded"),
     }
+}
+
+/// One line on stderr. A closed or broken stderr must not turn an exit status into a panic
+/// (101): the status is what scripts read.
+fn err(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+/// Text on stdout (`unpoll check | head` closes it early); a failed write is ignored.
+fn out(message: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_fmt(message).and_then(|()| stdout.flush());
 }
 
 fn sql_trigger(args: SqlTriggerArgs) -> ExitCode {
@@ -87,11 +106,11 @@ fn sql_trigger(args: SqlTriggerArgs) -> ExitCode {
     };
     match generate(&spec) {
         Ok(sql) => {
-            print!("{sql}");
+            out(format_args!("{sql}"));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("unpoll sql-trigger: {e}");
+            err(format_args!("unpoll sql-trigger: {e}"));
             ExitCode::from(EXIT_CONFIG)
         }
     }
@@ -112,11 +131,11 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("unpoll: cannot start the runtime: {e}");
+            err(format_args!("unpoll: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let status = runtime.block_on(async move {
         let listeners = match unpoll::Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
@@ -144,5 +163,8 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
         signals.abort();
         tracing::info!("unpoll stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Log lines are written by a thread of their own; give the last ones a moment.
+    unpoll::logging::flush(std::time::Duration::from_secs(1));
+    status
 }

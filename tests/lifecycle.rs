@@ -161,6 +161,72 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Issue 10 item 8: with stderr a pipe whose reader has gone, every log write fails (EPIPE).
+/// tracing reported that with `eprintln!`, which panicked: requests got empty replies and
+/// the signal task died logging "SIGTERM", so the process never stopped. Also with the
+/// access log off (the SIGTERM line alone was enough).
+#[tokio::test]
+async fn a_closed_stderr_neither_fails_requests_nor_blocks_shutdown() {
+    let upstream = Upstream::builder().route("/ok", "fine").run().await;
+    for access in [true, false] {
+        let text = format!("{}[log]\naccess = {access}\n", config(&upstream.url()));
+        let mut unpoll = Spawned::start(&text).await;
+        unpoll.close_stderr().await;
+        let http = client();
+        for _ in 0..3 {
+            let response = http.get(unpoll.url("/ok")).send().await.unwrap();
+            assert_eq!(response.status(), 200, "access log {access}");
+            assert_eq!(response.text().await.unwrap(), "fine");
+        }
+        if access {
+            let m = unpoll.metrics().await;
+            assert!(
+                metric(&m, "unpoll_log_write_errors_total") >= 3.0,
+                "three access lines dropped and counted:\n{m}"
+            );
+        }
+        unpoll.signal("TERM");
+        let status = tokio::time::timeout(Duration::from_secs(10), unpoll.child.wait())
+            .await
+            .expect("unpoll exits on SIGTERM with a closed stderr")
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "access log {access}: {status:?}");
+    }
+}
+
+/// A stderr nobody reads (a log shipper that hangs) fills the pipe; writing log lines in
+/// place then blocked the runtime: with one worker every request hung, and SIGTERM too.
+/// 5,000 requests write about 1 MB of access lines: past the 64 KiB pipe buffer and the
+/// writer queue of 4,096 lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_neither_blocks_requests_nor_shutdown() {
+    let upstream = Upstream::builder().route("/ok", "fine").run().await;
+    let text = format!("workers = 1\n{}", config(&upstream.url()));
+    let mut unpoll = Spawned::start(&text).await;
+    unpoll.pause_stderr();
+    let http = client();
+    for i in 0..5000 {
+        let response = tokio::time::timeout(Duration::from_secs(5), async {
+            http.get(unpoll.url("/ok")).send().await?.text().await
+        })
+        .await
+        .unwrap_or_else(|_| panic!("request {i} hung"))
+        .unwrap();
+        assert_eq!(response, "fine");
+    }
+    let m = unpoll.metrics().await;
+    assert!(
+        metric(&m, "unpoll_log_write_errors_total") > 0.0,
+        "lines that found the queue full are dropped and counted:\n{m}"
+    );
+    unpoll.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), unpoll.child.wait())
+        .await
+        .expect("unpoll exits on SIGTERM with a stuck stderr")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
 const BIG: usize = 256 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 

@@ -442,3 +442,51 @@ async fn streams_over_h2c_share_the_connection() {
         "text/event-stream; charset=utf-8"
     );
 }
+
+/// Issue 10 item 10: a burst is not slowness. One `/publish` array of 5,000 events, far
+/// more than the queue (the default 256) holds: readers that keep reading get all of them,
+/// in order, on the stream they opened (a disconnect ends `SseClient` and fails `next`).
+/// The queue's overflow is read from history, which must hold the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_keep_up_survive_a_5000_event_batch() {
+    const BATCH: usize = 5_000;
+    let (_up, unpoll) = start("history_max_events = 10000").await;
+    let http = client();
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        readers.push(SseClient::open(&http, &unpoll.url("/bots/events?botId=1"), None).await);
+    }
+    eventually(T, "both subscribed", || async {
+        unpoll.app.hub.stats(0).subscribers == 2
+    })
+    .await;
+    let readers: Vec<_> = readers
+        .into_iter()
+        .map(|mut reader| {
+            tokio::spawn(async move {
+                let mut data = Vec::with_capacity(BATCH);
+                for _ in 0..BATCH {
+                    data.push(reader.next(T).await.data);
+                }
+                (reader, data)
+            })
+        })
+        .collect();
+    let batch: Vec<_> = (0..BATCH)
+        .map(|i| json!({"channel": "bot:1", "data": i}))
+        .collect();
+    publish(&http, &unpoll.admin_url("/publish"), TOKEN, json!(batch)).await;
+    let expected: Vec<String> = (0..BATCH).map(|i| i.to_string()).collect();
+    let mut open = Vec::new();
+    for reader in join_all(readers).await {
+        let (reader, data) = reader.unwrap();
+        assert_eq!(data, expected, "all of the batch, in order");
+        open.push(reader);
+    }
+    let m = unpoll.metrics().await;
+    assert_eq!(
+        metric(&m, "unpoll_hub_disconnects_total{reason=\"overflow\"}"),
+        0.0
+    );
+    assert_eq!(unpoll.app.hub.stats(0).subscribers, 2, "still connected");
+}

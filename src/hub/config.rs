@@ -17,12 +17,15 @@ pub struct HubConfig {
     /// Bytes of encoded frames kept in history across all channels. Full: the hub-wide
     /// oldest is evicted. Default 64 MiB.
     pub history_max_bytes: usize,
-    /// Frames queued for one subscriber that has not read them yet. Full: that subscriber is
-    /// disconnected (its client resumes from its Last-Event-ID). Default 256.
+    /// Frames queued for one subscriber that has not taken them yet. Full: later events stay
+    /// in the channel history only, and the subscriber reads them from there (this many at
+    /// a time) once its queue is drained, so a publisher's burst disconnects nobody. It is
+    /// disconnected only when history no longer holds what it has not read (its client
+    /// resumes from its Last-Event-ID and gets a `reset`). Default 256.
     pub subscriber_queue: usize,
     /// Bytes queued for one subscriber (frames are shared, but a slow subscriber keeps them
-    /// alive). Full: disconnected as above; a single frame larger than this still goes to an
-    /// empty queue. Default 1 MiB.
+    /// alive). Full: as above; a single frame larger than this still goes to an empty
+    /// queue. Default 1 MiB.
     pub subscriber_queue_bytes: usize,
     /// A channel with no subscriber and no publish for this long is dropped with its history
     /// (a later resume from before that gets a `reset`). Default 5 min.

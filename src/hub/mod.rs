@@ -120,11 +120,14 @@ impl Hub {
         if has_room {
             let ch = state.channel_mut(channel, now);
             ch.last_active = now;
+            let floor = ch.gap_floor;
             for (_, sub) in ch.subscribers.iter() {
-                match sub.push(&frame, bounds) {
+                match sub.push(&frame, id.seq, floor, bounds) {
                     Push::Queued => queued += 1,
+                    // Counted as delivered when the subscriber reads it from history.
+                    Push::Deferred => {}
                     // Counted as a disconnect when its subscription is dropped.
-                    Push::Overflowed(n) => dropped += n as u64 + 1,
+                    Push::Overflowed(n) => dropped += n as u64,
                     Push::Closed => {}
                 }
             }

@@ -29,6 +29,8 @@ pub(crate) struct Entry {
 pub(crate) struct Channel {
     /// Most recent events, oldest first. Bounded by `history_max_events` here and by the
     /// hub-wide bounds through [`State::fifo`]; full → oldest evicted, `gap_floor` raised.
+    /// Read by resuming clients and by subscribers whose queue filled up (they catch up from
+    /// here rather than holding a copy of a burst each; see `subscriber.rs`).
     pub history: VecDeque<Entry>,
     /// Subscribers' queues. The slab key is kept by the subscription to unregister in O(1).
     pub subscribers: Slab<Arc<SubShared>>,

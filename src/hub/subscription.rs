@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::state::State;
-use super::subscriber::{CloseReason, SubShared};
+use super::subscriber::{CloseReason, Pop, SubShared};
 use super::{EventId, Hub, Inner, RESET_EVENT, ResetReason, SubscribeError};
 use crate::sse::encode;
 
@@ -214,7 +214,69 @@ impl Subscription {
         if let Some(frame) = self.replay.next() {
             return Poll::Ready(Some(frame));
         }
-        self.shared.poll_pop(cx)
+        loop {
+            match self.shared.poll_pop(cx) {
+                Pop::Frame(frame) => return Poll::Ready(Some(frame)),
+                Pop::Pending => return Poll::Pending,
+                Pop::Ended => return Poll::Ready(None),
+                // Refills the queue, goes live again or closes it: the next pop makes
+                // progress either way.
+                Pop::CatchUp(after) => self.catch_up(after),
+            }
+        }
+    }
+
+    /// Its queue filled up and was drained: read what it missed after `after` from its
+    /// channels' history, at most one queue's worth (the same bounds) at a time, in seq
+    /// order across channels. History that no longer holds all of it means this subscriber
+    /// fell behind: closed as [`CloseReason::Overflow`], its client resumes and gets a
+    /// `reset`. Under the hub lock, so the seam with live publishing is exact.
+    fn catch_up(&self, after: u64) {
+        let inner = &*self.hub;
+        let bounds = inner.bounds();
+        let state = inner.lock();
+        let behind = self.keys.iter().any(|(name, _)| {
+            let floor = state
+                .channels
+                .get(&**name)
+                .map_or_else(|| state.floor_for_new(name), |ch| ch.gap_floor);
+            after < floor
+        });
+        if behind {
+            drop(state);
+            self.shared.fall_behind();
+            return;
+        }
+        let mut available = 0;
+        let mut entries: Vec<(u64, &Bytes)> = Vec::new();
+        for (name, _) in self.keys.iter() {
+            if let Some(ch) = state.channels.get(&**name) {
+                let from = ch.history.partition_point(|e| e.seq <= after);
+                available += ch.history.len() - from;
+                entries.extend(
+                    ch.history
+                        .range(from..)
+                        .take(bounds.frames)
+                        .map(|e| (e.seq, &e.frame)),
+                );
+            }
+        }
+        entries.sort_unstable_by_key(|(seq, _)| *seq);
+        let (mut frames, mut bytes, mut last) = (Vec::new(), 0, after);
+        for (seq, frame) in entries {
+            if frames.len() >= bounds.frames
+                || (!frames.is_empty() && bytes + frame.len() > bounds.bytes)
+            {
+                break;
+            }
+            bytes += frame.len();
+            frames.push(frame.clone());
+            last = seq;
+        }
+        let taken = frames.len();
+        self.shared.refill(frames, last, taken == available);
+        drop(state);
+        inner.metrics.delivered.inc_by(taken as u64);
     }
 
     /// Async form of [`Subscription::poll_recv`].

@@ -35,6 +35,10 @@ fn seq_of(frame: &Bytes) -> u64 {
     parse(frame).0.parse::<EventId>().expect("event id").seq
 }
 
+fn id_of(frame: &Bytes) -> String {
+    parse(frame).0
+}
+
 /// Drain what is ready now without waiting.
 fn ready(sub: &mut Subscription) -> Vec<Bytes> {
     let waker = std::task::Waker::noop();
@@ -243,19 +247,26 @@ fn unsubscribe_on_drop_frees_channels_and_limits() {
     );
 }
 
+/// A subscriber that stops reading is cut once its channel's history no longer holds what
+/// it has not read (queue 4, history 4: events 1–4 queued, 5 onwards left in history, 5
+/// evicted by event 9, noticed at event 10); the others keep receiving.
 #[test]
 fn slow_subscriber_is_disconnected_at_its_bound_while_others_keep_receiving() {
     let h = Hub::new(HubConfig {
         subscriber_queue: 4,
+        history_max_events: 4,
         ..HubConfig::default()
     });
     let mut slow = h.subscribe(&chans(&["a"]), None, None).unwrap();
     let mut fast = h.subscribe(&chans(&["a"]), None, None).unwrap();
     let mut got = Vec::new();
-    for i in 0..10 {
+    for i in 0..9 {
         h.publish("a", None, format!("{i}").into());
         got.extend(ready(&mut fast));
     }
+    assert_eq!(slow.closed(), None, "behind its queue, not behind history");
+    h.publish("a", None, "9".into());
+    got.extend(ready(&mut fast));
     assert_eq!(
         got.iter().map(seq_of).collect::<Vec<_>>(),
         (1..=10).collect::<Vec<_>>()
@@ -265,11 +276,7 @@ fn slow_subscriber_is_disconnected_at_its_bound_while_others_keep_receiving() {
         ready(&mut slow).is_empty(),
         "its queue was freed; the stream ends"
     );
-    assert_eq!(
-        h.metrics().dropped.get(),
-        5,
-        "4 queued + the one that did not fit"
-    );
+    assert_eq!(h.metrics().dropped.get(), 4, "the 4 queued frames");
     drop(slow);
     assert_eq!(
         h.metrics()
@@ -279,6 +286,63 @@ fn slow_subscriber_is_disconnected_at_its_bound_while_others_keep_receiving() {
         1
     );
     assert_eq!(h.stats(1).subscribers, 1);
+}
+
+/// Issue 10 item 10: a burst far larger than the queue does not cut a subscriber. It takes
+/// its queue, then reads the rest from history, in order, across its channels, then is live
+/// again.
+#[test]
+fn a_burst_larger_than_the_queue_is_read_from_history_in_order() {
+    let h = Hub::new(HubConfig {
+        subscriber_queue: 4,
+        ..HubConfig::default()
+    });
+    let mut sub = h.subscribe(&chans(&["a", "b"]), None, None).unwrap();
+    for i in 0..500 {
+        h.publish(
+            if i % 3 == 0 { "b" } else { "a" },
+            None,
+            format!("{i}").into(),
+        );
+    }
+    h.publish("other", None, "not mine".into());
+    let got = ready(&mut sub);
+    assert_eq!(sub.closed(), None);
+    assert_eq!(
+        got.iter().map(seq_of).collect::<Vec<_>>(),
+        (1..=500).collect::<Vec<_>>()
+    );
+    assert_eq!(h.metrics().delivered.get(), 500);
+    let next = h.publish("a", None, "live".into());
+    assert_eq!(
+        ready(&mut sub).iter().map(seq_of).collect::<Vec<_>>(),
+        [next.seq]
+    );
+}
+
+/// A burst larger than what history holds cuts a subscriber that had not read it yet: its
+/// client resumes from its last id and gets a `reset`.
+#[test]
+fn falling_behind_history_ends_the_stream_while_catching_up() {
+    let h = Hub::new(HubConfig {
+        subscriber_queue: 4,
+        history_max_events: 10,
+        ..HubConfig::default()
+    });
+    let mut sub = h.subscribe(&chans(&["a"]), None, None).unwrap();
+    for i in 0..15 {
+        h.publish("a", None, format!("{i}").into());
+    }
+    // Event 5, the first it did not queue, fell out of history with event 15 (no publish
+    // has noticed yet: the next one would).
+    assert_eq!(sub.closed(), None);
+    let got = ready(&mut sub);
+    assert_eq!(got.iter().map(seq_of).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(sub.closed(), Some(CloseReason::Overflow));
+    let again = h
+        .subscribe(&chans(&["a"]), Some(&id_of(&got[3])), None)
+        .unwrap();
+    assert_eq!(again.reset_reason(), Some("evicted"));
 }
 
 #[test]
@@ -386,9 +450,17 @@ fn stats_lists_the_busiest_channels_first() {
 /// duplicate, across two channels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seam_has_no_gap_and_no_duplicate_under_concurrent_publish() {
-    const N: u64 = 20_000;
+    // A queue that holds everything, and one that overflows into history all the time.
+    for queue in [N as usize, 16] {
+        seam_under_concurrent_publish(queue).await;
+    }
+}
+
+const N: u64 = 20_000;
+
+async fn seam_under_concurrent_publish(queue: usize) {
     let h = Hub::new(HubConfig {
-        subscriber_queue: N as usize,
+        subscriber_queue: queue,
         subscriber_queue_bytes: usize::MAX,
         history_max_events: N as usize,
         ..HubConfig::default()

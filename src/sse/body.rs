@@ -213,13 +213,16 @@ mod tests {
     async fn overflow_ends_the_stream() {
         let hub = Hub::new(HubConfig {
             subscriber_queue: 1,
+            history_max_events: 1,
             ..HubConfig::default()
         });
         let shutdown = CancellationToken::new();
         let mut b = body(&hub, &shutdown);
         next(&mut b).await;
-        hub.publish("a", None, "1".into());
-        hub.publish("a", None, "2".into());
+        // 1 queued, 2 left in history, evicted by 3: noticed by 4.
+        for i in 1..=4 {
+            hub.publish("a", None, i.to_string().into());
+        }
         assert_eq!(next(&mut b).await, None);
     }
 }

@@ -148,3 +148,124 @@ mod tests {
         assert_eq!(&HEARTBEAT[..], b":\n\n");
     }
 }
+
+/// Issue 10 item 11: whatever a publisher sends, the frame is read by a browser as exactly
+/// one event with the same data (line endings normalized to LF, as SSE always does), name
+/// and id. The parser below follows the WHATWG "Server-sent events" parsing rules step by
+/// step rather than trusting a client library's reading of them.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One dispatched event: `(last event id, type, data)`.
+    type Parsed = (String, String, String);
+
+    /// WHATWG HTML §9.2.6 "Interpreting an event stream", for a complete stream.
+    fn parse(stream: &str) -> Vec<Parsed> {
+        let stream = stream.strip_prefix('\u{feff}').unwrap_or(stream);
+        let (mut data, mut kind, mut last_id) = (String::new(), String::new(), String::new());
+        let mut events = Vec::new();
+        let mut rest = stream;
+        // Lines end with CRLF, a lone LF or a lone CR; text after the last end is not a line.
+        while let Some(i) = rest.find(['\r', '\n']) {
+            let line = &rest[..i];
+            rest = &rest[i + if rest[i..].starts_with("\r\n") { 2 } else { 1 }..];
+            if line.is_empty() {
+                // Dispatch.
+                if data.is_empty() {
+                    kind.clear();
+                    continue;
+                }
+                if data.ends_with('\n') {
+                    data.pop();
+                }
+                let name = if kind.is_empty() { "message" } else { &kind };
+                events.push((last_id.clone(), name.to_owned(), std::mem::take(&mut data)));
+                kind.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.find(':') {
+                Some(c) => {
+                    let value = &line[c + 1..];
+                    (&line[..c], value.strip_prefix(' ').unwrap_or(value))
+                }
+                None => (line, ""),
+            };
+            match field {
+                "event" => kind = value.to_owned(),
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                "id" if !value.contains('\0') => last_id = value.to_owned(),
+                _ => {}
+            }
+        }
+        events
+    }
+
+    /// Text with every hazard of the format: each line ending, empty lines, leading spaces,
+    /// colons, field-looking text, and arbitrary Unicode.
+    fn hostile_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("\r".to_owned()),
+            Just("\n".to_owned()),
+            Just("\r\n".to_owned()),
+            Just("\n\n".to_owned()),
+            Just(" ".to_owned()),
+            Just(":".to_owned()),
+            Just("data: x".to_owned()),
+            Just("id: 9".to_owned()),
+            Just("event".to_owned()),
+            Just("\u{feff}".to_owned()),
+            any::<char>().prop_map(String::from),
+            "[a-zé🌍]{0,4}".prop_map(|s| s),
+        ];
+        prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+    }
+
+    /// Data as the client sees it: every CRLF, CR and LF becomes LF.
+    fn normalized(data: &str) -> String {
+        data.replace("\r\n", "\n").replace('\r', "\n")
+    }
+
+    /// A single-line field as sent: line breaks become spaces.
+    fn flattened(value: &str) -> String {
+        value.replace(['\r', '\n'], " ")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_event_round_trips_as_exactly_one_event(
+            // Ids are the hub's `<boot>-<seq>`; any text without NUL (which the spec makes
+            // a client ignore) must still survive.
+            id in hostile_text().prop_filter("no NUL", |s| !s.contains('\0')),
+            name in proptest::option::of(hostile_text()),
+            data in hostile_text(),
+            next in hostile_text(),
+        ) {
+            let frame = event(&id, name.as_deref(), &data);
+            let kind = match name.as_deref().map(flattened) {
+                Some(n) if !n.is_empty() => n,
+                _ => "message".to_owned(),
+            };
+            let first = (flattened(&id), kind, normalized(&data));
+            prop_assert_eq!(parse(std::str::from_utf8(&frame).unwrap()), vec![first.clone()]);
+            // The frame ends the event: what follows on the stream is a separate event.
+            let mut stream = frame.to_vec();
+            stream.extend_from_slice(&HEARTBEAT);
+            stream.extend_from_slice(&event("n-2", None, &next));
+            let second = ("n-2".to_owned(), "message".to_owned(), normalized(&next));
+            prop_assert_eq!(
+                parse(std::str::from_utf8(&stream).unwrap()),
+                vec![first, second]
+            );
+        }
+    }
+}

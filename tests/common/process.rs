@@ -26,6 +26,10 @@ pub struct Spawned {
     pub config: PathBuf,
     /// Everything it logged so far.
     pub log: Arc<Mutex<String>>,
+    /// The task reading its stderr; aborting it closes the pipe's read end.
+    log_reader: tokio::task::JoinHandle<()>,
+    /// Tells that task to stop reading while keeping the pipe open.
+    pause: Arc<tokio::sync::Notify>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,8 +53,19 @@ impl Spawned {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
+        let pause = Arc::new(tokio::sync::Notify::new());
+        let paused = pause.clone();
+        let log_reader = tokio::spawn(async move {
+            loop {
+                let line = tokio::select! {
+                    line = lines.next_line() => line,
+                    _ = paused.notified() => {
+                        // Keep the pipe open, never read again.
+                        std::future::pending::<()>().await;
+                        unreachable!()
+                    }
+                };
+                let Ok(Some(line)) = line else { break };
                 sink.lock().unwrap().push_str(&format!("{line}\n"));
                 let _ = tx.send(line);
             }
@@ -73,6 +88,8 @@ impl Spawned {
             admin: addrs.1,
             config: path,
             log,
+            log_reader,
+            pause,
             _dir: dir,
         }
     }
@@ -86,6 +103,19 @@ impl Spawned {
             .expect("run kill")
             .success();
         assert!(ok, "kill -{name} {pid} failed");
+    }
+
+    /// Stop reading its stderr and close the pipe: its next log write fails with EPIPE.
+    pub async fn close_stderr(&mut self) {
+        self.log_reader.abort();
+        // Wait until the task, and with it the pipe's read end, is dropped.
+        let _ = (&mut self.log_reader).await;
+    }
+
+    /// Stop reading its stderr but keep the pipe open: once the pipe buffer is full its log
+    /// writes would block.
+    pub fn pause_stderr(&self) {
+        self.pause.notify_one();
     }
 
     /// Peak resident memory (VmHWM) in bytes.
