@@ -26,7 +26,8 @@ use crate::proxy::forward::{client_response, upstream_request};
 use event::TapResponse;
 use tee::{Copy, TeeBody};
 
-/// The hub position after the response was produced (and its event, if any, published).
+/// The hub position after the response was produced: after its event, unless the event waits
+/// for the answer's body (`{response.json.…}`), which it then precedes.
 pub const UNPOLL_CURSOR: HeaderName = HeaderName::from_static("unpoll-cursor");
 
 /// How long to wait, after a 2xx response head, for the request body to finish streaming
@@ -86,9 +87,6 @@ pub async fn handle(
         None
     };
     let mut resp = client_response(resp, &snapshot.config.proxy);
-    // Taken before the event when it waits for the answer's body: the cursor then
-    // precedes it, and a client resuming from it gets its own event too (never a gap).
-    let cursor = app.hub.cursor();
     match request {
         Some(request) if rule.reads_response_body => {
             resp = tee_response(app, rule, request, resp);
@@ -102,12 +100,10 @@ pub async fn handle(
         }
         None => {}
     }
-    let cursor = if rule.reads_response_body {
-        cursor
-    } else {
-        app.hub.cursor()
-    };
-    if let Ok(v) = HeaderValue::from_str(&cursor.to_string()) {
+    // After the event when it was published above. An event that waits for the answer's
+    // body follows the cursor instead, so a stream resumed from it gets that event too:
+    // a duplicate of what the client knows at worst, never a gap.
+    if let Ok(v) = HeaderValue::from_str(&app.hub.cursor().to_string()) {
         resp.headers_mut().insert(UNPOLL_CURSOR, v);
     }
     Ok(resp)
