@@ -15,6 +15,7 @@ use futures::channel::mpsc;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 const TOKEN: &str = "t0ken";
 const T: Duration = Duration::from_secs(10);
@@ -221,6 +222,37 @@ async fn the_answer_streams_to_the_client_and_the_event_follows_its_end() {
     assert_eq!(rest, "\"done\": true}");
     let e = s.next(T).await;
     assert_eq!(e.data, r#"{"rows":12}"#);
+}
+
+/// The app made the change: a client that hangs up mid-answer does not cost the others
+/// their event.
+#[tokio::test]
+async fn a_client_gone_mid_answer_still_gets_the_event_published() {
+    let (_upstream, unpoll, tx) = start().await;
+    let http = client();
+    let mut s = SseClient::open(&http, &unpoll.url("/events/exports"), None).await;
+    let connections = || unpoll.app.metrics.open_connections.get();
+    eventually(T, "the stream's connection counted", || async {
+        connections() == 1
+    })
+    .await;
+    tx.unbounded_send(Bytes::from_static(b"{\"rows\": 5, "))
+        .unwrap();
+    let mut raw = tokio::net::TcpStream::connect(unpoll.addr).await.unwrap();
+    raw.write_all(b"POST /export HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    common::read_until(&mut raw, "{\"rows\": 5, ", T).await;
+    drop(raw);
+    eventually(T, "unpoll closed the hung-up connection", || async {
+        connections() == 1
+    })
+    .await;
+    // Fails only if unpoll stopped reading the app's answer (the app then sees a hang-up).
+    let _ = tx.unbounded_send(Bytes::from_static(b"\"done\": true}"));
+    drop(tx);
+    let e = s.next(T).await;
+    assert_eq!(e.data, r#"{"rows":5}"#);
 }
 
 #[tokio::test]

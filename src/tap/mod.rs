@@ -24,7 +24,7 @@ use crate::body::{Body, boxed};
 use crate::proxy::ProxyError;
 use crate::proxy::forward::{client_response, upstream_request};
 use event::TapResponse;
-use tee::{Copy, TeeBody};
+use tee::{Copy, FinishOnDrop, TeeBody};
 
 /// The hub position after the response was produced: after its event, unless the event waits
 /// for the answer's body (`{response.json.…}`), which it then precedes.
@@ -34,6 +34,11 @@ pub const UNPOLL_CURSOR: HeaderName = HeaderName::from_static("unpoll-cursor");
 /// to the upstream. Upstreams almost always read the whole body before answering; one that
 /// does not gets no event rather than a stuck response.
 const BODY_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the rest of an answer whose event needs it is read after its client went away.
+/// The app has made the change; the other subscribers should hear of it. Past this, the
+/// event is dropped (counted `response_incomplete`).
+const ANSWER_GRACE: Duration = Duration::from_secs(10);
 
 /// Forward `req` under `rule` and publish on success.
 pub async fn handle(
@@ -142,11 +147,12 @@ fn tee_response(
                 publish(&app, &rule, &request, &response);
             }
             Ok(Copy::TooLarge) => app.hub.metrics().skip(&rule.name, "response_too_large"),
-            // The client went away or the upstream failed mid-body.
+            // The upstream failed mid-body, or stalled past ANSWER_GRACE after the client
+            // went away.
             Err(_) => app.hub.metrics().skip(&rule.name, "response_incomplete"),
         }
     });
-    Response::from_parts(parts, boxed(tee))
+    Response::from_parts(parts, boxed(FinishOnDrop::new(tee, ANSWER_GRACE)))
 }
 
 /// Build and publish `rule`'s event, purging its tags first: a client that refetches on
