@@ -26,6 +26,10 @@ pub enum Source {
     Json,
     /// `{payload.a.b}`: a field of a Postgres NOTIFY payload.
     Payload,
+    /// `{response.json.a.b}`: a field of the upstream's JSON answer (taps only).
+    ResponseJson,
+    /// `{response.header.NAME}`: a header of the upstream's answer (taps only).
+    ResponseHeader,
 }
 
 impl Source {
@@ -38,7 +42,20 @@ impl Source {
             Source::Form => "form",
             Source::Json => "json",
             Source::Payload => "payload",
+            Source::ResponseJson => "response.json",
+            Source::ResponseHeader => "response.header",
         }
+    }
+
+    /// Split `var` (what is between the braces) into its source and name: `query.id`, or
+    /// the two-part sources `response.json.a.b` and `response.header.NAME`.
+    fn split(var: &str) -> Option<(&str, &str)> {
+        let (prefix, rest) = var.split_once('.')?;
+        if prefix != "response" {
+            return Some((prefix, rest));
+        }
+        let (kind, name) = rest.split_once('.').unwrap_or((rest, ""));
+        Some((&var[..prefix.len() + 1 + kind.len()], name))
     }
 
     fn from_prefix(prefix: &str) -> Option<Source> {
@@ -49,6 +66,8 @@ impl Source {
             "form" => Source::Form,
             "json" => Source::Json,
             "payload" => Source::Payload,
+            "response.json" => Source::ResponseJson,
+            "response.header" => Source::ResponseHeader,
             _ => return None,
         })
     }
@@ -120,7 +139,7 @@ impl Template {
                         .find('}')
                         .ok_or_else(|| format!("template {text:?}: unclosed {{"))?;
                     let var = &rest[..end];
-                    let (prefix, name) = var.split_once('.').ok_or_else(|| {
+                    let (prefix, name) = Source::split(var).ok_or_else(|| {
                         format!(
                             "template {text:?}: {{{var}}} must be SOURCE.NAME, e.g. {{query.id}}"
                         )
@@ -314,7 +333,7 @@ impl Vars for RequestVars<'_> {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| Cow::Borrowed(v.as_str())),
             Source::Json => json_path(self.json?, name),
-            Source::Payload => None,
+            Source::Payload | Source::ResponseJson | Source::ResponseHeader => None,
         }
     }
 
@@ -425,6 +444,34 @@ mod tests {
                 .single_variable(),
             Some((Source::Json, "a.b"))
         );
+    }
+
+    #[test]
+    fn response_variables_are_two_part_sources() {
+        let tap = &[Source::Json, Source::ResponseJson, Source::ResponseHeader];
+        let t = Template::parse("r:{response.json.a.b}/{response.header.Location}", tap).unwrap();
+        let vars: Vec<_> = t.variables().collect();
+        assert_eq!(
+            vars,
+            [
+                (Source::ResponseJson, "a.b"),
+                (Source::ResponseHeader, "Location")
+            ]
+        );
+        let err = Template::parse("{response.body.a}", tap).unwrap_err();
+        assert!(
+            err.contains("unknown variable source \"response.body\""),
+            "{err}"
+        );
+        let err = Template::parse("{response.json}", tap).unwrap_err();
+        assert!(err.contains("invalid variable name"), "{err}");
+        let err = Template::parse("{response.json.id}", REQUEST).unwrap_err();
+        assert!(err.contains("not available here"), "{err}");
+        let missing = Missing {
+            source: Source::ResponseJson,
+            name: "id".into(),
+        };
+        assert_eq!(missing.to_string(), "no value for {response.json.id}");
     }
 
     #[test]

@@ -209,7 +209,7 @@ fn auth_must_be_written_and_jwt_needs_its_section() {
     );
     assert!(check(&format!("[jwt]\nsecret = \"{SECRET}\"\n[generic_stream]\nenabled = true\nlimits = {{ per_ip = 5 }}")).is_empty());
     let mut errors = ConfigErrors::default();
-    RawRuleAuth::default().validate("stream[0]", &[], None, &mut errors);
+    RawRuleAuth::default().validate("stream[0]", &[], false, &mut errors);
     assert!(
         errors.to_string().contains("stream[0].auth: required"),
         "{errors}"
@@ -220,7 +220,7 @@ fn auth_must_be_written_and_jwt_needs_its_section() {
         auth_path: Some("/x".into()),
         ..RawRuleAuth::default()
     };
-    raw.validate("stream[0]", &[], None, &mut errors);
+    raw.validate("stream[0]", &[], false, &mut errors);
     let text = errors.to_string();
     assert!(
         text.contains("stream[0].auth_path: only applies with auth = \"upstream\""),
@@ -236,7 +236,7 @@ fn auth_must_be_written_and_jwt_needs_its_section() {
         auth_path: Some("/api/{path.id}/{query.q}".into()),
         ..RawRuleAuth::default()
     };
-    raw.validate("stream[0]", &["bot"], None, &mut errors);
+    raw.validate("stream[0]", &["bot"], false, &mut errors);
     assert!(
         errors
             .to_string()

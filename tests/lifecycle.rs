@@ -76,6 +76,32 @@ fn check_accepts_the_example_and_lists_every_error() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+/// A `[jwt]` section with a too-short secret is one error: its rules and the generic stream
+/// do not also claim the section is missing.
+#[test]
+fn check_reports_a_short_jwt_secret_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwt.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:8000\"\n\
+         [jwt]\nsecret = \"too-short\"\n\
+         [generic_stream]\nenabled = true\n\
+         [[stream]]\npath = \"/events\"\nchannels = [\"a\"]\nauth = \"jwt\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(errors.contains("1 error(s)"), "{errors}");
+    assert!(errors.contains("jwt.secret: "), "{errors}");
+    assert!(!errors.contains("needs a [jwt] section"), "{errors}");
+}
+
 #[tokio::test]
 async fn sighup_reloads_a_valid_file_and_keeps_the_old_on_a_bad_one() {
     let a = Upstream::builder().route("/who", "a").run().await;

@@ -1,5 +1,7 @@
-//! `POST /publish` on the admin listener: one event `{"channel", "event"?, "data"?}` or a
-//! batch (a JSON array of them), for apps that want to push. Answers with the ids.
+//! `POST /publish` on the admin listener: one event `{"channel", "event"?, "data"?,
+//! "purge"?}` or a batch (a JSON array of them), for apps that want to push. Each event's
+//! `purge` tags are purged just before it is published, so a client that refetches on the
+//! event never reads the entry it replaces. Answers with the ids.
 
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
@@ -22,6 +24,27 @@ struct PublishEvent {
     event: Option<String>,
     #[serde(default)]
     data: serde_json::Value,
+    /// Checked by hand ([`purge_tags`]): inside the untagged [`PublishBody`], a serde type
+    /// error would only say that no variant matched.
+    #[serde(default)]
+    purge: Option<serde_json::Value>,
+}
+
+/// The tags of an event's `purge`: an array of non-empty strings, or absent.
+fn purge_tags(purge: Option<serde_json::Value>) -> Result<Vec<String>, &'static str> {
+    const EXPECTED: &str = "purge must be an array of tag strings, e.g. [\"reservas:1\"]";
+    match purge {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::String(tag) if !tag.is_empty() => Ok(tag),
+                serde_json::Value::String(_) => Err("purge: tags must not be empty strings"),
+                _ => Err(EXPECTED),
+            })
+            .collect(),
+        Some(_) => Err(EXPECTED),
+    }
 }
 
 /// A single event or a batch.
@@ -47,7 +70,7 @@ where
         Err(e) => {
             let message = format!(
                 "malformed JSON: {e} (expected {{\"channel\": \"...\", \"event\": \"...\", \
-                 \"data\": ...}} or an array of them)"
+                 \"data\": ..., \"purge\": [\"tag\"]}} or an array of them)"
             );
             return error_response(StatusCode::BAD_REQUEST, &message);
         }
@@ -63,9 +86,23 @@ where
         let message = format!("event {i}: channel must not be empty");
         return error_response(StatusCode::BAD_REQUEST, &message);
     }
-    let ids: Vec<String> = events
+    // Everything is checked before anything is purged or published: a 400 changes nothing.
+    let mut checked = Vec::with_capacity(events.len());
+    for (i, mut e) in events.into_iter().enumerate() {
+        match purge_tags(e.purge.take()) {
+            Ok(tags) => checked.push((e, tags)),
+            Err(why) => {
+                let message = format!("event {i}: {why}");
+                return error_response(StatusCode::BAD_REQUEST, &message);
+            }
+        }
+    }
+    let ids: Vec<String> = checked
         .into_iter()
-        .map(|e| {
+        .map(|(e, tags)| {
+            if !tags.is_empty() {
+                app.purge_tags(&tags);
+            }
             app.hub
                 .publish(&e.channel, e.event.as_deref(), EventData::Json(e.data))
                 .to_string()
@@ -77,4 +114,25 @@ where
         serde_json::json!({ "id": ids[0] })
     };
     json(StatusCode::OK, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_tags;
+    use serde_json::json;
+
+    #[test]
+    fn purge_is_an_array_of_tag_strings() {
+        assert_eq!(purge_tags(None), Ok(vec![]));
+        assert_eq!(purge_tags(Some(json!(null))), Ok(vec![]));
+        assert_eq!(
+            purge_tags(Some(json!(["a", "b:1"]))),
+            Ok(vec!["a".to_string(), "b:1".to_string()])
+        );
+        for bad in [json!("a"), json!([1]), json!({"a": 1}), json!([["a"]])] {
+            let err = purge_tags(Some(bad)).unwrap_err();
+            assert!(err.contains("array of tag strings"), "{err}");
+        }
+        assert!(purge_tags(Some(json!([""]))).unwrap_err().contains("empty"));
+    }
 }

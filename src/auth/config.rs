@@ -74,11 +74,13 @@ pub const DEFAULT_REAUTH: Duration = Duration::from_secs(60);
 impl RawRuleAuth {
     /// Validate, recording every error under `path` (the rule's key path). `params` are the
     /// `{name}` segments of the rule's path pattern, for `{path.NAME}` in `auth_path`.
+    /// `jwt`: whether a `[jwt]` section is written, valid or not (an invalid one reports its
+    /// own errors; saying it is missing too would be a false second error).
     pub fn validate(
         self,
         path: &str,
         params: &[&str],
-        jwt: Option<&JwtConfig>,
+        jwt: bool,
         errors: &mut ConfigErrors,
     ) -> RuleAuthConfig {
         let mode = self.auth.as_deref();
@@ -104,7 +106,7 @@ impl RawRuleAuth {
             }
             Some("none") => RuleAuthConfig::None,
             Some("jwt") => {
-                if jwt.is_none() {
+                if !jwt {
                     errors.push(join(path, "auth"), "\"jwt\" needs a [jwt] section");
                 }
                 RuleAuthConfig::Jwt
@@ -352,15 +354,10 @@ pub struct GenericStreamConfig {
 }
 
 impl RawGenericStream {
-    /// Validate, recording every error under `path`.
-    pub fn validate(
-        self,
-        path: &str,
-        jwt: Option<&JwtConfig>,
-        errors: &mut ConfigErrors,
-    ) -> GenericStreamConfig {
+    /// Validate, recording every error under `path`; `jwt` as in [`RawRuleAuth::validate`].
+    pub fn validate(self, path: &str, jwt: bool, errors: &mut ConfigErrors) -> GenericStreamConfig {
         let enabled = self.enabled.unwrap_or(false);
-        if enabled && jwt.is_none() {
+        if enabled && !jwt {
             errors.push(
                 join(path, "enabled"),
                 "the generic stream needs a [jwt] section: the token decides the channels",

@@ -204,16 +204,18 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
         .collect();
     let hub = hub.validate("hub", &mut errors);
+    // Present but invalid still counts as present: its own errors say what is wrong.
+    let jwt_section = jwt.is_some();
     let jwt = jwt.and_then(|j| j.validate("jwt", &mut errors));
     let streams: Vec<StreamRule> = streams
         .into_iter()
-        .filter_map(|(path, raw)| raw.validate(&path, jwt.as_ref(), &mut errors))
+        .filter_map(|(path, raw)| raw.validate(&path, jwt_section, &mut errors))
         .collect();
     let taps: Vec<TapRule> = taps
         .into_iter()
         .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
         .collect();
-    let generic_stream = generic_stream.validate("generic_stream", jwt.as_ref(), &mut errors);
+    let generic_stream = generic_stream.validate("generic_stream", jwt_section, &mut errors);
 
     match (listen, upstream) {
         (Some(listen), Some(upstream)) if errors.is_empty() => Ok(Config {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::{JwtConfig, RawRuleAuth, RawStreamLimits, RuleAuthConfig, StreamLimits};
+use crate::auth::{RawRuleAuth, RawStreamLimits, RuleAuthConfig, StreamLimits};
 use crate::config::{ConfigErrors, join, parse_duration};
 use crate::route::PathPattern;
 use crate::template::{Source, Template};
@@ -52,13 +52,9 @@ pub struct StreamRule {
 }
 
 impl RawStreamRule {
-    /// Validate, recording every error under `path` (`stream[i]`).
-    pub fn validate(
-        self,
-        path: &str,
-        jwt: Option<&JwtConfig>,
-        errors: &mut ConfigErrors,
-    ) -> Option<StreamRule> {
+    /// Validate, recording every error under `path` (`stream[i]`); `jwt`: whether a `[jwt]`
+    /// section is written (see [`RawRuleAuth::validate`]).
+    pub fn validate(self, path: &str, jwt: bool, errors: &mut ConfigErrors) -> Option<StreamRule> {
         let before = errors.len();
         let pattern = PathPattern::parse(&self.path)
             .map_err(|e| errors.push(join(path, "path"), e))

@@ -16,6 +16,8 @@ pub const TAP_SOURCES: &[Source] = &[
     Source::Header,
     Source::Form,
     Source::Json,
+    Source::ResponseJson,
+    Source::ResponseHeader,
 ];
 
 /// Default `max_body`: 1 MiB.
@@ -54,8 +56,28 @@ pub struct TapRule {
     /// Cache tags purged after a 2xx answer.
     pub purge: Vec<Template>,
     /// Largest body copied for the event; larger bodies are forwarded whole and produce no
-    /// event (counted). Default 1 MiB.
+    /// event (counted). Default 1 MiB. Bounds the copy of the answer's body too.
     pub max_body: usize,
+    /// Some template reads `{response.json.…}`: the answer's body is copied (up to
+    /// `max_body`) as it streams to the client, and the event waits for its end.
+    pub reads_response_body: bool,
+    /// Some template reads `{response.header.…}`: the answer's headers are kept.
+    pub reads_response_headers: bool,
+}
+
+impl TapRule {
+    /// Every template of the rule.
+    fn templates(&self) -> impl Iterator<Item = &Template> {
+        std::iter::once(&self.channel)
+            .chain(&self.event)
+            .chain(self.data.iter().flatten().map(|(_, t)| t))
+            .chain(&self.purge)
+    }
+
+    fn reads(&self, source: Source) -> bool {
+        self.templates()
+            .any(|t| t.variables().any(|(s, _)| s == source))
+    }
 }
 
 impl RawTapRule {
@@ -121,7 +143,7 @@ impl RawTapRule {
         if errors.len() > before {
             return None;
         }
-        Some(TapRule {
+        let mut rule = TapRule {
             name: path.to_string(),
             method: method?,
             path: pattern?,
@@ -130,7 +152,12 @@ impl RawTapRule {
             data,
             purge,
             max_body,
-        })
+            reads_response_body: false,
+            reads_response_headers: false,
+        };
+        rule.reads_response_body = rule.reads(Source::ResponseJson);
+        rule.reads_response_headers = rule.reads(Source::ResponseHeader);
+        Some(rule)
     }
 }
 
@@ -145,6 +172,31 @@ mod tests {
         assert_eq!(t.method, http::Method::POST);
         assert_eq!(t.max_body, super::DEFAULT_MAX_BODY);
         assert!(t.data.is_none() && t.event.is_none() && t.purge.is_empty());
+        assert!(!t.reads_response_body && !t.reads_response_headers);
+    }
+
+    #[test]
+    fn response_variables_are_known_to_taps_only() {
+        let c = parse(
+            "[[tap]]\npath = \"/r\"\nchannel = \"c\"\n\
+             data = { id = \"{response.json.id}\" }\npurge = [\"{response.header.Location}\"]",
+        )
+        .unwrap();
+        assert!(c.taps[0].reads_response_body && c.taps[0].reads_response_headers);
+        let c =
+            parse("[[tap]]\npath = \"/r\"\nchannel = \"c:{response.header.Location}\"").unwrap();
+        assert!(!c.taps[0].reads_response_body && c.taps[0].reads_response_headers);
+        let errors = parse(
+            "[[stream]]\npath = \"/s\"\nauth = \"none\"\nchannels = [\"{response.json.id}\"]",
+        )
+        .unwrap_err();
+        assert!(
+            errors.contains(
+                "stream[0].channels[0]: template \"{response.json.id}\": \
+                             {response.json.id} is not available here"
+            ),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Building a tap's event from the request: channel, event name and data from templates
-//! over path, query, headers, form fields and JSON body.
+//! Building a tap's event from the request and the app's answer: channel, event name and
+//! data from templates over path, query, headers, form fields and JSON body, and the
+//! answer's headers and JSON body.
 
 use std::borrow::Cow;
 
@@ -11,7 +12,7 @@ use serde_json::{Map, Value};
 use super::TapRule;
 use crate::hub::EventData;
 use crate::route::PathParams;
-use crate::template::{Missing, RequestVars, Source};
+use crate::template::{Missing, RequestVars, Source, Vars, json_path};
 
 /// The parts of a tapped request the templates read.
 pub struct TapRequest<'a> {
@@ -23,6 +24,36 @@ pub struct TapRequest<'a> {
     pub headers: &'a HeaderMap,
     /// The body copy.
     pub body: &'a Bytes,
+}
+
+/// The parts of the app's answer the templates read; each `None` when no template needs it.
+#[derive(Default)]
+pub struct TapResponse<'a> {
+    /// Response headers.
+    pub headers: Option<&'a HeaderMap>,
+    /// The response body copy (complete, at most `max_body`).
+    pub body: Option<&'a Bytes>,
+}
+
+/// Request variables plus `{response.…}`.
+struct TapVars<'a> {
+    request: RequestVars<'a>,
+    headers: Option<&'a HeaderMap>,
+    json: Option<&'a Value>,
+}
+
+impl Vars for TapVars<'_> {
+    fn get(&self, source: Source, name: &str) -> Option<Cow<'_, str>> {
+        match source {
+            Source::ResponseHeader => self
+                .headers?
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(Cow::Borrowed),
+            Source::ResponseJson => json_path(self.json?, name),
+            _ => self.request.get(source, name),
+        }
+    }
 }
 
 /// A rendered event.
@@ -63,20 +94,32 @@ fn decode(headers: &HeaderMap, body: &Bytes) -> Decoded {
     Decoded::Other
 }
 
-/// Render `rule`'s event for `req`; a missing variable means the rule does not apply.
-pub fn build(rule: &TapRule, req: &TapRequest<'_>) -> Result<TapEvent, Missing> {
+/// Render `rule`'s event for `req` and `resp`; a missing variable means the rule does not
+/// apply. A response body that is not JSON leaves every `{response.json.…}` missing.
+pub fn build(
+    rule: &TapRule,
+    req: &TapRequest<'_>,
+    resp: &TapResponse<'_>,
+) -> Result<TapEvent, Missing> {
     let decoded = decode(req.headers, req.body);
     let (form, json) = match &decoded {
         Decoded::Form(f) => (Some(f.as_slice()), None),
         Decoded::Json(v) => (None, Some(v)),
         Decoded::Other => (None, None),
     };
-    let vars = RequestVars {
-        path: req.params,
-        query: req.query,
-        headers: req.headers,
-        form,
-        json,
+    // Whatever its Content-Type says: apps label JSON answers loosely, and a body that
+    // does not parse simply has no values.
+    let response_json: Option<Value> = resp.body.and_then(|b| serde_json::from_slice(b).ok());
+    let vars = TapVars {
+        request: RequestVars {
+            path: req.params,
+            query: req.query,
+            headers: req.headers,
+            form,
+            json,
+        },
+        headers: resp.headers,
+        json: response_json.as_ref(),
     };
     let channel = rule.channel.render(&vars)?;
     let event = rule.event.as_ref().map(|t| t.render(&vars)).transpose()?;
@@ -84,13 +127,13 @@ pub fn build(rule: &TapRule, req: &TapRequest<'_>) -> Result<TapEvent, Missing> 
         Some(fields) => {
             let mut object = Map::new();
             for (key, template) in fields {
-                let value = match (template.single_variable(), json) {
+                let value = match template.single_variable() {
                     // A lone JSON variable keeps its type (numbers stay numbers).
-                    (Some((Source::Json, path)), Some(body)) => {
-                        typed(body, path).ok_or_else(|| Missing {
-                            source: Source::Json,
-                            name: path.to_string(),
-                        })?
+                    Some((source @ Source::Json, path)) if json.is_some() => {
+                        typed_or_missing(json, source, path)?
+                    }
+                    Some((source @ Source::ResponseJson, path)) => {
+                        typed_or_missing(vars.json, source, path)?
                     }
                     _ => Value::String(template.render(&vars)?),
                 };
@@ -98,7 +141,7 @@ pub fn build(rule: &TapRule, req: &TapRequest<'_>) -> Result<TapEvent, Missing> 
             }
             EventData::Json(Value::Object(object))
         }
-        None => default_data(&decoded, req, &vars),
+        None => default_data(&decoded, req, &vars.request),
     };
     let purge = rule
         .purge
@@ -110,6 +153,13 @@ pub fn build(rule: &TapRule, req: &TapRequest<'_>) -> Result<TapEvent, Missing> 
         event,
         data,
         purge,
+    })
+}
+
+fn typed_or_missing(body: Option<&Value>, source: Source, path: &str) -> Result<Value, Missing> {
+    body.and_then(|b| typed(b, path)).ok_or_else(|| Missing {
+        source,
+        name: path.to_string(),
     })
 }
 

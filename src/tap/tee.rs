@@ -4,9 +4,11 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 
 /// What the tap gets once the body has been read by the upstream client.
@@ -111,6 +113,77 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TeeBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A [`TeeBody`] over the app's answer that, dropped before its end (the client went away),
+/// reads the rest in the background for the copy: the app did the change, so its event
+/// still goes out. Bounded: the copy stops at the tee's limit and the read at `grace`.
+pub struct FinishOnDrop<B: Body<Data = Bytes> + Unpin + Send + 'static> {
+    /// `None` only once dropped.
+    tee: Option<TeeBody<B>>,
+    grace: Duration,
+}
+
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> FinishOnDrop<B> {
+    /// Wrap `tee`; an early drop reads on for at most `grace`.
+    pub fn new(tee: TeeBody<B>, grace: Duration) -> Self {
+        FinishOnDrop {
+            tee: Some(tee),
+            grace,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Body for FinishOnDrop<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.get_mut().tee.as_mut() {
+            Some(tee) => Pin::new(tee).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.tee.as_ref().is_none_or(|t| t.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.tee.as_ref().map(|t| t.size_hint()).unwrap_or_default()
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Drop for FinishOnDrop<B> {
+    fn drop(&mut self) {
+        let Some(mut tee) = self.tee.take() else {
+            return;
+        };
+        // Decided already (complete, or too large): nothing left to learn.
+        if tee.tx.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let grace = self.grace;
+        runtime.spawn(async move {
+            let read_on = async {
+                // Frames are dropped as read; the tee keeps its bounded copy and sends it.
+                while tee.tx.is_some() {
+                    match tee.frame().await {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    }
+                }
+            };
+            // On timeout the tee is dropped unsent: the tap counts the answer incomplete.
+            let _ = tokio::time::timeout(grace, read_on).await;
+        });
     }
 }
 

@@ -47,7 +47,7 @@ pub fn rule_auth(
         reauth: reauth.map(Into::into),
     };
     let mut errors = ConfigErrors::default();
-    let out = raw.validate("stream[0]", &[], None, &mut errors);
+    let out = raw.validate("stream[0]", &[], false, &mut errors);
     assert!(errors.is_empty(), "{errors}");
     out
 }
