@@ -7,6 +7,7 @@
 //! one small trait lets sources be tested against a recording sink and wired to the hub and
 //! the cache in one place ([`AppSink`]).
 
+pub mod backoff;
 pub mod postgres;
 
 use std::sync::Arc;
