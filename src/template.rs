@@ -24,8 +24,11 @@ pub enum Source {
     Form,
     /// `{json.a.b}`: a field of a JSON body.
     Json,
-    /// `{payload.a.b}`: a field of a Postgres NOTIFY payload.
+    /// `{payload.a.b}`: a field of a Postgres NOTIFY payload or an MQTT message's JSON
+    /// payload.
     Payload,
+    /// `{topic.NAME}`: a `{NAME}` level of an MQTT `[[topic]]` rule's topic pattern.
+    Topic,
 }
 
 impl Source {
@@ -38,6 +41,7 @@ impl Source {
             Source::Form => "form",
             Source::Json => "json",
             Source::Payload => "payload",
+            Source::Topic => "topic",
         }
     }
 
@@ -49,6 +53,7 @@ impl Source {
             "form" => Source::Form,
             "json" => Source::Json,
             "payload" => Source::Payload,
+            "topic" => Source::Topic,
             _ => return None,
         })
     }
@@ -314,7 +319,7 @@ impl Vars for RequestVars<'_> {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| Cow::Borrowed(v.as_str())),
             Source::Json => json_path(self.json?, name),
-            Source::Payload => None,
+            Source::Payload | Source::Topic => None,
         }
     }
 

@@ -206,6 +206,8 @@ impl NotifyRule {
 /// literal. A string that is exactly one variable keeps the value's JSON type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataTemplate {
+    /// `"{payload}"`: the whole payload, as is.
+    Payload,
     /// A string template.
     Template(Template),
     /// A table: each value rendered.
@@ -220,6 +222,9 @@ impl DataTemplate {
     /// Parse a TOML value whose strings are templates over `allowed` sources.
     pub fn from_toml(value: &toml::Value, allowed: &[Source]) -> Result<DataTemplate, String> {
         Ok(match value {
+            toml::Value::String(s) if s == "{payload}" && allowed.contains(&Source::Payload) => {
+                DataTemplate::Payload
+            }
             toml::Value::String(s) => DataTemplate::Template(Template::parse(s, allowed)?),
             toml::Value::Table(t) => DataTemplate::Object(
                 t.iter()
@@ -238,9 +243,16 @@ impl DataTemplate {
         })
     }
 
-    /// Render against a payload.
+    /// Render against a payload (its fields are the only variables).
     pub fn render(&self, payload: &Value) -> Result<Value, MapError> {
+        self.render_with(payload, &PayloadVars(payload))
+    }
+
+    /// Render against a payload, with `vars` for every variable (including `{payload.*}`
+    /// inside longer strings); a lone `{payload.x}` keeps the field's JSON type.
+    pub fn render_with(&self, payload: &Value, vars: &dyn Vars) -> Result<Value, MapError> {
         Ok(match self {
+            DataTemplate::Payload => payload.clone(),
             DataTemplate::Template(t) => match t.single_variable() {
                 Some((Source::Payload, path)) => {
                     lookup(payload, path)
@@ -250,22 +262,34 @@ impl DataTemplate {
                             name: path.to_string(),
                         })?
                 }
-                _ => Value::String(t.render(&PayloadVars(payload))?),
+                _ => Value::String(t.render(vars)?),
             },
             DataTemplate::Object(fields) => Value::Object(
                 fields
                     .iter()
-                    .map(|(k, v)| Ok((k.clone(), v.render(payload)?)))
+                    .map(|(k, v)| Ok((k.clone(), v.render_with(payload, vars)?)))
                     .collect::<Result<_, MapError>>()?,
             ),
             DataTemplate::Array(items) => Value::Array(
                 items
                     .iter()
-                    .map(|v| v.render(payload))
+                    .map(|v| v.render_with(payload, vars))
                     .collect::<Result<_, _>>()?,
             ),
             DataTemplate::Literal(v) => v.clone(),
         })
+    }
+
+    /// Every variable of the templates inside.
+    pub fn variables(&self) -> Vec<(Source, &str)> {
+        match self {
+            DataTemplate::Payload | DataTemplate::Literal(_) => Vec::new(),
+            DataTemplate::Template(t) => t.variables().collect(),
+            DataTemplate::Object(fields) => {
+                fields.iter().flat_map(|(_, v)| v.variables()).collect()
+            }
+            DataTemplate::Array(items) => items.iter().flat_map(DataTemplate::variables).collect(),
+        }
     }
 }
 
