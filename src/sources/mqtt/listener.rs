@@ -73,7 +73,8 @@ struct Subscriptions {
 impl Subscriptions {
     /// Queue the requests that turn `requested` into `wanted`, as far as the request
     /// channel has room; what does not fit is retried on the next call.
-    fn sync(&mut self, client: &AsyncClient) {
+    /// Returns whether a SUBSCRIBE was queued.
+    fn sync(&mut self, client: &AsyncClient) -> bool {
         let stale: Vec<String> = self
             .requested
             .keys()
@@ -82,7 +83,7 @@ impl Subscriptions {
             .collect();
         for filter in stale {
             if client.try_unsubscribe(filter.clone()).is_err() {
-                return;
+                return false;
             }
             tracing::info!(filter, "MQTT unsubscribe");
             self.requested.remove(&filter);
@@ -94,17 +95,19 @@ impl Subscriptions {
             .map(|(f, q)| SubscribeFilter::new(f.clone(), qos(*q)))
             .collect();
         if new.is_empty() {
-            return;
+            return false;
         }
         let filters: Vec<String> = new.iter().map(|s| s.path.clone()).collect();
-        if client.try_subscribe_many(new).is_ok() {
-            tracing::info!(?filters, "MQTT subscribe");
-            for f in filters {
-                if let Some(q) = self.wanted.get(&f) {
-                    self.requested.insert(f, *q);
-                }
+        if client.try_subscribe_many(new).is_err() {
+            return false;
+        }
+        tracing::info!(?filters, "MQTT subscribe");
+        for f in filters {
+            if let Some(q) = self.wanted.get(&f) {
+                self.requested.insert(f, *q);
             }
         }
+        true
     }
 }
 
@@ -148,6 +151,8 @@ impl Listener {
         // Subscribers may have missed messages since the last connection.
         let mut gap = false;
         let mut rules_open = true;
+        // Waiting for the SUBACK of the subscriptions sent after CONNACK.
+        let mut subscribing = false;
         loop {
             let event = {
                 let poll = eventloop.poll();
@@ -180,17 +185,27 @@ impl Listener {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    self.connected(&ack, &rules, gap, ever_connected);
                     if !ack.session_present {
                         subs.requested.clear();
                     }
+                    // Ready once the broker confirmed the subscriptions (at once when the
+                    // session kept them): a message published after /readyz says ready
+                    // is delivered.
+                    subscribing = subs.sync(&client);
+                    self.connected(&ack, &rules, gap, ever_connected, subscribing);
                     connected = true;
                     ever_connected = true;
                     gap = false;
                     backoff.reset();
+                    continue;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => self.dispatch(&rules, &subs, &p),
-                Ok(Event::Incoming(Packet::SubAck(ack))) => self.check_suback(&ack),
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    self.check_suback(&ack);
+                    if std::mem::take(&mut subscribing) {
+                        self.app.set_ready(READINESS, None);
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -213,6 +228,7 @@ impl Listener {
                         format!("{state}: {e}")
                     };
                     connected = false;
+                    subscribing = false;
                     gap = true;
                     self.metrics.connected.set(0);
                     self.app.set_ready(READINESS, Some(reason));
@@ -231,12 +247,24 @@ impl Listener {
     }
 
     /// CONNACK: ready again, and tell subscribers what may have been lost.
-    fn connected(&self, ack: &ConnAck, rules: &[TopicRule], gap: bool, reconnect: bool) {
+    fn connected(
+        &self,
+        ack: &ConnAck,
+        rules: &[TopicRule],
+        gap: bool,
+        reconnect: bool,
+        subscribing: bool,
+    ) {
         if reconnect {
             self.metrics.reconnects.inc();
         }
         self.metrics.connected.set(1);
-        self.app.set_ready(READINESS, None);
+        if subscribing {
+            self.app
+                .set_ready(READINESS, Some("connected, subscribing".to_string()));
+        } else {
+            self.app.set_ready(READINESS, None);
+        }
         tracing::info!(
             client_id = %self.config.client_id,
             session_present = ack.session_present,
@@ -284,6 +312,7 @@ impl Listener {
     }
 
     fn check_suback(&self, ack: &SubAck) {
+        self.metrics.subscribes.inc();
         let refused = ack
             .return_codes
             .iter()

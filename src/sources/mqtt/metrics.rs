@@ -52,6 +52,8 @@ pub struct MqttMetrics {
     pub resets: Counter,
     /// Subscriptions the broker refused (SUBACK failure).
     pub subscribe_failures: Counter,
+    /// SUBSCRIBE requests the broker acknowledged (after a connect or a reload).
+    pub subscribes: Counter,
 }
 
 impl MqttMetrics {
@@ -103,6 +105,11 @@ impl MqttMetrics {
             "subscribe_failures",
             "Subscriptions the broker refused",
             m.subscribe_failures.clone(),
+        );
+        r.register(
+            "subscribes",
+            "SUBSCRIBE requests the broker acknowledged",
+            m.subscribes.clone(),
         );
         m
     }
