@@ -428,3 +428,32 @@ async fn reloaded_rules_subscribe_and_unsubscribe_the_difference() {
         "{warnings:?}"
     );
 }
+
+#[tokio::test]
+async fn qos0_rules_are_reset_after_any_reconnect_qos1_rules_are_not() {
+    let prefix = unique("t_qos0");
+    let proxy = TcpProxy::start(common::mqtt::broker_addr(), true).await;
+    let sink = Arc::new(RecordingSink::default());
+    let extra = format!(
+        "{}[[topic]]\ntopic = \"{prefix}/live/{{id}}\"\nchannel = \"live:{{topic.id}}\"\nqos = 0\n\
+         [[topic]]\ntopic = \"{prefix}/kept/{{id}}\"\nchannel = \"kept:{{topic.id}}\"\n",
+        mqtt_section(&format!("mqtt://{}", proxy.addr), &unique("unpoll"))
+    );
+    let upstream = Upstream::builder().run().await;
+    let unpoll = Unpoll::start_with_sink(&upstream.url(), &extra, sink.clone()).await;
+    wait_ready(&unpoll).await;
+    proxy.cut();
+    wait_not_ready(&unpoll).await;
+    proxy.restore();
+    sink.wait(WAIT, "the reset of the QoS 0 rule", |log| {
+        log.iter().any(|d| matches!(d, Delivered::Reset(_)))
+    })
+    .await;
+    wait_ready(&unpoll).await;
+    let resets: Vec<Delivered> = sink
+        .all()
+        .into_iter()
+        .filter(|d| matches!(d, Delivered::Reset(_)))
+        .collect();
+    assert_eq!(resets, [Delivered::Reset("live:*".to_string())]);
+}
