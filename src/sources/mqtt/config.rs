@@ -14,7 +14,8 @@ use crate::template::{Source, Template};
 pub mod defaults {
     /// The broker's default plain-TCP port.
     pub const PORT: u16 = 1883;
-    /// Keep-alive interval the broker is told (it drops the client after 1.5×).
+    /// Keep-alive interval the broker is told (it drops the client after 1.5×; unpoll
+    /// notices an unanswered ping at the next interval).
     pub const KEEP_ALIVE: &str = "30s";
     /// Time to open the connection and get CONNACK.
     pub const CONNECT_TIMEOUT: &str = "5s";

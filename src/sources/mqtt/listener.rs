@@ -191,7 +191,9 @@ impl Listener {
                     // Ready once the broker confirmed the subscriptions (at once when the
                     // session kept them): a message published after /readyz says ready
                     // is delivered.
-                    subscribing = subs.sync(&client);
+                    // (A SUBSCRIBE that did not fit in the request channel yet counts as
+                    // under way: the trailing sync sends it.)
+                    subscribing = subs.sync(&client) || subs.wanted != subs.requested;
                     self.connected(&ack, &rules, gap, ever_connected, subscribing);
                     connected = true;
                     ever_connected = true;
