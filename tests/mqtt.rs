@@ -457,3 +457,38 @@ async fn qos0_rules_are_reset_after_any_reconnect_qos1_rules_are_not() {
         .collect();
     assert_eq!(resets, [Delivered::Reset("live:*".to_string())]);
 }
+
+#[tokio::test]
+async fn a_silently_dead_connection_is_noticed_by_keep_alive_and_nothing_is_lost() {
+    let prefix = unique("t_silent");
+    let proxy = TcpProxy::start(common::mqtt::broker_addr(), true).await;
+    let sink = Arc::new(RecordingSink::default());
+    let extra = format!(
+        "{}{}",
+        mqtt_section(&format!("mqtt://{}", proxy.addr), &unique("unpoll"))
+            .replace("keep_alive = \"5s\"", "keep_alive = \"1s\""),
+        device_rule(&prefix)
+    );
+    let upstream = Upstream::builder().run().await;
+    let unpoll = Unpoll::start_with_sink(&upstream.url(), &extra, sink.clone()).await;
+    wait_ready(&unpoll).await;
+    // No byte passes, nothing is closed: only the unanswered ping tells.
+    proxy.blackhole();
+    let mut publisher = Publisher::shared().await;
+    publisher
+        .publish(&format!("{prefix}/devices/A/position"), "1")
+        .await;
+    wait_not_ready(&unpoll).await;
+    proxy.restore();
+    sink.wait(WAIT, "the message sent into the dead connection", |log| {
+        log.iter().any(|d| matches!(d, Delivered::Event { .. }))
+    })
+    .await;
+    assert_eq!(sink.events()[0].2, json!(1));
+    wait_ready(&unpoll).await;
+    assert!(
+        !sink.all().iter().any(|d| matches!(d, Delivered::Reset(_))),
+        "{:?}",
+        sink.all()
+    );
+}
