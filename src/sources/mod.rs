@@ -2,7 +2,7 @@
 //!
 //! - [`postgres`]: `LISTEN`/`NOTIFY` and an outbox table (`[[notify]]` rules).
 //! - [`mqtt`]: messages of an MQTT broker (`[[topic]]` rules).
-//! - [`backoff`]: the reconnect delays both use.
+//! - [`backoff`]: the reconnect delays both use; [`mapping`]: what their rules share.
 //!
 //! A source talks to the rest of unpoll only through a [`Sink`]: publish an event, tell a
 //! channel's subscribers that events were lost, purge cache tags. Keeping that coupling in
@@ -10,6 +10,7 @@
 //! the cache in one place ([`AppSink`]).
 
 pub mod backoff;
+pub mod mapping;
 pub mod mqtt;
 pub mod postgres;
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::rules::{Qos, TopicPattern, TopicRule};
 use crate::config::{ConfigErrors, join, parse_duration, parse_size};
-use crate::sources::postgres::rules::DataTemplate;
+use crate::sources::mapping::DataTemplate;
 use crate::template::{Source, Template};
 
 /// Defaults, documented in `config.toml.example`.

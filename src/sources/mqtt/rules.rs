@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::sources::postgres::rules::{DataTemplate, MapError, Mapped};
+use crate::sources::mapping::{DataTemplate, MapError, Mapped};
 use crate::template::{Source, Template, Vars, json_path};
 
 /// One level of a topic pattern.
