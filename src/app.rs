@@ -16,6 +16,7 @@ use crate::hub::Hub;
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::proxy::routes::Routes;
 use crate::proxy::upstream::UpstreamClient;
+use crate::sources::mqtt::{MqttMetrics, TopicRule};
 use crate::sources::postgres::PostgresMetrics;
 
 /// Everything that a config reload replaces at once. A request loads one snapshot and keeps
@@ -44,6 +45,11 @@ pub struct App {
     /// Metrics of the Postgres source (registered even when unused, so dashboards see
     /// zeros rather than gaps).
     pub postgres: PostgresMetrics,
+    /// Metrics of the MQTT source (registered even when unused).
+    pub mqtt: MqttMetrics,
+    /// The `[[topic]]` rules, for the MQTT source: [`App::reload`] sends new ones, the
+    /// source subscribes and unsubscribes the difference.
+    pub topic_rules: tokio::sync::watch::Sender<Arc<[TopicRule]>>,
     /// Channels, history and subscribers. Lives as long as the instance: a reload keeps
     /// every open stream and the history (its `[hub]` settings apply at start only).
     pub hub: Hub,
@@ -68,7 +74,15 @@ impl App {
         let metrics = ProxyMetrics::register(&mut registry);
         let postgres = PostgresMetrics::register(&mut registry);
         crate::logging::register_metrics(&mut registry);
+        let mqtt = MqttMetrics::register(&mut registry);
+        let (topic_rules, _) = tokio::sync::watch::channel(Arc::from(config.topics.clone()));
         let mut readiness = BTreeMap::new();
+        if config.mqtt.is_some() {
+            readiness.insert(
+                crate::sources::mqtt::READINESS,
+                "starting: not connected yet".to_string(),
+            );
+        }
         if config.postgres.is_some() && !config.notify.is_empty() {
             // Not ready from the first instant, before the source's task has even run.
             readiness.insert(
@@ -87,6 +101,8 @@ impl App {
             registry,
             metrics,
             postgres,
+            mqtt,
+            topic_rules,
             hub,
             readiness: Mutex::new(readiness),
             auth_metrics,
@@ -130,6 +146,17 @@ impl App {
             warnings
                 .push("[postgres] or [[notify]] changed: restart unpoll to apply it".to_string());
         }
+        if old.config.mqtt != config.mqtt {
+            warnings.push("[mqtt] changed: restart unpoll to apply it".to_string());
+        }
+        // [[topic]] rules apply at once: the MQTT source subscribes the difference.
+        self.topic_rules.send_if_modified(|rules| {
+            let changed = **rules != *config.topics;
+            if changed {
+                *rules = Arc::from(config.topics.clone());
+            }
+            changed
+        });
         if old.config.cache_size != config.cache_size {
             warnings.push("cache_size changed: restart unpoll to apply it".to_string());
         }

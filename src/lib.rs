@@ -19,7 +19,7 @@
 //! - [`admin`]: health, readiness, metrics, stats, publish, purge.
 //! - [`cache`]: `[[cache]]` rules: per-user keys, coalescing, stale serving, tag purge.
 //! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
-//! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox) behind a `Sink`.
+//! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT) behind a `Sink`.
 //! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
 //!   format and the response body that streams a subscription.
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints); [`tap`]: `[[tap]]` rules (publish

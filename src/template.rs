@@ -24,12 +24,15 @@ pub enum Source {
     Form,
     /// `{json.a.b}`: a field of a JSON body.
     Json,
-    /// `{payload.a.b}`: a field of a Postgres NOTIFY payload.
+    /// `{payload.a.b}`: a field of a Postgres NOTIFY payload or an MQTT message's JSON
+    /// payload.
     Payload,
     /// `{response.json.a.b}`: a field of the upstream's JSON answer (taps only).
     ResponseJson,
     /// `{response.header.NAME}`: a header of the upstream's answer (taps only).
     ResponseHeader,
+    /// `{topic.NAME}`: a `{NAME}` level of an MQTT `[[topic]]` rule's topic pattern.
+    Topic,
 }
 
 impl Source {
@@ -44,6 +47,7 @@ impl Source {
             Source::Payload => "payload",
             Source::ResponseJson => "response.json",
             Source::ResponseHeader => "response.header",
+            Source::Topic => "topic",
         }
     }
 
@@ -68,6 +72,7 @@ impl Source {
             "payload" => Source::Payload,
             "response.json" => Source::ResponseJson,
             "response.header" => Source::ResponseHeader,
+            "topic" => Source::Topic,
             _ => return None,
         })
     }
@@ -333,7 +338,7 @@ impl Vars for RequestVars<'_> {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| Cow::Borrowed(v.as_str())),
             Source::Json => json_path(self.json?, name),
-            Source::Payload | Source::ResponseJson | Source::ResponseHeader => None,
+            Source::Payload | Source::Topic | Source::ResponseJson | Source::ResponseHeader => None,
         }
     }
 

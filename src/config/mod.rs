@@ -26,6 +26,8 @@ use crate::cache::{CacheRule, RawCacheRule};
 use crate::hub::config::{HubConfig, RawHubConfig};
 use crate::logging::{LogConfig, RawLogConfig};
 use crate::proxy::config::{ProxyConfig, RawProxyConfig};
+use crate::sources::mqtt::config::{RawMqttConfig, RawTopicRule};
+use crate::sources::mqtt::{MqttConfig, TopicRule};
 use crate::sources::postgres::config::{RawNotifyRule, RawPostgresConfig};
 use crate::sources::postgres::{NotifyRule, PostgresConfig};
 use crate::stream::{RawStreamRule, StreamRule};
@@ -50,6 +52,10 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     /// `[[notify]]` rules: Postgres NOTIFY and outbox sources.
     pub notify: Vec<NotifyRule>,
+    /// `[mqtt]`: the broker `[[topic]]` rules subscribe at. Read at start only.
+    pub mqtt: Option<MqttConfig>,
+    /// `[[topic]]` rules: MQTT messages become events. Reloadable.
+    pub topics: Vec<TopicRule>,
     /// Memory budget of all `[[cache]]` entries together, in bytes. Read at start only.
     pub cache_size: u64,
     /// `[[cache]]` rules, in file order.
@@ -155,6 +161,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let log = s.take::<RawLogConfig>("log").unwrap_or_default();
     let postgres = s.take::<RawPostgresConfig>("postgres");
     let notify = s.take_rules::<RawNotifyRule>("notify");
+    let mqtt = s.take::<RawMqttConfig>("mqtt");
+    let topics = s.take_rules::<RawTopicRule>("topic");
     let cache_size = s.take::<String>("cache_size");
     let caches = s.take_rules::<RawCacheRule>("cache");
     let hub = s.take::<RawHubConfig>("hub").unwrap_or_default();
@@ -198,6 +206,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let log = log.validate("log", &mut errors);
     let (postgres, notify) =
         crate::sources::postgres::config::validate(postgres, notify, &mut errors);
+    let (mqtt, topics) = crate::sources::mqtt::config::validate(mqtt, topics, &mut errors);
     let cache_size = crate::cache::config::cache_size(cache_size, &mut errors);
     let caches: Vec<CacheRule> = caches
         .into_iter()
@@ -227,6 +236,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             log,
             postgres,
             notify,
+            mqtt,
+            topics,
             cache_size,
             caches,
             hub,
@@ -271,6 +282,18 @@ impl Config {
                 rule.channel
                     .as_ref()
                     .map_or("<row channel>", |c| c.as_str())
+            );
+        }
+        if let Some(mqtt) = &self.mqtt {
+            let _ = writeln!(out, "mqtt      {} as {}", mqtt.url, mqtt.client_id);
+        }
+        for rule in &self.topics {
+            let _ = writeln!(
+                out,
+                "{:<9} topic {} → {}",
+                rule.key,
+                rule.topic.as_str(),
+                rule.channel
             );
         }
         for rule in &self.streams {

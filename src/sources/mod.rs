@@ -1,12 +1,17 @@
 //! Event sources: what publishes events onto channels besides taps and the publish API.
 //!
 //! - [`postgres`]: `LISTEN`/`NOTIFY` and an outbox table (`[[notify]]` rules).
+//! - [`mqtt`]: messages of an MQTT broker (`[[topic]]` rules).
+//! - [`backoff`]: the reconnect delays both use; [`mapping`]: what their rules share.
 //!
 //! A source talks to the rest of unpoll only through a [`Sink`]: publish an event, tell a
 //! channel's subscribers that events were lost, purge cache tags. Keeping that coupling in
 //! one small trait lets sources be tested against a recording sink and wired to the hub and
 //! the cache in one place ([`AppSink`]).
 
+pub mod backoff;
+pub mod mapping;
+pub mod mqtt;
 pub mod postgres;
 
 use std::sync::Arc;
@@ -64,10 +69,17 @@ impl Sink for AppSink {
 pub fn start(app: &Arc<App>, sink: Arc<dyn Sink>) -> Vec<JoinHandle<()>> {
     let snapshot = app.snapshot();
     let config = &snapshot.config;
-    match &config.postgres {
+    let mut tasks = match &config.postgres {
         Some(pg) if !config.notify.is_empty() => {
-            postgres::spawn(app.clone(), pg.clone(), config.notify.clone(), sink)
+            postgres::spawn(app.clone(), pg.clone(), config.notify.clone(), sink.clone())
         }
         _ => Vec::new(),
+    };
+    // Started whenever [mqtt] is configured, even with no [[topic]] rule yet: rules
+    // reload, the connection does not.
+    if let Some(mqtt) = &config.mqtt {
+        let rules = app.topic_rules.subscribe();
+        tasks.push(mqtt::spawn(app.clone(), mqtt.clone(), rules, sink));
     }
+    tasks
 }

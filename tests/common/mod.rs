@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses its own part of the harness
 
 pub mod auth;
+pub mod mqtt;
 pub mod pg;
 pub mod process;
 pub mod sse;

@@ -24,13 +24,13 @@ use sqlx::postgres::{PgListener, PgNotification, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::backoff::Backoff;
 use super::config::PostgresConfig;
 use super::metrics::{ListenLabels, PostgresMetrics, RuleLabels};
 use super::rules::{NotifyRule, RuleMode, parse_payload};
 use super::{PostgresError, READINESS};
 use crate::app::App;
 use crate::sources::Sink;
+use crate::sources::backoff::Backoff;
 
 /// Data of the `reset` sent after a reconnect.
 pub const LOST_REASON: &str = "the Postgres listener reconnected; notifications sent while it \

@@ -7,9 +7,8 @@
 //! - [`outbox`]: in-order, at-least-once delivery of outbox rows (and why ids are in commit
 //!   order).
 //! - [`trigger`]: the SQL `unpoll sql-trigger` prints.
-//! - [`backoff`], [`metrics`].
+//! - [`metrics`]; reconnect delays come from [`crate::sources::backoff`].
 
-pub mod backoff;
 pub mod config;
 pub mod listener;
 pub mod metrics;

@@ -41,13 +41,13 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Notify;
 
-use super::backoff::Backoff;
 use super::config::PostgresConfig;
 use super::metrics::{PostgresMetrics, RuleLabels};
 use super::rules::{NotifyRule, OutboxRow};
 use super::trigger::{CURSOR_TABLE, ident};
 use crate::app::App;
 use crate::sources::Sink;
+use crate::sources::backoff::Backoff;
 
 /// How often delivered rows past retention are deleted.
 const RETENTION_EVERY: Duration = Duration::from_secs(30);

@@ -1,11 +1,10 @@
 //! `[[notify]]` rules: a NOTIFY payload (or an outbox row) → the event to publish and the
 //! tags to purge. Pure: no I/O, so every mapping decision is unit-tested here.
 
-use std::borrow::Cow;
-
 use serde_json::Value;
 
-use crate::template::{Source, Template, Vars, json_path};
+pub use crate::sources::mapping::{DataTemplate, MapError, Mapped, PayloadVars};
+use crate::template::Template;
 
 /// How a rule's events arrive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,19 +48,6 @@ pub struct NotifyRule {
     pub mode: RuleMode,
 }
 
-/// What one notification or row becomes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mapped {
-    /// The unpoll channel.
-    pub channel: String,
-    /// The SSE event name, if any.
-    pub event: Option<String>,
-    /// The event data.
-    pub data: Value,
-    /// Cache tags to purge.
-    pub purge: Vec<String>,
-}
-
 /// One row of an outbox table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
@@ -73,31 +59,6 @@ pub struct OutboxRow {
     pub event: Option<String>,
     /// The row's data.
     pub data: Value,
-}
-
-/// Why a notification or row was not published.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MapError {
-    /// The NOTIFY payload is not a JSON object.
-    #[error("payload is not a JSON object: {0}")]
-    Malformed(String),
-    /// A template variable had no value in this payload.
-    #[error("{0}")]
-    Missing(#[from] crate::template::Missing),
-    /// The rendered channel name is empty.
-    #[error("the channel rendered empty")]
-    EmptyChannel,
-}
-
-impl MapError {
-    /// Label for metrics.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            MapError::Malformed(_) => "malformed",
-            MapError::Missing(_) => "missing_value",
-            MapError::EmptyChannel => "empty_channel",
-        }
-    }
 }
 
 /// Parse a NOTIFY payload: templates need a JSON object.
@@ -120,18 +81,6 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
-    }
-}
-
-/// `{payload.a.b}` variables.
-pub struct PayloadVars<'a>(pub &'a Value);
-
-impl Vars for PayloadVars<'_> {
-    fn get(&self, source: Source, name: &str) -> Option<Cow<'_, str>> {
-        match source {
-            Source::Payload => json_path(self.0, name),
-            _ => None,
-        }
     }
 }
 
@@ -202,91 +151,12 @@ impl NotifyRule {
     }
 }
 
-/// Event data as written in the config: a template string, a table or array of them, or a
-/// literal. A string that is exactly one variable keeps the value's JSON type.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DataTemplate {
-    /// A string template.
-    Template(Template),
-    /// A table: each value rendered.
-    Object(Vec<(String, DataTemplate)>),
-    /// An array: each element rendered.
-    Array(Vec<DataTemplate>),
-    /// A number, boolean or date, as is.
-    Literal(Value),
-}
-
-impl DataTemplate {
-    /// Parse a TOML value whose strings are templates over `allowed` sources.
-    pub fn from_toml(value: &toml::Value, allowed: &[Source]) -> Result<DataTemplate, String> {
-        Ok(match value {
-            toml::Value::String(s) => DataTemplate::Template(Template::parse(s, allowed)?),
-            toml::Value::Table(t) => DataTemplate::Object(
-                t.iter()
-                    .map(|(k, v)| Ok((k.clone(), DataTemplate::from_toml(v, allowed)?)))
-                    .collect::<Result<_, String>>()?,
-            ),
-            toml::Value::Array(a) => DataTemplate::Array(
-                a.iter()
-                    .map(|v| DataTemplate::from_toml(v, allowed))
-                    .collect::<Result<_, _>>()?,
-            ),
-            toml::Value::Integer(i) => DataTemplate::Literal(Value::from(*i)),
-            toml::Value::Float(f) => DataTemplate::Literal(Value::from(*f)),
-            toml::Value::Boolean(b) => DataTemplate::Literal(Value::from(*b)),
-            toml::Value::Datetime(d) => DataTemplate::Literal(Value::from(d.to_string())),
-        })
-    }
-
-    /// Render against a payload.
-    pub fn render(&self, payload: &Value) -> Result<Value, MapError> {
-        Ok(match self {
-            DataTemplate::Template(t) => match t.single_variable() {
-                Some((Source::Payload, path)) => {
-                    lookup(payload, path)
-                        .cloned()
-                        .ok_or_else(|| crate::template::Missing {
-                            source: Source::Payload,
-                            name: path.to_string(),
-                        })?
-                }
-                _ => Value::String(t.render(&PayloadVars(payload))?),
-            },
-            DataTemplate::Object(fields) => Value::Object(
-                fields
-                    .iter()
-                    .map(|(k, v)| Ok((k.clone(), v.render(payload)?)))
-                    .collect::<Result<_, MapError>>()?,
-            ),
-            DataTemplate::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|v| v.render(payload))
-                    .collect::<Result<_, _>>()?,
-            ),
-            DataTemplate::Literal(v) => v.clone(),
-        })
-    }
-}
-
-/// The JSON value at `a.b.0.c`; null counts as missing, like in string templates.
-fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
-    let mut v = value;
-    for key in path.split('.') {
-        v = match v {
-            Value::Object(map) => map.get(key)?,
-            Value::Array(items) => items.get(key.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    (!v.is_null()).then_some(v)
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::template::Source;
 
     const P: &[Source] = &[Source::Payload];
 

@@ -1,5 +1,5 @@
-//! Capped exponential backoff with full jitter, for reconnecting to Postgres: many unpoll
-//! instances that lost the same database must not reconnect in lock-step.
+//! Capped exponential backoff with full jitter, for reconnecting a source (Postgres,
+//! MQTT): many unpoll instances that lost the same server must not reconnect in lock-step.
 
 use std::time::Duration;
 

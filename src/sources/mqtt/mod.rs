@@ -1,0 +1,47 @@
+//! MQTT as an event source: `[[topic]]` rules turn messages of a broker into events.
+//!
+//! - [`config`]: `[mqtt]` and `[[topic]]`, validated with key paths.
+//! - [`rules`]: topic patterns, their subscription filters, message → event and tags (pure).
+//! - [`listener`]: the one broker connection (persistent session, QoS 1), its reconnect
+//!   loop with backoff, the `reset` when the broker lost messages, and rule reloads.
+//! - [`metrics`].
+
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod rules;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::MqttConfig;
+pub use metrics::MqttMetrics;
+pub use rules::TopicRule;
+
+use crate::app::App;
+use crate::sources::Sink;
+
+/// The readiness component name: `/readyz` says `mqtt: ...` until the broker connection is
+/// up.
+pub const READINESS: &str = "mqtt";
+
+/// Start the broker connection; it stops when `app.shutdown` fires. `rules` carries the
+/// `[[topic]]` rules and every reload of them. Until connected `/readyz` reports `mqtt` as
+/// not ready (from [`App::new`] on); unpoll keeps serving and proxying meanwhile.
+pub fn spawn(
+    app: Arc<App>,
+    config: MqttConfig,
+    rules: watch::Receiver<Arc<[TopicRule]>>,
+    sink: Arc<dyn Sink>,
+) -> JoinHandle<()> {
+    let listener = listener::Listener {
+        metrics: app.mqtt.clone(),
+        app,
+        config,
+        rules,
+        sink,
+    };
+    tokio::spawn(listener.run())
+}
