@@ -88,10 +88,10 @@ pub async fn open(app: &App, snapshot: &Snapshot, parts: &Parts, peer: IpAddr) -
             Err(resp) => failures.push((index, resp)),
         }
     }
-    if live.is_empty() {
-        if let Some((_, resp)) = first_failure {
-            return resp;
-        }
+    if live.is_empty()
+        && let Some((_, resp)) = first_failure
+    {
+        return resp;
     }
     let mut preamble_errors = Vec::with_capacity(failures.len() + 1);
     for (index, resp) in first_failure.into_iter().chain(failures) {
