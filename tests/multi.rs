@@ -397,3 +397,58 @@ async fn retry_first_then_heartbeats_at_the_shortest_rules_interval() {
         String::from_utf8_lossy(&raw)
     );
 }
+
+/// A multi client that never reads: when one of its subs overflows, the whole stream (its
+/// connection) is closed and every sub of it released, as for a slow single stream, while
+/// a reading client of the same channel gets every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_multi_client_is_disconnected_with_all_its_subs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_app, unpoll) = start(
+        // Only the overflow may close it: no send timeout within the test.
+        "subscriber_queue = 16\nsubscriber_queue_bytes = \"512KiB\"\nhistory_max_bytes = \"2MiB\"\n\
+         [proxy]\nsend_timeout = \"1h\"",
+        Arc::default(),
+    )
+    .await;
+    // A small receive buffer so the kernel does not absorb tens of MB first.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut slow = socket.connect(unpoll.addr).await.unwrap();
+    let url = multi_url(&unpoll, &["/news/events?topic=x", "/bots/events?botId=1"]);
+    let path = url.strip_prefix(&unpoll.url("")).unwrap();
+    slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: user=a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut fast = SseClient::open(&client(), &unpoll.url("/news/events?topic=x"), None).await;
+    eventually(T, "all subscribed", || async {
+        unpoll.app.hub.stats(0).subscribers == 3
+    })
+    .await;
+    let data = "x".repeat(64 * 1024);
+    let mut published = 0;
+    while unpoll.app.hub.stats(0).subscribers == 3 {
+        publish_one(&unpoll, "news:x", None, json!(data)).await;
+        published += 1;
+        assert_eq!(fast.next(T).await.data.len(), data.len() + 2);
+        assert!(published < 500, "the slow client was never disconnected");
+    }
+    eprintln!("slow multi client disconnected after {published} events");
+    eventually(T, "the slow stream and both its subs are gone", || async {
+        let stats = unpoll.stats().await;
+        stats["hub"]["subscribers"] == 1 && stats["stream_connections"] == 1
+    })
+    .await;
+    let mut buf = vec![0; 1 << 16];
+    tokio::time::timeout(T, async {
+        while let Ok(n) = slow.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the server closed the slow connection");
+    let id = publish_one(&unpoll, "news:x", None, json!("after")).await;
+    assert_eq!(fast.next(T).await.id, id);
+}
