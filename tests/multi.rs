@@ -497,3 +497,34 @@ async fn a_slow_multi_client_is_disconnected_with_all_its_subs() {
     let id = publish_one(&unpoll, "news:x", None, json!("after")).await;
     assert_eq!(fast.next(T).await.id, id);
 }
+
+/// Requested on a kept-alive connection, the multi stream starts in hyper (chunked) and
+/// carries the same messages as on a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_stream_on_a_reused_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (_app, unpoll) = start("", Arc::default()).await;
+    let mut conn = tokio::net::TcpStream::connect(unpoll.addr).await.unwrap();
+    conn.write_all(b"GET /api/bots/1 HTTP/1.1\r\nHost: x\r\nCookie: user=a\r\n\r\n")
+        .await
+        .unwrap();
+    let proxied = common::read_until(&mut conn, "[]", T).await;
+    assert!(proxied.starts_with("HTTP/1.1 200 OK\r\n"), "{proxied}");
+    let url = multi_url(&unpoll, &["/bots/events?botId=1", "/bots/events?botId=2"]);
+    let path = url.strip_prefix(&unpoll.url("")).unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: user=a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = common::read_until(&mut conn, "\"error\":403", T).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    eventually(T, "subscribed", || async {
+        unpoll.app.hub.stats(0).subscribers == 1
+    })
+    .await;
+    let id = publish_one(&unpoll, "bot:1", None, json!("hi")).await;
+    let message = format!("data: {{\"s\":0,\"id\":\"{id}\",\"event\":null,\"data\":\"hi\"}}\n\n");
+    // Chunk framing around it: `<hex size>\r\n<message>\r\n`.
+    let framed = format!("{:X}\r\n{message}\r\n", message.len());
+    common::read_until(&mut conn, &framed, T).await;
+}
