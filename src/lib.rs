@@ -24,6 +24,7 @@
 //!   format and the response body that streams a subscription.
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints); [`tap`]: `[[tap]]` rules (publish
 //!   on a 2xx answer to a webhook or mutation).
+//! - [`client`]: the browser client (`/_unpoll/client.js`), served from the binary.
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.
 //!
@@ -35,6 +36,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod hub;
 pub mod logging;

@@ -27,6 +27,12 @@ pub async fn handle(
     abort: Option<ConnectionAbort>,
 ) -> Response<Body> {
     let snapshot = app.snapshot();
+    // The browser client answers before any rule (`[proxy] client`).
+    if snapshot.config.proxy.client
+        && let Some(resp) = crate::client::serve(req.method(), req.uri().path(), req.headers())
+    {
+        return resp;
+    }
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
 
     // Each arm's future is boxed: they differ in size by kilobytes, and an unboxed match
