@@ -52,6 +52,9 @@ pub struct ProxyMetrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// SSE streams open now, by `[[stream]]` rule.
     pub stream_subscribers: Family<RuleLabels, Gauge>,
+    /// SSE responses open now, single or multiplexed: a `/_unpoll/multi` stream carrying ten
+    /// subscriptions is one (and ten in `stream_subscribers`).
+    pub stream_connections: Gauge,
 }
 
 /// Labels of per-rule gauges.
@@ -72,6 +75,7 @@ impl ProxyMetrics {
             open_connections: Gauge::default(),
             reloads: Family::default(),
             stream_subscribers: Family::default(),
+            stream_connections: Gauge::default(),
         };
         registry.register(
             "unpoll_http_requests",
@@ -102,6 +106,11 @@ impl ProxyMetrics {
             "unpoll_stream_subscribers",
             "SSE streams open now, by stream rule",
             m.stream_subscribers.clone(),
+        );
+        registry.register(
+            "unpoll_stream_connections",
+            "SSE responses open now (a multiplexed stream counts once)",
+            m.stream_connections.clone(),
         );
         m
     }

@@ -89,6 +89,7 @@ fn stats(app: &App) -> Response<Body> {
     let value = serde_json::json!({
         "uptime_seconds": app.started.elapsed().as_secs(),
         "open_connections": app.metrics.open_connections.get(),
+        "stream_connections": app.metrics.stream_connections.get(),
         "upstream": snapshot.config.upstream.to_string(),
         "ready": app.not_ready().is_empty(),
         "hub": app.hub.stats(STATS_TOP_CHANNELS),

@@ -42,14 +42,19 @@ impl<B> GrantedBody<B> {
 
 /// The frame telling the client why its stream closed.
 pub fn access_ended_frame(reason: AccessEnded) -> Bytes {
+    Bytes::from(format!(
+        "event: {ACCESS_ENDED_EVENT}\ndata: {}\n\n",
+        access_ended_data(reason)
+    ))
+}
+
+/// The JSON data of that frame: `{"reason":"expired","status":401}`.
+pub fn access_ended_data(reason: AccessEnded) -> String {
     let status = match reason {
         AccessEnded::Expired => 401,
         AccessEnded::Revoked(s) => s.as_u16(),
     };
-    Bytes::from(format!(
-        "event: {ACCESS_ENDED_EVENT}\ndata: {{\"reason\":\"{}\",\"status\":{status}}}\n\n",
-        reason.as_str()
-    ))
+    format!("{{\"reason\":\"{}\",\"status\":{status}}}", reason.as_str())
 }
 
 impl<B> Body for GrantedBody<B>

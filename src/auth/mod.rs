@@ -29,7 +29,7 @@ mod upstream;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use body::{ACCESS_ENDED_EVENT, GrantedBody, access_ended_frame};
+pub use body::{ACCESS_ENDED_EVENT, GrantedBody, access_ended_data, access_ended_frame};
 pub use config::{
     DEFAULT_AUTH_CACHE, DEFAULT_REAUTH, GenericStreamConfig, JwtConfig, RawGenericStream,
     RawJwtConfig, RawRuleAuth, RuleAuthConfig, UpstreamAuthConfig,

@@ -40,6 +40,9 @@ pub struct HubConfig {
     pub max_subscribers_per_ip: usize,
     /// Channels one subscription may name (`device_ids=A,B,...`). More → rejected. Default 32.
     pub max_channels_per_subscription: usize,
+    /// Subscriptions one `/_unpoll/multi` stream may carry (its `s` parameters). More → 400.
+    /// Each one still counts as one subscriber everywhere. Default 32.
+    pub max_multi: usize,
     /// `Retry-After` given with a 429. Default 5 s.
     pub retry_after: Duration,
     /// How often expired history and idle channels are swept. Default 10 s.
@@ -61,6 +64,7 @@ impl Default for HubConfig {
             max_subscribers_per_channel: 10_000,
             max_subscribers_per_ip: 1_000,
             max_channels_per_subscription: 32,
+            max_multi: 32,
             retry_after: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(10),
         }
@@ -83,6 +87,7 @@ pub struct RawHubConfig {
     max_subscribers_per_channel: Option<usize>,
     max_subscribers_per_ip: Option<usize>,
     max_channels_per_subscription: Option<usize>,
+    max_multi: Option<usize>,
     retry_after: Option<String>,
     sweep_interval: Option<String>,
 }
@@ -187,6 +192,7 @@ impl RawHubConfig {
                 self.max_channels_per_subscription,
                 d.max_channels_per_subscription,
             ),
+            max_multi: count(&mut check, "max_multi", self.max_multi, d.max_multi),
             retry_after: dur(&mut check, "retry_after", self.retry_after, d.retry_after),
             sweep_interval: dur(
                 &mut check,

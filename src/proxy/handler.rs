@@ -16,7 +16,7 @@ use super::routes::{Action, Route};
 use crate::app::{App, Snapshot};
 use crate::body::Body;
 use crate::server::ConnectionAbort;
-use crate::stream::Outcome;
+use crate::stream::{Outcome, multi};
 
 /// Handle one client request on the main listener. `abort` ends the request's HTTP/1
 /// connection; a stream takes it (see `server::ConnectionAbort`).
@@ -32,6 +32,13 @@ pub async fn handle(
         && let Some(resp) = crate::client::serve(req.method(), req.uri().path(), req.headers())
     {
         return resp;
+    }
+    if multi::is_multi(req.method(), req.uri().path()) {
+        let (mut parts, _) = req.into_parts();
+        if let Some(abort) = abort {
+            parts.extensions.insert(abort);
+        }
+        return Box::pin(multi::open(app, &snapshot, &parts, client_ip)).await;
     }
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
 
@@ -73,9 +80,12 @@ pub async fn handle(
     resp
 }
 
-/// Whether a request for `path` opens an event stream: a `[[stream]]` rule or the generic
-/// stream. The server asks before serving a stream outside hyper.
+/// Whether a request for `path` opens an event stream: the multiplexed stream, a
+/// `[[stream]]` rule or the generic stream. The server asks before serving a stream outside hyper.
 pub fn is_stream(snapshot: &Snapshot, method: &Method, path: &str) -> bool {
+    if multi::is_multi(method, path) {
+        return true;
+    }
     match snapshot.routes.resolve(method, path).action {
         Action::Stream(_) => true,
         Action::Proxy => is_generic_stream(snapshot, method, path),
@@ -92,6 +102,9 @@ pub async fn open_stream(
     client_ip: IpAddr,
 ) -> Option<Response<Body>> {
     let snapshot = app.snapshot();
+    if multi::is_multi(&parts.method, parts.uri.path()) {
+        return Some(multi::open(app, &snapshot, parts, client_ip).await);
+    }
     let route = snapshot.routes.resolve(&parts.method, parts.uri.path());
     let resp = match stream_arm(app, &snapshot, &route, parts, client_ip).await? {
         Outcome::Respond(resp) => resp,

@@ -53,6 +53,8 @@ pub struct SseBody {
     /// Open streams of the rule that serves this one; incremented by
     /// [`SseBody::counted`], decremented on drop.
     gauge: Option<Gauge>,
+    /// Open stream responses of the whole server; see [`SseBody::connection`].
+    connection: Option<Gauge>,
 }
 
 impl SseBody {
@@ -68,6 +70,7 @@ impl SseBody {
             shutdown: Box::pin(shutdown.cancelled_owned()),
             done: false,
             gauge: None,
+            connection: None,
         }
     }
 
@@ -75,6 +78,16 @@ impl SseBody {
     pub fn counted(mut self, gauge: Gauge) -> SseBody {
         gauge.inc();
         if let Some(old) = self.gauge.replace(gauge) {
+            old.dec();
+        }
+        self
+    }
+
+    /// Count this stream once in `gauge` (the server's open stream responses) while it is
+    /// open.
+    pub fn connection(mut self, gauge: Gauge) -> SseBody {
+        gauge.inc();
+        if let Some(old) = self.connection.replace(gauge) {
             old.dec();
         }
         self
@@ -134,6 +147,9 @@ impl Body for SseBody {
 impl Drop for SseBody {
     fn drop(&mut self) {
         if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
+        if let Some(gauge) = &self.connection {
             gauge.dec();
         }
     }

@@ -3,6 +3,7 @@
 //! `Last-Event-ID`), answer with an SSE body that ends when access does.
 
 pub mod config;
+pub mod multi;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -15,9 +16,9 @@ use prometheus_client::metrics::gauge::Gauge;
 pub use config::{RawStreamRule, StreamRule};
 
 use crate::app::{App, Snapshot};
-use crate::auth::{Authorizer, GrantedBody, SubscribeRequest, requested_channels};
+use crate::auth::{Authorizer, Grant, GrantedBody, SubscribeRequest, requested_channels};
 use crate::body::{Body, boxed};
-use crate::hub::SubscribeError;
+use crate::hub::{SubscribeError, Subscription};
 use crate::proxy::client_ip::client_ip;
 use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
@@ -53,15 +54,79 @@ pub async fn open(
     parts: &Parts,
     peer: IpAddr,
 ) -> Outcome {
+    match admit(
+        app,
+        snapshot,
+        rule,
+        authorizer,
+        subscribers,
+        params,
+        parts,
+        peer,
+    )
+    .await
+    {
+        Gated::Open(admitted) => Outcome::Respond(admitted.into_response(app)),
+        Gated::Refused(resp) => Outcome::Respond(resp),
+        Gated::NotApplicable(missing) => Outcome::NotApplicable(missing),
+    }
+}
+
+/// What a stream's gate decided, before any body exists: a multiplexed stream
+/// (`multi`) puts several of these behind one response.
+pub(crate) enum Gated {
+    /// Subscribed and granted.
+    Open(Admitted),
+    /// The answer a single stream would give (400/401/403/429/502/504).
+    Refused(Response<Body>),
+    /// The rule's templates do not apply (see [`Outcome::NotApplicable`]).
+    NotApplicable(Missing),
+}
+
+/// A stream that passed its gate: its hub subscription, its grant (limits and how long
+/// access lasts) and its rule's settings.
+pub(crate) struct Admitted {
+    /// Replayed, then live frames.
+    pub sub: Subscription,
+    /// Held for the stream's life.
+    pub grant: Grant,
+    /// The rule's heartbeat and retry hint.
+    pub options: SseOptions,
+    /// The rule's open-streams gauge; not yet incremented.
+    pub subscribers: Gauge,
+}
+
+impl Admitted {
+    /// The single-stream response: the SSE body, ended when access ends.
+    fn into_response(self, app: &App) -> Response<Body> {
+        let body = SseBody::new(self.sub, self.options, app.shutdown.clone())
+            .counted(self.subscribers)
+            .connection(app.metrics.stream_connections.clone());
+        crate::sse::response(boxed(GrantedBody::new(body, self.grant)))
+    }
+}
+
+/// The gate of [`open`], without the body.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn admit(
+    app: &App,
+    snapshot: &Snapshot,
+    rule: &StreamRule,
+    authorizer: &Authorizer,
+    subscribers: &Gauge,
+    params: &PathParams,
+    parts: &Parts,
+    peer: IpAddr,
+) -> Gated {
     let vars = RequestVars::head(params, &parts.uri, &parts.headers);
     let mut channels = Vec::new();
     for template in &rule.channels {
         match template.render_each(&vars, rule.max_channels) {
             Ok(names) => channels.extend(names),
-            Err(RenderEachError::Missing(missing)) => return Outcome::NotApplicable(missing),
+            Err(RenderEachError::Missing(missing)) => return Gated::NotApplicable(missing),
             Err(RenderEachError::TooMany { cap }) => {
                 let message = format!("too many channels requested (at most {cap})");
-                return Outcome::Respond(error_response(StatusCode::BAD_REQUEST, &message));
+                return Gated::Refused(error_response(StatusCode::BAD_REQUEST, &message));
             }
         }
     }
@@ -70,7 +135,7 @@ pub async fn open(
             "too many channels requested (at most {})",
             rule.max_channels
         );
-        return Outcome::Respond(error_response(StatusCode::BAD_REQUEST, &message));
+        return Gated::Refused(error_response(StatusCode::BAD_REQUEST, &message));
     }
     let options = SseOptions {
         heartbeat: rule.heartbeat,
@@ -83,7 +148,10 @@ pub async fn open(
         name: &rule.name,
         options,
     };
-    Outcome::Respond(gate.subscribe(app, params, parts, peer, channels).await)
+    match gate.admit(app, params, parts, peer, channels).await {
+        Ok(admitted) => Gated::Open(admitted),
+        Err(resp) => Gated::Refused(resp),
+    }
 }
 
 /// `/_unpoll/sse?channel=a&channel=b`: the client names the channels, its JWT limits them.
@@ -94,9 +162,23 @@ pub async fn open_generic(
     parts: &Parts,
     peer: IpAddr,
 ) -> Response<Body> {
+    match admit_generic(app, snapshot, authorizer, parts, peer).await {
+        Ok(admitted) => admitted.into_response(app),
+        Err(resp) => resp,
+    }
+}
+
+/// The gate of [`open_generic`], without the body.
+pub(crate) async fn admit_generic(
+    app: &App,
+    snapshot: &Snapshot,
+    authorizer: &Authorizer,
+    parts: &Parts,
+    peer: IpAddr,
+) -> Result<Admitted, Response<Body>> {
     let channels = match requested_channels(parts.uri.query()) {
         Ok(channels) => channels,
-        Err(e) => return ProxyError::Auth(e).into_response(),
+        Err(e) => return Err(ProxyError::Auth(e).into_response()),
     };
     let subscribers = app.metrics.stream_subscribers("generic_stream");
     let gate = Gate {
@@ -106,7 +188,7 @@ pub async fn open_generic(
         name: "generic_stream",
         options: GENERIC_SSE,
     };
-    gate.subscribe(app, &PathParams::default(), parts, peer, channels)
+    gate.admit(app, &PathParams::default(), parts, peer, channels)
         .await
 }
 
@@ -120,14 +202,14 @@ struct Gate<'a> {
 }
 
 impl Gate<'_> {
-    async fn subscribe(
+    async fn admit(
         &self,
         app: &App,
         params: &PathParams,
         parts: &Parts,
         peer: IpAddr,
         channels: Vec<String>,
-    ) -> Response<Body> {
+    ) -> Result<Admitted, Response<Body>> {
         let client = client_ip(
             peer,
             &parts.headers,
@@ -145,7 +227,7 @@ impl Gate<'_> {
             Ok(grant) => grant,
             Err(e) => {
                 tracing::info!(rule = %self.name, reason = e.as_str(), "stream refused");
-                return ProxyError::Auth(e).into_response();
+                return Err(ProxyError::Auth(e).into_response());
             }
         };
         let last_event_id = crate::sse::last_event_id(&parts.headers, parts.uri.query());
@@ -154,15 +236,18 @@ impl Gate<'_> {
             .subscribe(&channels, last_event_id.as_deref(), Some(client))
         {
             Ok(sub) => sub,
-            Err(e) => return refused(self.name, &e),
+            Err(e) => return Err(refused(self.name, &e)),
         };
         if let Some(abort) = parts.extensions.get::<ConnectionAbort>() {
             let abort = abort.clone();
             sub.on_overflow(move || abort.abort());
         }
-        let body =
-            SseBody::new(sub, self.options, app.shutdown.clone()).counted(self.subscribers.clone());
-        crate::sse::response(boxed(GrantedBody::new(body, grant)))
+        Ok(Admitted {
+            sub,
+            grant,
+            options: self.options,
+            subscribers: self.subscribers.clone(),
+        })
     }
 }
 

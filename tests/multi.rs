@@ -1,0 +1,399 @@
+//! `/_unpoll/multi` end to end: real SSE clients through the real unpoll, a real app
+//! answering the auth checks, events published through the admin API.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::sse::{SseClient, publish};
+use common::upstream::text;
+use common::{Unpoll, Upstream, client, eventually};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(10);
+const ADMIN: &str = "admin-t0ken";
+
+/// `/bots/events` needs the app's yes (user `a` may watch bot 1 until revoked, nobody bot
+/// 2), re-checked every 200 ms; `/news/events` is open, at most 2 streams per address.
+fn config(hub: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+token = "{ADMIN}"
+
+[hub]
+{hub}
+
+[[stream]]
+path = "/bots/events"
+channels = ["bot:{{query.botId}}"]
+auth = "upstream"
+auth_path = "/api/bots/{{query.botId}}"
+reauth = "200ms"
+auth_cache = "0s"
+
+[[stream]]
+path = "/news/events"
+channels = ["news:{{query.topic}}"]
+auth = "none"
+heartbeat = "100ms"
+limits = {{ per_ip = 2, retry_after = "7s" }}
+"#
+    )
+}
+
+async fn start(hub: &str, revoked: Arc<AtomicBool>) -> (Upstream, Unpoll) {
+    let app = Upstream::builder()
+        .handler("/api/bots/1", move |req| {
+            let revoked = revoked.clone();
+            async move {
+                let cookie = req.headers().get("cookie").and_then(|v| v.to_str().ok());
+                match cookie {
+                    Some("user=a") if !revoked.load(Ordering::SeqCst) => text(200, "[]"),
+                    Some(_) => text(403, "forbidden"),
+                    None => text(401, "login"),
+                }
+            }
+        })
+        .handler("/api/bots/2", |_| async { text(403, "forbidden") })
+        .run()
+        .await;
+    let unpoll = Unpoll::start(&app.url(), &config(hub)).await;
+    (app, unpoll)
+}
+
+/// The multi URL for `subs` (each percent-encoded as the client does).
+fn multi_url(unpoll: &Unpoll, subs: &[&str]) -> String {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(subs.iter().map(|s| ("s", *s)))
+        .finish();
+    unpoll.url(&format!("/_unpoll/multi?{query}"))
+}
+
+/// Open a multi stream with the cookie of user `a`.
+async fn open(url: &str) -> SseClient {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(
+            [(reqwest::header::COOKIE, "user=a".parse().unwrap())]
+                .into_iter()
+                .collect(),
+        )
+        .build()
+        .unwrap();
+    SseClient::open(&http, url, None).await
+}
+
+/// The next message's JSON; every multi message is unnamed and has no id.
+async fn next(s: &mut SseClient) -> Value {
+    let e = s.next(T).await;
+    assert_eq!(e.event, "message", "{e:?}");
+    assert_eq!(e.id, "", "no id on a multi stream: {e:?}");
+    serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("{err}: {}", e.data))
+}
+
+async fn publish_one(unpoll: &Unpoll, channel: &str, event: Option<&str>, data: Value) -> String {
+    let mut body = json!({"channel": channel, "data": data});
+    if let Some(name) = event {
+        body["event"] = json!(name);
+    }
+    publish(&client(), &unpoll.admin_url("/publish"), ADMIN, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_subs_of_two_rules_get_their_events_tagged() {
+    let (_app, unpoll) = start("", Arc::default()).await;
+    let url = multi_url(&unpoll, &["/news/events?topic=x", "/bots/events?botId=1"]);
+    let mut s = open(&url).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(
+        s.headers["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let bot = publish_one(&unpoll, "bot:1", Some("status"), json!({"up": true})).await;
+    publish_one(&unpoll, "news:other", None, json!(0)).await;
+    let news = publish_one(&unpoll, "news:x", None, json!("headline")).await;
+    assert_eq!(
+        next(&mut s).await,
+        json!({"s": 1, "id": bot, "event": "status", "data": {"up": true}})
+    );
+    assert_eq!(
+        next(&mut s).await,
+        json!({"s": 0, "id": news, "event": null, "data": "headline"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sub_resumes_from_its_own_last_event_id() {
+    let (_app, unpoll) = start("", Arc::default()).await;
+    let a1 = publish_one(&unpoll, "news:a", None, json!("a1")).await;
+    publish_one(&unpoll, "news:b", None, json!("b1")).await;
+    let a2 = publish_one(&unpoll, "news:a", None, json!("a2")).await;
+    publish_one(&unpoll, "news:b", None, json!("b2")).await;
+    let a3 = publish_one(&unpoll, "news:a", None, json!("a3")).await;
+    let cursor = unpoll.app.hub.cursor().to_string();
+    let url = multi_url(
+        &unpoll,
+        &[
+            &format!("/news/events?topic=a&last_event_id={a1}"),
+            "/news/events?topic=b&last_event_id=0123456789ab-3",
+        ],
+    );
+    let mut s = open(&url).await;
+    let mut got: HashMap<u64, Vec<Value>> = HashMap::new();
+    for _ in 0..3 {
+        let m = next(&mut s).await;
+        got.entry(m["s"].as_u64().unwrap()).or_default().push(m);
+    }
+    // Exactly the continuation after a1, in order.
+    assert_eq!(
+        got[&0],
+        vec![
+            json!({"s": 0, "id": a2, "event": null, "data": "a2"}),
+            json!({"s": 0, "id": a3, "event": null, "data": "a3"}),
+        ]
+    );
+    // An id from another run: one reset at the hub position, nothing replayed.
+    let reset = &got[&1][0];
+    assert_eq!(reset["event"], "reset");
+    assert_eq!(reset["id"], cursor.as_str());
+    assert_eq!(reset["data"]["reason"], "other_boot");
+    // Both live afterwards.
+    let b3 = publish_one(&unpoll, "news:b", None, json!("b3")).await;
+    assert_eq!(
+        next(&mut s).await,
+        json!({"s": 1, "id": b3, "event": null, "data": "b3"})
+    );
+    let a4 = publish_one(&unpoll, "news:a", None, json!("a4")).await;
+    assert_eq!(
+        next(&mut s).await,
+        json!({"s": 0, "id": a4, "event": null, "data": "a4"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_sub_gets_an_error_message_and_the_others_stream() {
+    let (_app, unpoll) = start("", Arc::default()).await;
+    let url = multi_url(&unpoll, &["/bots/events?botId=2", "/bots/events?botId=1"]);
+    let mut s = open(&url).await;
+    assert_eq!(s.status, 200);
+    let error = next(&mut s).await;
+    assert_eq!(error["s"], 0);
+    assert_eq!(error["error"], 403);
+    assert!(error["reason"].is_string(), "{error}");
+    publish_one(&unpoll, "bot:2", None, json!("secret")).await;
+    let id = publish_one(&unpoll, "bot:1", None, json!("mine")).await;
+    assert_eq!(
+        next(&mut s).await,
+        json!({"s": 1, "id": id, "event": null, "data": "mine"}),
+        "bot 2's event is not on the stream"
+    );
+    assert_eq!(unpoll.app.hub.stats(0).subscribers, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_sub_fails_the_answer_is_the_first_failure() {
+    let (_app, unpoll) = start("", Arc::default()).await;
+    let http = client();
+    let denied_first = multi_url(&unpoll, &["/bots/events?botId=2", "/no/stream"]);
+    let resp = http
+        .get(&denied_first)
+        .header("cookie", "user=a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let missing_first = multi_url(&unpoll, &["/no/stream", "/bots/events?botId=2"]);
+    let resp = http.get(&missing_first).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    // Without a cookie the app says 401 for bot 1: that is the answer.
+    let unauthenticated = multi_url(&unpoll, &["/bots/events?botId=1"]);
+    let resp = http.get(&unauthenticated).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(unpoll.app.hub.stats(0).subscribers, 0);
+}
+
+#[tokio::test]
+async fn more_subs_than_max_multi_is_400() {
+    let (_app, unpoll) = start("max_multi = 2", Arc::default()).await;
+    let http = client();
+    let three = multi_url(
+        &unpoll,
+        &[
+            "/news/events?topic=a",
+            "/news/events?topic=b",
+            "/news/events?topic=c",
+        ],
+    );
+    let resp = http.get(&three).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("max_multi"));
+    let none = unpoll.url("/_unpoll/multi");
+    assert_eq!(http.get(&none).send().await.unwrap().status(), 400);
+    let two = multi_url(&unpoll, &["/news/events?topic=a", "/news/events?topic=b"]);
+    assert_eq!(open(&two).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_limits_count_each_sub() {
+    let (_app, unpoll) = start("", Arc::default()).await;
+    // `/news/events` allows 2 streams per address: the third sub is refused with 429.
+    let url = multi_url(
+        &unpoll,
+        &[
+            "/news/events?topic=a",
+            "/news/events?topic=b",
+            "/news/events?topic=c",
+        ],
+    );
+    let mut s = open(&url).await;
+    assert_eq!(s.status, 200);
+    let error = next(&mut s).await;
+    assert_eq!(
+        (error["s"].clone(), error["error"].clone()),
+        (json!(2), json!(429))
+    );
+    // The two open subs hold both places: a single stream of the rule is refused too.
+    let resp = client()
+        .get(unpoll.url("/news/events?topic=d"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "7");
+    drop(s);
+    eventually(T, "the multi stream's places are freed", || async {
+        let resp = client()
+            .get(unpoll.url("/news/events?topic=d"))
+            .send()
+            .await
+            .unwrap();
+        resp.status() == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_ended_closes_one_sub_and_the_stream_ends_with_the_last() {
+    let revoked = Arc::new(AtomicBool::new(false));
+    let (_app, unpoll) = start("", revoked.clone()).await;
+    let both = multi_url(&unpoll, &["/bots/events?botId=1", "/news/events?topic=x"]);
+    let only_bot = multi_url(&unpoll, &["/bots/events?botId=1"]);
+    let mut s = open(&both).await;
+    let mut alone = open(&only_bot).await;
+    assert_eq!((s.status, alone.status), (200, 200));
+    revoked.store(true, Ordering::SeqCst);
+    // A stream whose only sub lost access ends after saying so.
+    assert_eq!(next(&mut alone).await["event"], "access_ended");
+    assert!(alone.next_or_end(T).await.is_none(), "the stream ended");
+    let ended = next(&mut s).await;
+    assert_eq!(
+        ended,
+        json!({"s": 0, "event": "access_ended", "data": {"reason": "revoked", "status": 403}})
+    );
+    let id = publish_one(&unpoll, "news:x", None, json!("still here")).await;
+    publish_one(&unpoll, "bot:1", None, json!("gone")).await;
+    let id2 = publish_one(&unpoll, "news:x", None, json!("and here")).await;
+    assert_eq!(next(&mut s).await["id"], id.as_str());
+    assert_eq!(
+        next(&mut s).await["id"],
+        id2.as_str(),
+        "nothing for the closed sub"
+    );
+    assert_eq!(
+        unpoll.app.hub.stats(0).subscribers,
+        1,
+        "only news:x is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_one_connection_for_ten_subs() {
+    let (_app, unpoll) = start("", Arc::default()).await;
+    let subs: Vec<String> = (0..9)
+        .map(|i| format!("/bots/events?botId=1&tab={i}"))
+        .chain(["/news/events?topic=x".to_string()])
+        .collect();
+    let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
+    let mut s = open(&multi_url(&unpoll, &subs)).await;
+    assert_eq!(s.status, 200);
+    let stats = unpoll.stats().await;
+    assert_eq!(stats["stream_connections"], 1, "{stats}");
+    assert_eq!(stats["hub"]["subscribers"], 10, "{stats}");
+    let per_rule: HashMap<String, i64> = stats["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap().to_string(),
+                r["subscribers"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(per_rule["/bots/events"], 9, "{stats}");
+    assert_eq!(per_rule["/news/events"], 1, "{stats}");
+    // One event on a channel nine subs share: nine messages, one per sub.
+    publish_one(&unpoll, "bot:1", None, json!(1)).await;
+    let mut seen: Vec<u64> = Vec::new();
+    for _ in 0..9 {
+        seen.push(next(&mut s).await["s"].as_u64().unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..9).collect::<Vec<u64>>());
+    drop(s);
+    eventually(T, "the connection is no longer counted", || async {
+        let stats = unpoll.stats().await;
+        stats["stream_connections"] == 0 && stats["hub"]["subscribers"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_multi_stream_cleanly() {
+    let (_app, unpoll) = start("", Arc::default()).await;
+    let mut s = open(&multi_url(&unpoll, &["/news/events?topic=x"])).await;
+    assert_eq!(s.status, 200);
+    let app = unpoll.app.clone();
+    let stop = tokio::spawn(unpoll.stop());
+    assert!(s.next_or_end(T).await.is_none(), "the stream ended cleanly");
+    stop.await.unwrap();
+    assert_eq!(app.hub.stats(0).subscribers, 0);
+    assert_eq!(app.metrics.stream_connections.get(), 0);
+}
+
+#[tokio::test]
+async fn retry_first_then_heartbeats_at_the_shortest_rules_interval() {
+    let (_app, unpoll) = start("", Arc::default()).await;
+    // bots: default 15 s heartbeat; news: 100 ms.
+    let url = multi_url(&unpoll, &["/bots/events?botId=1", "/news/events?topic=x"]);
+    let mut resp = client()
+        .get(&url)
+        .header("cookie", "user=a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut raw = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while raw.windows(3).filter(|w| w == b":\n\n").count() < 3 {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("heartbeats in time")
+            .unwrap()
+            .expect("stream open");
+        raw.extend_from_slice(&chunk);
+    }
+    assert!(
+        raw.starts_with(b"retry: 2000\n\n"),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+}
