@@ -138,6 +138,7 @@
   let attempt = 0;
   let syncTimer = 0;
   let pollTimer = 0;
+  let heartbeat = HEARTBEAT; // the last interval a stream announced
 
   function lead() {
     leader = true;
@@ -201,7 +202,7 @@
   }
 
   function connect(urls, key) {
-    const c = { urls, key, hb: HEARTBEAT, pos: null, max: null, live: false, timer: 0 };
+    const c = { urls, key, hb: heartbeat, pos: null, max: null, live: false, timer: 0 };
     const s = urls.map((url) => {
       const w = wanted.get(url);
       const from = w.last || w.floor;
@@ -211,6 +212,16 @@
       return "s=" + encodeURIComponent(u.pathname + u.search);
     });
     c.es = new EventSource(MULTI + "?" + s.join("&"));
+    // Answered 200: switch to it, then close the old one (MULTI.md); the frames both carry
+    // meanwhile are dropped by id.
+    c.es.onopen = () => {
+      if (c === next) {
+        drop(conn);
+        conn = c;
+        next = null;
+      }
+      alive(c);
+    };
     c.es.onmessage = (e) => message(c, e.data);
     c.es.onerror = () => fail(c);
     alive(c);
@@ -242,23 +253,15 @@
     } catch (e) {
       return;
     }
+    if (m.hb) c.hb = heartbeat = m.hb;
+    if (m.pos) c.pos = m.pos;
     alive(c);
     if (!c.live) {
-      // The stream carries: it replaces the one it was opened to replace.
       c.live = true;
       fails = attempt = 0;
-      if (c === next) {
-        drop(conn);
-        conn = c;
-        next = null;
-      }
       setMode("stream");
     }
-    if (m.hb) {
-      c.hb = m.hb;
-      if (m.pos) c.pos = m.pos;
-      return;
-    }
+    if (m.hb) return;
     const url = c.urls[m.s];
     const w = wanted.get(url);
     if (!w) return;

@@ -178,9 +178,23 @@ export function launch() {
   });
 }
 
+/** A browser context (one profile). With UNPOLL_CLIENT_JS=FILE the pages get that file as
+ * /_unpoll/client.js instead of the binary's: to check that a test fails without a part of
+ * the client, without rebuilding. */
+export async function newContext(browser) {
+  const context = await browser.newContext();
+  const override = process.env.UNPOLL_CLIENT_JS;
+  if (override) {
+    await context.route("**/_unpoll/client.js", (route) =>
+      route.fulfill({ contentType: "text/javascript", body: fs.readFileSync(override, "utf8") }),
+    );
+  }
+  return context;
+}
+
 /** Poll `check` until it returns a truthy value (returned), or fail after `timeout` ms
- * saying `what` and the last value seen. */
-export async function eventually(what, check, timeout = 10000) {
+ * saying `what` and the last value seen (or what `describe()` says then). */
+export async function eventually(what, check, timeout = 10000, describe = null) {
   const deadline = Date.now() + timeout;
   let last;
   for (;;) {
@@ -191,7 +205,8 @@ export async function eventually(what, check, timeout = 10000) {
       last = e;
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last, null, 0)}`);
+      const seen = describe ? await describe() : JSON.stringify(last, null, 0);
+      throw new Error(`timed out waiting for ${what}; last: ${seen}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }
