@@ -95,6 +95,23 @@ test("10 tabs over HTTP/1.1 all load, all get every event, on one stream connect
   }
 });
 
+test("the ES module exports the same client", async () => {
+  const { upstream, unpoll } = await startAll();
+  const context = await newContext(browser);
+  try {
+    const [page] = await openTabs(context, 1, `${unpoll.base}/module?sub=/events?room=mod`);
+    const exported = await eventually("the module ran", () => page.evaluate(() => window.exports));
+    assert.deepEqual(exported, { same: true, status: { mode: "stream", leader: false } });
+    await eventually("streaming", async () => (await unpoll.stats()).stream_connections === 1);
+    await unpoll.publish("room:mod", { n: 1 });
+    await allGot([page], "/events?room=mod", [1], "module");
+  } finally {
+    await context.close();
+    await unpoll.stop();
+    upstream.close();
+  }
+});
+
 test("the leader tab closes: another takes over, no event lost or duplicated", async () => {
   const { upstream, unpoll } = await startAll();
   const context = await newContext(browser);
@@ -190,6 +207,22 @@ test("unpoll restarts: tabs resume; they get onReset when history is gone", asyn
     await second.publish("room:q", { n: 1 });
     await allGot(pages, "/events?room=r", range(1, 6), "after restart");
     await allGot([quiet], "/events?room=q", [1], "the quiet tab after restart");
+    // Another profile whose only tab never had an event: its connection carried no id, so
+    // only the stream's position tells it where it stood.
+    const other = await newContext(browser);
+    try {
+      const [alone] = await openTabs(other, 1, `${second.base}/page?sub=/events?room=alone`);
+      await eventually("two connections", async () => (await second.stats()).stream_connections === 2);
+      await eventually("the position", () => alone.evaluate(() => unpoll.status().mode === "stream"));
+      await second.stop();
+      second = await startUnpoll(opts);
+      await eventually("a reset in the quiet profile", async () => {
+        const r = await alone.evaluate(() => window.resets);
+        return r.length === 1 && r[0].reason === "other_boot";
+      }, 20000);
+    } finally {
+      await other.close();
+    }
   } finally {
     await context.close();
     await second?.stop();
@@ -228,6 +261,44 @@ test("the multi path answers 502: watched URLs are polled, then streaming resume
     await eventually("stream open", async () => (await unpoll.stats()).stream_connections === 1);
     await unpoll.publish("room:f", { n: 2 });
     await allGot([page], "/events?room=f", [1, 2], "streaming again");
+  } finally {
+    await context.close();
+    front.close();
+    await unpoll.stop();
+    upstream.close();
+  }
+});
+
+test("behind a buffering proxy: no heartbeat within twice its interval, fallback, then back", async () => {
+  const { upstream, unpoll } = await startAll();
+  const front = await startFrontProxy(unpoll.base);
+  const context = await newContext(browser);
+  try {
+    const [page] = await openTabs(
+      context,
+      1,
+      `${front.url}/page?sub=/events?room=b&watch=/data&every=300`,
+    );
+    await eventually("streaming", async () => (await unpoll.stats()).stream_connections === 1);
+    // Idle for several heartbeats (1 s): the visible heartbeats keep the one stream.
+    await unpoll.publish("room:b", { n: 1 });
+    await allGot([page], "/events?room=b", [1], "streaming");
+    const start = Date.now();
+    await eventually("3 s of idle stream", async () => Date.now() - start > 3000, 5000);
+    assert.equal(front.state.multiRequests, 1, "the idle stream was kept");
+    assert.equal((await statusOf(page)).mode, "stream");
+
+    front.buffer();
+    await eventually("fallback mode", async () => (await statusOf(page)).mode === "fallback", 30000);
+    assert.ok(front.state.multiRequests >= 4, `reopened (${front.state.multiRequests})`);
+    assert.equal((await unpoll.stats()).stream_connections > 0, true, "unpoll kept answering");
+    const polls = upstream.hits("/data");
+    await eventually("fallback polls", async () => upstream.hits("/data") >= polls + 2);
+
+    front.heal();
+    await eventually("back to streaming", async () => (await statusOf(page)).mode === "stream", 40000);
+    await unpoll.publish("room:b", { n: 2 });
+    await allGot([page], "/events?room=b", [1, 2], "streaming again");
   } finally {
     await context.close();
     front.close();

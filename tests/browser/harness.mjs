@@ -44,7 +44,17 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>unpoll test</title>
 </script>
 <p>ok</p>`;
 
-/** The app behind unpoll: `/page` (above), `/data` (a JSON body that `version` changes),
+/** The same through the ES module. */
+const MODULE_PAGE = `<!doctype html><meta charset="utf-8"><title>unpoll module test</title>
+<script type="module">
+  import unpoll, { subscribe, status } from "/_unpoll/client.mjs";
+  window.got = []; window.resets = [];
+  const url = new URLSearchParams(location.search).get("sub");
+  subscribe(url, { onEvent: (name, data, id) => got.push({ url, name, data, id }) });
+  window.exports = { same: unpoll === window.unpoll, status: status() };
+</script>`;
+
+/** The app behind unpoll: `/page` (above), `/module` (the same as a module), `/data` (a JSON body that `version` changes),
  * anything else 404. Counts requests by path. */
 export async function startUpstream() {
   const hits = new Map();
@@ -55,6 +65,9 @@ export async function startUpstream() {
     if (pathname === "/page") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(PAGE);
+    } else if (pathname === "/module") {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(MODULE_PAGE);
     } else if (pathname === "/data") {
       res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
       res.end(JSON.stringify({ version: state.version }));
@@ -216,7 +229,7 @@ export async function eventually(what, check, timeout = 10000, describe = null) 
  * 502 (and to cut the streams it is carrying), as a failing load balancer would. */
 export async function startFrontProxy(target) {
   const t = new URL(target);
-  const state = { fail: false, multiRequests: 0, failed: 0 };
+  const state = { fail: false, buffer: false, multiRequests: 0, failed: 0 };
   const streams = new Set();
   const server = http.createServer((req, res) => {
     const multi = req.url.startsWith("/_unpoll/multi");
@@ -231,7 +244,9 @@ export async function startFrontProxy(target) {
       { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: req.headers },
       (upRes) => {
         res.writeHead(upRes.statusCode, upRes.headers);
-        upRes.pipe(res);
+        // A buffering proxy: the head goes out, the body waits for an end that never comes.
+        if (multi && state.buffer) res.flushHeaders();
+        else upRes.pipe(res);
       },
     );
     up.on("error", () => res.destroy());
@@ -250,6 +265,15 @@ export async function startFrontProxy(target) {
     /** From now on, multi answers 502; open multi streams are cut. */
     fail() {
       state.fail = true;
+      this.cut();
+    },
+    /** From now on, multi streams are buffered (nothing of their body gets through); open
+     * ones are cut. */
+    buffer() {
+      state.buffer = true;
+      this.cut();
+    },
+    cut() {
       for (const s of streams) {
         s.up.destroy();
         s.res.destroy();
@@ -257,6 +281,7 @@ export async function startFrontProxy(target) {
     },
     heal() {
       state.fail = false;
+      state.buffer = false;
     },
     close() {
       server.closeAllConnections();
