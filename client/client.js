@@ -24,6 +24,7 @@
   const mine = new Set(); // this tab's open subscriptions
   let leader = false;
   let mode = "stream";
+  let carried = new Set(); // URLs a live stream carries now (told by the leader)
   let electing = false;
 
   /** Same-origin path + query: what `s=` carries and what frames are keyed by. */
@@ -55,7 +56,7 @@
   }
 
   function open(url, watch, cb, every) {
-    const sub = { url: norm(url), watch, cb, every, last: null, text: undefined, failed: false };
+    const sub = { url: norm(url), watch, cb, every, last: null, text: undefined };
     mine.add(sub);
     changed();
     // A watch starts from the current body (the cached poll), then follows the stream.
@@ -70,11 +71,9 @@
   /** One frame (`{id, event, data}`, `{error}`, or a reset) for one subscription. */
   function take(sub, m) {
     if (m.error) {
-      sub.failed = true;
       if (!sub.watch) call(sub.cb.onEvent, "error", { status: m.error, reason: m.reason }, null);
       return;
     }
-    if (!m.via) sub.failed = false;
     if (m.event === "reset") {
       if (m.id) sub.last = m.id;
       const d = m.data || {};
@@ -120,7 +119,7 @@
     chan.onmessage = (e) => {
       const m = e.data;
       if (m.t === "ev") deliver(m.url, m.m);
-      else if (m.t === "mode") mode = m.mode;
+      else if (m.t === "mode") (mode = m.mode), (carried = new Set(m.carried));
       else if (m.t === "hello" && mine.size) chan.postMessage({ t: "subs", tab, subs: list() });
       else if (leader && m.t === "subs") wantedFrom(m.tab, m.subs);
       else if (leader && m.t === "bye") wantedFrom(m.tab, []);
@@ -138,6 +137,7 @@
   let attempt = 0;
   let syncTimer = 0;
   let pollTimer = 0;
+  let reported = ""; // the last mode and carried URLs sent to the tabs
   let heartbeat = HEARTBEAT; // the last interval a stream announced
 
   function lead() {
@@ -155,11 +155,20 @@
   }
 
   function setMode(m) {
-    if (mode !== m) {
-      mode = m;
-      send({ t: "mode", mode });
-    }
+    mode = m;
+    report();
     poll();
+  }
+
+  /** Tell the tabs the mode and which URLs a live stream carries (the injected hook
+   * answers only those); again on every announcement, for tabs that just came. */
+  function report(always) {
+    const live = conn && conn.live && mode === "stream" ? conn.urls : [];
+    const now = live.filter((url) => wanted.has(url) && !wanted.get(url).failed);
+    carried = new Set(now);
+    const key = mode + "\n" + now.join("\n");
+    if (key !== reported || always) send({ t: "mode", mode, carried: now });
+    reported = key;
   }
 
   /** A tab's subscriptions changed (or it said hello, or left). */
@@ -178,7 +187,7 @@
       }
     }
     for (const url of wanted.keys()) if (!urls.has(url)) wanted.delete(url);
-    send({ t: "mode", mode });
+    report(true);
     clearTimeout(syncTimer);
     syncTimer = setTimeout(sync, 20); // one reconnect for a burst of announcements
   }
@@ -221,6 +230,7 @@
         next = null;
       }
       alive(c);
+      report();
     };
     c.es.onmessage = (e) => message(c, e.data);
     c.es.onerror = () => fail(c);
@@ -275,6 +285,7 @@
     if (c === next) next = null;
     else if (c === conn) conn = null;
     else return;
+    report();
     if (!c.live && ++fails >= FAILS_TO_FALLBACK) setMode("fallback");
     if (!next) later();
   }
@@ -299,10 +310,12 @@
     if (m.error) {
       w.failed = true;
       poll();
+      report();
     } else {
       if (!m.via && w.failed) {
         w.failed = false;
         poll();
+        report();
       }
       if (m.event === "reset") {
         if (id) w.last = id;
@@ -371,24 +384,23 @@
   const tag = g.document && g.document.currentScript;
   const injected = tag && tag.getAttribute("data-unpoll-watch");
   if (!injected) return;
-  const latest = new Map(); // absolute URL -> {sub, body, type}
+  const latest = new Map(); // absolute URL -> {url, path, body, type}
   for (const url of injected.split(/\s+/).filter(Boolean)) {
     const abs = new URL(url, g.location.href).href;
-    const entry = { url: abs, body: null, type: "" };
+    const entry = { url: abs, path: norm(url), body: null, type: "" };
     latest.set(abs, entry);
     unpoll.watch(url, (data) => {
       const text = typeof data === "string";
       entry.body = text ? data : JSON.stringify(data);
       entry.type = text ? "text/plain" : "application/json";
     });
-    for (const sub of mine) if (sub.url === norm(url)) entry.sub = sub;
   }
 
   /** The latest pushed body for a GET of a watched URL, while the stream is healthy. */
   function answer(method, url) {
     if (String(method || "GET").toUpperCase() !== "GET") return null;
     const e = latest.get(new URL(String(url), g.location.href).href);
-    return e && e.body !== null && mode === "stream" && !e.sub.failed ? e : null;
+    return e && e.body !== null && carried.has(e.path) ? e : null;
   }
 
   g.fetch = function (input, init) {
@@ -401,7 +413,10 @@
   const X = g.XMLHttpRequest.prototype;
   const xOpen = X.open;
   const xSend = X.send;
+  const FAKED = ["readyState", "status", "statusText", "responseText", "response", "responseURL"];
   X.open = function (method, url) {
+    // A reused request object loses what an earlier answer put on it.
+    for (const k of FAKED.concat("getResponseHeader", "getAllResponseHeaders")) delete this[k];
     this._unpoll = answer(method, url);
     return xOpen.apply(this, arguments);
   };
@@ -410,15 +425,8 @@
     if (!e) return xSend.apply(this, arguments);
     const xhr = this;
     const json = xhr.responseType === "json";
-    const props = {
-      readyState: 4,
-      status: 200,
-      statusText: "OK",
-      responseText: json ? "" : e.body,
-      response: json ? JSON.parse(e.body) : e.body,
-      responseURL: e.url,
-    };
-    for (const k in props) Object.defineProperty(xhr, k, { value: props[k], configurable: true });
+    const values = [4, 200, "OK", json ? "" : e.body, json ? JSON.parse(e.body) : e.body, e.url];
+    FAKED.forEach((k, i) => Object.defineProperty(xhr, k, { value: values[i], configurable: true }));
     xhr.getResponseHeader = (n) => (/^content-type$/i.test(n) ? e.type : null);
     xhr.getAllResponseHeaders = () => "content-type: " + e.type + "\r\n";
     setTimeout(() => {

@@ -306,3 +306,35 @@ test("behind a buffering proxy: no heartbeat within twice its interval, fallback
     upstream.close();
   }
 });
+
+test("injected mode: while nothing streams the watched URL, the page's own polls go through", async () => {
+  // Until [[watch]] rules exist (issue 18) the stream refuses `/data`: the hook must then
+  // leave the legacy page's XHR and fetch polls to the network, unchanged.
+  const { upstream, unpoll } = await startAll();
+  const context = await newContext(browser);
+  try {
+    const [page] = await openTabs(context, 1, `${unpoll.base}/legacy`);
+    const seen = () => page.evaluate(() => window.seen);
+    await eventually("polls with both APIs", async () => {
+      const s = await seen();
+      return s.xhr.length >= 2 && s.fetch.length >= 2;
+    });
+    upstream.state.version = 2;
+    const before = upstream.hits("/data");
+    await eventually("the new version through both", async () => {
+      const s = await seen();
+      return s.xhr.at(-1) === 2 && s.fetch.at(-1) === 2;
+    });
+    assert.ok(upstream.hits("/data") >= before + 2, "the polls reached the app");
+    // Every one of them: none was answered from the client's copy.
+    const s = await seen();
+    assert.ok(
+      upstream.hits("/data") >= s.xhr.length + s.fetch.length,
+      `${upstream.hits("/data")} requests at the app for ${s.xhr.length} + ${s.fetch.length} polls`,
+    );
+  } finally {
+    await context.close();
+    await unpoll.stop();
+    upstream.close();
+  }
+});

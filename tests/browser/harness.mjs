@@ -54,7 +54,21 @@ const MODULE_PAGE = `<!doctype html><meta charset="utf-8"><title>unpoll module t
   window.exports = { same: unpoll === window.unpoll, status: status() };
 </script>`;
 
-/** The app behind unpoll: `/page` (above), `/module` (the same as a module), `/data` (a JSON body that `version` changes),
+/** A legacy page polling `/data` with both XHR and fetch, through the injected client. */
+const LEGACY_PAGE = `<!doctype html><meta charset="utf-8"><title>legacy</title>
+<script src="/_unpoll/client.js" data-unpoll-watch="/data"></script>
+<script>
+  window.seen = { xhr: [], fetch: [] };
+  setInterval(() => {
+    const x = new XMLHttpRequest();
+    x.open("GET", "/data");
+    x.onload = () => seen.xhr.push(JSON.parse(x.responseText).version);
+    x.send();
+    fetch("/data").then((r) => r.json()).then((d) => seen.fetch.push(d.version));
+  }, 200);
+</script>`;
+
+/** The app behind unpoll: `/page` (above), `/module` (the same as a module), `/legacy`, `/data` (a JSON body that `version` changes),
  * anything else 404. Counts requests by path. */
 export async function startUpstream() {
   const hits = new Map();
@@ -68,6 +82,9 @@ export async function startUpstream() {
     } else if (pathname === "/module") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(MODULE_PAGE);
+    } else if (pathname === "/legacy") {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(LEGACY_PAGE);
     } else if (pathname === "/data") {
       res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
       res.end(JSON.stringify({ version: state.version }));
