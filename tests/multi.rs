@@ -88,12 +88,34 @@ async fn open(url: &str) -> SseClient {
     SseClient::open(&http, url, None).await
 }
 
-/// The next message's JSON; every multi message is unnamed and has no id.
-async fn next(s: &mut SseClient) -> Value {
+/// The next message's JSON, heartbeats included; every multi message is unnamed and has no
+/// id.
+async fn next_any(s: &mut SseClient) -> Value {
     let e = s.next(T).await;
     assert_eq!(e.event, "message", "{e:?}");
     assert_eq!(e.id, "", "no id on a multi stream: {e:?}");
     serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("{err}: {}", e.data))
+}
+
+/// The next message that is not a heartbeat.
+async fn next(s: &mut SseClient) -> Value {
+    loop {
+        let m = next_any(s).await;
+        if m.get("hb").is_none() {
+            return m;
+        }
+    }
+}
+
+/// The next message that is not a heartbeat, or `None` when the stream ended.
+async fn next_or_end(s: &mut SseClient) -> Option<Value> {
+    loop {
+        let e = s.next_or_end(T).await?;
+        let m: Value = serde_json::from_str(&e.data).expect("JSON data");
+        if m.get("hb").is_none() {
+            return Some(m);
+        }
+    }
 }
 
 async fn publish_one(unpoll: &Unpoll, channel: &str, event: Option<&str>, data: Value) -> String {
@@ -117,6 +139,9 @@ async fn two_subs_of_two_rules_get_their_events_tagged() {
         s.headers["content-type"],
         "text/event-stream; charset=utf-8"
     );
+    // First a heartbeat naming the interval (news: 100 ms) and the hub position.
+    let cursor = unpoll.app.hub.cursor().to_string();
+    assert_eq!(next_any(&mut s).await, json!({"hb": 100, "pos": cursor}));
     let bot = publish_one(&unpoll, "bot:1", Some("status"), json!({"up": true})).await;
     publish_one(&unpoll, "news:other", None, json!(0)).await;
     let news = publish_one(&unpoll, "news:x", None, json!("headline")).await;
@@ -292,7 +317,7 @@ async fn access_ended_closes_one_sub_and_the_stream_ends_with_the_last() {
     revoked.store(true, Ordering::SeqCst);
     // A stream whose only sub lost access ends after saying so.
     assert_eq!(next(&mut alone).await["event"], "access_ended");
-    assert!(alone.next_or_end(T).await.is_none(), "the stream ended");
+    assert_eq!(next_or_end(&mut alone).await, None, "the stream ended");
     let ended = next(&mut s).await;
     assert_eq!(
         ended,
@@ -363,16 +388,17 @@ async fn shutdown_ends_a_multi_stream_cleanly() {
     assert_eq!(s.status, 200);
     let app = unpoll.app.clone();
     let stop = tokio::spawn(unpoll.stop());
-    assert!(s.next_or_end(T).await.is_none(), "the stream ended cleanly");
+    assert_eq!(next_or_end(&mut s).await, None, "the stream ended cleanly");
     stop.await.unwrap();
     assert_eq!(app.hub.stats(0).subscribers, 0);
     assert_eq!(app.metrics.stream_connections.get(), 0);
 }
 
 #[tokio::test]
-async fn retry_first_then_heartbeats_at_the_shortest_rules_interval() {
+async fn retry_first_then_visible_heartbeats_at_the_shortest_rules_interval() {
     let (_app, unpoll) = start("", Arc::default()).await;
     // bots: default 15 s heartbeat; news: 100 ms.
+    let cursor = unpoll.app.hub.cursor().to_string();
     let url = multi_url(&unpoll, &["/bots/events?botId=1", "/news/events?topic=x"]);
     let mut resp = client()
         .get(&url)
@@ -383,7 +409,8 @@ async fn retry_first_then_heartbeats_at_the_shortest_rules_interval() {
     assert_eq!(resp.status(), 200);
     let mut raw = Vec::new();
     let deadline = tokio::time::Instant::now() + T;
-    while raw.windows(3).filter(|w| w == b":\n\n").count() < 3 {
+    let beat = b"data: {\"hb\":100}\n\n";
+    while raw.windows(beat.len()).filter(|w| w == beat).count() < 3 {
         let chunk = tokio::time::timeout_at(deadline, resp.chunk())
             .await
             .expect("heartbeats in time")
@@ -391,9 +418,113 @@ async fn retry_first_then_heartbeats_at_the_shortest_rules_interval() {
             .expect("stream open");
         raw.extend_from_slice(&chunk);
     }
+    let first = format!("retry: 2000\n\ndata: {{\"hb\":100,\"pos\":\"{cursor}\"}}\n\n");
     assert!(
-        raw.starts_with(b"retry: 2000\n\n"),
+        raw.starts_with(first.as_bytes()),
         "{:?}",
         String::from_utf8_lossy(&raw)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_without_events_resumes_from_the_first_heartbeats_position() {
+    let (_app, unpoll) = start("", Arc::default()).await;
+    publish_one(&unpoll, "news:x", None, json!("before")).await;
+    let mut s = open(&multi_url(&unpoll, &["/news/events?topic=x"])).await;
+    let pos = next_any(&mut s).await["pos"].as_str().unwrap().to_string();
+    drop(s);
+    // Published while the client was away: it resumes from `pos` and misses nothing.
+    let missed = publish_one(&unpoll, "news:x", None, json!("missed")).await;
+    let resume = format!("/news/events?topic=x&last_event_id={pos}");
+    let mut s = open(&multi_url(&unpoll, &[&resume])).await;
+    assert_eq!(
+        next(&mut s).await,
+        json!({"s": 0, "id": missed, "event": null, "data": "missed"})
+    );
+}
+
+/// A multi client that never reads: when one of its subs overflows, the whole stream (its
+/// connection) is closed and every sub of it released, as for a slow single stream, while
+/// a reading client of the same channel gets every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_multi_client_is_disconnected_with_all_its_subs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_app, unpoll) = start(
+        // Only the overflow may close it: no send timeout within the test.
+        "subscriber_queue = 16\nsubscriber_queue_bytes = \"512KiB\"\nhistory_max_bytes = \"2MiB\"\n\
+         [proxy]\nsend_timeout = \"1h\"",
+        Arc::default(),
+    )
+    .await;
+    // A small receive buffer so the kernel does not absorb tens of MB first.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut slow = socket.connect(unpoll.addr).await.unwrap();
+    let url = multi_url(&unpoll, &["/news/events?topic=x", "/bots/events?botId=1"]);
+    let path = url.strip_prefix(&unpoll.url("")).unwrap();
+    slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: user=a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut fast = SseClient::open(&client(), &unpoll.url("/news/events?topic=x"), None).await;
+    eventually(T, "all subscribed", || async {
+        unpoll.app.hub.stats(0).subscribers == 3
+    })
+    .await;
+    let data = "x".repeat(64 * 1024);
+    let mut published = 0;
+    while unpoll.app.hub.stats(0).subscribers == 3 {
+        publish_one(&unpoll, "news:x", None, json!(data)).await;
+        published += 1;
+        assert_eq!(fast.next(T).await.data.len(), data.len() + 2);
+        assert!(published < 500, "the slow client was never disconnected");
+    }
+    eprintln!("slow multi client disconnected after {published} events");
+    eventually(T, "the slow stream and both its subs are gone", || async {
+        let stats = unpoll.stats().await;
+        stats["hub"]["subscribers"] == 1 && stats["stream_connections"] == 1
+    })
+    .await;
+    let mut buf = vec![0; 1 << 16];
+    tokio::time::timeout(T, async {
+        while let Ok(n) = slow.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the server closed the slow connection");
+    let id = publish_one(&unpoll, "news:x", None, json!("after")).await;
+    assert_eq!(fast.next(T).await.id, id);
+}
+
+/// Requested on a kept-alive connection, the multi stream starts in hyper (chunked) and
+/// carries the same messages as on a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_stream_on_a_reused_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (_app, unpoll) = start("", Arc::default()).await;
+    let mut conn = tokio::net::TcpStream::connect(unpoll.addr).await.unwrap();
+    conn.write_all(b"GET /api/bots/1 HTTP/1.1\r\nHost: x\r\nCookie: user=a\r\n\r\n")
+        .await
+        .unwrap();
+    let proxied = common::read_until(&mut conn, "[]", T).await;
+    assert!(proxied.starts_with("HTTP/1.1 200 OK\r\n"), "{proxied}");
+    let url = multi_url(&unpoll, &["/bots/events?botId=1", "/bots/events?botId=2"]);
+    let path = url.strip_prefix(&unpoll.url("")).unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: user=a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = common::read_until(&mut conn, "\"error\":403", T).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    eventually(T, "subscribed", || async {
+        unpoll.app.hub.stats(0).subscribers == 1
+    })
+    .await;
+    let id = publish_one(&unpoll, "bot:1", None, json!("hi")).await;
+    let message = format!("data: {{\"s\":0,\"id\":\"{id}\",\"event\":null,\"data\":\"hi\"}}\n\n");
+    // Chunk framing around it: `<hex size>\r\n<message>\r\n`.
+    let framed = format!("{:X}\r\n{message}\r\n", message.len());
+    common::read_until(&mut conn, &framed, T).await;
 }

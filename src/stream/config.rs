@@ -174,6 +174,7 @@ mod tests {
             [hub]
             subscriber_queue = 0
             history_max_age = "soon"
+            max_multi = 0
             [[stream]]
             path = "/a"
             channels = ["x:{form.a}", "{path.nope}"]
@@ -193,6 +194,7 @@ mod tests {
         for expected in [
             "hub.subscriber_queue: must be at least 1",
             "hub.history_max_age: invalid duration",
+            "hub.max_multi: must be at least 1",
             "stream[0].channels[0]: template \"x:{form.a}\": {form.a} is not available here",
             "stream[0].channels[1]: {path.nope}: the path pattern /a has no {nope} segment",
             "stream[0].auth: required",

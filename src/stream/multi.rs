@@ -33,7 +33,7 @@ use super::{Admitted, Gated};
 use crate::app::{App, Snapshot};
 use crate::auth::{AccessEnded, EndedFuture, Grant, access_ended_data};
 use crate::body::{Body, boxed};
-use crate::hub::{CloseReason, Subscription};
+use crate::hub::{CloseReason, EventId, Subscription};
 use crate::proxy::error_response;
 use crate::proxy::routes::Action;
 use crate::server::ConnectionAbort;
@@ -280,6 +280,17 @@ fn access_ended_message(index: usize, reason: AccessEnded) -> Bytes {
     message(&json)
 }
 
+/// `{"hb":<interval ms>}`, with `"pos"` (the hub position the subs started from) in the
+/// first. A visible message, not a comment: `EventSource` hides comments, and a browser
+/// behind a buffering proxy can only tell the stream is not held by missing these.
+fn heartbeat_message(interval: Duration, position: Option<EventId>) -> Bytes {
+    let ms = interval.as_millis();
+    match position {
+        Some(pos) => message(&format!("{{\"hb\":{ms},\"pos\":\"{pos}\"}}")),
+        None => message(&format!("{{\"hb\":{ms}}}")),
+    }
+}
+
 /// One open subscription of a multiplexed stream. Fields drop in order: the subscription
 /// (unsubscribing), then the grant (freeing its places in the limits).
 struct Live {
@@ -312,14 +323,14 @@ struct Slot {
     live: Option<Live>,
 }
 
-/// The body of a multiplexed stream: `retry:`, one error message per failed `s`, then the
-/// open subscriptions' events, round robin, with comment heartbeats at the shortest
-/// heartbeat of their rules. It ends when every subscription has ended (access ended), when
+/// The body of a multiplexed stream: `retry:`, a heartbeat message with the hub position,
+/// one error message per failed `s`, then the open subscriptions' events, round robin, with
+/// heartbeat messages at the shortest heartbeat of their rules. It ends when every subscription has ended (access ended), when
 /// one overflows (the client is too slow for the stream as a whole: the same policy as a
 /// single stream, whose client resumes from its last ids), or at shutdown.
 pub struct MultiBody {
     slots: Vec<Slot>,
-    /// `retry:` then the error messages, sent first.
+    /// `retry:`, the first heartbeat, then the error messages, sent first.
     preamble: VecDeque<Bytes>,
     heartbeat: Pin<Box<Sleep>>,
     interval: Duration,
@@ -347,8 +358,15 @@ impl MultiBody {
             .unwrap_or(Duration::from_secs(2));
         // A zero interval would spin; config validation refuses it, this is the backstop.
         let interval = heartbeat.max(Duration::from_millis(100));
-        let mut preamble = VecDeque::with_capacity(errors.len() + 1);
+        // Resuming a sub that had no event yet from the earliest start loses nothing: each
+        // sub saw every event after its own start, and at worst gets a few it had not.
+        let position = live
+            .iter()
+            .map(|(_, a)| a.sub.start())
+            .min_by_key(|id| id.seq);
+        let mut preamble = VecDeque::with_capacity(errors.len() + 2);
         preamble.push_back(encode::retry(retry));
+        preamble.push_back(heartbeat_message(interval, position));
         preamble.extend(errors);
         let slots: Vec<Slot> = live
             .into_iter()
@@ -446,7 +464,8 @@ impl http_body::Body for MultiBody {
         if this.heartbeat.as_mut().poll(cx).is_ready() {
             let next = Instant::now() + this.interval;
             this.heartbeat.as_mut().reset(next);
-            return Poll::Ready(Some(Ok(Frame::data(encode::HEARTBEAT))));
+            let beat = heartbeat_message(this.interval, None);
+            return Poll::Ready(Some(Ok(Frame::data(beat))));
         }
         Poll::Pending
     }
