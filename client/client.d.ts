@@ -37,9 +37,10 @@ export interface Status {
 }
 
 export interface Unpoll {
-  /** Follow a `[[watch]]` URL (same origin): `onData` gets each new body, parsed when JSON. */
+  /** Follow a `[[watch]]` URL (same origin, else it throws): `onData` gets each new body,
+   * parsed when JSON: first the current one (an ordinary GET), then each new version. */
   watch<T = unknown>(url: string, onData: (data: T) => void, options?: WatchOptions): Handle;
-  /** Follow a `[[stream]]` URL (same origin). */
+  /** Follow a `[[stream]]` URL (same origin, else it throws): its events from now on. */
   subscribe(url: string, handlers: SubscribeHandlers): Handle;
   status(): Status;
 }

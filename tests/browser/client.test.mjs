@@ -112,6 +112,25 @@ test("the ES module exports the same client", async () => {
   }
 });
 
+test("without Web Locks each tab holds its own connection", async () => {
+  const { upstream, unpoll } = await startAll();
+  const context = await newContext(browser);
+  await context.addInitScript(() => {
+    Object.defineProperty(Navigator.prototype, "locks", { get: () => undefined });
+  });
+  try {
+    const pages = await openTabs(context, 3, `${unpoll.base}/page?sub=/events?room=nl`);
+    for (const p of pages) assert.deepEqual(await statusOf(p), { mode: "stream", leader: true });
+    await eventually("three connections", async () => (await unpoll.stats()).stream_connections === 3);
+    for (const n of range(1, 3)) await unpoll.publish("room:nl", { n });
+    await allGot(pages, "/events?room=nl", range(1, 3), "each on its own");
+  } finally {
+    await context.close();
+    await unpoll.stop();
+    upstream.close();
+  }
+});
+
 test("the leader tab closes: another takes over, no event lost or duplicated", async () => {
   const { upstream, unpoll } = await startAll();
   const context = await newContext(browser);
