@@ -528,3 +528,52 @@ async fn a_multi_stream_on_a_reused_connection() {
     let framed = format!("{:X}\r\n{message}\r\n", message.len());
     common::read_until(&mut conn, &framed, T).await;
 }
+
+/// JWT subs: the token comes from each `s`'s own `token=`, the generic stream is one more
+/// kind of `s`, and a sub's token expiring closes that sub only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_subs_use_their_own_token_and_expire_alone() {
+    use common::auth::{SECRET, hs256, now};
+    let app = Upstream::builder().run().await;
+    let unpoll = Unpoll::start(
+        &app.url(),
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN}\"\n[jwt]\nsecret = \"{SECRET}\"\n\
+             leeway = \"0s\"\n[generic_stream]\nenabled = true\n[[stream]]\npath = \"/bots/events\"\n\
+             channels = [\"bot:{{query.botId}}\"]\nauth = \"jwt\"\n"
+        ),
+    )
+    .await;
+    let long = hs256(json!({"exp": now() + 3600, "unpoll.subscribe": ["bot:1"]}));
+    let short = hs256(json!({"exp": now() + 2, "unpoll.subscribe": ["bot:*"]}));
+    let generic = format!("/_unpoll/sse?channel=bot:1&token={long}");
+    let rule = format!("/bots/events?botId=1&token={short}");
+    let outside = format!("/_unpoll/sse?channel=bot:2&token={long}");
+    let mut s = open(&multi_url(&unpoll, &[&generic, &rule, &outside])).await;
+    assert_eq!(s.status, 200);
+    let error = next(&mut s).await;
+    assert_eq!(
+        (error["s"].clone(), error["error"].clone()),
+        (json!(2), json!(403))
+    );
+    let id = publish_one(&unpoll, "bot:1", None, json!(1)).await;
+    let mut first: Vec<u64> = Vec::new();
+    for _ in 0..2 {
+        let m = next(&mut s).await;
+        assert_eq!(m["id"], id.as_str());
+        first.push(m["s"].as_u64().unwrap());
+    }
+    first.sort_unstable();
+    assert_eq!(first, vec![0, 1]);
+    // The short token's sub ends at its exp; the other goes on.
+    assert_eq!(
+        next(&mut s).await,
+        json!({"s": 1, "event": "access_ended", "data": {"reason": "expired", "status": 401}})
+    );
+    let id = publish_one(&unpoll, "bot:1", None, json!(2)).await;
+    assert_eq!(
+        next(&mut s).await,
+        json!({"s": 0, "id": id, "event": null, "data": 2})
+    );
+    assert_eq!(unpoll.app.hub.stats(0).subscribers, 1);
+}
