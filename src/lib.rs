@@ -25,6 +25,7 @@
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints) and `/_unpoll/multi` (several streams,
 //!   each gated as if alone, on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
 //!   answer to a webhook or mutation).
+//! - [`client`]: the browser client (`/_unpoll/client.js`), served from the binary.
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.
 //!
@@ -36,6 +37,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod hub;
 pub mod logging;

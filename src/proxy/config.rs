@@ -28,6 +28,7 @@ pub struct RawProxyConfig {
     via: Option<bool>,
     shutdown_grace: Option<String>,
     trusted_proxies: Option<Vec<String>>,
+    client: Option<bool>,
 }
 
 /// Validated `[proxy]` settings. Defaults are documented in `config.toml.example`.
@@ -68,6 +69,9 @@ pub struct ProxyConfig {
     /// Proxies in front of unpoll whose `X-Forwarded-For` entries are believed when finding
     /// the client address (limits, logs). Empty by default: the TCP peer is the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// Serve the browser client (`/_unpoll/client.js`, `.mjs`, `.d.ts`) before any rule.
+    /// Off: those paths are proxied.
+    pub client: bool,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +92,7 @@ impl Default for ProxyConfig {
             via: false,
             shutdown_grace: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            client: true,
         }
     }
 }
@@ -191,6 +196,7 @@ impl RawProxyConfig {
             via: self.via.unwrap_or(d.via),
             shutdown_grace,
             trusted_proxies,
+            client: self.client.unwrap_or(d.client),
         }
     }
 }

@@ -32,6 +32,12 @@ pub async fn handle(
     let host = normalize_host(&mut parts.headers, &parts.uri);
     let req = Request::from_parts(parts, body);
     let snapshot = app.snapshot();
+    // The browser client answers before any rule (`[proxy] client`).
+    if snapshot.config.proxy.client
+        && let Some(resp) = crate::client::serve(req.method(), req.uri().path(), req.headers())
+    {
+        return resp;
+    }
     if multi::is_multi(req.method(), req.uri().path()) {
         let (mut parts, _) = req.into_parts();
         if let Some(abort) = abort {
