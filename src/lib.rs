@@ -51,6 +51,7 @@ pub mod sse;
 pub mod stream;
 pub mod tap;
 pub mod template;
+pub mod watch;
 
 use std::io;
 use std::net::SocketAddr;
