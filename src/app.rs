@@ -18,6 +18,7 @@ use crate::proxy::routes::Routes;
 use crate::proxy::upstream::UpstreamClient;
 use crate::sources::mqtt::{MqttMetrics, TopicRule};
 use crate::sources::postgres::PostgresMetrics;
+use crate::watch::Watches;
 
 /// Everything that a config reload replaces at once. A request loads one snapshot and keeps
 /// it to the end, so a reload never mixes old and new rules within one request.
@@ -58,6 +59,9 @@ pub struct App {
     pub cache: Cache,
     /// Metrics of subscribe auth and limits.
     pub auth_metrics: AuthMetrics,
+    /// The watchers of `[[watch]]` keys. Lives as long as the instance, so a reload keeps
+    /// open watch streams (`hub.max_watch_keys` applies at start only).
+    pub watches: Watches,
     /// Not-ready reasons by component; `/readyz` is 200 only when empty.
     readiness: Mutex<BTreeMap<&'static str, String>>,
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
@@ -94,6 +98,7 @@ impl App {
         hub.metrics().register(&mut registry);
         let cache = Cache::new(config.cache_size, &mut registry);
         let auth_metrics = AuthMetrics::register(&mut registry);
+        let watches = Watches::new(config.hub.max_watch_keys, &mut registry);
         let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
         Arc::new(App {
             cache,
@@ -106,6 +111,7 @@ impl App {
             hub,
             readiness: Mutex::new(readiness),
             auth_metrics,
+            watches,
             shutdown,
             started: Instant::now(),
         })
@@ -190,15 +196,19 @@ impl App {
     }
 
     /// Purge cache entries carrying any of `tags` (after a tap's 2xx, a notification, or
-    /// `POST /purge`), including fills of them in flight.
+    /// `POST /purge`), including fills of them in flight, and refetch the watched keys
+    /// carrying them.
     pub fn purge_tags(&self, tags: &[String]) {
         self.cache.purge(tags);
+        self.watches.purged(tags);
     }
 
     /// Purge cache entries with a tag matching `pattern` (`*` wildcards): what a source does
-    /// when it lost events and cannot tell which tags they concerned.
+    /// when it lost events and cannot tell which tags they concerned. Watched keys with
+    /// such a tag are refetched.
     pub fn purge_tag_pattern(&self, pattern: &str) {
         self.cache.purge_glob(pattern);
+        self.watches.gap(pattern);
     }
 
     /// Mark `component` not ready (with the reason) or ready (`None`).

@@ -1,6 +1,146 @@
 //! `[[watch]]` rules: an unchanged polling endpoint becomes a stream of its body.
 //!
-//! `config.rs` the rule (and the cache rule its polls are served by).
+//! A GET on a watched path with `Accept: text/event-stream` subscribes to the key's watcher
+//! (`serve.rs`); without it, the cache serves the poll from the same entries. One watcher
+//! per key (`watcher.rs`) refetches it on the rule's interval, on purges of its tags and on
+//! source gaps, through the cache's coalescing fill, and publishes the body when its
+//! version changed (`version.rs`). The registry of watchers is [`Watches`].
+//!
+//! `config.rs` the rule (and the cache rule its polls are served by); `metrics.rs` the
+//! counters and `/stats`.
+
 pub mod config;
+pub mod metrics;
+pub mod serve;
+pub mod version;
+mod watcher;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus_client::registry::Registry;
 
 pub use config::{RawWatchRule, WatchRule};
+pub use metrics::{Trigger, WatchMetrics};
+pub use serve::{WatchSubscription, serve, subscribe};
+
+use crate::cache::CacheKey;
+use watcher::Watcher;
+
+/// The watchers of one instance, by key. Lives as long as the instance: a reload keeps
+/// every open watch stream.
+pub struct Watches {
+    /// Watchers by key. At most `max_keys` (full: a stream that would start a new watcher
+    /// gets 429); a watcher removes itself when its last subscriber leaves or its access
+    /// ends. Held only to look up, insert or remove, never across an await.
+    watchers: Mutex<HashMap<CacheKey, Arc<Watcher>>>,
+    /// `hub.max_watch_keys`.
+    max_keys: usize,
+    /// Counters and gauges.
+    pub metrics: WatchMetrics,
+}
+
+/// Why a stream could not join or start a watcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// `hub.max_watch_keys` keys are watched.
+    Keys,
+}
+
+impl Watches {
+    /// An empty registry of at most `max_keys` watchers, its metrics in `registry`.
+    pub fn new(max_keys: usize, registry: &mut Registry) -> Watches {
+        let metrics = WatchMetrics::default();
+        metrics.register(registry);
+        Watches {
+            watchers: Mutex::new(HashMap::new()),
+            max_keys,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<Watcher>>> {
+        // The map is valid after any panic: insert and remove are single operations.
+        self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The watcher of `key`, if one runs.
+    fn get(&self, key: &CacheKey) -> Option<Arc<Watcher>> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Whether a new key would be refused now.
+    fn is_full(&self, key: &CacheKey) -> bool {
+        let map = self.lock();
+        map.len() >= self.max_keys && !map.contains_key(key)
+    }
+
+    /// Subscribe to `key`'s watcher, starting it with `start` when none runs (under the
+    /// lock, so exactly one watcher starts per key and a subscriber never joins one that is
+    /// leaving).
+    fn join_or_start(
+        &self,
+        key: &CacheKey,
+        start: impl FnOnce() -> Arc<Watcher>,
+    ) -> Result<(Arc<Watcher>, tokio::sync::watch::Receiver<version::State>, bool), Full> {
+        let mut map = self.lock();
+        if let Some(w) = map.get(key) {
+            let rx = w.state.subscribe();
+            return Ok((w.clone(), rx, false));
+        }
+        if map.len() >= self.max_keys {
+            return Err(Full::Keys);
+        }
+        let w = start();
+        let rx = w.state.subscribe();
+        map.insert(key.clone(), w.clone());
+        self.metrics.keys.inc();
+        Ok((w, rx, true))
+    }
+
+    /// Remove `watcher` from the registry if it has no subscriber left (or `always`);
+    /// returns whether it was removed (then its task ends).
+    fn release(&self, key: &CacheKey, watcher: &Arc<Watcher>, always: bool) -> bool {
+        let mut map = self.lock();
+        if !always && watcher.state.receiver_count() > 0 {
+            return false;
+        }
+        if map.get(key).is_some_and(|w| Arc::ptr_eq(w, watcher)) {
+            map.remove(key);
+            self.metrics.keys.dec();
+        }
+        true
+    }
+
+    /// Refetch every watched key carrying one of `tags` (a tap, a `[[notify]]` purge,
+    /// `POST /purge`).
+    pub fn purged(&self, tags: &[String]) {
+        self.kick(Trigger::Tag, |tag| tags.iter().any(|t| t == tag));
+    }
+
+    /// Refetch every watched key with a tag matching `pattern` (`*` wildcards): a source
+    /// lost events and cannot say which tags they concerned.
+    pub fn gap(&self, pattern: &str) {
+        self.kick(Trigger::Gap, |tag| crate::hub::glob::matches(pattern, tag));
+    }
+
+    /// One pass over the watchers: a purge costs O(watched keys), bounded by
+    /// `max_keys`, and wakes only the watchers concerned.
+    fn kick(&self, trigger: Trigger, concerned: impl Fn(&str) -> bool) {
+        for w in self.lock().values() {
+            if w.tags.iter().any(|t| concerned(t)) {
+                w.kick(trigger);
+            }
+        }
+    }
+
+    /// Keys watched now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no key is watched.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
