@@ -94,6 +94,7 @@ fn stats(app: &App) -> Response<Body> {
         "ready": app.not_ready().is_empty(),
         "hub": app.hub.stats(STATS_TOP_CHANNELS),
         "cache": app.cache.stats(),
+        "watch": app.watches.metrics.stats(),
         "streams": snapshot.routes.streams.iter().map(|s| serde_json::json!({
             "rule": s.rule.name,
             "path": s.rule.path.to_string(),
