@@ -25,6 +25,9 @@
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints) and `/_unpoll/multi` (several streams,
 //!   each gated as if alone, on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
 //!   answer to a webhook or mutation).
+//! - [`watch`]: `[[watch]]` rules: a polling GET that is also a stream of its body; one
+//!   watcher per cache key refetches it (interval, tag purge, source gap) through the
+//!   cache's coalescing fill and pushes the body when it changed.
 //! - [`client`]: the browser client (`/_unpoll/client.js`), served from the binary.
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.

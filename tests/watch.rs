@@ -170,11 +170,8 @@ async fn ten_users_with_ten_tabs_share_one_fetch_per_user_and_see_each_change_on
             tabs.push((user.clone(), watch(&unpoll, user)));
         }
     }
-    let mut tabs: Vec<(String, SseClient)> = futures::future::join_all(
-        tabs.into_iter()
-            .map(|(u, t)| async move { (u, t.await) }),
-    )
-    .await;
+    let mut tabs: Vec<(String, SseClient)> =
+        futures::future::join_all(tabs.into_iter().map(|(u, t)| async move { (u, t.await) })).await;
     for (user, tab) in &mut tabs {
         assert_eq!(tab.status, 200);
         assert_eq!(version_for(&tab.next(WAIT).await, user), 0);
@@ -196,7 +193,10 @@ async fn ten_users_with_ten_tabs_share_one_fetch_per_user_and_see_each_change_on
         // At most: the first fetch, one per purge, one per interval elapsed.
         let bound = 1 + 3 + (elapsed / 0.5).ceil() as usize;
         let n = fetches(&inbox, user);
-        assert!(n <= bound, "{user}: {n} fetches in {elapsed:.1}s (bound {bound})");
+        assert!(
+            n <= bound,
+            "{user}: {n} fetches in {elapsed:.1}s (bound {bound})"
+        );
     }
     let stats = unpoll.stats().await;
     assert_eq!(stats["watch"]["keys"], 10, "{stats}");
@@ -335,7 +335,11 @@ async fn two_users_bodies_never_cross() {
     for r in upstream.recorded() {
         let cookie = r.headers.get("cookie").is_some();
         let bearer = r.headers.get("authorization").is_some();
-        assert!(cookie != bearer, "one credential per fetch: {:?}", r.headers);
+        assert!(
+            cookie != bearer,
+            "one credential per fetch: {:?}",
+            r.headers
+        );
     }
     assert_eq!(fetches(&inbox, "ann"), 2);
     assert_eq!(fetches(&inbox, "bob"), 2);
@@ -379,10 +383,12 @@ async fn a_plain_poll_of_a_watched_url_still_works_and_is_cached() {
     };
     let first = poll().await;
     assert_eq!(first.status(), 200);
-    assert!(first.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/json"));
+    assert!(
+        first.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
     let vary: Vec<_> = first.headers().get_all("vary").iter().collect();
     assert!(vary.iter().any(|v| *v == "accept"), "{vary:?}");
     assert_eq!(first.text().await.unwrap(), "{\"user\":\"ann\",\"v\":0}\n");
@@ -404,7 +410,10 @@ async fn a_plain_poll_of_a_watched_url_still_works_and_is_cached() {
     change(&inbox, "ann");
     purge(&unpoll, "inbox").await;
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
-    assert_eq!(poll().await.text().await.unwrap(), "{\"user\":\"ann\",\"v\":1}\n");
+    assert_eq!(
+        poll().await.text().await.unwrap(),
+        "{\"user\":\"ann\",\"v\":1}\n"
+    );
     assert_eq!(fetches(&inbox, "ann"), 2);
 }
 

@@ -338,6 +338,25 @@ impl Config {
                 rule.name, rule.method, rule.path, rule.channel
             );
         }
+        for rule in &self.watches {
+            let interval = if rule.interval.is_zero() {
+                "on purge only".to_string()
+            } else {
+                format!("every {:?}", rule.interval)
+            };
+            let _ = writeln!(
+                out,
+                "{:<9} GET {} → watched {interval}, tags [{}]",
+                rule.name,
+                rule.cache.path,
+                rule.cache
+                    .tags
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         out
     }
 }

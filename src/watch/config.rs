@@ -64,7 +64,11 @@ impl RawWatchRule {
                 .ok(),
         };
         let interval = dur("interval", self.interval.clone(), DEFAULT_INTERVAL);
-        let min_interval = dur("min_interval", self.min_interval.clone(), DEFAULT_MIN_INTERVAL);
+        let min_interval = dur(
+            "min_interval",
+            self.min_interval.clone(),
+            DEFAULT_MIN_INTERVAL,
+        );
         let ttl = match self.ttl.clone() {
             None => None,
             Some(text) => match parse_duration(&text) {
@@ -116,7 +120,12 @@ impl RawWatchRule {
     }
 
     /// The `[[cache]]` rule the watched path's polls are served by, validated by the cache.
-    fn cache_rule(&self, path: &str, ttl: Duration, errors: &mut ConfigErrors) -> Option<CacheRule> {
+    fn cache_rule(
+        &self,
+        path: &str,
+        ttl: Duration,
+        errors: &mut ConfigErrors,
+    ) -> Option<CacheRule> {
         let mut table = toml::Table::new();
         table.insert("path".into(), self.path.clone().into());
         table.insert("methods".into(), vec!["GET", "HEAD"].into());
@@ -130,7 +139,8 @@ impl RawWatchRule {
         if let Some(max_body) = &self.max_body {
             table.insert("max_body".into(), max_body.clone().into());
         }
-        let raw: RawCacheRule = crate::config::deserialize(toml::Value::Table(table), path, errors)?;
+        let raw: RawCacheRule =
+            crate::config::deserialize(toml::Value::Table(table), path, errors)?;
         raw.validate(path, errors)
     }
 }
@@ -153,7 +163,11 @@ mod tests {
         assert_eq!(r.min_interval, Duration::from_millis(200));
         assert_eq!(r.event, None);
         assert_eq!(r.cache.name, "watch[1]");
-        assert_eq!(r.cache.ttl, Duration::from_secs(5), "polls cached for interval");
+        assert_eq!(
+            r.cache.ttl,
+            Duration::from_secs(5),
+            "polls cached for interval"
+        );
         assert!(r.cache.varies_on_credentials());
         assert_eq!(r.cache.max_body, 1024 * 1024);
     }
@@ -188,6 +202,10 @@ mod tests {
         }
         let err = rule("path = \"/a\"\ninterval = \"1s\"\nmin_interval = \"2s\"").unwrap_err();
         assert!(err.contains("watch[1].min_interval: 2s is longer"), "{err}");
-        assert!(rule("path = \"/a\"\nbogus = 1").unwrap_err().contains("bogus"));
+        assert!(
+            rule("path = \"/a\"\nbogus = 1")
+                .unwrap_err()
+                .contains("bogus")
+        );
     }
 }

@@ -82,7 +82,14 @@ impl Watches {
         &self,
         key: &CacheKey,
         start: impl FnOnce() -> Arc<Watcher>,
-    ) -> Result<(Arc<Watcher>, tokio::sync::watch::Receiver<version::State>, bool), Full> {
+    ) -> Result<
+        (
+            Arc<Watcher>,
+            tokio::sync::watch::Receiver<version::State>,
+            bool,
+        ),
+        Full,
+    > {
         let mut map = self.lock();
         if let Some(w) = map.get(key) {
             let rx = w.state.subscribe();

@@ -75,7 +75,17 @@ async fn open(
     parts: &Parts,
     client_ip: IpAddr,
 ) -> Response<Body> {
-    match subscribe(app, snapshot, rule, params, &parts.uri, &parts.headers, client_ip).await {
+    match subscribe(
+        app,
+        snapshot,
+        rule,
+        params,
+        &parts.uri,
+        &parts.headers,
+        client_ip,
+    )
+    .await
+    {
         Ok(sub) => {
             let resume = crate::sse::last_event_id(&parts.headers, parts.uri.query());
             let frames = sub.frames(resume.as_deref(), SseOptions::default(), app);
@@ -156,7 +166,13 @@ pub async fn subscribe(
     let started = watches.join_or_start(&key, || Arc::new(Watcher::new(version, tags)));
     match started {
         Ok((watcher, state, true)) => {
-            tokio::spawn(watcher::run(app.clone(), key, watcher, refresh, rule.clone()));
+            tokio::spawn(watcher::run(
+                app.clone(),
+                key,
+                watcher,
+                refresh,
+                rule.clone(),
+            ));
             Ok(WatchSubscription { state })
         }
         Ok((_, state, false)) => Ok(WatchSubscription { state }),
@@ -180,7 +196,8 @@ fn too_many_keys(app: &App) -> Response<Body> {
         "too many watched keys (hub.max_watch_keys)",
     );
     let secs = app.hub.config().retry_after.as_secs().max(1);
-    resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs));
     resp
 }
 
@@ -209,9 +226,7 @@ impl WatchSubscription {
         }
         let sub = Subscriber {
             state,
-            heartbeat: options
-                .heartbeat
-                .max(std::time::Duration::from_millis(100)),
+            heartbeat: options.heartbeat.max(std::time::Duration::from_millis(100)),
             shutdown: app.shutdown.clone(),
             ended: false,
             _open: OpenGauges::new(&[
