@@ -431,3 +431,57 @@ async fn past_max_watch_keys_a_new_key_gets_429() {
     let mut ann2 = watch(&unpoll, "ann").await;
     assert_eq!(version_for(&ann2.next(WAIT).await, "ann"), 0);
 }
+
+#[tokio::test]
+async fn a_source_gap_refetches_and_watching_tabs_count_the_polls_they_saved() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"50ms\"")).await;
+    let mut tabs = Vec::new();
+    for _ in 0..10 {
+        tabs.push(watch(&unpoll, "ann").await);
+    }
+    for tab in &mut tabs {
+        assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    }
+    // Ten tabs, one watcher: every interval is one fetch instead of ten polls.
+    eventually(WAIT, "interval refetches", || async {
+        fetches(&inbox, "ann") >= 6
+    })
+    .await;
+    let stats = unpoll.stats().await;
+    assert!(
+        stats["watch"]["polls_saved"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        stats["cache"]["upstream_requests_saved"].as_u64().unwrap()
+            >= stats["watch"]["polls_saved"].as_u64().unwrap(),
+        "{stats}"
+    );
+    // What a source does when it lost notifications (a Postgres reconnect).
+    change(&inbox, "ann");
+    unpoll.app.purge_tag_pattern("inb*");
+    for tab in &mut tabs {
+        assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    }
+    eventually(WAIT, "a gap refetch counted", || async {
+        unpoll.stats().await["watch"]["fetches"]["gap"] == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_open_watch_streams_and_shutdown_ends_them() {
+    let (upstream, inbox) = app().await;
+    let watch_config = config("interval = \"1h\"");
+    let unpoll = Unpoll::start(&upstream.url(), &watch_config).await;
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    let warnings = unpoll.reload(&upstream.url(), &watch_config);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    change(&inbox, "ann");
+    purge(&unpoll, "inbox").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    unpoll.stop().await;
+    assert!(tab.next_or_end(WAIT).await.is_none(), "the stream ends");
+}

@@ -64,9 +64,9 @@ impl Watches {
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The watcher of `key`, if one runs.
-    fn get(&self, key: &CacheKey) -> Option<Arc<Watcher>> {
-        self.lock().get(key).cloned()
+    /// Subscribe to `key`'s watcher, if one runs.
+    fn join(&self, key: &CacheKey) -> Option<tokio::sync::watch::Receiver<version::State>> {
+        self.lock().get(key).map(|w| w.state.subscribe())
     }
 
     /// Whether a new key would be refused now.

@@ -133,11 +133,9 @@ pub async fn subscribe(
         ));
     };
     let key = refresh.key().clone();
-    if let Some(w) = watches.get(&key) {
+    if let Some(state) = watches.join(&key) {
         // Same key, same credentials: the running watcher's body is this client's too.
-        if let Ok((_, state, _)) = watches.join_or_start(&key, || w) {
-            return Ok(WatchSubscription { state });
-        }
+        return Ok(WatchSubscription { state });
     }
     if watches.is_full(&key) {
         return Err(too_many_keys(app));
