@@ -485,3 +485,47 @@ async fn a_reload_keeps_open_watch_streams_and_shutdown_ends_them() {
     unpoll.stop().await;
     assert!(tab.next_or_end(WAIT).await.is_none(), "the stream ends");
 }
+
+#[tokio::test]
+async fn with_interval_zero_only_purges_refetch_and_polls_stay_cached_until_then() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"0s\"")).await;
+    let poll = || async {
+        client()
+            .get(unpoll.url("/inbox"))
+            .header("cookie", "user=ann")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    change(&inbox, "ann");
+    // No interval: the change is not seen, by the stream or the cached poll, until a purge.
+    for _ in 0..5 {
+        assert_eq!(poll().await, "{\"user\":\"ann\",\"v\":0}\n");
+    }
+    assert_eq!(fetches(&inbox, "ann"), 1);
+    purge(&unpoll, "inbox").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    assert_eq!(poll().await, "{\"user\":\"ann\",\"v\":1}\n");
+    assert_eq!(fetches(&inbox, "ann"), 2);
+}
+
+#[tokio::test]
+async fn a_failing_app_on_the_first_fetch_answers_its_status() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    inbox
+        .lock()
+        .unwrap()
+        .scripted
+        .insert("ann".into(), vec![503]);
+    assert_eq!(watch(&unpoll, "ann").await.status, 503);
+    assert!(unpoll.app.watches.is_empty());
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+}

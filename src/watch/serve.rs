@@ -89,12 +89,9 @@ async fn open(
         Ok(sub) => {
             let resume = crate::sse::last_event_id(&parts.headers, parts.uri.query());
             let frames = sub.frames(resume.as_deref(), SseOptions::default(), app);
-            let mut resp = crate::sse::response(boxed(StreamBody::new(
+            crate::sse::response(boxed(StreamBody::new(
                 frames.map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
-            )));
-            resp.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp
+            )))
         }
         Err(refusal) => refusal,
     }
