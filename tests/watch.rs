@@ -529,3 +529,32 @@ async fn a_failing_app_on_the_first_fetch_answers_its_status() {
     let mut tab = watch(&unpoll, "ann").await;
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
 }
+
+#[tokio::test]
+async fn a_burst_of_purges_is_one_refetch_per_min_interval() {
+    let (upstream, inbox) = app().await;
+    // min_interval is long, so the whole burst lands within one debounce window.
+    let rule = "interval = \"1h\"\n".to_string();
+    let text = config(&rule).replace("min_interval = \"10ms\"", "min_interval = \"2s\"");
+    let unpoll = Unpoll::start(&upstream.url(), &text).await;
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    change(&inbox, "ann");
+    for _ in 0..20 {
+        purge(&unpoll, "inbox").await;
+    }
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    // One fetch for the burst, and at most one more for the purges that came while it
+    // waited or ran (they may postdate the body it read): never one per purge.
+    eventually(WAIT, "the burst's refetches are done", || async {
+        unpoll.stats().await["watch"]["fetches"]["tag"] == 2
+    })
+    .await;
+    // The second refetch found the entry the first one stored, unpurged since: the app saw
+    // the first fetch and the burst's one (a third only if the burst outlasted 2 s).
+    let n = fetches(&inbox, "ann");
+    assert!(
+        (2..=3).contains(&n),
+        "{n} upstream fetches for a burst of 20 purges"
+    );
+}

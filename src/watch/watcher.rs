@@ -199,3 +199,26 @@ impl PollsSaved {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_never_shortens_the_interval_and_spreads_it_by_a_tenth() {
+        let interval = Duration::from_secs(5);
+        let waits: Vec<Duration> = (0..1000).map(|_| interval_with_jitter(interval)).collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= interval && *w <= interval * 11 / 10)
+        );
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "spread: {} distinct waits",
+            distinct.len()
+        );
+        assert_eq!(interval_with_jitter(Duration::ZERO), Duration::ZERO);
+    }
+}
