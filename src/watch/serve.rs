@@ -298,3 +298,26 @@ impl Drop for OpenGauges {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-tab memory matters at thousands of watching tabs: what a subscriber's stream
+    /// holds (the receiver, the heartbeat timer, the shutdown wait, its pending future)
+    /// must stay small; the body itself is shared with the watcher and the cache entry.
+    #[tokio::test]
+    async fn a_watching_tab_holds_little() {
+        let config = crate::config::parse_rules("[[watch]]\npath = \"/w\"").unwrap();
+        let app = App::new(config, CancellationToken::new());
+        let (tx, rx) = watch::channel(State::Ended(StatusCode::FORBIDDEN));
+        let frames = WatchSubscription { state: rx }.frames(None, SseOptions::default(), &app);
+        let size = std::mem::size_of_val(&frames);
+        println!("watch subscriber stream: {size} B");
+        assert!(size <= 1024, "a watching tab's stream is {size} bytes");
+        assert_eq!(app.watches.metrics.subscribers.get(), 1);
+        drop(frames);
+        assert_eq!(app.watches.metrics.subscribers.get(), 0);
+        drop(tx);
+    }
+}
