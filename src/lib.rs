@@ -26,6 +26,7 @@
 //!   each gated as if alone, on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
 //!   answer to a webhook or mutation).
 //! - [`client`]: the browser client (`/_unpoll/client.js`), served from the binary.
+//! - [`demo`]: `unpoll demo`, a built-in polling chat app with unpoll in front of it.
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.
 //!
@@ -39,6 +40,7 @@ pub mod body;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
