@@ -65,6 +65,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Process start, for `/stats`.
     pub started: Instant,
+    /// The dashboard's recent samples and its open streams (bounded).
+    pub live: crate::admin::live::Live,
 }
 
 impl App {
@@ -108,6 +110,7 @@ impl App {
             auth_metrics,
             shutdown,
             started: Instant::now(),
+            live: Default::default(),
         })
     }
 
