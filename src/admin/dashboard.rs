@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn other_endpoints_take_only_the_header() {
         assert_eq!(check("/stats?token=s3cret", None), Err(AuthError::Invalid));
-        assert_eq!(check("/metrics?token=s3cret", None), Err(AuthError::Invalid));
+        assert_eq!(
+            check("/metrics?token=s3cret", None),
+            Err(AuthError::Invalid)
+        );
         assert_eq!(check("/stats", Some("s3cret")), Ok(()));
     }
 }

@@ -75,7 +75,11 @@ impl Totals {
             events: app.hub.metrics().published.get(),
             resets: reasons
                 .iter()
-                .filter_map(|r| resets.get(&ReasonLabels { reason: r.as_str() }).map(|c| c.get()))
+                .filter_map(|r| {
+                    resets
+                        .get(&ReasonLabels { reason: r.as_str() })
+                        .map(|c| c.get())
+                })
                 .sum(),
         }
     }

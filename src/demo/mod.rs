@@ -74,7 +74,8 @@ impl Demo {
         admin: SocketAddr,
         shutdown: CancellationToken,
     ) -> Result<Demo, DemoError> {
-        let named = |e: io::Error| DemoError::Bind(io::Error::new(e.kind(), format!("demo app: {e}")));
+        let named =
+            |e: io::Error| DemoError::Bind(io::Error::new(e.kind(), format!("demo app: {e}")));
         let chat_listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(named)?;
         let upstream = chat_listener.local_addr().map_err(named)?;
         let config = demo_config(listen, admin, upstream)?;
