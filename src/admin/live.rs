@@ -25,8 +25,8 @@ pub const STREAM_PATH: &str = "/dashboard/stream";
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Samples kept: 5 minutes. When full, the oldest is dropped.
 pub const HISTORY_SAMPLES: usize = 300;
-/// Streams open at once. Each builds a `/stats` snapshot per second (a lock on the hub);
-/// past this a new one gets 503.
+/// Streams open at once (each holds a connection and builds a first frame); past this a new
+/// one gets 503.
 pub const MAX_STREAMS: usize = 16;
 /// The browser's reconnect delay after a stream ends.
 const RETRY: Duration = Duration::from_secs(2);
@@ -99,11 +99,12 @@ impl Totals {
 
 /// The recent samples and the streams following them.
 pub struct Live {
-    /// The last [`HISTORY_SAMPLES`] samples, oldest first: written by the sampler, copied by
-    /// a stream when it opens.
-    samples: Mutex<VecDeque<Sample>>,
-    /// The number of samples taken; each stream waits for it to change.
-    taken: watch::Sender<u64>,
+    /// The last [`HISTORY_SAMPLES`] samples, oldest first, and how many were ever taken:
+    /// written by the sampler, copied by a stream when it opens.
+    samples: Mutex<(VecDeque<Sample>, u64)>,
+    /// The latest frame, built once per sample for every open stream (and not at all while
+    /// none is open): a `/stats` document costs a pass over the hub's channels.
+    frame: watch::Sender<Bytes>,
     /// One permit per open stream, [`MAX_STREAMS`] in all.
     streams: Arc<Semaphore>,
 }
@@ -111,41 +112,40 @@ pub struct Live {
 impl Default for Live {
     fn default() -> Self {
         Live {
-            samples: Mutex::new(VecDeque::with_capacity(HISTORY_SAMPLES)),
-            taken: watch::channel(0).0,
+            samples: Mutex::new((VecDeque::with_capacity(HISTORY_SAMPLES), 0)),
+            frame: watch::channel(Bytes::new()).0,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
         }
     }
 }
 
 impl Live {
-    fn push(&self, sample: Sample) {
-        {
-            let mut samples = self.lock();
-            if samples.len() == HISTORY_SAMPLES {
-                samples.pop_front();
-            }
-            samples.push_back(sample);
+    /// Keep `sample`; returns how many were taken so far (the frame's id).
+    fn push(&self, sample: Sample) -> u64 {
+        let mut guard = self.lock();
+        let (samples, taken) = &mut *guard;
+        if samples.len() == HISTORY_SAMPLES {
+            samples.pop_front();
         }
-        self.taken.send_modify(|n| *n += 1);
+        samples.push_back(sample);
+        *taken += 1;
+        *taken
     }
 
-    fn history(&self) -> Vec<Sample> {
-        self.lock().iter().copied().collect()
+    /// The samples kept, and how many were ever taken.
+    fn history(&self) -> (Vec<Sample>, u64) {
+        let guard = self.lock();
+        (guard.0.iter().copied().collect(), guard.1)
     }
 
-    fn latest(&self) -> Option<Sample> {
-        self.lock().back().copied()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Sample>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Sample>, u64)> {
         self.samples
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// Take a sample every [`SAMPLE_EVERY`] until shutdown.
+/// Take a sample every [`SAMPLE_EVERY`] until shutdown, and send it to the open streams.
 pub async fn run_sampler(app: Arc<App>) {
     let mut before = Totals::read(&app);
     let mut every = tokio::time::interval(SAMPLE_EVERY);
@@ -157,8 +157,15 @@ pub async fn run_sampler(app: Arc<App>) {
             _ = app.shutdown.cancelled() => return,
         }
         let now = Totals::read(&app);
-        app.live.push(now.since(before, unix_ms()));
+        let sample = now.since(before, unix_ms());
+        let taken = app.live.push(sample);
         before = now;
+        if app.live.frame.receiver_count() > 0 {
+            let value = frame(&app, FrameSamples::Latest(sample));
+            app.live
+                .frame
+                .send_replace(encode::event(&taken.to_string(), None, &value));
+        }
     }
 }
 
@@ -177,25 +184,33 @@ pub fn stream(app: &Arc<App>) -> Response<Body> {
             "too many dashboard streams open",
         );
     };
+    // Subscribed before the history is read: a sample taken in between is sent twice at
+    // worst (the page keeps a rolling window), never skipped.
+    let frames = app.live.frame.subscribe();
+    let (history, taken) = app.live.history();
+    let mut first = encode::retry(RETRY).to_vec();
+    let value = frame(app, FrameSamples::History(history));
+    first.extend_from_slice(&encode::event(&taken.to_string(), None, &value));
     let state = StreamState {
         app: app.clone(),
-        taken: app.live.taken.subscribe(),
-        opened: false,
+        first: Some(first.into()),
+        frames,
         _permit: permit,
     };
-    let frames = futures_util::stream::unfold(state, |mut state| async move {
+    let body = futures_util::stream::unfold(state, |mut state| async move {
         let bytes = state.next().await?;
         Some((Ok::<_, Infallible>(Frame::data(bytes)), state))
     });
-    let mut resp = Response::new(boxed(http_body_util::StreamBody::new(frames)));
+    let mut resp = Response::new(boxed(http_body_util::StreamBody::new(body)));
     set_headers(resp.headers_mut());
     resp
 }
 
 struct StreamState {
     app: Arc<App>,
-    taken: watch::Receiver<u64>,
-    opened: bool,
+    /// The retry hint and the frame with the history, until sent.
+    first: Option<Bytes>,
+    frames: watch::Receiver<Bytes>,
     /// Held as long as the stream is open.
     _permit: OwnedSemaphorePermit,
 }
@@ -203,32 +218,39 @@ struct StreamState {
 impl StreamState {
     /// The next bytes to send; `None` at shutdown.
     async fn next(&mut self) -> Option<Bytes> {
-        if !self.opened {
-            self.opened = true;
-            self.taken.mark_unchanged();
-            let mut first = encode::retry(RETRY).to_vec();
-            first.extend_from_slice(&self.frame(Some(self.app.live.history())));
-            return Some(first.into());
+        if let Some(first) = self.first.take() {
+            return Some(first);
         }
         tokio::select! {
-            changed = self.taken.changed() => changed.ok()?,
+            changed = self.frames.changed() => changed.ok()?,
             _ = self.app.shutdown.cancelled() => return None,
         }
-        Some(self.frame(None))
+        Some(self.frames.borrow_and_update().clone())
     }
+}
 
-    fn frame(&self, history: Option<Vec<Sample>>) -> Bytes {
-        let app = &self.app;
-        let value = serde_json::json!({
-            "sample": app.live.latest(),
-            "history": history,
-            "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,
-            "stats": super::stats_value(app),
-            "sources": sources(app),
-        });
-        let id = self.taken.borrow().to_string();
-        encode::event(&id, None, &value.to_string())
-    }
+/// What a frame carries of the samples.
+enum FrameSamples {
+    /// All kept (a stream's first frame).
+    History(Vec<Sample>),
+    /// The one just taken.
+    Latest(Sample),
+}
+
+/// The JSON of one frame.
+fn frame(app: &App, samples: FrameSamples) -> String {
+    let (sample, history) = match samples {
+        FrameSamples::History(history) => (history.last().copied(), Some(history)),
+        FrameSamples::Latest(sample) => (Some(sample), None),
+    };
+    serde_json::json!({
+        "sample": sample,
+        "history": history,
+        "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,
+        "stats": super::stats_value(app),
+        "sources": sources(app),
+    })
+    .to_string()
 }
 
 /// The configured event sources and their state: `connected`, or why not.
@@ -270,11 +292,14 @@ mod tests {
                 ..Sample::default()
             });
         }
-        let history = live.history();
+        let (history, taken) = live.history();
         assert_eq!(history.len(), HISTORY_SAMPLES);
         assert_eq!(history[0].t, 5);
-        assert_eq!(live.latest().map(|s| s.t), Some(HISTORY_SAMPLES as u64 + 4));
-        assert_eq!(*live.taken.borrow(), HISTORY_SAMPLES as u64 + 5);
+        assert_eq!(
+            history.last().map(|s| s.t),
+            Some(HISTORY_SAMPLES as u64 + 4)
+        );
+        assert_eq!(taken, HISTORY_SAMPLES as u64 + 5);
     }
 
     #[test]
