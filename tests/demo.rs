@@ -364,3 +364,48 @@ async fn the_cli_prints_its_urls_and_its_config() {
     );
     child.kill().await.unwrap();
 }
+
+/// The next frame of a dashboard stream whose `sources` satisfy `check`.
+async fn frame_where(stream: &mut SseClient, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let frame: Value = serde_json::from_str(&stream.next(WAIT).await.data).unwrap();
+        if check(&frame["sources"]) {
+            return frame;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}; last: {frame}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_state_of_a_configured_mqtt_broker() {
+    let upstream = common::Upstream::builder().route("/", "app").run().await;
+    // A broker that does not answer, then the machine's broker.
+    let section = |url: &str| {
+        format!(
+            "[mqtt]\nurl = \"{url}\"\nclient_id = \"{}\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nconnect_timeout = \"2s\"\n",
+            common::pg::unique("dash")
+        )
+    };
+    let closed = format!("mqtt://127.0.0.1:{}", common::mqtt::free_port());
+    let down = common::Unpoll::start(&upstream.url(), &section(&closed)).await;
+    let mut stream = SseClient::open(&client(), &down.admin_url("/dashboard/stream"), None).await;
+    let frame = frame_where(&mut stream, "mqtt shown as down", |s| s[0]["ok"] == false).await;
+    assert_eq!(frame["sources"][0]["name"], "mqtt");
+    assert!(
+        frame["sources"][0]["state"].as_str().unwrap().len() > 3,
+        "{frame}"
+    );
+    down.stop().await;
+
+    let up = common::Unpoll::start(&upstream.url(), &section(&common::mqtt::broker_url())).await;
+    let mut stream = SseClient::open(&client(), &up.admin_url("/dashboard/stream"), None).await;
+    frame_where(&mut stream, "mqtt shown as connected", |s| {
+        s[0]["ok"] == true && s[0]["state"] == "connected"
+    })
+    .await;
+    up.stop().await;
+}
