@@ -60,7 +60,8 @@ struct Totals {
 
 impl Totals {
     fn read(app: &App) -> Totals {
-        let resets = app.hub.metrics().resets.clone();
+        let resets = &app.hub.metrics().resets;
+        // Every reason a reset is counted under (a family cannot be summed otherwise).
         let reasons = [
             ResetReason::Evicted,
             ResetReason::OtherBoot,
