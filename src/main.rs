@@ -173,7 +173,10 @@ fn demo(args: DemoArgs) -> ExitCode {
             Ok(demo) => demo,
             Err(e) => {
                 err(format_args!("unpoll demo: {e}"));
-                return ExitCode::FAILURE;
+                return match e {
+                    unpoll::demo::DemoError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                    unpoll::demo::DemoError::Bind(_) => ExitCode::FAILURE,
+                };
             }
         };
         unpoll::logging::init(&demo.app.snapshot().config.log);

@@ -38,8 +38,9 @@ pub enum DemoError {
     /// An address is taken or not ours; the message names the listener and address.
     #[error("cannot bind {0} (choose other addresses with --listen and --admin)")]
     Bind(io::Error),
-    /// The embedded config does not validate with these addresses (a bug: tests parse it).
-    #[error("the demo config is invalid:\n{0}")]
+    /// The embedded config does not validate with these addresses (an admin address off
+    /// loopback needs a token the demo does not set).
+    #[error("the demo's config does not validate with these addresses:\n{0}")]
     Config(ConfigErrors),
 }
 
