@@ -322,6 +322,15 @@ async fn the_cli_prints_its_urls_and_its_config() {
         unpoll::demo::CONFIG
     );
 
+    // An admin listener off loopback needs a token the demo does not set: a config error.
+    let refused = tokio::process::Command::new(binary())
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("admin.token"));
+
     let mut child = tokio::process::Command::new(binary())
         .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
