@@ -102,7 +102,7 @@ test("a message posted in one window appears in the other without a poll; the da
     (await savedOn(dashboard)) > savedBefore, 10000, async () => `${savedBefore} → ${await savedOn(dashboard)}`);
 
   // Some traffic for the picture: what 60 pages polling every 3 s without push would send
-  // (20 requests/s), for 15 s, with a message now and then.
+  // (about 20 requests/s) for 15 s, with a message every 3 s.
   let polling = true;
   const pollers = Array.from({ length: 4 }, async () => {
     while (polling) {
@@ -116,7 +116,10 @@ test("a message posted in one window appears in the other without a poll; the da
     await who.click("button");
     await eventually(`message ${i} everywhere`, async () =>
       (await texts(alice)).includes(`message ${i}`) && (await texts(bob)).includes(`message ${i}`));
-    await new Promise((r) => setTimeout(r, 3000));
+    // Paced by the dashboard's samples (one a second), not by a timer.
+    const frames = await dashboard.evaluate(() => window.dashboard.frames);
+    await eventually("three more samples", async () =>
+      (await dashboard.evaluate(() => window.dashboard.frames)) >= frames + 3);
   }
   polling = false;
   await Promise.all(pollers);
