@@ -69,6 +69,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Process start, for `/stats`.
     pub started: Instant,
+    /// The dashboard's recent samples and its open streams (bounded).
+    pub live: crate::admin::live::Live,
 }
 
 impl App {
@@ -114,6 +116,7 @@ impl App {
             watches,
             shutdown,
             started: Instant::now(),
+            live: Default::default(),
         })
     }
 

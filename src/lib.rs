@@ -16,7 +16,8 @@
 //! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
 //!   action; forwarding, headers, upgrades, errors; the upstream keep-alive pool
 //!   (`proxy/pool.rs`).
-//! - [`admin`]: health, readiness, metrics, stats, publish, purge.
+//! - [`admin`]: health, readiness, metrics, stats, publish, purge, and the live dashboard
+//!   (`admin/dashboard.rs`, its stats stream `admin/live.rs`).
 //! - [`cache`]: `[[cache]]` rules: per-user keys, coalescing, stale serving, tag purge.
 //! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT) behind a `Sink`.
@@ -29,6 +30,7 @@
 //!   watcher per cache key refetches it (interval, tag purge, source gap) through the
 //!   cache's coalescing fill and pushes the body when it changed.
 //! - [`client`]: the browser client (`/_unpoll/client.js`), served from the binary.
+//! - [`demo`]: `unpoll demo`, a built-in polling chat app with unpoll in front of it.
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
 //! - [`metrics`], [`logging`], [`signals`]: observability and process control.
 //!
@@ -42,6 +44,7 @@ pub mod body;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
@@ -130,6 +133,7 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
         tasks.clone(),
     ));
     let sweeper = tokio::spawn(app.hub.clone().run_sweeper(app.shutdown.clone()));
+    let sampler = tokio::spawn(admin::live::run_sampler(app.clone()));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         server::Listener::Admin,
@@ -139,7 +143,7 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
     app.shutdown.cancelled().await;
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
-    let _ = tokio::join!(main, admin, sweeper);
+    let _ = tokio::join!(main, admin, sweeper, sampler);
     // Sources stop on the same cancellation; wait so none publishes after run returns.
     for source in sources {
         let _ = source.await;

@@ -1,8 +1,10 @@
-//! The admin listener (loopback by default): health, readiness, metrics, stats, and the
-//! token-protected POST endpoints of later subsystems (publish, purge).
+//! The admin listener (loopback by default): health, readiness, metrics, stats, the live
+//! dashboard, and the token-protected POST endpoints of later subsystems (publish, purge).
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
+pub mod live;
 pub mod publish;
 pub mod purge;
 
@@ -25,7 +27,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let open = matches!(req.uri().path(), "/healthz" | "/readyz");
     if !open
         && !admin.listen.ip().is_loopback()
-        && let Err(e) = auth::check_bearer(req.headers(), admin.token.as_deref())
+        && let Err(e) = dashboard::check_access(&req, admin.token.as_deref())
     {
         return e.into_response();
     }
@@ -33,7 +35,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(app),
         (&Method::GET, "/metrics") => metrics(app),
-        (&Method::GET, "/stats") => stats(app),
+        (&Method::GET, "/stats") => json(StatusCode::OK, &stats_value(app)),
+        (&Method::GET, "/") => dashboard::page(),
+        (&Method::GET, live::STREAM_PATH) => live::stream(app),
         (&Method::POST, "/publish") => {
             // Publishing needs the token even on loopback: any local process could
             // otherwise inject events into every browser.
@@ -48,7 +52,8 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
             purge::purge(app, req).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/publish" | "/purge") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/publish" | "/purge" | "/")
+        | (_, live::STREAM_PATH) => {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -84,9 +89,10 @@ fn metrics(app: &App) -> Response<Body> {
 /// Channels listed in `/stats` (the busiest first).
 const STATS_TOP_CHANNELS: usize = 20;
 
-fn stats(app: &App) -> Response<Body> {
+/// The `/stats` document (also in every frame of the dashboard's stream).
+pub fn stats_value(app: &App) -> serde_json::Value {
     let snapshot = app.snapshot();
-    let value = serde_json::json!({
+    serde_json::json!({
         "uptime_seconds": app.started.elapsed().as_secs(),
         "open_connections": app.metrics.open_connections.get(),
         "stream_connections": app.metrics.stream_connections.get(),
@@ -100,8 +106,7 @@ fn stats(app: &App) -> Response<Body> {
             "path": s.rule.path.to_string(),
             "subscribers": s.subscribers.get(),
         })).collect::<Vec<_>>(),
-    });
-    json(StatusCode::OK, &value)
+    })
 }
 
 /// Read a request body of at most `max` bytes: 413 past it (by Content-Length or as it
