@@ -205,22 +205,37 @@ impl WatchSubscription {
         }
     }
 
+    /// Start from `resume`, the client's Last-Event-ID: the current body is sent first
+    /// unless it is that version.
+    pub fn resume(&mut self, resume: Option<&str>) {
+        if resume.is_none() || resume != self.current_id().as_deref() {
+            self.state.mark_changed();
+        }
+    }
+
+    /// The next state to send: a new version, or `Ended` when a refetch was refused
+    /// (send `access_ended` and stop). `None` when the watcher is gone (shutdown). A
+    /// multiplexed stream, which frames events its own way, reads this; the state is
+    /// shared, so a slow reader skips to the newest version.
+    pub async fn next_state(&mut self) -> Option<State> {
+        // Err: the watcher is gone without a last word.
+        self.state.changed().await.ok()?;
+        Some(self.state.borrow_and_update().clone())
+    }
+
     /// The SSE bytes of this subscription: `retry:`, the current body unless `resume`
     /// (the client's Last-Event-ID) is its version, then each new version, heartbeats, and
-    /// `access_ended` when a refetch is refused. Ends at shutdown.
+    /// `access_ended` when a refetch is refused. Ends at shutdown. An event may come in
+    /// several chunks (a one-line body is sent from the bytes it is stored in).
     pub fn frames(
-        self,
+        mut self,
         resume: Option<&str>,
         options: SseOptions,
         app: &App,
     ) -> impl Stream<Item = Bytes> + Send + 'static {
-        let current = self.current_id();
-        let mut state = self.state;
-        if resume.is_none() || resume != current.as_deref() {
-            state.mark_changed();
-        }
+        self.resume(resume);
         let sub = Subscriber {
-            state,
+            watch: self,
             heartbeat: options.heartbeat.max(std::time::Duration::from_millis(100)),
             shutdown: app.shutdown.clone(),
             ended: false,
@@ -237,9 +252,9 @@ impl WatchSubscription {
     }
 }
 
-/// One stream's side of a watcher.
+/// One single stream's side of a watcher.
 struct Subscriber {
-    state: watch::Receiver<State>,
+    watch: WatchSubscription,
     heartbeat: std::time::Duration,
     shutdown: CancellationToken,
     /// `access_ended` was sent: the stream ends.
@@ -259,20 +274,16 @@ impl Subscriber {
         let frames = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return None,
-            changed = self.state.changed() => {
-                // Err: the watcher is gone without a last word (shutdown).
-                changed.ok()?;
-                match &*self.state.borrow_and_update() {
-                    State::Body(v) => {
-                        self.pushes.inc();
-                        v.frame.clone()
-                    }
-                    State::Ended(status) => {
-                        self.ended = true;
-                        vec![access_ended_frame(AccessEnded::Revoked(*status))]
-                    }
+            state = self.watch.next_state() => match state? {
+                State::Body(v) => {
+                    self.pushes.inc();
+                    v.frame
                 }
-            }
+                State::Ended(status) => {
+                    self.ended = true;
+                    vec![access_ended_frame(AccessEnded::Revoked(status))]
+                }
+            },
             _ = tokio::time::sleep(self.heartbeat) => vec![encode::HEARTBEAT],
         };
         Some((frames, self))
