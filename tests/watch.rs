@@ -295,13 +295,24 @@ async fn a_last_event_id_of_the_current_version_sends_no_duplicate() {
     let mut resumed = watch_with(&unpoll, "ann", Some(&seen.id)).await;
     let mut stale = watch_with(&unpoll, "ann", Some("an-older-version")).await;
     assert_eq!(version_for(&stale.next(WAIT).await, "ann"), 0);
+    // The cursor of a poll, given in the URL: same key as the poll, same rule.
+    let mut by_query = SseClient::send(
+        client()
+            .get(unpoll.url(&format!("/inbox?last_event_id={}", seen.id)))
+            .header("accept", "text/event-stream")
+            .header("cookie", "user=ann"),
+    )
+    .await;
     change(&inbox, "ann");
     purge(&unpoll, "inbox").await;
-    // The first event the resumed stream sends is the change, not the body it had.
+    // The first event the resumed streams send is the change, not the body they had.
     let next = resumed.next(WAIT).await;
     assert_eq!(version_for(&next, "ann"), 1);
     assert_ne!(next.id, seen.id);
+    assert_eq!(version_for(&by_query.next(WAIT).await, "ann"), 1);
     assert_eq!(version_for(&first.next(WAIT).await, "ann"), 1);
+    assert_eq!(fetches(&inbox, "ann"), 2, "one key, one watcher");
+    assert!(upstream.recorded().iter().all(|r| r.uri.query().is_none()));
 }
 
 #[tokio::test]

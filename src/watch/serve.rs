@@ -122,8 +122,16 @@ pub async fn subscribe(
 ) -> Result<WatchSubscription, Response<Body>> {
     let watches = &app.watches;
     let headers = fetch_headers(headers);
-    let Some(refresh) = Refresh::new(app, snapshot, &rule.cache, params, uri, &headers, client_ip)
-    else {
+    let uri = fetch_uri(uri);
+    let Some(refresh) = Refresh::new(
+        app,
+        snapshot,
+        &rule.cache,
+        params,
+        &uri,
+        &headers,
+        client_ip,
+    ) else {
         return Err(error_response(
             StatusCode::BAD_REQUEST,
             "a tag of this watch rule has no value in the request",
@@ -182,6 +190,34 @@ fn fetch_headers(headers: &HeaderMap) -> HeaderMap {
     headers.remove(header::ACCEPT);
     headers.remove(&crate::sse::LAST_EVENT_ID);
     headers
+}
+
+/// The URL every fetch of the key asks for: the subscriber's, without the
+/// `last_event_id` parameter a stream may be opened with (it is not the app's, and would
+/// give the stream another key than the poll of the same URL).
+fn fetch_uri(uri: &Uri) -> Uri {
+    let Some(query) = uri.query() else {
+        return uri.clone();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split('=').next() != Some(crate::sse::LAST_EVENT_ID_PARAM))
+        .collect();
+    let path = uri.path();
+    let target = if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    match target.parse() {
+        Ok(pq) => {
+            parts.path_and_query = Some(pq);
+            Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+        }
+        // Cannot happen: the path and the pairs came from a valid URI.
+        Err(_) => uri.clone(),
+    }
 }
 
 fn too_many_keys(app: &App) -> Response<Body> {
@@ -313,6 +349,16 @@ impl Drop for OpenGauges {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_resume_parameter_is_not_part_of_the_fetch() {
+        let u = |s: &str| fetch_uri(&s.parse().unwrap()).to_string();
+        assert_eq!(u("/inbox?last_event_id=abc"), "/inbox");
+        assert_eq!(u("/inbox?a=1&last_event_id=abc&b=2"), "/inbox?a=1&b=2");
+        assert_eq!(u("/inbox?a=1"), "/inbox?a=1");
+        assert_eq!(u("/inbox?last_event_idx=1"), "/inbox?last_event_idx=1");
+        assert_eq!(u("/inbox"), "/inbox");
+    }
 
     /// Per-tab memory matters at thousands of watching tabs: what a subscriber's stream
     /// holds (the receiver, the heartbeat timer, the shutdown wait, its pending future)
