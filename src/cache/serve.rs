@@ -355,7 +355,9 @@ impl Fetch {
 
 /// A refetch of one key on behalf of a watcher (`[[watch]]`): the same fill as a poll's
 /// miss, so it coalesces with the polls of the key and its answer is the entry they read.
-/// Owns what it needs, so a watcher task can keep it for its whole life.
+/// Owns what it needs, so a watcher task can keep it for its whole life (each fetch uses the
+/// current snapshot's upstream; the snapshot it was built from stays allocated until the
+/// watchers started under it end).
 #[derive(Clone)]
 pub struct Refresh(Fetch);
 
