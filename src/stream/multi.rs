@@ -4,7 +4,10 @@
 //!
 //! Each `s` goes through the gate it would pass if opened alone (routing, the rule's auth
 //! with this request's headers and the `s` query, its limits, the hub's limits), through the
-//! same functions. What differs is only the body: every frame becomes one unnamed event
+//! same functions. An `s` under a `[[watch]]` rule subscribes to its key's watcher as a
+//! watch stream opened alone would (the app's answer to the first fetch is the auth,
+//! `hub.max_watch_keys` the limit); its `last_event_id=` is a version, and an equal one
+//! sends nothing at first. What differs is only the body: every frame becomes one unnamed event
 //! whose data is `{"s":<index>,"id":…,"event":…,"data":…}`.
 //!
 //! The hub encodes an event's SSE frame once and shares the bytes with every subscriber; a
@@ -17,14 +20,18 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -37,7 +44,9 @@ use crate::hub::{CloseReason, EventId, Subscription};
 use crate::proxy::error_response;
 use crate::proxy::routes::Action;
 use crate::server::ConnectionAbort;
-use crate::sse::{LAST_EVENT_ID, encode};
+use crate::sse::{LAST_EVENT_ID, SseOptions, encode};
+use crate::watch::WatchSubscription;
+use crate::watch::version::State;
 
 /// The path of the multiplexed stream, on the main listener, before any rule.
 pub const MULTI_PATH: &str = "/_unpoll/multi";
@@ -54,7 +63,12 @@ pub fn is_multi(method: &Method, path: &str) -> bool {
 /// failure's response when every `s` fails; otherwise the multiplexed stream, which starts
 /// with an error message for each `s` that failed. `parts` carries the connection's
 /// [`ConnectionAbort`] when it has one (a slow client's overflow closes the connection).
-pub async fn open(app: &App, snapshot: &Snapshot, parts: &Parts, peer: IpAddr) -> Response<Body> {
+pub async fn open(
+    app: &Arc<App>,
+    snapshot: &Arc<Snapshot>,
+    parts: &Parts,
+    peer: IpAddr,
+) -> Response<Body> {
     let max = app.hub.config().max_multi;
     // One past the bound is enough to refuse: nothing more of the query is kept.
     let subs: Vec<String> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
@@ -112,12 +126,12 @@ pub async fn open(app: &App, snapshot: &Snapshot, parts: &Parts, peer: IpAddr) -
 /// Route and gate one `s` exactly as the stream it names would be, opened alone with this
 /// request's headers; its rule's response counters count the outcome.
 async fn open_one(
-    app: &App,
-    snapshot: &Snapshot,
+    app: &Arc<App>,
+    snapshot: &Arc<Snapshot>,
     parts: &Parts,
     peer: IpAddr,
     s: &str,
-) -> Result<Admitted, Response<Body>> {
+) -> Result<Opened, Response<Body>> {
     let Some(sub_parts) = sub_request(parts, s) else {
         let message = format!("`{SUB_PARAM}={s}` is not a path on this server");
         return Err(error_response(StatusCode::BAD_REQUEST, &message));
@@ -138,7 +152,7 @@ async fn open_one(
             )
             .await
             {
-                Gated::Open(admitted) => Ok(admitted),
+                Gated::Open(admitted) => Ok(Opened::Stream(admitted)),
                 Gated::Refused(resp) => Err(resp),
                 Gated::NotApplicable(missing) => {
                     // Alone, this request would be proxied to the app; there is no stream.
@@ -148,10 +162,27 @@ async fn open_one(
             }
         }
         (Action::Proxy, Some(gate)) if path == crate::auth::GENERIC_STREAM_PATH => {
-            super::admit_generic(app, snapshot, gate, &sub_parts, peer).await
+            super::admit_generic(app, snapshot, gate, &sub_parts, peer)
+                .await
+                .map(Opened::Stream)
+        }
+        (Action::Watch(w), _) => {
+            let uri = &sub_parts.uri;
+            let headers = &sub_parts.headers;
+            match crate::watch::subscribe(app, snapshot, &w.rule, &route.params, uri, headers, peer)
+                .await
+            {
+                Ok(mut watch) => {
+                    // Only `s`'s own `last_event_id=`: the multi request's header is removed.
+                    let resume = crate::sse::last_event_id(headers, uri.query());
+                    watch.resume(resume.as_deref());
+                    Ok(Opened::Watch(watch))
+                }
+                Err(resp) => Err(resp),
+            }
         }
         _ => {
-            let message = format!("`{s}` is not a stream");
+            let message = format!("`{s}` is not a stream or a watch");
             return Err(error_response(StatusCode::NOT_FOUND, &message));
         }
     };
@@ -161,6 +192,24 @@ async fn open_one(
     };
     route.counters.count(status.as_u16());
     result
+}
+
+/// One `s` that opened.
+enum Opened {
+    /// A `[[stream]]` rule or the generic stream: a hub subscription.
+    Stream(Admitted),
+    /// A `[[watch]]` rule: a subscriber of the key's watcher, resumed.
+    Watch(WatchSubscription),
+}
+
+impl Opened {
+    /// The heartbeat and retry hint of the stream `s` would have been alone.
+    fn options(&self) -> SseOptions {
+        match self {
+            Opened::Stream(a) => a.options,
+            Opened::Watch(_) => SseOptions::default(),
+        }
+    }
 }
 
 /// The request `s` would have been: its path and query, the multi request's headers (minus
@@ -290,14 +339,93 @@ fn heartbeat_message(interval: Duration, position: Option<EventId>) -> Bytes {
     }
 }
 
-/// One open subscription of a multiplexed stream. Fields drop in order: the subscription
-/// (unsubscribing), then the grant (freeing its places in the limits).
-struct Live {
-    sub: Subscription,
-    ended: EndedFuture,
-    /// The rule's open-streams gauge, decremented on drop.
-    _subscribers: Counted,
-    _grant: Grant,
+/// One open subscription of a multiplexed stream.
+enum Live {
+    /// A hub subscription. Fields drop in order: the subscription (unsubscribing), then
+    /// the grant (freeing its places in the limits).
+    Stream {
+        sub: Subscription,
+        ended: EndedFuture,
+        /// The rule's open-streams gauge, decremented on drop.
+        _subscribers: Counted,
+        _grant: Grant,
+    },
+    /// A watcher's subscriber: its states, newest first when the client lags (the state
+    /// is shared, so a slow reader skips versions instead of queueing them).
+    Watch {
+        states: BoxStream<'static, State>,
+        /// `unpoll_watch_subscribers`, decremented on drop.
+        _subscriber: Counted,
+    },
+}
+
+/// What one open subscription has to send now.
+enum Step {
+    /// A message; the subscription stays open.
+    Send(Bytes),
+    /// Its last message (`access_ended`): the subscription closes.
+    Last(Bytes),
+    /// Closed without a word (its watcher stopped: shutdown).
+    Gone,
+    /// The hub dropped it: the client is too slow for the stream as a whole.
+    Overflow,
+}
+
+impl Live {
+    fn new(opened: Opened, app: &App) -> Live {
+        match opened {
+            Opened::Stream(a) => Live::Stream {
+                ended: a.grant.ended(),
+                sub: a.sub,
+                _subscribers: Counted::new(a.subscribers),
+                _grant: a.grant,
+            },
+            Opened::Watch(watch) => Live::Watch {
+                states: futures_util::stream::unfold(watch, |mut watch| async move {
+                    let state = watch.next_state().await?;
+                    Some((state, watch))
+                })
+                .boxed(),
+                _subscriber: Counted::new(app.watches.metrics.subscribers.clone()),
+            },
+        }
+    }
+
+    /// The next message of sub `index`, if any is ready.
+    fn poll_step(&mut self, index: usize, pushes: &Counter, cx: &mut Context<'_>) -> Poll<Step> {
+        match self {
+            Live::Stream { sub, ended, .. } => {
+                if let Poll::Ready(reason) = ended.as_mut().poll(cx) {
+                    tracing::debug!(
+                        s = index,
+                        reason = reason.as_str(),
+                        "access ended; closing one subscription of a multiplexed stream"
+                    );
+                    return Poll::Ready(Step::Last(access_ended_message(index, reason)));
+                }
+                sub.poll_recv(cx).map(|frame| match frame {
+                    Some(frame) => Step::Send(event_message(index, &frame)),
+                    None => Step::Overflow,
+                })
+            }
+            Live::Watch { states, .. } => states.poll_next_unpin(cx).map(|state| match state {
+                Some(State::Body(version)) => {
+                    pushes.inc();
+                    Step::Send(event_message(index, &version.frame.concat()))
+                }
+                Some(State::Ended(status)) => {
+                    tracing::debug!(
+                        s = index,
+                        %status,
+                        "a refetch was refused; closing one watch of a multiplexed stream"
+                    );
+                    let reason = AccessEnded::Revoked(status);
+                    Step::Last(access_ended_message(index, reason))
+                }
+                None => Step::Gone,
+            }),
+        }
+    }
 }
 
 /// A gauge held up by one while this lives.
@@ -339,44 +467,46 @@ pub struct MultiBody {
     /// Slots still open.
     open: usize,
     done: bool,
+    /// `unpoll_watch_pushes`: a watch sub's body sent counts as a single stream's does.
+    pushes: Counter,
     /// The server's open stream responses: this one counts once.
     _connection: Counted,
 }
 
 impl MultiBody {
-    fn new(app: &App, live: Vec<(usize, Admitted)>, errors: Vec<Bytes>) -> MultiBody {
-        let heartbeat = live
+    fn new(app: &App, opened: Vec<(usize, Opened)>, errors: Vec<Bytes>) -> MultiBody {
+        let options: Vec<SseOptions> = opened.iter().map(|(_, o)| o.options()).collect();
+        let heartbeat = options
             .iter()
-            .map(|(_, a)| a.options.heartbeat)
+            .map(|o| o.heartbeat)
             .min()
             .unwrap_or(Duration::from_secs(15));
-        let retry = live
+        let retry = options
             .iter()
-            .map(|(_, a)| a.options.retry)
+            .map(|o| o.retry)
             .min()
             .unwrap_or(Duration::from_secs(2));
         // A zero interval would spin; config validation refuses it, this is the backstop.
         let interval = heartbeat.max(Duration::from_millis(100));
         // Resuming a sub that had no event yet from the earliest start loses nothing: each
         // sub saw every event after its own start, and at worst gets a few it had not.
-        let position = live
+        // Watch subs have no hub position: they resume by version.
+        let position = opened
             .iter()
-            .map(|(_, a)| a.sub.start())
+            .filter_map(|(_, o)| match o {
+                Opened::Stream(a) => Some(a.sub.start()),
+                Opened::Watch(_) => None,
+            })
             .min_by_key(|id| id.seq);
         let mut preamble = VecDeque::with_capacity(errors.len() + 2);
         preamble.push_back(encode::retry(retry));
         preamble.push_back(heartbeat_message(interval, position));
         preamble.extend(errors);
-        let slots: Vec<Slot> = live
+        let slots: Vec<Slot> = opened
             .into_iter()
-            .map(|(index, a)| Slot {
+            .map(|(index, o)| Slot {
                 index,
-                live: Some(Live {
-                    ended: a.grant.ended(),
-                    sub: a.sub,
-                    _subscribers: Counted::new(a.subscribers),
-                    _grant: a.grant,
-                }),
+                live: Some(Live::new(o, app)),
             })
             .collect();
         MultiBody {
@@ -388,14 +518,15 @@ impl MultiBody {
             shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
             next: 0,
             done: false,
+            pushes: app.watches.metrics.pushes.clone(),
             _connection: Counted::new(app.metrics.stream_connections.clone()),
         }
     }
 
     fn close_all(&mut self, reason: CloseReason) {
         for slot in &self.slots {
-            if let Some(live) = &slot.live {
-                live.sub.close(reason);
+            if let Some(Live::Stream { sub, .. }) = &slot.live {
+                sub.close(reason);
             }
         }
     }
@@ -432,32 +563,31 @@ impl http_body::Body for MultiBody {
             let Some(live) = slot.live.as_mut() else {
                 continue;
             };
-            if let Poll::Ready(reason) = live.ended.as_mut().poll(cx) {
-                tracing::debug!(
-                    s = slot.index,
-                    reason = reason.as_str(),
-                    "access ended; closing one subscription of a multiplexed stream"
-                );
-                slot.live = None;
-                this.open -= 1;
-                this.next = (i + 1) % n;
-                return Poll::Ready(Some(Ok(Frame::data(access_ended_message(
-                    slot.index, reason,
-                )))));
-            }
-            match live.sub.poll_recv(cx) {
-                Poll::Ready(Some(frame)) => {
-                    this.next = (i + 1) % n;
-                    return Poll::Ready(Some(Ok(Frame::data(event_message(slot.index, &frame)))));
+            let Poll::Ready(step) = live.poll_step(slot.index, &this.pushes, cx) else {
+                continue;
+            };
+            this.next = (i + 1) % n;
+            match step {
+                Step::Send(message) => return Poll::Ready(Some(Ok(Frame::data(message)))),
+                Step::Last(message) => {
+                    slot.live = None;
+                    this.open -= 1;
+                    return Poll::Ready(Some(Ok(Frame::data(message))));
                 }
-                Poll::Ready(None) => {
-                    // Overflowed: the client reads too slowly for this stream as a whole.
+                Step::Gone => {
+                    slot.live = None;
+                    this.open -= 1;
+                    if this.open == 0 {
+                        this.done = true;
+                        return Poll::Ready(None);
+                    }
+                }
+                Step::Overflow => {
                     tracing::debug!(s = slot.index, "multiplexed stream ends: slow client");
                     this.close_all(CloseReason::Overflow);
                     this.done = true;
                     return Poll::Ready(None);
                 }
-                Poll::Pending => {}
             }
         }
         if this.heartbeat.as_mut().poll(cx).is_ready() {
