@@ -228,6 +228,25 @@ impl App {
 }
 
 impl Snapshot {
+    /// Forward `req` to the upstream unchanged under this snapshot's settings.
+    pub async fn proxy(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+        client_ip: std::net::IpAddr,
+        shutdown: &CancellationToken,
+    ) -> Result<http::Response<crate::body::Body>, crate::proxy::ProxyError> {
+        let (client, config) = (&self.upstream, &self.config);
+        crate::proxy::forward::proxy(
+            client,
+            &config.proxy,
+            config.log.access,
+            req,
+            client_ip,
+            shutdown,
+        )
+        .await
+    }
+
     fn build(config: Config, metrics: &ProxyMetrics, auth_metrics: &AuthMetrics) -> Snapshot {
         let jwt = config.jwt.as_ref().map(|j| Arc::new(JwtAuth::new(j)));
         let routes = Routes::build(&config, metrics, auth_metrics, jwt.as_ref());

@@ -20,8 +20,7 @@ use super::lock::{Acquired, Outcome, WritePermit};
 use super::{Cache, CacheRule};
 use crate::app::{App, Snapshot};
 use crate::body::{Body, BoxError, empty};
-use crate::proxy::forward::{client_response, upstream_request};
-use crate::proxy::observe::UpstreamTime;
+use crate::proxy::forward::{UpstreamTime, client_response, upstream_request};
 use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
 use crate::template::RequestVars;
@@ -361,7 +360,7 @@ async fn pass(
     client_ip: IpAddr,
     why: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    let resp = crate::proxy::handler::proxy(app, snapshot, req, client_ip).await?;
+    let resp = snapshot.proxy(req, client_ip, &app.shutdown).await?;
     Ok(with_status(
         resp,
         format!("unpoll; fwd=bypass; detail={why}"),

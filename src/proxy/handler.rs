@@ -3,16 +3,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::request::Parts;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
-use super::forward::forward;
 use super::headers::normalize_host;
-use super::observe::UpstreamTime;
 use super::routes::{Action, Route};
 use crate::app::{App, Snapshot};
 use crate::body::Body;
@@ -68,7 +65,7 @@ pub async fn handle(
             ))
             .await
         }
-        Action::Proxy => Box::pin(proxy(app, &snapshot, req, client_ip)).await,
+        Action::Proxy => Box::pin(snapshot.proxy(req, client_ip, &app.shutdown)).await,
         // Not boxed: a hit is the hot path and small; the cache boxes its miss path.
         Action::Cache(c) => {
             crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip).await
@@ -148,7 +145,9 @@ async fn stream_or_proxy(
         }
         None => {}
     }
-    proxy(app, snapshot, Request::from_parts(parts, body), client_ip).await
+    snapshot
+        .proxy(Request::from_parts(parts, body), client_ip, &app.shutdown)
+        .await
 }
 
 /// The stream behind `route`: its rule's, or the generic stream on a proxied route.
@@ -191,28 +190,4 @@ fn is_generic_stream(snapshot: &Snapshot, method: &Method, path: &str) -> bool {
     method == Method::GET
         && path == crate::auth::GENERIC_STREAM_PATH
         && snapshot.generic_stream.is_some()
-}
-
-/// Forward to the upstream unchanged, noting its response time for the access log.
-pub async fn proxy(
-    app: &App,
-    snapshot: &Snapshot,
-    req: Request<Incoming>,
-    client_ip: IpAddr,
-) -> Result<Response<Body>, ProxyError> {
-    let started = Instant::now();
-    let mut resp = forward(
-        &snapshot.upstream,
-        &snapshot.config.proxy,
-        req,
-        client_ip,
-        &app.shutdown,
-    )
-    .await?;
-    // For the access log only; an extension allocates the response's extension map.
-    if snapshot.config.log.access {
-        resp.extensions_mut()
-            .insert(UpstreamTime(started.elapsed()));
-    }
-    Ok(resp)
 }

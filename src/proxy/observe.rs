@@ -13,10 +13,6 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use crate::body::{Body, BoxError};
 use crate::server::RequestGuard;
 
-/// Time the upstream took to answer, attached to a response by the handler for the access log.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamTime(pub Duration);
-
 /// What the access-log line says about one request.
 pub struct AccessLog {
     /// Request method.

@@ -33,7 +33,8 @@ pub use send_timeout::SendTimeout;
 use crate::admin;
 use crate::app::App;
 use crate::body::Body;
-use crate::proxy::observe::{AccessLog, TrackedBody, UpstreamTime};
+use crate::proxy::forward::UpstreamTime;
+use crate::proxy::observe::{AccessLog, TrackedBody};
 use direct_sse::{Framing, Handoff, Streaming};
 use first_request::{FirstRequest, Rewind};
 
