@@ -9,30 +9,14 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthMetrics, Authorizer, JwtAuth};
+use crate::auth::AuthMetrics;
 use crate::cache::Cache;
 use crate::config::{Config, ConfigErrors};
 use crate::hub::Hub;
 use crate::metrics::{ProxyMetrics, ReloadLabels};
-use crate::proxy::routes::Routes;
-use crate::proxy::upstream::UpstreamClient;
+use crate::snapshot::Snapshot;
 use crate::sources::mqtt::{MqttMetrics, TopicRule};
 use crate::sources::postgres::PostgresMetrics;
-
-/// Everything that a config reload replaces at once. A request loads one snapshot and keeps
-/// it to the end, so a reload never mixes old and new rules within one request.
-pub struct Snapshot {
-    /// The validated config.
-    pub config: Config,
-    /// Compiled rules.
-    pub routes: Routes,
-    /// Pooled client to the upstream.
-    pub upstream: UpstreamClient,
-    /// The `[jwt]` verifier shared by every `auth = "jwt"` rule, if configured.
-    pub jwt: Option<Arc<JwtAuth>>,
-    /// The gate of `/_unpoll/sse`, when `[generic_stream] enabled` (always JWT).
-    pub generic_stream: Option<Authorizer>,
-}
 
 /// The shared state of one unpoll instance.
 pub struct App {
@@ -224,48 +208,5 @@ impl App {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.iter().map(|(k, v)| (*k, v.clone())).collect()
-    }
-}
-
-impl Snapshot {
-    /// Forward `req` to the upstream unchanged under this snapshot's settings.
-    pub async fn proxy(
-        &self,
-        req: http::Request<hyper::body::Incoming>,
-        client_ip: std::net::IpAddr,
-        shutdown: &CancellationToken,
-    ) -> Result<http::Response<crate::body::Body>, crate::proxy::ProxyError> {
-        let (client, config) = (&self.upstream, &self.config);
-        crate::proxy::forward::proxy(
-            client,
-            &config.proxy,
-            config.log.access,
-            req,
-            client_ip,
-            shutdown,
-        )
-        .await
-    }
-
-    fn build(config: Config, metrics: &ProxyMetrics, auth_metrics: &AuthMetrics) -> Snapshot {
-        let jwt = config.jwt.as_ref().map(|j| Arc::new(JwtAuth::new(j)));
-        let routes = Routes::build(&config, metrics, auth_metrics, jwt.as_ref());
-        let upstream = UpstreamClient::new(config.upstream.clone(), &config.proxy, metrics.clone());
-        let generic_stream = config.generic_stream.enabled.then(|| {
-            Authorizer::new(
-                "generic_stream",
-                &crate::auth::RuleAuthConfig::Jwt,
-                &config.generic_stream.limits,
-                jwt.as_ref(),
-                auth_metrics,
-            )
-        });
-        Snapshot {
-            config,
-            routes,
-            upstream,
-            jwt,
-            generic_stream,
-        }
     }
 }

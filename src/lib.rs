@@ -46,6 +46,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod signals;
+pub mod snapshot;
 pub mod sources;
 pub mod sse;
 pub mod stream;

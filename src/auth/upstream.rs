@@ -23,6 +23,7 @@ use super::config::UpstreamAuthConfig;
 use super::error::{AuthError, UpstreamFailure};
 use super::metrics::AuthMetrics;
 use crate::body::empty;
+use crate::proxy::UpstreamError;
 use crate::proxy::config::ProxyConfig;
 use crate::proxy::forward::upstream_request;
 use crate::proxy::headers::X_FORWARDED_FOR;
@@ -360,6 +361,16 @@ impl Vars for Encoded<'_, '_> {
             .iter()
             .map(|v| encode(v))
             .collect()
+    }
+}
+
+/// How a failed upstream request answers the auth check.
+impl From<&UpstreamError> for UpstreamFailure {
+    fn from(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::Timeout | UpstreamError::ConnectTimeout => UpstreamFailure::Timeout,
+            _ => UpstreamFailure::Unreachable,
+        }
     }
 }
 

@@ -18,11 +18,12 @@ use super::entry::{
 use super::key::CacheKey;
 use super::lock::{Acquired, Outcome, WritePermit};
 use super::{Cache, CacheRule};
-use crate::app::{App, Snapshot};
+use crate::app::App;
 use crate::body::{Body, BoxError, empty};
 use crate::proxy::forward::{UpstreamTime, client_response, upstream_request};
 use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
+use crate::snapshot::Snapshot;
 use crate::template::RequestVars;
 
 /// Everything a fetch needs to know about the request, owned so a background refresh can

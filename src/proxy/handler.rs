@@ -10,14 +10,15 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::headers::normalize_host;
-use super::routes::{Action, Route};
-use crate::app::{App, Snapshot};
+use crate::app::App;
 use crate::body::Body;
-use crate::server::ConnectionAbort;
+use crate::snapshot::Snapshot;
+use crate::snapshot::routes::{Action, Route};
+use crate::sse::ConnectionAbort;
 use crate::stream::{Outcome, multi};
 
 /// Handle one client request on the main listener. `abort` ends the request's HTTP/1
-/// connection; a stream takes it (see `server::ConnectionAbort`).
+/// connection; a stream takes it (see `sse::ConnectionAbort`).
 pub async fn handle(
     app: &Arc<App>,
     req: Request<Incoming>,

@@ -6,9 +6,7 @@ pub mod error;
 pub mod forward;
 pub mod handler;
 pub mod headers;
-pub mod observe;
 pub mod pool;
-pub mod routes;
 pub mod upstream;
 
 pub use error::{ProxyError, UpstreamError, error_response};

@@ -30,10 +30,11 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::activity::{Activity, ConnectionAbort, RequestGuard};
+use super::activity::{Activity, RequestGuard};
+use super::observe::TrackedBody;
 use super::{Arrival, Listener};
 use crate::app::App;
-use crate::proxy::observe::TrackedBody;
+use crate::sse::ConnectionAbort;
 
 /// A stream that passed routing: its response (the stream, or a refusal such as 401/429)
 /// and the connection's activity, through which an overflowing subscriber ends it.

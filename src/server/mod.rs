@@ -7,6 +7,7 @@
 mod activity;
 mod direct_sse;
 mod first_request;
+mod observe;
 mod send_timeout;
 
 use std::convert::Infallible;
@@ -27,16 +28,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-pub use activity::{Activity, ConnectionAbort, RequestGuard};
+pub use activity::{Activity, RequestGuard};
 pub use send_timeout::SendTimeout;
 
 use crate::admin;
 use crate::app::App;
 use crate::body::Body;
 use crate::proxy::forward::UpstreamTime;
-use crate::proxy::observe::{AccessLog, TrackedBody};
+use crate::sse::ConnectionAbort;
 use direct_sse::{Framing, Handoff, Streaming};
 use first_request::{FirstRequest, Rewind};
+use observe::{AccessLog, TrackedBody};
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

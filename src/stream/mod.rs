@@ -15,14 +15,15 @@ use prometheus_client::metrics::gauge::Gauge;
 
 pub use config::{RawStreamRule, StreamRule};
 
-use crate::app::{App, Snapshot};
+use crate::app::App;
 use crate::auth::{Authorizer, Grant, GrantedBody, SubscribeRequest, requested_channels};
 use crate::body::{Body, boxed};
 use crate::hub::{SubscribeError, Subscription};
 use crate::proxy::client_ip::client_ip;
 use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
-use crate::server::ConnectionAbort;
+use crate::snapshot::Snapshot;
+use crate::sse::ConnectionAbort;
 use crate::sse::{SseBody, SseOptions};
 use crate::template::{Missing, RenderEachError, RequestVars, Template, Vars};
 

@@ -30,13 +30,14 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{Admitted, Gated};
-use crate::app::{App, Snapshot};
+use crate::app::App;
 use crate::auth::{AccessEnded, EndedFuture, Grant, access_ended_data};
 use crate::body::{Body, boxed};
 use crate::hub::{CloseReason, EventId, Subscription};
 use crate::proxy::error_response;
-use crate::proxy::routes::Action;
-use crate::server::ConnectionAbort;
+use crate::snapshot::Snapshot;
+use crate::snapshot::routes::Action;
+use crate::sse::ConnectionAbort;
 use crate::sse::{LAST_EVENT_ID, encode};
 
 /// The path of the multiplexed stream, on the main listener, before any rule.

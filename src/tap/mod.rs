@@ -19,10 +19,11 @@ use hyper::body::Incoming;
 
 pub use config::{RawTapRule, TapRule};
 
-use crate::app::{App, Snapshot};
+use crate::app::App;
 use crate::body::{Body, boxed};
 use crate::proxy::ProxyError;
 use crate::proxy::forward::{client_response, upstream_request};
+use crate::snapshot::Snapshot;
 use event::TapResponse;
 use tee::{Copy, FinishOnDrop, TeeBody};
 

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
+use super::activity::RequestGuard;
 use crate::body::{Body, BoxError};
-use crate::server::RequestGuard;
 
 /// What the access-log line says about one request.
 pub struct AccessLog {
