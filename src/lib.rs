@@ -39,13 +39,15 @@ pub mod body;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod handles;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod routing;
 pub mod server;
-pub mod signals;
+pub mod sink;
 pub mod snapshot;
 pub mod sources;
 pub mod sse;
@@ -108,17 +110,17 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serve until `app.shutdown` is cancelled, then stop accepting, let in-flight requests
+/// Serve until `app.handles.shutdown` is cancelled, then stop accepting, let in-flight requests
 /// finish within `proxy.shutdown_grace`, and return.
 pub async fn run(listeners: Listeners, app: Arc<App>) {
-    let sink = sources::AppSink::new(&app);
+    let sink = app.sink();
     run_with_sink(listeners, app, sink).await
 }
 
 /// [`run`], with the sources delivering to `sink` instead of this instance's hub and cache
 /// (tests record what a source delivers).
 pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn sources::Sink>) {
-    let sources = sources::start(&app, sink);
+    let sources = app.start_sources(sink);
     let tasks = TaskTracker::new();
     let main = tokio::spawn(server::serve(
         listeners.main,
@@ -126,14 +128,15 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
         app.clone(),
         tasks.clone(),
     ));
-    let sweeper = tokio::spawn(app.hub.clone().run_sweeper(app.shutdown.clone()));
+    let handles = &app.handles;
+    let sweeper = tokio::spawn(handles.hub.clone().run_sweeper(handles.shutdown.clone()));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         server::Listener::Admin,
         app.clone(),
         tasks.clone(),
     ));
-    app.shutdown.cancelled().await;
+    app.handles.shutdown.cancelled().await;
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
     let _ = tokio::join!(main, admin, sweeper);

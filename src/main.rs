@@ -158,7 +158,7 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
             "listening"
         );
         let app = unpoll::App::new(config, CancellationToken::new());
-        let signals = tokio::spawn(unpoll::signals::handle(app.clone(), path));
+        let signals = tokio::spawn(unpoll::server::signals::handle(app.clone(), path));
         unpoll::run(listeners, app).await;
         signals.abort();
         tracing::info!("unpoll stopped");

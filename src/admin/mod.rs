@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod publish;
 pub mod purge;
+pub mod readiness;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::body::{Body, full};
 use crate::proxy::error_response;
+use readiness::Readiness;
 
 /// Handle one request on the admin listener.
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
@@ -31,7 +33,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => readyz(app),
+        (&Method::GET, "/readyz") => readyz(&app.readiness),
         (&Method::GET, "/metrics") => metrics(app),
         (&Method::GET, "/stats") => stats(app),
         (&Method::POST, "/publish") => {
@@ -40,13 +42,13 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             if let Err(e) = auth::check_bearer(req.headers(), admin.token.as_deref()) {
                 return e.into_response();
             }
-            publish::publish(app, req).await
+            publish::publish(app.handles.sink.as_ref(), req).await
         }
         (&Method::POST, "/purge") => {
             if let Err(e) = auth::check_bearer(req.headers(), admin.token.as_deref()) {
                 return e.into_response();
             }
-            purge::purge(app, req).await
+            purge::purge(app.handles.sink.as_ref(), req).await
         }
         (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/publish" | "/purge") => {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -55,8 +57,8 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn readyz(app: &App) -> Response<Body> {
-    let not_ready = app.not_ready();
+fn readyz(readiness: &Readiness) -> Response<Body> {
+    let not_ready = readiness.not_ready();
     if not_ready.is_empty() {
         return text(StatusCode::OK, "ready\n");
     }
@@ -86,14 +88,15 @@ const STATS_TOP_CHANNELS: usize = 20;
 
 fn stats(app: &App) -> Response<Body> {
     let snapshot = app.snapshot();
+    let metrics = &app.handles.metrics;
     let value = serde_json::json!({
         "uptime_seconds": app.started.elapsed().as_secs(),
-        "open_connections": app.metrics.open_connections.get(),
-        "stream_connections": app.metrics.stream_connections.get(),
+        "open_connections": metrics.open_connections.get(),
+        "stream_connections": metrics.stream_connections.get(),
         "upstream": snapshot.config.upstream.to_string(),
-        "ready": app.not_ready().is_empty(),
-        "hub": app.hub.stats(STATS_TOP_CHANNELS),
-        "cache": app.cache.stats(),
+        "ready": app.readiness.is_ready(),
+        "hub": app.handles.hub.stats(STATS_TOP_CHANNELS),
+        "cache": app.handles.cache.stats(),
         "streams": snapshot.routes.streams.iter().map(|s| serde_json::json!({
             "rule": s.rule.name,
             "path": s.rule.path.to_string(),

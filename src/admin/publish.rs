@@ -7,10 +7,10 @@ use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::json;
-use crate::app::App;
 use crate::body::Body;
 use crate::hub::EventData;
 use crate::proxy::error_response;
+use crate::sink::Sink;
 
 /// Largest publish request body. Past it → 413 (one event's data should be far smaller;
 /// large payloads belong in the app, fetched by id).
@@ -56,7 +56,7 @@ enum PublishBody {
 }
 
 /// Handle `POST /publish` (the bearer token is checked by the caller).
-pub async fn publish<B>(app: &App, req: Request<B>) -> Response<Body>
+pub async fn publish<B>(sink: &dyn Sink, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = bytes::Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -101,11 +101,10 @@ where
         .into_iter()
         .map(|(e, tags)| {
             if !tags.is_empty() {
-                app.purge_tags(&tags);
+                sink.purge(&tags);
             }
-            app.hub
-                .publish(&e.channel, e.event.as_deref(), EventData::Json(e.data))
-                .to_string()
+            let id = sink.publish(&e.channel, e.event.as_deref(), EventData::Json(e.data));
+            id.map_or_else(String::new, |id| id.to_string())
         })
         .collect();
     let body = if batch {

@@ -5,9 +5,9 @@ use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::json;
-use crate::app::App;
 use crate::body::Body;
 use crate::proxy::error_response;
+use crate::sink::Sink;
 
 /// Largest purge request body.
 pub const MAX_PURGE_BODY: usize = 64 * 1024;
@@ -19,7 +19,7 @@ struct PurgeBody {
 }
 
 /// Handle `POST /purge` (the bearer token is checked by the caller).
-pub async fn purge<B>(app: &App, req: Request<B>) -> Response<Body>
+pub async fn purge<B>(sink: &dyn Sink, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = bytes::Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -38,6 +38,6 @@ where
     if body.tags.iter().any(|t| t.is_empty()) {
         return error_response(StatusCode::BAD_REQUEST, "tags must not be empty strings");
     }
-    app.purge_tags(&body.tags);
+    sink.purge(&body.tags);
     json(StatusCode::OK, &serde_json::json!({ "purged": body.tags }))
 }

@@ -23,7 +23,6 @@ pub use metrics::CacheMetrics;
 
 use lock::Locks;
 use moka::notification::RemovalCause;
-use prometheus_client::registry::Registry;
 use tags::TagGenerations;
 
 /// The shared cache of one unpoll instance (all `[[cache]]` rules).
@@ -59,10 +58,8 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Lifetime {
 }
 
 impl Cache {
-    /// A cache of at most `budget` bytes, its metrics registered in `registry`.
-    pub fn new(budget: u64, registry: &mut Registry) -> Cache {
-        let metrics = CacheMetrics::default();
-        metrics.register(registry);
+    /// A cache of at most `budget` bytes that counts into `metrics`.
+    pub fn new(budget: u64, metrics: CacheMetrics) -> Cache {
         let evictions = metrics.evictions.clone();
         let store = moka::sync::Cache::builder()
             .max_capacity(budget)

@@ -11,6 +11,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
+use tokio_util::sync::CancellationToken;
 
 use super::entry::{
     CACHE_STATUS, Conditions, Entry, Freshness, UNPOLL_CURSOR, not_shareable, not_storable,
@@ -18,8 +19,8 @@ use super::entry::{
 use super::key::CacheKey;
 use super::lock::{Acquired, Outcome, WritePermit};
 use super::{Cache, CacheRule};
-use crate::app::App;
 use crate::body::{Body, BoxError, empty};
+use crate::hub::Hub;
 use crate::proxy::forward::{UpstreamTime, client_response, upstream_request};
 use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
@@ -30,7 +31,9 @@ use crate::template::RequestVars;
 /// outlive it.
 #[derive(Clone)]
 struct Fetch {
-    app: Arc<App>,
+    cache: Arc<Cache>,
+    /// Its cursor goes into `Unpoll-Cursor`.
+    hub: Hub,
     snapshot: Arc<Snapshot>,
     rule: CacheRule,
     key: CacheKey,
@@ -40,9 +43,13 @@ struct Fetch {
     client_ip: IpAddr,
 }
 
-/// Serve `req` under `rule`.
+/// Serve `req` under `rule` from `cache`. `hub`'s cursor goes into `Unpoll-Cursor`; a
+/// request that bypasses the cache is forwarded, and an upgraded one ends at `shutdown`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
-    app: &Arc<App>,
+    cache: &Arc<Cache>,
+    hub: &Hub,
+    shutdown: &CancellationToken,
     snapshot: &Arc<Snapshot>,
     rule: &CacheRule,
     params: &PathParams,
@@ -53,7 +60,9 @@ pub async fn serve(
     let key = CacheKey::new(rule, req.uri(), req.headers());
     let cond = Conditions::of(req.headers());
     let lookup = Lookup {
-        app,
+        cache,
+        hub,
+        shutdown,
         snapshot,
         rule,
         params,
@@ -71,7 +80,9 @@ pub async fn serve(
 
 /// What every branch of [`serve`] needs.
 struct Lookup<'a> {
-    app: &'a Arc<App>,
+    cache: &'a Arc<Cache>,
+    hub: &'a Hub,
+    shutdown: &'a CancellationToken,
     snapshot: &'a Arc<Snapshot>,
     rule: &'a CacheRule,
     params: &'a PathParams,
@@ -92,7 +103,8 @@ enum Stored {
 impl Lookup<'_> {
     fn stored(&self, req: &Request<Incoming>, key: &CacheKey) -> Stored {
         let Lookup {
-            app,
+            cache,
+            hub,
             snapshot,
             rule,
             params,
@@ -100,7 +112,6 @@ impl Lookup<'_> {
             head,
             ..
         } = *self;
-        let cache = &app.cache;
         let cond = &self.cond;
         let Some(entry) = cache.get(key) else {
             return Stored::Missing(None);
@@ -114,7 +125,16 @@ impl Lookup<'_> {
             Freshness::StaleRevalidate => {
                 cache.metrics.saved(&cache.metrics.stale);
                 if let Some(permit) = cache.locks.try_write(key) {
-                    let fetch = fetch_of(app, snapshot, rule, params, req, key.clone(), client_ip);
+                    let fetch = fetch_of(
+                        cache,
+                        hub,
+                        snapshot,
+                        rule,
+                        params,
+                        req,
+                        key.clone(),
+                        client_ip,
+                    );
                     if let Some(fetch) = fetch {
                         // One refresh in the background; its answer goes to the store.
                         tokio::spawn(async move {
@@ -139,7 +159,9 @@ impl Lookup<'_> {
         stale: Option<Arc<Entry>>,
     ) -> Result<Response<Body>, ProxyError> {
         let Lookup {
-            app,
+            cache,
+            hub,
+            shutdown,
             snapshot,
             rule,
             params,
@@ -147,12 +169,19 @@ impl Lookup<'_> {
             head,
             cond,
         } = self;
-        let cache = &app.cache;
-        let Some(fetch) = fetch_of(app, snapshot, rule, params, &req, key.clone(), client_ip)
-        else {
+        let Some(fetch) = fetch_of(
+            cache,
+            hub,
+            snapshot,
+            rule,
+            params,
+            &req,
+            key.clone(),
+            client_ip,
+        ) else {
             // A tag had no value: storing the entry untagged would let a purge miss it.
             cache.metrics.passes.inc();
-            return pass(snapshot, app, req, client_ip, "missing-tag").await;
+            return pass(snapshot, shutdown, req, client_ip, "missing-tag").await;
         };
         cache.metrics.misses.inc();
         loop {
@@ -191,11 +220,11 @@ impl Lookup<'_> {
                     }
                     Some(Outcome::Pass) => {
                         cache.metrics.passes.inc();
-                        return pass(snapshot, app, req, client_ip, "uncacheable").await;
+                        return pass(snapshot, shutdown, req, client_ip, "uncacheable").await;
                     }
                     None => {
                         cache.metrics.passes.inc();
-                        return pass(snapshot, app, req, client_ip, "lock-timeout").await;
+                        return pass(snapshot, shutdown, req, client_ip, "lock-timeout").await;
                     }
                     Some(Outcome::Abandoned) => continue,
                 },
@@ -204,8 +233,10 @@ impl Lookup<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fetch_of<B>(
-    app: &Arc<App>,
+    cache: &Arc<Cache>,
+    hub: &Hub,
     snapshot: &Arc<Snapshot>,
     rule: &CacheRule,
     params: &PathParams,
@@ -222,7 +253,8 @@ fn fetch_of<B>(
         .map_err(|missing| tracing::debug!(rule = %rule.name, cause = %missing, "cache tag has no value"))
         .ok()?;
     Some(Fetch {
-        app: app.clone(),
+        cache: cache.clone(),
+        hub: hub.clone(),
         snapshot: snapshot.clone(),
         rule: rule.clone(),
         key,
@@ -246,11 +278,11 @@ enum Filled {
 impl Fetch {
     /// Fetch from the upstream, store if allowed, and tell the waiters.
     async fn fill(self, permit: WritePermit, stale: Option<Arc<Entry>>) -> Filled {
-        let cache: &Cache = &self.app.cache;
+        let cache: &Cache = &self.cache;
         let generation = cache.generation();
         // The hub position before asking: a stream resumed from it misses nothing the
         // response could not reflect.
-        let cursor = HeaderValue::from_str(&self.app.hub.cursor().to_string())
+        let cursor = HeaderValue::from_str(&self.hub.cursor().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         let req = self.upstream_request();
         let resp = match self.snapshot.upstream.send(req).await {
@@ -356,12 +388,12 @@ impl Fetch {
 /// Forward without the cache.
 async fn pass(
     snapshot: &Snapshot,
-    app: &App,
+    shutdown: &CancellationToken,
     req: Request<Incoming>,
     client_ip: IpAddr,
     why: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    let resp = snapshot.proxy(req, client_ip, &app.shutdown).await?;
+    let resp = snapshot.proxy(req, client_ip, shutdown).await?;
     Ok(with_status(
         resp,
         format!("unpoll; fwd=bypass; detail={why}"),

@@ -53,7 +53,8 @@ pub(super) async fn open(app: &Arc<App>, parts: Box<Parts>, peer: SocketAddr) ->
         .insert(ConnectionAbort::new(activity.clone()));
     let guard = RequestGuard::begin(activity.clone());
     let arrival = Arrival::note(app, &parts.method, &parts.uri, &parts.headers, peer);
-    let response = crate::proxy::open_stream(app, &parts, peer.ip()).await?;
+    let snapshot = app.snapshot();
+    let response = crate::routing::open_stream(&app.handles, snapshot, &parts, peer.ip()).await?;
     Some(Opened {
         response: arrival.track(response, Listener::Main, guard),
         activity,

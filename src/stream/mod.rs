@@ -15,9 +15,9 @@ use prometheus_client::metrics::gauge::Gauge;
 
 pub use config::{RawStreamRule, StreamRule};
 
-use crate::app::App;
 use crate::auth::{Authorizer, Grant, GrantedBody, SubscribeRequest, requested_channels};
 use crate::body::{Body, boxed};
+use crate::handles::Handles;
 use crate::hub::{SubscribeError, Subscription};
 use crate::proxy::client_ip::client_ip;
 use crate::proxy::{ProxyError, error_response};
@@ -46,7 +46,7 @@ const GENERIC_SSE: SseOptions = SseOptions {
 /// `subscribers` counts the rule's open streams. `peer` is the TCP peer.
 #[allow(clippy::too_many_arguments)]
 pub async fn open(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     rule: &StreamRule,
     authorizer: &Authorizer,
@@ -56,7 +56,7 @@ pub async fn open(
     peer: IpAddr,
 ) -> Outcome {
     match admit(
-        app,
+        handles,
         snapshot,
         rule,
         authorizer,
@@ -67,7 +67,7 @@ pub async fn open(
     )
     .await
     {
-        Gated::Open(admitted) => Outcome::Respond(admitted.into_response(app)),
+        Gated::Open(admitted) => Outcome::Respond(admitted.into_response(handles)),
         Gated::Refused(resp) => Outcome::Respond(resp),
         Gated::NotApplicable(missing) => Outcome::NotApplicable(missing),
     }
@@ -99,10 +99,10 @@ pub(crate) struct Admitted {
 
 impl Admitted {
     /// The single-stream response: the SSE body, ended when access ends.
-    fn into_response(self, app: &App) -> Response<Body> {
-        let body = SseBody::new(self.sub, self.options, app.shutdown.clone())
+    fn into_response(self, handles: &Handles) -> Response<Body> {
+        let body = SseBody::new(self.sub, self.options, handles.shutdown.clone())
             .counted(self.subscribers)
-            .connection(app.metrics.stream_connections.clone());
+            .connection(handles.metrics.stream_connections.clone());
         crate::sse::response(boxed(GrantedBody::new(body, self.grant)))
     }
 }
@@ -110,7 +110,7 @@ impl Admitted {
 /// The gate of [`open`], without the body.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn admit(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     rule: &StreamRule,
     authorizer: &Authorizer,
@@ -139,7 +139,7 @@ pub(crate) async fn admit(
         name: &rule.name,
         options,
     };
-    match gate.admit(app, params, parts, peer, channels).await {
+    match gate.admit(handles, params, parts, peer, channels).await {
         Ok(admitted) => Gated::Open(admitted),
         Err(resp) => Gated::Refused(resp),
     }
@@ -166,21 +166,21 @@ pub fn channels(
 
 /// `/_unpoll/sse?channel=a&channel=b`: the client names the channels, its JWT limits them.
 pub async fn open_generic(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     authorizer: &Authorizer,
     parts: &Parts,
     peer: IpAddr,
 ) -> Response<Body> {
-    match admit_generic(app, snapshot, authorizer, parts, peer).await {
-        Ok(admitted) => admitted.into_response(app),
+    match admit_generic(handles, snapshot, authorizer, parts, peer).await {
+        Ok(admitted) => admitted.into_response(handles),
         Err(resp) => resp,
     }
 }
 
 /// The gate of [`open_generic`], without the body.
 pub(crate) async fn admit_generic(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     authorizer: &Authorizer,
     parts: &Parts,
@@ -190,7 +190,7 @@ pub(crate) async fn admit_generic(
         Ok(channels) => channels,
         Err(e) => return Err(ProxyError::Auth(e).into_response()),
     };
-    let subscribers = app.metrics.stream_subscribers("generic_stream");
+    let subscribers = handles.metrics.stream_subscribers("generic_stream");
     let gate = Gate {
         snapshot,
         authorizer,
@@ -198,7 +198,7 @@ pub(crate) async fn admit_generic(
         name: "generic_stream",
         options: GENERIC_SSE,
     };
-    gate.admit(app, &PathParams::default(), parts, peer, channels)
+    gate.admit(handles, &PathParams::default(), parts, peer, channels)
         .await
 }
 
@@ -214,7 +214,7 @@ struct Gate<'a> {
 impl Gate<'_> {
     async fn admit(
         &self,
-        app: &App,
+        handles: &Handles,
         params: &PathParams,
         parts: &Parts,
         peer: IpAddr,
@@ -241,7 +241,7 @@ impl Gate<'_> {
             }
         };
         let last_event_id = crate::sse::last_event_id(&parts.headers, parts.uri.query());
-        let sub = match app
+        let sub = match handles
             .hub
             .subscribe(&channels, last_event_id.as_deref(), Some(client))
         {

@@ -19,10 +19,12 @@ use hyper::body::Incoming;
 
 pub use config::{RawTapRule, TapRule};
 
-use crate::app::App;
 use crate::body::{Body, boxed};
+use crate::handles::Handles;
+use crate::hub::Hub;
 use crate::proxy::ProxyError;
 use crate::proxy::forward::{client_response, upstream_request};
+use crate::sink::Sink;
 use crate::snapshot::Snapshot;
 use event::TapResponse;
 use tee::{Copy, FinishOnDrop, TeeBody};
@@ -41,9 +43,9 @@ const BODY_GRACE: Duration = Duration::from_secs(5);
 /// event is dropped (counted `response_incomplete`).
 const ANSWER_GRACE: Duration = Duration::from_secs(10);
 
-/// Forward `req` under `rule` and publish on success.
+/// Forward `req` under `rule` and publish on success (through `handles.sink`).
 pub async fn handle(
-    app: &Arc<App>,
+    handles: &Handles,
     snapshot: &Snapshot,
     rule: &TapRule,
     params: crate::route::PathParams,
@@ -70,7 +72,7 @@ pub async fn handle(
         client_ip,
     );
     let resp = snapshot.upstream.send(upstream_req).await?;
-    let metrics = app.hub.metrics();
+    let metrics = handles.hub.metrics();
     let request = if resp.status().is_success() {
         match tokio::time::timeout(BODY_GRACE, copy).await {
             Ok(Ok(Copy::Complete(body))) => Some(OwnedRequest {
@@ -95,21 +97,27 @@ pub async fn handle(
     let mut resp = client_response(resp, &snapshot.config.proxy);
     match request {
         Some(request) if rule.reads_response_body => {
-            resp = tee_response(app, rule, request, resp);
+            resp = tee_response(handles, rule, request, resp);
         }
         Some(request) => {
             let response = TapResponse {
                 headers: Some(resp.headers()),
                 body: None,
             };
-            publish(app, rule, &request, &response);
+            publish(
+                &handles.hub,
+                handles.sink.as_ref(),
+                rule,
+                &request,
+                &response,
+            );
         }
         None => {}
     }
     // After the event when it was published above. An event that waits for the answer's
     // body follows the cursor instead, so a stream resumed from it gets that event too:
     // a duplicate of what the client knows at worst, never a gap.
-    if let Ok(v) = HeaderValue::from_str(&app.hub.cursor().to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&handles.hub.cursor().to_string()) {
         resp.headers_mut().insert(UNPOLL_CURSOR, v);
     }
     Ok(resp)
@@ -126,7 +134,7 @@ struct OwnedRequest {
 /// Stream `resp` to the client through a tee, and publish once its body has ended (a task
 /// that lives no longer than the body: the tee's sender goes with it).
 fn tee_response(
-    app: &Arc<App>,
+    handles: &Handles,
     rule: &TapRule,
     request: OwnedRequest,
     resp: Response<Body>,
@@ -134,7 +142,7 @@ fn tee_response(
     let (parts, body) = resp.into_parts();
     let (tee, copy) = TeeBody::new(body, rule.max_body);
     let response_headers = rule.reads_response_headers.then(|| parts.headers.clone());
-    let app = Arc::clone(app);
+    let (hub, sink) = (handles.hub.clone(), Arc::clone(&handles.sink));
     // Cloned once per tapped request whose event needs the answer: the task outlives the
     // config snapshot's borrow.
     let rule = rule.clone();
@@ -145,20 +153,27 @@ fn tee_response(
                     headers: response_headers.as_ref(),
                     body: Some(&body),
                 };
-                publish(&app, &rule, &request, &response);
+                publish(&hub, sink.as_ref(), &rule, &request, &response);
             }
-            Ok(Copy::TooLarge) => app.hub.metrics().skip(&rule.name, "response_too_large"),
+            Ok(Copy::TooLarge) => hub.metrics().skip(&rule.name, "response_too_large"),
             // The upstream failed mid-body, or stalled past ANSWER_GRACE after the client
             // went away.
-            Err(_) => app.hub.metrics().skip(&rule.name, "response_incomplete"),
+            Err(_) => hub.metrics().skip(&rule.name, "response_incomplete"),
         }
     });
     Response::from_parts(parts, boxed(FinishOnDrop::new(tee, ANSWER_GRACE)))
 }
 
-/// Build and publish `rule`'s event, purging its tags first: a client that refetches on
-/// the event must not read the entry it replaces.
-fn publish(app: &App, rule: &TapRule, request: &OwnedRequest, response: &TapResponse<'_>) {
+/// Build and publish `rule`'s event into `sink`, purging its tags first: a client that
+/// refetches on the event must not read the entry it replaces. A skipped event is counted
+/// in `hub`'s metrics.
+fn publish(
+    hub: &Hub,
+    sink: &dyn Sink,
+    rule: &TapRule,
+    request: &OwnedRequest,
+    response: &TapResponse<'_>,
+) {
     let req = event::TapRequest {
         params: &request.params,
         query: request.uri.query(),
@@ -167,12 +182,12 @@ fn publish(app: &App, rule: &TapRule, request: &OwnedRequest, response: &TapResp
     };
     match event::build(rule, &req, response) {
         Ok(ev) => {
-            app.purge_tags(&ev.purge);
-            app.hub.publish(&ev.channel, ev.event.as_deref(), ev.data);
+            sink.purge(&ev.purge);
+            sink.publish(&ev.channel, ev.event.as_deref(), ev.data);
         }
         Err(missing) => {
             tracing::debug!(rule = %rule.name, cause = %missing, "tap does not apply");
-            app.hub.metrics().skip(&rule.name, "missing_value");
+            hub.metrics().skip(&rule.name, "missing_value");
         }
     }
 }

@@ -18,15 +18,15 @@ pub async fn handle(app: Arc<App>, path: PathBuf) -> std::io::Result<()> {
             _ = hup.recv() => reload(&app, &path),
             _ = term.recv() => {
                 tracing::info!("SIGTERM: draining");
-                app.shutdown.cancel();
+                app.handles.shutdown.cancel();
                 return Ok(());
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: draining");
-                app.shutdown.cancel();
+                app.handles.shutdown.cancel();
                 return Ok(());
             }
-            _ = app.shutdown.cancelled() => return Ok(()),
+            _ = app.handles.shutdown.cancelled() => return Ok(()),
         }
     }
 }
