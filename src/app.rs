@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::AdminHandles;
 use crate::admin::readiness::Readiness;
 use crate::auth::AuthMetrics;
 use crate::cache::{Cache, CacheMetrics};
@@ -135,6 +136,17 @@ impl App {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// What the admin endpoints read.
+    pub fn admin(&self) -> AdminHandles<'_> {
+        AdminHandles {
+            handles: &self.handles,
+            snapshot: self.snapshot(),
+            readiness: &self.readiness,
+            registry: &self.registry,
+            started: self.started,
+        }
     }
 
     /// The metrics registry, for rendering.

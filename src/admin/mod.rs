@@ -8,20 +8,36 @@ pub mod purge;
 pub mod readiness;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
 
-use crate::app::App;
 use crate::body::{Body, full};
+use crate::handles::Handles;
 use crate::proxy::error_response;
+use crate::snapshot::Snapshot;
 use readiness::Readiness;
 
+/// What the admin endpoints read of the instance (`App::admin` builds it per request).
+pub struct AdminHandles<'a> {
+    /// The hub, the cache, the sink over both, the proxy metrics.
+    pub handles: &'a Handles,
+    /// The config snapshot this request reads.
+    pub snapshot: Arc<Snapshot>,
+    /// For `/readyz` and `/stats`.
+    pub readiness: &'a Readiness,
+    /// Rendered by `/metrics`.
+    pub registry: &'a Registry,
+    /// Process start, for the uptime in `/stats`.
+    pub started: Instant,
+}
+
 /// Handle one request on the admin listener.
-pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let snapshot = app.snapshot();
-    let admin = &snapshot.config.admin;
+pub async fn handle(parts: &AdminHandles<'_>, req: Request<Incoming>) -> Response<Body> {
+    let admin = &parts.snapshot.config.admin;
     // Off loopback, everything but liveness/readiness needs the token (config validation
     // guarantees one is set there).
     let open = matches!(req.uri().path(), "/healthz" | "/readyz");
@@ -33,22 +49,22 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => readyz(&app.readiness),
-        (&Method::GET, "/metrics") => metrics(app),
-        (&Method::GET, "/stats") => stats(app),
+        (&Method::GET, "/readyz") => readyz(parts.readiness),
+        (&Method::GET, "/metrics") => metrics(parts.registry),
+        (&Method::GET, "/stats") => stats(parts),
         (&Method::POST, "/publish") => {
             // Publishing needs the token even on loopback: any local process could
             // otherwise inject events into every browser.
             if let Err(e) = auth::check_bearer(req.headers(), admin.token.as_deref()) {
                 return e.into_response();
             }
-            publish::publish(app.handles.sink.as_ref(), req).await
+            publish::publish(parts.handles.sink.as_ref(), req).await
         }
         (&Method::POST, "/purge") => {
             if let Err(e) = auth::check_bearer(req.headers(), admin.token.as_deref()) {
                 return e.into_response();
             }
-            purge::purge(app.handles.sink.as_ref(), req).await
+            purge::purge(parts.handles.sink.as_ref(), req).await
         }
         (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/publish" | "/purge") => {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -69,9 +85,9 @@ fn readyz(readiness: &Readiness) -> Response<Body> {
     text(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
-fn metrics(app: &App) -> Response<Body> {
+fn metrics(registry: &Registry) -> Response<Body> {
     let mut out = String::with_capacity(8192);
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, app.registry()) {
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
         tracing::error!(cause = %e, "rendering metrics failed");
         return error_response(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable");
     }
@@ -86,17 +102,17 @@ fn metrics(app: &App) -> Response<Body> {
 /// Channels listed in `/stats` (the busiest first).
 const STATS_TOP_CHANNELS: usize = 20;
 
-fn stats(app: &App) -> Response<Body> {
-    let snapshot = app.snapshot();
-    let metrics = &app.handles.metrics;
+fn stats(parts: &AdminHandles<'_>) -> Response<Body> {
+    let (snapshot, handles) = (&parts.snapshot, parts.handles);
+    let metrics = &handles.metrics;
     let value = serde_json::json!({
-        "uptime_seconds": app.started.elapsed().as_secs(),
+        "uptime_seconds": parts.started.elapsed().as_secs(),
         "open_connections": metrics.open_connections.get(),
         "stream_connections": metrics.stream_connections.get(),
         "upstream": snapshot.config.upstream.to_string(),
-        "ready": app.readiness.is_ready(),
-        "hub": app.handles.hub.stats(STATS_TOP_CHANNELS),
-        "cache": app.handles.cache.stats(),
+        "ready": parts.readiness.is_ready(),
+        "hub": handles.hub.stats(STATS_TOP_CHANNELS),
+        "cache": handles.cache.stats(),
         "streams": snapshot.routes.streams.iter().map(|s| serde_json::json!({
             "rule": s.rule.name,
             "path": s.rule.path.to_string(),

@@ -34,13 +34,14 @@ use std::sync::Arc;
 pub use body::{ACCESS_ENDED_EVENT, GrantedBody, access_ended_data, access_ended_frame};
 pub use config::{
     DEFAULT_AUTH_CACHE, DEFAULT_MAX_AUTH_PATHS, DEFAULT_REAUTH, GenericStreamConfig, JwtConfig,
-    RawGenericStream, RawJwtConfig, RawRuleAuth, RuleAuthConfig, UpstreamAuthConfig,
+    RawGenericStream, RawJwtConfig, RawRuleAuth, RawStreamLimits, RuleAuthConfig, StreamLimits,
+    UpstreamAuthConfig,
 };
 pub use error::{AuthError, Limit, UpstreamFailure};
 pub use generic::{GENERIC_STREAM_PATH, MAX_CHANNEL_NAME, requested_channels};
 pub use grant::{AccessEnded, EndedFuture, Grant};
 pub use jwt::JwtAuth;
-pub use limits::{Admission, Limiter, RawStreamLimits, StreamLimits};
+pub use limits::{Admission, Limiter};
 pub use metrics::AuthMetrics;
 pub use rate::{MAX_TRACKED_ADDRESSES, Rate};
 pub use upstream::{DECISION_CACHE_BYTES, UpstreamAuth};

@@ -341,7 +341,7 @@ async fn respond(
         Listener::Main => {
             crate::routing::handle(&app.handles, app.snapshot(), req, peer.ip(), abort).await
         }
-        Listener::Admin => admin::handle(app, req).await,
+        Listener::Admin => admin::handle(&app.admin(), req).await,
     };
     arrival.track(resp, kind, guard)
 }
