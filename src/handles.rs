@@ -28,3 +28,37 @@ pub struct Handles {
     /// connection watches it.
     pub shutdown: CancellationToken,
 }
+
+/// A whole set of handles for unit tests, built without a server.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use prometheus_client::registry::Registry;
+    use tokio_util::sync::CancellationToken;
+
+    use super::Handles;
+    use crate::auth::AuthMetrics;
+    use crate::metrics::ProxyMetrics;
+    use crate::sink::recording::Recorder;
+    use crate::snapshot::Snapshot;
+
+    /// Handles whose sink is a [`Recorder`] (its hub and cache are the handles' own), and
+    /// the snapshot of a config made of `rules`.
+    pub fn instance(rules: &str) -> (Handles, Arc<Recorder>, Arc<Snapshot>) {
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::register(&mut registry);
+        let auth_metrics = AuthMetrics::register(&mut registry);
+        let config = crate::config::parse_rules(rules).expect("valid rules");
+        let snapshot = Arc::new(Snapshot::build(config, &metrics, &auth_metrics));
+        let recorder = Recorder::new();
+        let handles = Handles {
+            hub: recorder.hub.clone(),
+            cache: recorder.cache.clone(),
+            sink: recorder.clone(),
+            metrics,
+            shutdown: CancellationToken::new(),
+        };
+        (handles, recorder, snapshot)
+    }
+}

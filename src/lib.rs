@@ -6,28 +6,40 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file → an immutable, validated [`Config`]; every error with its
-//!   key path.
-//! - [`app`]: the running instance: the config snapshot swapped on reload (arc-swap),
-//!   metrics, readiness, shutdown.
-//! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown; the first
-//!   request head of each connection is read here, and HTTP/1.1 event streams are written
-//!   outside hyper (`server/direct_sse.rs`).
-//! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
-//!   action; forwarding, headers, upgrades, errors; the upstream keep-alive pool
-//!   (`proxy/pool.rs`).
-//! - [`admin`]: health, readiness, metrics, stats, publish, purge.
-//! - [`cache`]: `[[cache]]` rules: per-user keys, coalescing, stale serving, tag purge.
-//! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
-//! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT) behind a `Sink`.
-//! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
-//!   format and the response body that streams a subscription.
+//! From the top down; a module imports only modules below it (`.ci/acyclic` checks it).
+//!
+//! - [`app`]: the composition root. [`App`] builds the metrics, then the parts that own
+//!   them, then the [`handles`]; it swaps the config [`snapshot`] on reload and starts the
+//!   sources. Only `lib.rs`, `main.rs`, [`server`] and `app` itself see it.
+//! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown, process
+//!   signals (`server/signals.rs`); the first request head of each connection is read here,
+//!   and HTTP/1.1 event streams are written outside hyper (`server/direct_sse.rs`).
+//! - [`admin`]: health, readiness ([`admin::readiness`], reported by the sources), metrics,
+//!   stats, publish, purge; served from [`admin::AdminHandles`].
+//! - [`routing`]: a request's life (`routing/handler.rs`): route, then one `match` on the
+//!   action, each arm taking the narrow handles it uses.
+//! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT), given
+//!   [`sources::SourceHandles`].
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints) and `/_unpoll/multi` (several streams,
 //!   each gated as if alone, on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
-//!   answer to a webhook or mutation).
+//!   answer to a webhook or mutation); [`cache`]: `[[cache]]` rules: per-user keys,
+//!   coalescing, stale serving, tag purge.
+//! - [`handles`]: the long-lived parts a handler may take (hub, cache, sink, metrics,
+//!   shutdown); [`sink`]: the [`sink::Sink`] every publisher delivers through (sources,
+//!   taps, the publish API) and [`sink::HubSink`] over the hub and the cache.
+//! - [`snapshot`]: the compiled config a request reads start to end: validated config,
+//!   route table, upstream client, JWT verifier.
+//! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
+//! - [`proxy`]: forwarding to the upstream (`proxy/forward.rs`), headers, upgrades, errors
+//!   and their responses; the upstream keep-alive pool (`proxy/pool.rs`).
+//! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
+//!   format, the response body that streams a subscription, and the connection abort a
+//!   stream ends its HTTP/1 connection with.
 //! - [`client`]: the browser client (`/_unpoll/client.js`), served from the binary.
-//! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
-//! - [`metrics`], [`logging`], [`signals`]: observability and process control.
+//! - [`config`]: the TOML file → an immutable, validated [`Config`]; every error with its
+//!   key path. Each concern's own section lives in its `config.rs`.
+//! - [`route`], [`template`]: path patterns and templates shared by every rule kind;
+//!   [`body`], [`metrics`], [`logging`]: response bodies and observability.
 //!
 //! Tests start the real server with [`run`] on port-0 listeners.
 #![forbid(unsafe_code)]

@@ -276,3 +276,96 @@ fn refused(rule: &str, e: &SubscribeError) -> Response<Body> {
         None => error_response(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use http::{Method, Request, StatusCode};
+
+    use super::{Gated, admit};
+    use crate::handles::Handles;
+    use crate::handles::testing::instance;
+    use crate::snapshot::Snapshot;
+    use crate::snapshot::routes::Action;
+
+    const RULES: &str = r#"
+        [[stream]]
+        path = "/bots/{id}/events"
+        channels = ["bot:{path.id}"]
+        auth = "none"
+        limits = { per_ip = 1 }
+
+        [[stream]]
+        path = "/q/events"
+        channels = ["q:{query.id}"]
+        auth = "none"
+    "#;
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// The gate's decision on `GET uri`.
+    async fn gate(handles: &Handles, snapshot: &Snapshot, uri: &str) -> Gated {
+        let (parts, ()) = Request::get(uri).body(()).unwrap().into_parts();
+        let route = snapshot.routes.resolve(&Method::GET, parts.uri.path());
+        let Action::Stream(s) = route.action else {
+            panic!("{uri} is not a stream");
+        };
+        let (rule, gauge) = (&s.rule, &s.subscribers);
+        admit(
+            handles,
+            snapshot,
+            rule,
+            &s.authorizer,
+            gauge,
+            &route.params,
+            &parts,
+            PEER,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn subscribes_to_the_rules_channels_on_the_hub() {
+        let (handles, _, snapshot) = instance(RULES);
+        let Gated::Open(mut admitted) = gate(&handles, &snapshot, "/bots/7/events").await else {
+            panic!("refused");
+        };
+        assert_eq!(admitted.sub.channels().collect::<Vec<_>>(), ["bot:7"]);
+        handles.hub.publish("bot:8", None, "other".into());
+        handles.hub.publish("bot:7", None, "hello".into());
+        let frame = admitted.sub.recv().await.unwrap();
+        let frame = std::str::from_utf8(&frame).unwrap();
+        assert!(frame.contains("data: hello\n"), "{frame}");
+    }
+
+    #[tokio::test]
+    async fn a_limit_refuses_until_the_open_stream_ends() {
+        let (handles, _, snapshot) = instance(RULES);
+        let first = gate(&handles, &snapshot, "/bots/1/events").await;
+        assert!(matches!(first, Gated::Open(_)));
+        match gate(&handles, &snapshot, "/bots/2/events").await {
+            Gated::Refused(resp) => assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS),
+            _ => panic!("per_ip = 1 let a second stream in"),
+        }
+        drop(first);
+        let again = gate(&handles, &snapshot, "/bots/2/events").await;
+        assert!(matches!(again, Gated::Open(_)));
+    }
+
+    #[tokio::test]
+    async fn a_missing_value_leaves_the_request_to_the_proxy() {
+        let (handles, _, snapshot) = instance(RULES);
+        let gated = gate(&handles, &snapshot, "/q/events").await;
+        assert!(matches!(gated, Gated::NotApplicable(_)));
+        assert!(matches!(
+            gate(&handles, &snapshot, "/q/events?id=3").await,
+            Gated::Open(_)
+        ));
+        assert_eq!(
+            handles.hub.stats(0).subscribers,
+            0,
+            "dropped streams unsubscribe"
+        );
+    }
+}

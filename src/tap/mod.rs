@@ -191,3 +191,86 @@ fn publish(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::header::{CONTENT_TYPE, HeaderValue};
+    use http::{HeaderMap, Method};
+    use serde_json::json;
+
+    use super::{OwnedRequest, TapResponse, publish};
+    use crate::handles::testing::instance;
+    use crate::hub::{EventData, SkipLabels};
+    use crate::sink::recording::Delivery;
+    use crate::snapshot::routes::Action;
+
+    const RULES: &str = r#"
+        [[tap]]
+        path = "/hooks/{id}"
+        channel = "room:{path.id}"
+        event = "msg"
+        data = { text = "{json.text}" }
+        purge = ["room:{path.id}"]
+    "#;
+
+    /// Run the publish step of the tap at `path` for a JSON request `body`.
+    fn tap(path: &str, body: serde_json::Value) -> (Vec<Delivery>, u64, crate::hub::Hub) {
+        let (handles, recorder, snapshot) = instance(RULES);
+        let route = snapshot.routes.resolve(&Method::POST, path);
+        let Action::Tap(t) = route.action else {
+            panic!("{path} is not tapped");
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let request = OwnedRequest {
+            params: route.params.clone(),
+            uri: path.parse().unwrap(),
+            headers,
+            body: Bytes::from(body.to_string()),
+        };
+        let response = TapResponse {
+            headers: None,
+            body: None,
+        };
+        publish(
+            &handles.hub,
+            handles.sink.as_ref(),
+            &t.rule,
+            &request,
+            &response,
+        );
+        let labels = SkipLabels {
+            rule: t.rule.name.clone(),
+            reason: "missing_value",
+        };
+        let skipped = handles.hub.metrics().skipped.get_or_create(&labels).get();
+        (recorder.log(), skipped, handles.hub)
+    }
+
+    #[tokio::test]
+    async fn purges_then_publishes_the_rules_event_through_the_sink() {
+        let (log, skipped, hub) = tap("/hooks/7", json!({"text": "hi"}));
+        assert_eq!(
+            log,
+            vec![
+                Delivery::Purge(vec!["room:7".into()]),
+                Delivery::Publish(
+                    "room:7".into(),
+                    Some("msg".into()),
+                    EventData::Json(json!({"text": "hi"}))
+                ),
+            ]
+        );
+        assert_eq!(skipped, 0);
+        assert_eq!(hub.cursor().seq, 1, "the event reached the hub");
+    }
+
+    #[tokio::test]
+    async fn a_missing_value_publishes_nothing_and_is_counted() {
+        let (log, skipped, hub) = tap("/hooks/7", json!({"other": 1}));
+        assert_eq!(log, vec![]);
+        assert_eq!(skipped, 1);
+        assert_eq!(hub.cursor().seq, 0);
+    }
+}
