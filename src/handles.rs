@@ -1,6 +1,6 @@
 //! The long-lived parts of one instance that request handlers use. The composition root
-//! ([`App`](crate::App)) builds them once; a handler takes the [`Handles`] (or only the
-//! parts it needs), never the whole `App`, so each handler can be driven by a unit test
+//! ([`app`](crate::app)) builds them once; a handler takes the [`Handles`] (or only the
+//! parts it needs), never the whole instance, so each handler can be driven by a unit test
 //! with parts built in the test.
 
 use std::sync::Arc;

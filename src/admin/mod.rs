@@ -21,7 +21,7 @@ use crate::proxy::error_response;
 use crate::snapshot::Snapshot;
 use readiness::Readiness;
 
-/// What the admin endpoints read of the instance (`App::admin` builds it per request).
+/// What the admin endpoints read of the instance (the composition root builds it per request).
 pub struct AdminHandles<'a> {
     /// The hub, the cache, the sink over both, the proxy metrics.
     pub handles: &'a Handles,

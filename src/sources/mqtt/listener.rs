@@ -15,7 +15,7 @@
 //!   taken over): every rule's channels get `reset` and every rule's tags are purged by
 //!   pattern, and every filter is subscribed again.
 //!
-//! Rules reload with the config (a watch channel from [`App::reload`]): the loop
+//! Rules reload with the config (a watch channel the composition root sends on reload): the loop
 //! subscribes and unsubscribes the difference. The poll future is never cancelled for
 //! that (only at shutdown): a reload only queues requests, which the same poll sends.
 

@@ -28,7 +28,7 @@ pub const READINESS: &str = "mqtt";
 
 /// Start the broker connection; it stops at shutdown. `rules` carries the `[[topic]]` rules
 /// and every reload of them. Until connected `/readyz` reports `mqtt` as not ready (from
-/// `App::new` on); unpoll keeps serving and proxying meanwhile.
+/// the instance's start on); unpoll keeps serving and proxying meanwhile.
 pub fn spawn(
     handles: SourceHandles,
     metrics: MqttMetrics,

@@ -50,7 +50,7 @@ pub enum PostgresError {
 }
 
 /// Start the listener and one reader per outbox rule; all stop at shutdown. Until the
-/// listener is connected `/readyz` reports `postgres` as not ready (from `App::new` on);
+/// listener is connected `/readyz` reports `postgres` as not ready (from the instance's start on);
 /// unpoll keeps serving and proxying meanwhile.
 pub fn spawn(
     handles: SourceHandles,
