@@ -1,7 +1,8 @@
 //! The composition root: builds every part of one unpoll instance from the config and
 //! wires them together. The metrics come first, then the parts that own them, then the
 //! [`Handles`] the request handlers get. Only the top of the crate (`lib.rs`, `main.rs`,
-//! `server/`, `admin/`) sees the [`App`]; everything below takes the narrow handles it uses.
+//! `server/`) sees the [`App`]; the admin endpoints get [`AdminHandles`], everything below
+//! the narrow handles it uses.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -16,9 +16,10 @@ use crate::sink::Sink;
 #[derive(Clone)]
 pub struct Handles {
     /// Channels, history and subscribers. Lives as long as the instance: a reload keeps
-    /// every open stream and the history.
+    /// every open stream and the history (its `[hub]` settings apply at start only).
     pub hub: Hub,
-    /// The polling cache shared by all `[[cache]]` rules. Lives as long as the instance.
+    /// The polling cache shared by all `[[cache]]` rules. Lives as long as the instance
+    /// (its `cache_size` applies at start only).
     pub cache: Arc<Cache>,
     /// Where taps and the publish API deliver: the hub and the cache above.
     pub sink: Arc<dyn Sink>,
