@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminHandles;
+use crate::admin::live::Live;
 use crate::admin::readiness::Readiness;
 use crate::auth::AuthMetrics;
 use crate::cache::{Cache, CacheMetrics};
@@ -29,9 +30,9 @@ use crate::sources::{SourceHandles, mqtt, postgres};
 /// One unpoll instance.
 pub struct App {
     /// Current config snapshot; swapped whole by [`App::reload`], read lock-free per request.
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     /// All metrics of this instance (not a global: tests run several instances).
-    registry: Registry,
+    registry: Arc<Registry>,
     /// What the request handlers use: the hub, the cache, the sink over both, the proxy
     /// metrics, the shutdown signal.
     pub handles: Handles,
@@ -49,6 +50,8 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     /// Process start, for `/stats`.
     pub started: Instant,
+    /// The dashboard's recent samples and its open streams (bounded).
+    pub live: Arc<Live>,
 }
 
 impl App {
@@ -84,8 +87,8 @@ impl App {
         let sink = Arc::new(HubSink::new(hub.clone(), cache.clone()));
         let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
         Arc::new(App {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            registry,
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            registry: Arc::new(registry),
             handles: Handles {
                 hub,
                 cache,
@@ -99,6 +102,7 @@ impl App {
             auth_metrics,
             readiness,
             started: Instant::now(),
+            live: Default::default(),
         })
     }
 
@@ -139,14 +143,15 @@ impl App {
         self.snapshot.load_full()
     }
 
-    /// What the admin endpoints read.
-    pub fn admin(&self) -> AdminHandles<'_> {
+    /// What the admin endpoints and the dashboard read (shared parts, cloned).
+    pub fn admin(&self) -> AdminHandles {
         AdminHandles {
-            handles: &self.handles,
-            snapshot: self.snapshot(),
-            readiness: &self.readiness,
-            registry: &self.registry,
+            handles: self.handles.clone(),
+            snapshots: self.snapshot.clone(),
+            readiness: self.readiness.clone(),
+            registry: self.registry.clone(),
             started: self.started,
+            live: self.live.clone(),
         }
     }
 

@@ -10,12 +10,15 @@
 //!
 //! - [`app`]: the composition root. [`App`] builds the metrics, then the parts that own
 //!   them, then the [`handles`]; it swaps the config [`snapshot`] on reload and starts the
-//!   sources. Only `lib.rs`, `main.rs`, [`server`] and `app` itself see it.
+//!   sources. Only `lib.rs`, `main.rs`, [`server`] and [`demo`] see it.
+//! - [`demo`]: `unpoll demo`, a built-in polling chat app with unpoll in front of it (a
+//!   composition like `main.rs`).
 //! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown, process
 //!   signals (`server/signals.rs`); the first request head of each connection is read here,
 //!   and HTTP/1.1 event streams are written outside hyper (`server/direct_sse.rs`).
 //! - [`admin`]: health, readiness ([`admin::readiness`], reported by the sources), metrics,
-//!   stats, publish, purge; served from [`admin::AdminHandles`].
+//!   stats, publish, purge, and the live dashboard (`admin/dashboard.rs`, its stats stream
+//!   `admin/live.rs`); served from [`admin::AdminHandles`].
 //! - [`routing`]: a request's life (`routing/handler.rs`): route, then one `match` on the
 //!   action, each arm taking the narrow handles it uses.
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT), given
@@ -51,6 +54,7 @@ pub mod body;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod handles;
 pub mod hub;
 pub mod logging;
@@ -142,6 +146,7 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
     ));
     let handles = &app.handles;
     let sweeper = tokio::spawn(handles.hub.clone().run_sweeper(handles.shutdown.clone()));
+    let sampler = tokio::spawn(admin::live::run_sampler(app.admin()));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         server::Listener::Admin,
@@ -151,7 +156,7 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
     app.handles.shutdown.cancelled().await;
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
-    let _ = tokio::join!(main, admin, sweeper);
+    let _ = tokio::join!(main, admin, sweeper, sampler);
     // Sources stop on the same cancellation; wait so none publishes after run returns.
     for source in sources {
         let _ = source.await;

@@ -1,8 +1,10 @@
-//! The admin listener (loopback by default): health, readiness, metrics, stats, and the
-//! token-protected POST endpoints of later subsystems (publish, purge).
+//! The admin listener (loopback by default): health, readiness, metrics, stats, the live
+//! dashboard, and the token-protected POST endpoints of later subsystems (publish, purge).
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
+pub mod live;
 pub mod publish;
 pub mod purge;
 pub mod readiness;
@@ -10,6 +12,7 @@ pub mod readiness;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -21,37 +24,52 @@ use crate::proxy::error_response;
 use crate::snapshot::Snapshot;
 use readiness::Readiness;
 
-/// What the admin endpoints read of the instance (the composition root builds it per request).
-pub struct AdminHandles<'a> {
-    /// The hub, the cache, the sink over both, the proxy metrics.
-    pub handles: &'a Handles,
-    /// The config snapshot this request reads.
-    pub snapshot: Arc<Snapshot>,
-    /// For `/readyz` and `/stats`.
-    pub readiness: &'a Readiness,
+/// What the admin endpoints and the dashboard read of the instance. Built once by the
+/// composition root; cheap to clone (every field is shared), so the dashboard's sampler and
+/// streams can own one.
+#[derive(Clone)]
+pub struct AdminHandles {
+    /// The hub, the cache, the sink over both, the proxy metrics, the shutdown signal.
+    pub handles: Handles,
+    /// The current config snapshot, swapped on reload.
+    pub snapshots: Arc<ArcSwap<Snapshot>>,
+    /// For `/readyz`, `/stats` and the dashboard's sources.
+    pub readiness: Arc<Readiness>,
     /// Rendered by `/metrics`.
-    pub registry: &'a Registry,
+    pub registry: Arc<Registry>,
     /// Process start, for the uptime in `/stats`.
     pub started: Instant,
+    /// The dashboard's recent samples and its open streams (bounded).
+    pub live: Arc<live::Live>,
+}
+
+impl AdminHandles {
+    /// The current config snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.load_full()
+    }
 }
 
 /// Handle one request on the admin listener.
-pub async fn handle(parts: &AdminHandles<'_>, req: Request<Incoming>) -> Response<Body> {
-    let admin = &parts.snapshot.config.admin;
+pub async fn handle(parts: &AdminHandles, req: Request<Incoming>) -> Response<Body> {
+    let snapshot = parts.snapshot();
+    let admin = &snapshot.config.admin;
     // Off loopback, everything but liveness/readiness needs the token (config validation
     // guarantees one is set there).
     let open = matches!(req.uri().path(), "/healthz" | "/readyz");
     if !open
         && !admin.listen.ip().is_loopback()
-        && let Err(e) = auth::check_bearer(req.headers(), admin.token.as_deref())
+        && let Err(e) = dashboard::check_access(&req, admin.token.as_deref())
     {
         return e.into_response();
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => readyz(parts.readiness),
-        (&Method::GET, "/metrics") => metrics(parts.registry),
-        (&Method::GET, "/stats") => stats(parts),
+        (&Method::GET, "/readyz") => readyz(&parts.readiness),
+        (&Method::GET, "/metrics") => metrics(&parts.registry),
+        (&Method::GET, "/stats") => json(StatusCode::OK, &stats_value(parts)),
+        (&Method::GET, "/") => dashboard::page(),
+        (&Method::GET, live::STREAM_PATH) => live::stream(parts),
         (&Method::POST, "/publish") => {
             // Publishing needs the token even on loopback: any local process could
             // otherwise inject events into every browser.
@@ -66,7 +84,8 @@ pub async fn handle(parts: &AdminHandles<'_>, req: Request<Incoming>) -> Respons
             }
             purge::purge(parts.handles.sink.as_ref(), req).await
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/publish" | "/purge") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/stats" | "/publish" | "/purge" | "/")
+        | (_, live::STREAM_PATH) => {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -102,10 +121,11 @@ fn metrics(registry: &Registry) -> Response<Body> {
 /// Channels listed in `/stats` (the busiest first).
 const STATS_TOP_CHANNELS: usize = 20;
 
-fn stats(parts: &AdminHandles<'_>) -> Response<Body> {
-    let (snapshot, handles) = (&parts.snapshot, parts.handles);
+/// The `/stats` document (also in every frame of the dashboard's stream).
+pub fn stats_value(parts: &AdminHandles) -> serde_json::Value {
+    let (snapshot, handles) = (parts.snapshot(), &parts.handles);
     let metrics = &handles.metrics;
-    let value = serde_json::json!({
+    serde_json::json!({
         "uptime_seconds": parts.started.elapsed().as_secs(),
         "open_connections": metrics.open_connections.get(),
         "stream_connections": metrics.stream_connections.get(),
@@ -118,8 +138,7 @@ fn stats(parts: &AdminHandles<'_>) -> Response<Body> {
             "path": s.rule.path.to_string(),
             "subscribers": s.subscribers.get(),
         })).collect::<Vec<_>>(),
-    });
-    json(StatusCode::OK, &value)
+    })
 }
 
 /// Read a request body of at most `max` bytes: 413 past it (by Content-Length or as it

@@ -4,6 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
+/// The Postgres source's component name: `/readyz` says `postgres: ...` until its listener
+/// is up.
+pub const POSTGRES: &str = "postgres";
+
+/// The MQTT source's component name: `/readyz` says `mqtt: ...` until the broker
+/// connection is up.
+pub const MQTT: &str = "mqtt";
+
 /// Not-ready reasons by component (`postgres`, `mqtt`).
 #[derive(Debug, Default)]
 pub struct Readiness {

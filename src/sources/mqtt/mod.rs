@@ -22,9 +22,8 @@ pub use rules::TopicRule;
 
 use crate::sources::SourceHandles;
 
-/// The readiness component name: `/readyz` says `mqtt: ...` until the broker connection is
-/// up.
-pub const READINESS: &str = "mqtt";
+/// The readiness component name (see [`readiness::MQTT`](crate::admin::readiness::MQTT)).
+pub const READINESS: &str = crate::admin::readiness::MQTT;
 
 /// Start the broker connection; it stops at shutdown. `rules` carries the `[[topic]]` rules
 /// and every reload of them. Until connected `/readyz` reports `mqtt` as not ready (from

@@ -29,8 +29,8 @@ pub use rules::NotifyRule;
 
 use crate::sources::SourceHandles;
 
-/// The readiness component name: `/readyz` says `postgres: ...` until the listener is up.
-pub const READINESS: &str = "postgres";
+/// The readiness component name (see [`readiness::POSTGRES`](crate::admin::readiness::POSTGRES)).
+pub const READINESS: &str = crate::admin::readiness::POSTGRES;
 
 /// Why the listener connection failed or ended.
 #[derive(Debug, thiserror::Error)]
