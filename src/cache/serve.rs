@@ -109,8 +109,7 @@ impl Lookup<'_> {
         match entry.freshness() {
             Freshness::Fresh => {
                 cache.metrics.saved(&cache.metrics.hits);
-                let ttl = entry.ttl.saturating_sub(entry.age()).as_secs();
-                Stored::Served(entry.respond(cond, head, format!("unpoll; hit; ttl={ttl}")))
+                Stored::Served(entry.respond(cond, head, hit_status(&entry)))
             }
             Freshness::StaleRevalidate => {
                 cache.metrics.saved(&cache.metrics.stale);
@@ -174,7 +173,19 @@ impl Lookup<'_> {
                     };
                 }
                 Acquired::Read(lock) => match lock.wait(rule.lock_timeout).await {
-                    Some(Outcome::Shared(entry)) if !entry.serves(req.headers()) => continue,
+                    Some(Outcome::Shared(entry)) if !entry.serves(req.headers()) => {
+                        // Another variant came back. This request's own may have been
+                        // stored meanwhile; if not, it fetches (or waits on) that one.
+                        if let Some(own) = cache
+                            .get(&key, req.headers())
+                            .filter(|e| e.freshness() == Freshness::Fresh)
+                        {
+                            // Counted as a wait (the miss is already counted), not a hit.
+                            cache.metrics.saved(&cache.metrics.coalesced);
+                            return Ok(own.respond(&cond, head, hit_status(&own)));
+                        }
+                        continue;
+                    }
                     Some(Outcome::Shared(entry)) => {
                         cache.metrics.saved(&cache.metrics.coalesced);
                         let status = format!(
@@ -388,6 +399,11 @@ fn with_status(mut resp: Response<Body>, status: String) -> Response<Body> {
     }
     resp.headers_mut().remove(&UNPOLL_CURSOR);
     resp
+}
+
+fn hit_status(entry: &Entry) -> String {
+    let ttl = entry.ttl.saturating_sub(entry.age()).as_secs();
+    format!("unpoll; hit; ttl={ttl}")
 }
 
 fn stale_status(upstream: StatusCode) -> String {
