@@ -127,6 +127,13 @@ impl Authorizer {
         self.mode.as_str()
     }
 
+    /// Take the rule's `token_query` parameter out of a request that goes on to the app.
+    pub fn strip_token(&self, uri: &mut http::Uri) {
+        if let Mode::Upstream(auth) = &self.mode {
+            auth.strip_token(uri);
+        }
+    }
+
     /// The rule's limit counters.
     pub fn limiter(&self) -> &Arc<Limiter> {
         &self.limiter
