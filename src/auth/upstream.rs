@@ -169,10 +169,12 @@ impl UpstreamAuth {
         }
         // A token in the query, when the rule names one, is what the client authenticates
         // with: it replaces an Authorization header rather than being one more credential.
-        let authorization = match self.query_token(parts.uri.query()) {
-            Some(token) => Some(bearer(&token)?),
-            None => parts.headers.get(header::AUTHORIZATION).cloned(),
+        let from_query = match &self.config.token_query {
+            Some(name) => query_bearer(name, parts.uri.query())?,
+            None => None,
         };
+        let authorization =
+            from_query.or_else(|| parts.headers.get(header::AUTHORIZATION).cloned());
         if let Some(a) = &authorization {
             headers.insert(header::AUTHORIZATION, a.clone());
         }
@@ -198,14 +200,6 @@ impl UpstreamAuth {
             client: client.clone(),
             proxy: proxy.clone(),
         })
-    }
-
-    /// The value of the rule's `token_query` parameter in `query` (the first non-empty one).
-    fn query_token(&self, query: Option<&str>) -> Option<String> {
-        let name = self.config.token_query.as_deref()?;
-        form_urlencoded::parse(query?.as_bytes())
-            .find(|(k, v)| k == name && !v.is_empty())
-            .map(|(_, v)| v.into_owned())
     }
 
     /// `uri` without the rule's `token_query` parameter, for a request that goes on to the
@@ -290,13 +284,22 @@ impl UpstreamAuth {
     }
 }
 
-/// `Authorization: Bearer <token>`, marked sensitive so no header dump shows it. A token
-/// that cannot be a header value is refused without being echoed.
-fn bearer(token: &str) -> Result<HeaderValue, AuthError> {
+/// The `Authorization: Bearer <token>` that the first non-empty `name=<token>` of `query`
+/// stands for (`None` without one), marked sensitive so no header dump shows it. A token
+/// that cannot be a header value is refused without being echoed. Any request unpoll
+/// makes to the app on a client's behalf with a `token_query` sends this and
+/// [`strip_query_param`]s the URL it forwards.
+pub fn query_bearer(name: &str, query: Option<&str>) -> Result<Option<HeaderValue>, AuthError> {
+    let Some(token) = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v)
+    else {
+        return Ok(None);
+    };
     let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| AuthError::BadRequest("the query token is not a valid header value".into()))?;
     value.set_sensitive(true);
-    Ok(value)
+    Ok(Some(value))
 }
 
 /// Remove every `name=…` pair (name compared decoded, as the app would read it) from the
@@ -553,6 +556,17 @@ mod tests {
         assert_eq!(strip("/e?t%6Fken=abc&token=d&x=%20&token"), "/e?x=%20");
         assert_eq!(strip("/e?tokens=1&b=2;c"), "/e?tokens=1&b=2;c");
         assert_eq!(strip("http://h:1/e?a=1&token=x"), "http://h:1/e?a=1");
+    }
+
+    #[test]
+    fn the_query_token_becomes_a_bearer() {
+        let bearer = |q: Option<&str>| query_bearer("token", q).map_err(|e| e.to_string());
+        assert_eq!(bearer(Some("a=1&token=x%2By+z")).unwrap().unwrap(), "Bearer x+y z");
+        assert!(bearer(Some("token=&t=1")).unwrap().is_none());
+        assert!(bearer(None).unwrap().is_none());
+        assert_eq!(bearer(Some("token=&token=b")).unwrap().unwrap(), "Bearer b");
+        let err = bearer(Some("token=a%0Ab")).unwrap_err();
+        assert!(!err.contains("a\nb"), "{err}");
     }
 
     #[test]
