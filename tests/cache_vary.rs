@@ -45,8 +45,13 @@ async fn next_upstream(delay: Duration) -> Upstream {
             };
             let body = body_for(
                 &value("cookie"),
-                ["rsc", "next-router-state-tree", "next-router-prefetch", "accept-encoding"]
-                    .map(value),
+                [
+                    "rsc",
+                    "next-router-state-tree",
+                    "next-router-prefetch",
+                    "accept-encoding",
+                ]
+                .map(value),
             );
             let mut resp = text(200, body);
             resp.headers_mut()
@@ -72,7 +77,13 @@ fn expected(cookie: &str, variant: &[(&str, &str)]) -> String {
     };
     body_for(
         cookie,
-        ["rsc", "next-router-state-tree", "next-router-prefetch", "accept-encoding"].map(value),
+        [
+            "rsc",
+            "next-router-state-tree",
+            "next-router-prefetch",
+            "accept-encoding",
+        ]
+        .map(value),
     )
 }
 

@@ -65,7 +65,10 @@ async fn the_query_token_is_the_bearer_of_the_auth_request_and_nothing_else() {
     assert_eq!(first.status, 200);
     let asked = upstream.last();
     assert_eq!(asked.uri, "/api/bots/1");
-    assert_eq!(asked.headers["authorization"], format!("Bearer {GOOD_1}").as_str());
+    assert_eq!(
+        asked.headers["authorization"],
+        format!("Bearer {GOOD_1}").as_str()
+    );
 
     // The same token again is the cached decision; another token is its own entry.
     let again = open(format!("token={GOOD_1}&botId=1")).await;
@@ -109,7 +112,11 @@ async fn the_query_token_is_the_bearer_of_the_auth_request_and_nothing_else() {
     assert!(!proxied.headers.contains_key("authorization"));
 
     for r in upstream.recorded() {
-        assert!(!r.uri.to_string().contains(LEAK), "{} reached the app", r.uri);
+        assert!(
+            !r.uri.to_string().contains(LEAK),
+            "{} reached the app",
+            r.uri
+        );
     }
     drop((first, again, second, refused, anonymous));
     // Every request has its access line once its response ends; none shows a token.
@@ -141,7 +148,10 @@ fn token_query_is_for_upstream_auth_only_and_stays_out_of_auth_path() {
         "{errors}"
     );
     let errors = check(&format!("{upstream}token_query = \"a b\""));
-    assert!(errors.contains("stream[0].token_query: \"a b\""), "{errors}");
+    assert!(
+        errors.contains("stream[0].token_query: \"a b\""),
+        "{errors}"
+    );
     let errors = check(
         "auth = \"upstream\"\nauth_path = \"/api/bots/{query.botId}?t={query.token}\"\n\
          token_query = \"token\"",

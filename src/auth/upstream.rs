@@ -561,7 +561,10 @@ mod tests {
     #[test]
     fn the_query_token_becomes_a_bearer() {
         let bearer = |q: Option<&str>| query_bearer("token", q).map_err(|e| e.to_string());
-        assert_eq!(bearer(Some("a=1&token=x%2By+z")).unwrap().unwrap(), "Bearer x+y z");
+        assert_eq!(
+            bearer(Some("a=1&token=x%2By+z")).unwrap().unwrap(),
+            "Bearer x+y z"
+        );
         assert!(bearer(Some("token=&t=1")).unwrap().is_none());
         assert!(bearer(None).unwrap().is_none());
         assert_eq!(bearer(Some("token=&token=b")).unwrap().unwrap(), "Bearer b");

@@ -9,7 +9,7 @@ use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use super::config::CacheRule;
-use super::key::{VaryNames, VariantKey};
+use super::key::{VariantKey, VaryNames};
 use crate::body::{Body, empty, full};
 
 /// `Cache-Status` (RFC 9211).

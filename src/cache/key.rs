@@ -294,6 +294,52 @@ mod tests {
         );
     }
 
+    #[test]
+    fn vary_names_are_normalized_and_star_matches_nothing() {
+        let vary = |lines: &[&[u8]]| {
+            let h = headers(&lines.iter().map(|l| ("vary", *l)).collect::<Vec<_>>());
+            VaryNames::of(&h)
+        };
+        let next = vary(&[b"rsc, Next-Router-State-Tree,next-router-prefetch", b"RSC"]).unwrap();
+        assert_eq!(
+            next,
+            vary(&[b"next-router-prefetch", b"next-router-state-tree , rsc,"]).unwrap()
+        );
+        assert_eq!(next.0.len(), 3);
+        assert!(vary(&[]).unwrap().is_empty());
+        assert!(vary(&[b"rsc", b" * "]).is_none());
+        // Not a header name: no request carries it, so it is left out.
+        assert!(vary(&[b"bad name"]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_variant_is_every_line_of_every_named_header() {
+        let names = VaryNames::of(&headers(&[("vary", b"rsc, accept-encoding")])).unwrap();
+        let variant = |pairs: &[(&str, &[u8])]| VariantKey::new(&names, &headers(pairs));
+        let none = variant(&[]);
+        assert_ne!(none, variant(&[("rsc", b"")]));
+        assert_ne!(
+            variant(&[("rsc", b"1")]),
+            variant(&[("accept-encoding", b"1")])
+        );
+        assert_ne!(
+            variant(&[("accept-encoding", b"gzip"), ("accept-encoding", b"br")]),
+            variant(&[("accept-encoding", b"gzip, br")])
+        );
+        // Headers the response does not name do not matter.
+        assert_eq!(none, variant(&[("cookie", b"a=1"), ("x-other", b"2")]));
+        assert_eq!(
+            variant(&[("rsc", b"1"), ("cookie", b"a")]),
+            variant(&[("rsc", b"1")])
+        );
+        // A variant key never equals the rule's key with another variant.
+        let k = key(&rule("m", ""), "/m", &HeaderMap::new());
+        assert_ne!(
+            k.with_variant(&none),
+            k.with_variant(&variant(&[("rsc", b"1")]))
+        );
+    }
+
     /// One generated request: everything a key is made of.
     #[derive(Debug, Clone)]
     struct Input {

@@ -76,7 +76,11 @@ impl CacheMetrics {
             "Bytes held, overhead included",
             self.stored_bytes.clone(),
         );
-        r.register("entries", "Keys held (each with its variants)", self.entries.clone());
+        r.register(
+            "entries",
+            "Keys held (each with its variants)",
+            self.entries.clone(),
+        );
         registry.register(
             "unpoll_upstream_requests_saved",
             "Requests answered without an upstream request",

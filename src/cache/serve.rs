@@ -13,8 +13,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use super::entry::{
-    CACHE_STATUS, Conditions, Entry, Freshness, UNPOLL_CURSOR, Variant, not_shareable,
-    not_storable,
+    CACHE_STATUS, Conditions, Entry, Freshness, UNPOLL_CURSOR, Variant, not_shareable, not_storable,
 };
 use super::key::{CacheKey, VaryNames};
 use super::lock::{Acquired, Outcome, WritePermit};

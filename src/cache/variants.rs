@@ -106,3 +106,76 @@ impl Variants {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::Variant;
+    use bytes::Bytes;
+    use http::{HeaderValue, StatusCode};
+
+    fn entry(vary: &'static str, rsc: &'static str) -> Arc<Entry> {
+        let raw: crate::cache::RawCacheRule = toml::from_str("path = \"/m\"").unwrap();
+        let rule = raw.validate("cache[0]", &mut Default::default()).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("vary", HeaderValue::from_static(vary));
+        let mut e = Entry::new(
+            &rule,
+            StatusCode::OK,
+            headers,
+            Bytes::from_static(b"x"),
+            0,
+            vec![],
+            HeaderValue::from_static("0"),
+        );
+        let mut request = HeaderMap::new();
+        request.insert("rsc", HeaderValue::from_static(rsc));
+        e.variant = Variant::select(&VaryNames::of(&e.headers).unwrap(), &request);
+        Arc::new(e)
+    }
+
+    fn rsc(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("rsc", HeaderValue::from_static(value));
+        h
+    }
+
+    #[test]
+    fn a_key_holds_at_most_max_variants_and_replaces_its_own() {
+        let values: Vec<&'static str> = ["0", "1", "2", "3", "4", "5", "6", "7", "8"].to_vec();
+        let mut variants = None::<Variants>;
+        for v in &values[..MAX_VARIANTS] {
+            variants = Some(Variants::with(variants.as_ref(), entry("rsc", v), |_| true).unwrap());
+        }
+        let full = variants.unwrap();
+        assert_eq!(full.len(), MAX_VARIANTS);
+        assert_eq!(
+            Variants::with(Some(&full), entry("rsc", values[8]), |_| true).unwrap_err(),
+            Full
+        );
+        // A newer response of a stored variant replaces it, full or not.
+        let newer = entry("rsc", "3");
+        let replaced = Variants::with(Some(&full), newer.clone(), |_| true).unwrap();
+        assert_eq!(replaced.len(), MAX_VARIANTS);
+        assert!(Arc::ptr_eq(replaced.select(&rsc("3")).unwrap(), &newer));
+        // Unusable variants (expired, purged) make room.
+        let stale = full.select(&rsc("0")).unwrap().clone();
+        let room = Variants::with(Some(&full), entry("rsc", "8"), |e| {
+            !std::ptr::eq(e, &*stale)
+        })
+        .unwrap();
+        assert!(room.select(&rsc("0")).is_none());
+        assert!(room.select(&rsc("8")).is_some());
+        assert!(room.select(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_response_varying_on_other_headers_replaces_them_all() {
+        let one = Variants::with(None, entry("rsc", "1"), |_| true).unwrap();
+        let two = Variants::with(Some(&one), entry("rsc", "2"), |_| true).unwrap();
+        let other = Variants::with(Some(&two), entry("rsc, accept", "1"), |_| true).unwrap();
+        assert_eq!(other.len(), 1);
+        assert!(other.select(&rsc("2")).is_none());
+        assert!(other.without(other.select(&rsc("1")).unwrap()).is_none());
+    }
+}
