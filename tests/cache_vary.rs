@@ -229,3 +229,36 @@ async fn variants_past_the_bound_are_refused_and_counted() {
     assert!(status.contains("stored"), "{status}");
     assert_eq!(unpoll.stats().await["cache"]["variants_refused"], 2);
 }
+
+#[tokio::test]
+async fn a_purge_reaches_every_variant_of_a_key() {
+    let upstream = next_upstream(Duration::ZERO).await;
+    let unpoll = Unpoll::start(
+        &upstream.url(),
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n\
+         [[cache]]\npath = \"/reservations\"\nttl = \"60s\"\ntags = [\"reservations\"]",
+    )
+    .await;
+    for variant in &VARIANTS[..3] {
+        get(&unpoll, "session=a", variant).await;
+        let (status, _) = get(&unpoll, "session=a", variant).await;
+        assert!(status.contains("hit"), "{status}");
+    }
+    assert_eq!(upstream.hits("/reservations"), 3);
+    let purged = client()
+        .post(unpoll.admin_url("/purge"))
+        .bearer_auth("t0ken")
+        .json(&serde_json::json!({"tags": ["reservations"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status().as_u16(), 200);
+    for (i, variant) in VARIANTS[..3].iter().enumerate() {
+        let (status, body) = get(&unpoll, "session=a", variant).await;
+        assert_eq!(body, expected("session=a", variant));
+        assert!(status.contains("fwd=miss"), "variant {i}: {status}");
+        let (status, _) = get(&unpoll, "session=a", variant).await;
+        assert!(status.contains("hit"), "variant {i} stored again: {status}");
+    }
+    assert_eq!(upstream.hits("/reservations"), 6);
+}

@@ -159,6 +159,16 @@ impl Lookup<'_> {
             // the store what this key varies on, so this request now waits on its own.
             match cache.locks.acquire(&cache.lock_key(&key, req.headers())) {
                 Acquired::Write(permit) => {
+                    // A fill of this key (or variant) may have finished between the lookup
+                    // and this lock: answer from it rather than ask again.
+                    if let Some(entry) = cache
+                        .get(&key, req.headers())
+                        .filter(|e| e.freshness() == Freshness::Fresh)
+                    {
+                        permit.finish(Outcome::Shared(entry.clone()));
+                        cache.metrics.saved(&cache.metrics.coalesced);
+                        return Ok(entry.respond(&cond, head, hit_status(&entry)));
+                    }
                     let started = Instant::now();
                     return match fetch.fill(permit, stale).await {
                         Filled::Entry(entry, status) => {
@@ -172,19 +182,9 @@ impl Lookup<'_> {
                     };
                 }
                 Acquired::Read(lock) => match lock.wait(rule.lock_timeout).await {
-                    Some(Outcome::Shared(entry)) if !entry.serves(req.headers()) => {
-                        // Another variant came back. This request's own may have been
-                        // stored meanwhile; if not, it fetches (or waits on) that one.
-                        if let Some(own) = cache
-                            .get(&key, req.headers())
-                            .filter(|e| e.freshness() == Freshness::Fresh)
-                        {
-                            // Counted as a wait (the miss is already counted), not a hit.
-                            cache.metrics.saved(&cache.metrics.coalesced);
-                            return Ok(own.respond(&cond, head, hit_status(&own)));
-                        }
-                        continue;
-                    }
+                    // Another variant came back: this request's own is fetched (or waited
+                    // on) next turn, or found stored by then.
+                    Some(Outcome::Shared(entry)) if !entry.serves(req.headers()) => continue,
                     Some(Outcome::Shared(entry)) => {
                         cache.metrics.saved(&cache.metrics.coalesced);
                         let status = format!(
