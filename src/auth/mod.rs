@@ -43,7 +43,7 @@ pub use jwt::JwtAuth;
 pub use limits::{Admission, Limiter, RawStreamLimits, StreamLimits};
 pub use metrics::AuthMetrics;
 pub use rate::{MAX_TRACKED_ADDRESSES, Rate};
-pub use upstream::{DECISION_CACHE_BYTES, UpstreamAuth};
+pub use upstream::{DECISION_CACHE_BYTES, UpstreamAuth, query_bearer, strip_query_param};
 
 use crate::proxy::config::ProxyConfig;
 use crate::proxy::upstream::UpstreamClient;
