@@ -163,7 +163,7 @@ impl Entry {
 
     /// Is this the variant a request with `headers` selects?
     pub fn serves(&self, headers: &HeaderMap) -> bool {
-        VariantKey::new(&self.variant.names, headers) == self.variant.key
+        self.variant.is_empty() || VariantKey::new(&self.variant.names, headers) == self.variant.key
     }
 
     /// Bytes counted against the budget (key excluded).

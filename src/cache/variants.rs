@@ -39,6 +39,10 @@ impl Variants {
 
     /// The entry a request with `headers` selects, if stored.
     pub fn select(&self, headers: &HeaderMap) -> Option<&Arc<Entry>> {
+        if self.names.is_empty() {
+            // The common case (no Vary beyond the rule's key): one entry, no key to build.
+            return self.entries.first();
+        }
         let wanted = VariantKey::new(&self.names, headers);
         self.entries.iter().find(|e| e.variant.key == wanted)
     }
