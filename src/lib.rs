@@ -17,7 +17,8 @@
 //!   action; forwarding, headers, upgrades, errors; the upstream keep-alive pool
 //!   (`proxy/pool.rs`).
 //! - [`admin`]: health, readiness, metrics, stats, publish, purge.
-//! - [`cache`]: `[[cache]]` rules: per-user keys, coalescing, stale serving, tag purge.
+//! - [`cache`]: `[[cache]]` rules: per-user keys, variants by the app's `Vary`, coalescing,
+//!   stale serving, tag purge.
 //! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT) behind a `Sink`.
 //! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
