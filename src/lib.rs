@@ -18,7 +18,8 @@
 //!   (`proxy/pool.rs`).
 //! - [`admin`]: health, readiness, metrics, stats, publish, purge, and the live dashboard
 //!   (`admin/dashboard.rs`, its stats stream `admin/live.rs`).
-//! - [`cache`]: `[[cache]]` rules: per-user keys, coalescing, stale serving, tag purge.
+//! - [`cache`]: `[[cache]]` rules: per-user keys, variants by the app's `Vary`, coalescing,
+//!   stale serving, tag purge.
 //! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT) behind a `Sink`.
 //! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
