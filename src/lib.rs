@@ -26,7 +26,7 @@
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints) and `/_unpoll/multi` (several streams,
 //!   each gated as if alone, on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
 //!   answer to a webhook or mutation); [`cache`]: `[[cache]]` rules: per-user keys,
-//!   coalescing, stale serving, tag purge.
+//!   variants by the app's `Vary`, coalescing, stale serving, tag purge.
 //! - [`handles`]: the long-lived parts a handler may take (hub, cache, sink, metrics,
 //!   shutdown); [`sink`]: the [`sink::Sink`] every publisher delivers through (sources,
 //!   taps, the publish API) and [`sink::HubSink`] over the hub and the cache.

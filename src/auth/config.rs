@@ -24,6 +24,8 @@ pub struct RawRuleAuth {
     pub auth_cache: Option<String>,
     /// Upstream auth: how often an open stream is re-checked (`"0s"` = never).
     pub reauth: Option<String>,
+    /// Upstream auth: the query parameter that carries a bearer token (`"token"`).
+    pub token_query: Option<String>,
 }
 
 /// Who may subscribe to one stream rule.
@@ -61,6 +63,9 @@ pub struct UpstreamAuthConfig {
     /// Distinct paths one subscribe may ask (one per value of a list); more → 400. The
     /// stream rule sets its `max_channels`; default [`DEFAULT_MAX_AUTH_PATHS`].
     pub max_paths: usize,
+    /// The query parameter whose value is sent to `auth_path` as `Authorization: Bearer`
+    /// (an EventSource cannot send headers); it never reaches the app otherwise.
+    pub token_query: Option<String>,
 }
 
 /// Default `max_paths`: the default `max_channels` of a stream rule.
@@ -89,6 +94,7 @@ impl RawRuleAuth {
                 ("auth_path", self.auth_path.is_some()),
                 ("auth_cache", self.auth_cache.is_some()),
                 ("reauth", self.reauth.is_some()),
+                ("token_query", self.token_query.is_some()),
             ] {
                 if set {
                     errors.push(join(path, key), "only applies with auth = \"upstream\"");
@@ -148,12 +154,36 @@ impl RawRuleAuth {
                 .map_err(|e| errors.push(&key, e))
                 .ok(),
         };
+        let token_query = self.token_query.filter(|name| {
+            // The value is matched against decoded parameter names; keep the name to
+            // characters a URL carries as they are, so what is written is what is matched.
+            let plain = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+            if !plain {
+                errors.push(
+                    join(path, "token_query"),
+                    format!("{name:?}: a query parameter name (letters, digits, - _ . ~)"),
+                );
+            }
+            plain
+        });
         if let Some(t) = &template {
             for (source, name) in t.variables() {
                 if source == Source::Path && !params.contains(&name) {
                     errors.push(
                         &key,
                         format!("{{path.{name}}}: the rule's path has no {{{name}}} segment"),
+                    );
+                }
+                if source == Source::Query && token_query.as_deref() == Some(name) {
+                    errors.push(
+                        &key,
+                        format!(
+                            "{{query.{name}}} is the token_query: the token goes to the app \
+                             as Authorization: Bearer, never in the path asked"
+                        ),
                     );
                 }
             }
@@ -171,6 +201,7 @@ impl RawRuleAuth {
             cache,
             reauth: (!reauth.is_zero()).then_some(reauth),
             max_paths: DEFAULT_MAX_AUTH_PATHS,
+            token_query,
         })
     }
 }

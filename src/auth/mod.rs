@@ -44,7 +44,7 @@ pub use jwt::JwtAuth;
 pub use limits::{Admission, Limiter};
 pub use metrics::AuthMetrics;
 pub use rate::{MAX_TRACKED_ADDRESSES, Rate};
-pub use upstream::{DECISION_CACHE_BYTES, UpstreamAuth};
+pub use upstream::{DECISION_CACHE_BYTES, UpstreamAuth, query_bearer, strip_query_param};
 
 use crate::proxy::config::ProxyConfig;
 use crate::proxy::upstream::UpstreamClient;
@@ -126,6 +126,13 @@ impl Authorizer {
     /// The auth mode (`none`, `upstream`, `jwt`).
     pub fn mode(&self) -> &'static str {
         self.mode.as_str()
+    }
+
+    /// Take the rule's `token_query` parameter out of a request that goes on to the app.
+    pub fn strip_token(&self, uri: &mut http::Uri) {
+        if let Mode::Upstream(auth) = &self.mode {
+            auth.strip_token(uri);
+        }
     }
 
     /// The rule's limit counters.

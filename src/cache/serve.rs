@@ -14,11 +14,11 @@ use hyper::body::{Frame, Incoming};
 use tokio_util::sync::CancellationToken;
 
 use super::entry::{
-    CACHE_STATUS, Conditions, Entry, Freshness, UNPOLL_CURSOR, not_shareable, not_storable,
+    CACHE_STATUS, Conditions, Entry, Freshness, UNPOLL_CURSOR, Variant, not_shareable, not_storable,
 };
-use super::key::CacheKey;
+use super::key::{CacheKey, VaryNames};
 use super::lock::{Acquired, Outcome, WritePermit};
-use super::{Cache, CacheRule};
+use super::{Cache, CacheRule, NotStored};
 use crate::body::{Body, BoxError, empty};
 use crate::hub::Hub;
 use crate::proxy::forward::{UpstreamTime, client_response, upstream_request};
@@ -113,18 +113,17 @@ impl Lookup<'_> {
             ..
         } = *self;
         let cond = &self.cond;
-        let Some(entry) = cache.get(key) else {
+        let Some(entry) = cache.get(key, req.headers()) else {
             return Stored::Missing(None);
         };
         match entry.freshness() {
             Freshness::Fresh => {
                 cache.metrics.saved(&cache.metrics.hits);
-                let ttl = entry.ttl.saturating_sub(entry.age()).as_secs();
-                Stored::Served(entry.respond(cond, head, format!("unpoll; hit; ttl={ttl}")))
+                Stored::Served(entry.respond(cond, head, hit_status(&entry)))
             }
             Freshness::StaleRevalidate => {
                 cache.metrics.saved(&cache.metrics.stale);
-                if let Some(permit) = cache.locks.try_write(key) {
+                if let Some(permit) = cache.locks.try_write(&cache.lock_key(key, req.headers())) {
                     let fetch = fetch_of(
                         cache,
                         hub,
@@ -185,8 +184,20 @@ impl Lookup<'_> {
         };
         cache.metrics.misses.inc();
         loop {
-            match cache.locks.acquire(&key) {
+            // Recomputed on every turn: a fetch that came back as another variant has told
+            // the store what this key varies on, so this request now waits on its own.
+            match cache.locks.acquire(&cache.lock_key(&key, req.headers())) {
                 Acquired::Write(permit) => {
+                    // A fill of this key (or variant) may have finished between the lookup
+                    // and this lock: answer from it rather than ask again.
+                    if let Some(entry) = cache
+                        .get(&key, req.headers())
+                        .filter(|e| e.freshness() == Freshness::Fresh)
+                    {
+                        permit.finish(Outcome::Shared(entry.clone()));
+                        cache.metrics.saved(&cache.metrics.coalesced);
+                        return Ok(entry.respond(&cond, head, hit_status(&entry)));
+                    }
                     let started = Instant::now();
                     return match fetch.fill(permit, stale).await {
                         Filled::Entry(entry, status) => {
@@ -200,6 +211,9 @@ impl Lookup<'_> {
                     };
                 }
                 Acquired::Read(lock) => match lock.wait(rule.lock_timeout).await {
+                    // Another variant came back: this request's own is fetched (or waited
+                    // on) next turn, or found stored by then.
+                    Some(Outcome::Shared(entry)) if !entry.serves(req.headers()) => continue,
                     Some(Outcome::Shared(entry)) => {
                         cache.metrics.saved(&cache.metrics.coalesced);
                         let status = format!(
@@ -210,7 +224,7 @@ impl Lookup<'_> {
                     }
                     Some(Outcome::Failed(status, message)) => {
                         if let Some(entry) = cache
-                            .get(&key)
+                            .get(&key, req.headers())
                             .filter(|e| e.freshness() != Freshness::Expired)
                         {
                             cache.metrics.saved(&cache.metrics.stale);
@@ -345,7 +359,7 @@ impl Fetch {
                 ));
             }
         };
-        let entry = Arc::new(Entry::new(
+        let mut entry = Entry::new(
             &self.rule,
             status,
             parts.headers,
@@ -353,11 +367,21 @@ impl Fetch {
             generation,
             self.tags,
             cursor,
-        ));
-        let storable = not_storable(&self.rule, status, &entry.headers).is_none();
-        let stored = storable && cache.insert(self.key, entry.clone());
+        );
+        // `Vary: *` was refused as not shareable above, so the names are there.
+        if let Some(names) = VaryNames::of(&entry.headers) {
+            entry.variant = Variant::select(&names, &self.headers);
+        }
+        let entry = Arc::new(entry);
+        let stored = match not_storable(&self.rule, status, &entry.headers) {
+            Some(_) => "",
+            None => match cache.insert(self.key, entry.clone()) {
+                Ok(()) => "; stored",
+                Err(NotStored::VariantsFull) => "; detail=variants-full",
+                Err(_) => "",
+            },
+        };
         permit.finish(Outcome::Shared(entry.clone()));
-        let stored = if stored { "; stored" } else { "" };
         Filled::Entry(
             entry,
             format!("unpoll; fwd={fwd}; fwd-status={}{stored}", status.as_u16()),
@@ -406,6 +430,11 @@ fn with_status(mut resp: Response<Body>, status: String) -> Response<Body> {
     }
     resp.headers_mut().remove(&UNPOLL_CURSOR);
     resp
+}
+
+fn hit_status(entry: &Entry) -> String {
+    let ttl = entry.ttl.saturating_sub(entry.age()).as_secs();
+    format!("unpoll; hit; ttl={ttl}")
 }
 
 fn stale_status(upstream: StatusCode) -> String {

@@ -155,6 +155,10 @@ async fn stream_or_proxy(
         Some(Outcome::NotApplicable(missing)) => {
             tracing::debug!(rule = route.name, cause = %missing, "stream rule does not apply");
             handles.hub.metrics().skip(route.name, "missing_value");
+            // The rule's query token authenticates streams only: the app never gets it.
+            if let Action::Stream(s) = &route.action {
+                s.authorizer.strip_token(&mut parts.uri);
+            }
         }
         None => {}
     }
