@@ -191,7 +191,7 @@ fn demo(args: DemoArgs) -> ExitCode {
             upstream = demo.upstream,
         ));
         let app = demo.app.clone();
-        let signals = tokio::spawn(unpoll::signals::handle(app, None));
+        let signals = tokio::spawn(unpoll::server::signals::handle(app, None));
         demo.run().await;
         signals.abort();
         ExitCode::SUCCESS
@@ -229,7 +229,7 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
             "listening"
         );
         let app = unpoll::App::new(config, CancellationToken::new());
-        let signals = tokio::spawn(unpoll::signals::handle(app.clone(), Some(path)));
+        let signals = tokio::spawn(unpoll::server::signals::handle(app.clone(), Some(path)));
         unpoll::run(listeners, app).await;
         signals.abort();
         tracing::info!("unpoll stopped");

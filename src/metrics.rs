@@ -1,4 +1,4 @@
-//! Prometheus metrics of the proxy core, in a registry owned by the [`App`](crate::App)
+//! Prometheus metrics of the proxy core, in a registry owned by the instance
 //! rather than a process-global recorder: tests start several servers in one process and
 //! each must count only its own traffic.
 //!

@@ -204,7 +204,7 @@ async fn ten_users_with_ten_tabs_share_one_fetch_per_user_and_see_each_change_on
     assert_eq!(stats["watch"]["pushes"], 400, "{stats}");
     drop(tabs);
     eventually(WAIT, "watchers stop with their last subscriber", || async {
-        unpoll.app.watches.is_empty()
+        unpoll.app.handles.watch.watches.is_empty()
     })
     .await;
 }
@@ -278,7 +278,7 @@ async fn a_403_first_answers_403_and_a_403_later_ends_the_stream_with_access_end
     assert!(last.data.contains("\"status\":403"), "{}", last.data);
     assert!(bob.next_or_end(WAIT).await.is_none(), "the stream ends");
     eventually(WAIT, "the watcher is gone", || async {
-        unpoll.app.watches.is_empty()
+        unpoll.app.handles.watch.watches.is_empty()
     })
     .await;
     // A new stream asks the app again, and is refused at once.
@@ -471,7 +471,7 @@ async fn a_source_gap_refetches_and_watching_tabs_count_the_polls_they_saved() {
     );
     // What a source does when it lost notifications (a Postgres reconnect).
     change(&inbox, "ann");
-    unpoll.app.purge_tag_pattern("inb*");
+    unpoll.app.sink().purge_glob("inb*");
     for tab in &mut tabs {
         assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
     }
@@ -536,7 +536,7 @@ async fn a_failing_app_on_the_first_fetch_answers_its_status() {
         .scripted
         .insert("ann".into(), vec![503]);
     assert_eq!(watch(&unpoll, "ann").await.status, 503);
-    assert!(unpoll.app.watches.is_empty());
+    assert!(unpoll.app.handles.watch.watches.is_empty());
     let mut tab = watch(&unpoll, "ann").await;
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
 }

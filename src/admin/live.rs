@@ -12,8 +12,9 @@ use http::{Response, StatusCode};
 use http_body::Frame;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use super::AdminHandles;
 use crate::body::{Body, boxed};
 use crate::hub::{ReasonLabels, ResetReason};
 use crate::proxy::error_response;
@@ -59,8 +60,9 @@ struct Totals {
 }
 
 impl Totals {
-    fn read(app: &App) -> Totals {
-        let resets = &app.hub.metrics().resets;
+    fn read(parts: &AdminHandles) -> Totals {
+        let handles = &parts.handles;
+        let resets = &handles.hub.metrics().resets;
         // Every reason a reset is counted under (a family cannot be summed otherwise).
         let reasons = [
             ResetReason::Evicted,
@@ -70,10 +72,10 @@ impl Totals {
             ResetReason::SourceLost(String::new()),
         ];
         Totals {
-            client: app.snapshot().routes.responses(),
-            upstream: app.metrics.upstream_responses.get(),
-            saved: app.cache.metrics.upstream_requests_saved.get(),
-            events: app.hub.metrics().published.get(),
+            client: parts.snapshot().routes.responses(),
+            upstream: handles.metrics.upstream_responses.get(),
+            saved: handles.cache.metrics.upstream_requests_saved.get(),
+            events: handles.hub.metrics().published.get(),
             resets: reasons
                 .iter()
                 .filter_map(|r| {
@@ -147,24 +149,24 @@ impl Live {
 }
 
 /// Take a sample every [`SAMPLE_EVERY`] until shutdown, and send it to the open streams.
-pub async fn run_sampler(app: Arc<App>) {
-    let mut before = Totals::read(&app);
+pub async fn run_sampler(parts: AdminHandles) {
+    let (live, shutdown) = (&parts.live, &parts.handles.shutdown);
+    let mut before = Totals::read(&parts);
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
     loop {
         tokio::select! {
             _ = every.tick() => {}
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
-        let now = Totals::read(&app);
+        let now = Totals::read(&parts);
         let sample = now.since(before, unix_ms());
-        let taken = app.live.push(sample);
+        let taken = live.push(sample);
         before = now;
-        if app.live.frame.receiver_count() > 0 {
-            let value = frame(&app, FrameSamples::Latest(sample));
-            app.live
-                .frame
+        if live.frame.receiver_count() > 0 {
+            let value = frame(&parts, FrameSamples::Latest(sample));
+            live.frame
                 .send_replace(encode::event(&taken.to_string(), None, &value));
         }
     }
@@ -178,8 +180,9 @@ fn unix_ms() -> u64 {
 
 /// `GET /dashboard/stream`: first the history and the current stats, then one frame per
 /// sample (`{"sample", "stats", "sources"}`), until shutdown or the client leaves.
-pub fn stream(app: &Arc<App>) -> Response<Body> {
-    let Ok(permit) = app.live.streams.clone().try_acquire_owned() else {
+pub fn stream(parts: &AdminHandles) -> Response<Body> {
+    let live = &parts.live;
+    let Ok(permit) = live.streams.clone().try_acquire_owned() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many dashboard streams open",
@@ -187,13 +190,13 @@ pub fn stream(app: &Arc<App>) -> Response<Body> {
     };
     // Subscribed before the history is read: a sample taken in between is sent twice at
     // worst (the page keeps a rolling window), never skipped.
-    let frames = app.live.frame.subscribe();
-    let (history, taken) = app.live.history();
+    let frames = live.frame.subscribe();
+    let (history, taken) = live.history();
     let mut first = encode::retry(RETRY).to_vec();
-    let value = frame(app, FrameSamples::History(history));
+    let value = frame(parts, FrameSamples::History(history));
     first.extend_from_slice(&encode::event(&taken.to_string(), None, &value));
     let state = StreamState {
-        app: app.clone(),
+        shutdown: parts.handles.shutdown.clone(),
         first: Some(first.into()),
         frames,
         _permit: permit,
@@ -208,7 +211,8 @@ pub fn stream(app: &Arc<App>) -> Response<Body> {
 }
 
 struct StreamState {
-    app: Arc<App>,
+    /// Ends the stream at shutdown.
+    shutdown: CancellationToken,
     /// The retry hint and the frame with the history, until sent.
     first: Option<Bytes>,
     frames: watch::Receiver<Bytes>,
@@ -224,7 +228,7 @@ impl StreamState {
         }
         tokio::select! {
             changed = self.frames.changed() => changed.ok()?,
-            _ = self.app.shutdown.cancelled() => return None,
+            _ = self.shutdown.cancelled() => return None,
         }
         Some(self.frames.borrow_and_update().clone())
     }
@@ -239,7 +243,7 @@ enum FrameSamples {
 }
 
 /// The JSON of one frame.
-fn frame(app: &App, samples: FrameSamples) -> String {
+fn frame(parts: &AdminHandles, samples: FrameSamples) -> String {
     let (sample, history) = match samples {
         FrameSamples::History(history) => (history.last().copied(), Some(history)),
         FrameSamples::Latest(sample) => (Some(sample), None),
@@ -248,23 +252,23 @@ fn frame(app: &App, samples: FrameSamples) -> String {
         "sample": sample,
         "history": history,
         "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,
-        "stats": super::stats_value(app),
-        "sources": sources(app),
+        "stats": super::stats_value(parts),
+        "sources": sources(parts),
     })
     .to_string()
 }
 
 /// The configured event sources and their state: `connected`, or why not.
-fn sources(app: &App) -> Vec<serde_json::Value> {
-    let snapshot = app.snapshot();
+fn sources(parts: &AdminHandles) -> Vec<serde_json::Value> {
+    let snapshot = parts.snapshot();
     let config = &snapshot.config;
-    let not_ready = app.not_ready();
+    let not_ready = parts.readiness.not_ready();
     let configured = [
         (
-            crate::sources::postgres::READINESS,
+            super::readiness::POSTGRES,
             config.postgres.is_some() && !config.notify.is_empty(),
         ),
-        (crate::sources::mqtt::READINESS, config.mqtt.is_some()),
+        (super::readiness::MQTT, config.mqtt.is_some()),
     ];
     configured
         .into_iter()

@@ -98,7 +98,7 @@ impl Demo {
         let chat = tokio::spawn(legacy::serve(
             self.chat_listener,
             self.chat,
-            self.app.shutdown.clone(),
+            self.app.handles.shutdown.clone(),
         ));
         run(self.listeners, self.app).await;
         let _ = chat.await;

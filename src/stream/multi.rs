@@ -37,13 +37,14 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{Admitted, Gated};
-use crate::app::{App, Snapshot};
 use crate::auth::{AccessEnded, EndedFuture, Grant, access_ended_data};
 use crate::body::{Body, boxed};
+use crate::handles::Handles;
 use crate::hub::{CloseReason, EventId, Subscription};
 use crate::proxy::error_response;
-use crate::proxy::routes::Action;
-use crate::server::ConnectionAbort;
+use crate::snapshot::Snapshot;
+use crate::snapshot::routes::Action;
+use crate::sse::ConnectionAbort;
 use crate::sse::{LAST_EVENT_ID, SseOptions, encode};
 use crate::watch::WatchSubscription;
 use crate::watch::version::State;
@@ -64,12 +65,12 @@ pub fn is_multi(method: &Method, path: &str) -> bool {
 /// with an error message for each `s` that failed. `parts` carries the connection's
 /// [`ConnectionAbort`] when it has one (a slow client's overflow closes the connection).
 pub async fn open(
-    app: &Arc<App>,
+    handles: &Handles,
     snapshot: &Arc<Snapshot>,
     parts: &Parts,
     peer: IpAddr,
 ) -> Response<Body> {
-    let max = app.hub.config().max_multi;
+    let max = handles.hub.config().max_multi;
     // One past the bound is enough to refuse: nothing more of the query is kept.
     let subs: Vec<String> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .filter(|(k, _)| k == SUB_PARAM)
@@ -87,7 +88,7 @@ pub async fn open(
     // Concurrently: an upstream auth check per `s` must not make the open take n round trips.
     let opened = futures_util::future::join_all(
         subs.iter()
-            .map(|s| Box::pin(open_one(app, snapshot, parts, peer, s))),
+            .map(|s| Box::pin(open_one(handles, snapshot, parts, peer, s))),
     )
     .await;
 
@@ -116,7 +117,7 @@ pub async fn open(
         "multiplexed stream opened"
     );
     let body = MultiBody::new(
-        app,
+        handles,
         live,
         preamble_errors.into_iter().map(|(_, f)| f).collect(),
     );
@@ -126,7 +127,7 @@ pub async fn open(
 /// Route and gate one `s` exactly as the stream it names would be, opened alone with this
 /// request's headers; its rule's response counters count the outcome.
 async fn open_one(
-    app: &Arc<App>,
+    handles: &Handles,
     snapshot: &Arc<Snapshot>,
     parts: &Parts,
     peer: IpAddr,
@@ -141,7 +142,7 @@ async fn open_one(
     let result = match (&route.action, &snapshot.generic_stream) {
         (Action::Stream(rule), _) => {
             match super::admit(
-                app,
+                handles,
                 snapshot,
                 &rule.rule,
                 &rule.authorizer,
@@ -162,15 +163,23 @@ async fn open_one(
             }
         }
         (Action::Proxy, Some(gate)) if path == crate::auth::GENERIC_STREAM_PATH => {
-            super::admit_generic(app, snapshot, gate, &sub_parts, peer)
+            super::admit_generic(handles, snapshot, gate, &sub_parts, peer)
                 .await
                 .map(Opened::Stream)
         }
         (Action::Watch(w), _) => {
             let uri = &sub_parts.uri;
             let headers = &sub_parts.headers;
-            match crate::watch::subscribe(app, snapshot, &w.rule, &route.params, uri, headers, peer)
-                .await
+            match crate::watch::subscribe(
+                &handles.watch,
+                snapshot,
+                &w.rule,
+                &route.params,
+                uri,
+                headers,
+                peer,
+            )
+            .await
             {
                 Ok(mut watch) => {
                     // Only `s`'s own `last_event_id=`: the multi request's header is removed.
@@ -372,7 +381,7 @@ enum Step {
 }
 
 impl Live {
-    fn new(opened: Opened, app: &App) -> Live {
+    fn new(opened: Opened, handles: &Handles) -> Live {
         match opened {
             Opened::Stream(a) => Live::Stream {
                 ended: a.grant.ended(),
@@ -386,7 +395,7 @@ impl Live {
                     Some((state, watch))
                 })
                 .boxed(),
-                _subscriber: Counted::new(app.watches.metrics.subscribers.clone()),
+                _subscriber: Counted::new(handles.watch.watches.metrics.subscribers.clone()),
             },
         }
     }
@@ -474,7 +483,7 @@ pub struct MultiBody {
 }
 
 impl MultiBody {
-    fn new(app: &App, opened: Vec<(usize, Opened)>, errors: Vec<Bytes>) -> MultiBody {
+    fn new(handles: &Handles, opened: Vec<(usize, Opened)>, errors: Vec<Bytes>) -> MultiBody {
         let options: Vec<SseOptions> = opened.iter().map(|(_, o)| o.options()).collect();
         let heartbeat = options
             .iter()
@@ -506,7 +515,7 @@ impl MultiBody {
             .into_iter()
             .map(|(index, o)| Slot {
                 index,
-                live: Some(Live::new(o, app)),
+                live: Some(Live::new(o, handles)),
             })
             .collect();
         MultiBody {
@@ -515,11 +524,11 @@ impl MultiBody {
             preamble,
             heartbeat: Box::pin(tokio::time::sleep(interval)),
             interval,
-            shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
+            shutdown: Box::pin(handles.shutdown.clone().cancelled_owned()),
             next: 0,
             done: false,
-            pushes: app.watches.metrics.pushes.clone(),
-            _connection: Counted::new(app.metrics.stream_connections.clone()),
+            pushes: handles.watch.watches.metrics.pushes.clone(),
+            _connection: Counted::new(handles.metrics.stream_connections.clone()),
         }
     }
 

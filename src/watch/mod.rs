@@ -10,22 +10,25 @@
 //! counters and `/stats`.
 
 pub mod config;
+mod handles;
 pub mod metrics;
 pub mod serve;
 pub mod version;
 mod watcher;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use prometheus_client::registry::Registry;
+use tokio::sync::{Notify, watch};
 
 pub use config::{RawWatchRule, WatchRule};
+pub use handles::WatchHandles;
 pub use metrics::{Trigger, WatchMetrics};
 pub use serve::{WatchSubscription, serve, subscribe};
 
 use crate::cache::CacheKey;
-use watcher::Watcher;
+use version::{State, Version};
 
 /// The watchers of one instance, by key. Lives as long as the instance: a reload keeps
 /// every open watch stream.
@@ -48,10 +51,8 @@ pub(crate) enum Full {
 }
 
 impl Watches {
-    /// An empty registry of at most `max_keys` watchers, its metrics in `registry`.
-    pub fn new(max_keys: usize, registry: &mut Registry) -> Watches {
-        let metrics = WatchMetrics::default();
-        metrics.register(registry);
+    /// An empty registry of at most `max_keys` watchers, counted in `metrics`.
+    pub fn new(max_keys: usize, metrics: WatchMetrics) -> Watches {
         Watches {
             watchers: Mutex::new(HashMap::new()),
             max_keys,
@@ -149,5 +150,47 @@ impl Watches {
     /// True when no key is watched.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The shared part of a watcher: what subscribers read and what purges poke.
+struct Watcher {
+    /// What every subscriber should have now. A `watch` channel holds only the latest
+    /// state, so a subscriber that has not sent a version before the next one arrives skips
+    /// it: memory is one version per key however slow its subscribers are.
+    state: watch::Sender<State>,
+    /// Woken by a purge of one of the key's tags or a source gap. A wake that comes while
+    /// a fetch runs is kept (a `Notify` permit), so a change during a fetch is fetched again.
+    kick: Notify,
+    /// The [`Trigger`] of the pending kick (`Tag` or `Gap`), for metrics.
+    pending: AtomicU8,
+    /// The key's rendered tags.
+    tags: Vec<String>,
+}
+
+impl Watcher {
+    /// A watcher whose subscribers start from `version`.
+    fn new(version: Version, tags: Vec<String>) -> Watcher {
+        let (state, _) = watch::channel(State::Body(version));
+        Watcher {
+            state,
+            kick: Notify::new(),
+            pending: AtomicU8::new(Trigger::Tag as u8),
+            tags,
+        }
+    }
+
+    /// Refetch as soon as `min_interval` allows.
+    fn kick(&self, trigger: Trigger) {
+        self.pending.store(trigger as u8, Ordering::Relaxed);
+        self.kick.notify_one();
+    }
+
+    fn kicked(&self) -> Trigger {
+        if self.pending.load(Ordering::Relaxed) == Trigger::Gap as u8 {
+            Trigger::Gap
+        } else {
+            Trigger::Tag
+        }
     }
 }

@@ -19,20 +19,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::{Found, Trigger};
 use super::version::{State, Version};
-use super::watcher::{self, Watcher, is_access_refused};
-use super::{Full, WatchRule};
-use crate::app::{App, Snapshot};
+use super::watcher::{self, is_access_refused};
+use super::{Full, WatchHandles, WatchRule, Watcher};
 use crate::auth::{AccessEnded, access_ended_frame};
 use crate::body::{Body, boxed};
 use crate::cache::entry::Conditions;
 use crate::cache::serve::{Refresh, Refreshed};
 use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
+use crate::snapshot::Snapshot;
 use crate::sse::{SseOptions, encode};
 
 /// Serve `req` under the watch `rule`: a stream or a poll.
 pub async fn serve(
-    app: &Arc<App>,
+    parts: &WatchHandles,
     snapshot: &Arc<Snapshot>,
     rule: &Arc<WatchRule>,
     params: &PathParams,
@@ -40,10 +40,13 @@ pub async fn serve(
     client_ip: IpAddr,
 ) -> Result<Response<Body>, ProxyError> {
     let mut resp = if req.method() == Method::GET && wants_stream(req.headers()) {
-        let (parts, _) = req.into_parts();
-        Box::pin(open(app, snapshot, rule, params, &parts, client_ip)).await
+        let (head, _) = req.into_parts();
+        Box::pin(open(parts, snapshot, rule, params, &head, client_ip)).await
     } else {
-        crate::cache::serve::serve(app, snapshot, &rule.cache, params, req, client_ip).await?
+        let (cache, hub, shutdown) = (&parts.cache, &parts.hub, &parts.shutdown);
+        let rule = &rule.cache;
+        crate::cache::serve::serve(cache, hub, shutdown, snapshot, rule, params, req, client_ip)
+            .await?
     };
     resp.headers_mut()
         .append(header::VARY, HeaderValue::from_static("accept"));
@@ -68,27 +71,27 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
 
 /// The single-stream response for `parts`: the watch stream, or the refusal.
 async fn open(
-    app: &Arc<App>,
+    parts: &WatchHandles,
     snapshot: &Arc<Snapshot>,
     rule: &Arc<WatchRule>,
     params: &PathParams,
-    parts: &Parts,
+    head: &Parts,
     client_ip: IpAddr,
 ) -> Response<Body> {
     match subscribe(
-        app,
+        parts,
         snapshot,
         rule,
         params,
-        &parts.uri,
-        &parts.headers,
+        &head.uri,
+        &head.headers,
         client_ip,
     )
     .await
     {
         Ok(sub) => {
-            let resume = crate::sse::last_event_id(&parts.headers, parts.uri.query());
-            let frames = sub.frames(resume.as_deref(), SseOptions::default(), app);
+            let resume = crate::sse::last_event_id(&head.headers, head.uri.query());
+            let frames = sub.frames(resume.as_deref(), SseOptions::default(), parts);
             crate::sse::response(boxed(StreamBody::new(
                 frames.map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
             )))
@@ -112,7 +115,7 @@ pub struct WatchSubscription {
 /// This is what a multiplexed stream (`/_unpoll/multi`) calls for a watch subscription,
 /// then [`WatchSubscription::frames`] for its events.
 pub async fn subscribe(
-    app: &Arc<App>,
+    parts: &WatchHandles,
     snapshot: &Arc<Snapshot>,
     rule: &Arc<WatchRule>,
     params: &PathParams,
@@ -120,11 +123,12 @@ pub async fn subscribe(
     headers: &HeaderMap,
     client_ip: IpAddr,
 ) -> Result<WatchSubscription, Response<Body>> {
-    let watches = &app.watches;
+    let watches = &parts.watches;
     let headers = fetch_headers(headers);
     let uri = fetch_uri(uri);
     let Some(refresh) = Refresh::new(
-        app,
+        &parts.cache,
+        &parts.hub,
         snapshot,
         &rule.cache,
         params,
@@ -143,9 +147,9 @@ pub async fn subscribe(
         return Ok(WatchSubscription { state });
     }
     if watches.is_full(&key) {
-        return Err(too_many_keys(app));
+        return Err(too_many_keys(parts));
     }
-    let entry = match refresh.run().await {
+    let entry = match refresh.run(snapshot.clone()).await {
         Refreshed::Entry(entry) => entry,
         Refreshed::Failed(status) => {
             watches.metrics.fetched(Trigger::Initial, Found::Failed);
@@ -170,7 +174,7 @@ pub async fn subscribe(
     match started {
         Ok((watcher, state, true)) => {
             tokio::spawn(watcher::run(
-                app.clone(),
+                parts.clone(),
                 key,
                 watcher,
                 refresh,
@@ -179,7 +183,7 @@ pub async fn subscribe(
             Ok(WatchSubscription { state })
         }
         Ok((_, state, false)) => Ok(WatchSubscription { state }),
-        Err(Full::Keys) => Err(too_many_keys(app)),
+        Err(Full::Keys) => Err(too_many_keys(parts)),
     }
 }
 
@@ -220,13 +224,13 @@ fn fetch_uri(uri: &Uri) -> Uri {
     }
 }
 
-fn too_many_keys(app: &App) -> Response<Body> {
-    app.watches.metrics.rejected.inc();
+fn too_many_keys(parts: &WatchHandles) -> Response<Body> {
+    parts.watches.metrics.rejected.inc();
     let mut resp = error_response(
         StatusCode::TOO_MANY_REQUESTS,
         "too many watched keys (hub.max_watch_keys)",
     );
-    let secs = app.hub.config().retry_after.as_secs().max(1);
+    let secs = parts.hub.config().retry_after.as_secs().max(1);
     resp.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(secs));
     resp
@@ -267,19 +271,19 @@ impl WatchSubscription {
         mut self,
         resume: Option<&str>,
         options: SseOptions,
-        app: &App,
+        parts: &WatchHandles,
     ) -> impl Stream<Item = Bytes> + Send + 'static {
         self.resume(resume);
         let sub = Subscriber {
             watch: self,
             heartbeat: options.heartbeat.max(std::time::Duration::from_millis(100)),
-            shutdown: app.shutdown.clone(),
+            shutdown: parts.shutdown.clone(),
             ended: false,
             _open: OpenGauges::new(&[
-                app.watches.metrics.subscribers.clone(),
-                app.metrics.stream_connections.clone(),
+                parts.watches.metrics.subscribers.clone(),
+                parts.stream_connections.clone(),
             ]),
-            pushes: app.watches.metrics.pushes.clone(),
+            pushes: parts.watches.metrics.pushes.clone(),
         };
         let retry = futures_util::stream::iter([encode::retry(options.retry)]);
         let events = futures_util::stream::unfold(sub, Subscriber::next)
@@ -366,15 +370,16 @@ mod tests {
     #[tokio::test]
     async fn a_watching_tab_holds_little() {
         let config = crate::config::parse_rules("[[watch]]\npath = \"/w\"").unwrap();
-        let app = App::new(config, CancellationToken::new());
+        let app = crate::app::App::new(config, CancellationToken::new());
+        let parts = &app.handles.watch;
         let (tx, rx) = watch::channel(State::Ended(StatusCode::FORBIDDEN));
-        let frames = WatchSubscription { state: rx }.frames(None, SseOptions::default(), &app);
+        let frames = WatchSubscription { state: rx }.frames(None, SseOptions::default(), parts);
         let size = std::mem::size_of_val(&frames);
         println!("watch subscriber stream: {size} B");
         assert!(size <= 1024, "a watching tab's stream is {size} bytes");
-        assert_eq!(app.watches.metrics.subscribers.get(), 1);
+        assert_eq!(parts.watches.metrics.subscribers.get(), 1);
         drop(frames);
-        assert_eq!(app.watches.metrics.subscribers.get(), 0);
+        assert_eq!(parts.watches.metrics.subscribers.get(), 0);
         drop(tx);
     }
 }

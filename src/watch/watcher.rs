@@ -2,80 +2,37 @@
 //! body to the key's subscribers when it changed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::WatchRule;
 use super::metrics::{Found, Trigger};
 use super::version::{State, Version};
-use crate::app::App;
-use crate::cache::CacheKey;
+use super::{WatchHandles, WatchRule, Watcher};
 use crate::cache::serve::{Refresh, Refreshed};
-
-/// The shared part of a watcher: what subscribers read and what purges poke.
-pub struct Watcher {
-    /// What every subscriber should have now. A `watch` channel holds only the latest
-    /// state, so a subscriber that has not sent a version before the next one arrives skips
-    /// it: memory is one version per key however slow its subscribers are.
-    pub(super) state: watch::Sender<State>,
-    /// Woken by a purge of one of the key's tags or a source gap. A wake that comes while
-    /// a fetch runs is kept (a `Notify` permit), so a change during a fetch is fetched again.
-    kick: Notify,
-    /// The [`Trigger`] of the pending kick (`Tag` or `Gap`), for metrics.
-    pending: AtomicU8,
-    /// The key's rendered tags.
-    pub(super) tags: Vec<String>,
-}
-
-impl Watcher {
-    /// A watcher whose subscribers start from `version`.
-    pub(super) fn new(version: Version, tags: Vec<String>) -> Watcher {
-        let (state, _) = watch::channel(State::Body(version));
-        Watcher {
-            state,
-            kick: Notify::new(),
-            pending: AtomicU8::new(Trigger::Tag as u8),
-            tags,
-        }
-    }
-
-    /// Refetch as soon as `min_interval` allows.
-    pub(super) fn kick(&self, trigger: Trigger) {
-        self.pending.store(trigger as u8, Ordering::Relaxed);
-        self.kick.notify_one();
-    }
-
-    fn kicked(&self) -> Trigger {
-        if self.pending.load(Ordering::Relaxed) == Trigger::Gap as u8 {
-            Trigger::Gap
-        } else {
-            Trigger::Tag
-        }
-    }
-}
+use crate::cache::{Cache, CacheKey};
+use crate::snapshot::Snapshot;
 
 /// Run the watcher of `key` until its last subscriber leaves, its access ends or the
 /// server shuts down; `refresh` fetches the key with its first subscriber's credentials.
 pub(super) async fn run(
-    app: Arc<App>,
+    parts: WatchHandles,
     key: CacheKey,
     watcher: Arc<Watcher>,
     refresh: Refresh,
     rule: Arc<WatchRule>,
 ) {
-    let metrics = &app.watches.metrics;
+    let watches = &parts.watches;
+    let metrics = &watches.metrics;
     let mut last_fetch = Instant::now();
     let mut next_tick = last_fetch + interval_with_jitter(rule.interval);
     let mut saved = PollsSaved::new(rule.interval);
     loop {
         let trigger = tokio::select! {
-            _ = app.shutdown.cancelled() => break,
+            _ = parts.shutdown.cancelled() => break,
             _ = watcher.state.closed() => {
-                if app.watches.release(&key, &watcher, false) {
+                if watches.release(&key, &watcher, false) {
                     break;
                 }
                 // Someone subscribed as the last one left.
@@ -88,13 +45,13 @@ pub(super) async fn run(
         };
         // A burst of purges is one fetch: wait out `min_interval` since the last one.
         tokio::select! {
-            _ = app.shutdown.cancelled() => break,
+            _ = parts.shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(last_fetch + rule.min_interval) => {}
         }
         last_fetch = Instant::now();
-        let found = refetch(&watcher, &refresh, &rule).await;
+        let found = refetch(&watcher, &refresh, &rule, parts.snapshots.load_full()).await;
         metrics.fetched(trigger, found);
-        saved.count(watcher.state.receiver_count(), metrics, &app);
+        saved.count(watcher.state.receiver_count(), metrics, &parts.cache);
         tracing::debug!(
             rule = %rule.name,
             trigger = trigger.as_str(),
@@ -102,7 +59,7 @@ pub(super) async fn run(
             "watch refetch"
         );
         if found == Found::AccessEnded {
-            app.watches.release(&key, &watcher, true);
+            watches.release(&key, &watcher, true);
             break;
         }
         next_tick = Instant::now() + interval_with_jitter(rule.interval);
@@ -110,8 +67,13 @@ pub(super) async fn run(
 }
 
 /// Fetch the key and publish what changed.
-async fn refetch(watcher: &Watcher, refresh: &Refresh, rule: &WatchRule) -> Found {
-    let entry = match refresh.run().await {
+async fn refetch(
+    watcher: &Watcher,
+    refresh: &Refresh,
+    rule: &WatchRule,
+    snapshot: Arc<Snapshot>,
+) -> Found {
+    let entry = match refresh.run(snapshot).await {
         Refreshed::Entry(entry) => entry,
         Refreshed::Failed(_) => return Found::Failed,
     };
@@ -181,7 +143,7 @@ impl PollsSaved {
         }
     }
 
-    fn count(&mut self, subscribers: usize, metrics: &super::WatchMetrics, app: &App) {
+    fn count(&mut self, subscribers: usize, metrics: &super::WatchMetrics, cache: &Cache) {
         self.fetches += 1;
         if self.interval.is_zero() {
             return;
@@ -195,7 +157,7 @@ impl PollsSaved {
             let more = saved - self.reported;
             self.reported = saved;
             metrics.polls_saved.inc_by(more);
-            app.cache.metrics.upstream_requests_saved.inc_by(more);
+            cache.metrics.upstream_requests_saved.inc_by(more);
         }
     }
 }

@@ -22,15 +22,15 @@ pub async fn handle(app: Arc<App>, path: Option<PathBuf>) -> std::io::Result<()>
             },
             _ = term.recv() => {
                 tracing::info!("SIGTERM: draining");
-                app.shutdown.cancel();
+                app.handles.shutdown.cancel();
                 return Ok(());
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: draining");
-                app.shutdown.cancel();
+                app.handles.shutdown.cancel();
                 return Ok(());
             }
-            _ = app.shutdown.cancelled() => return Ok(()),
+            _ = app.handles.shutdown.cancelled() => return Ok(()),
         }
     }
 }
