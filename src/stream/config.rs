@@ -27,6 +27,7 @@ pub struct RawStreamRule {
     heartbeat: Option<String>,
     retry: Option<String>,
     max_channels: Option<usize>,
+    transports: Option<Vec<String>>,
 }
 
 /// A validated `[[stream]]` rule.
@@ -49,6 +50,54 @@ pub struct StreamRule {
     /// Channels one request may expand to (`device_ids=A,B,...`), and the auth paths it may
     /// ask with `auth = "upstream"`; more → 400. Default 16.
     pub max_channels: usize,
+    /// How clients may open it. Default both.
+    pub transports: Transports,
+}
+
+/// The transports a `[[stream]]` rule is served over: `transports = ["sse", "websocket"]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transports {
+    /// `GET` answered with `text/event-stream`.
+    pub sse: bool,
+    /// `GET` with `Upgrade: websocket` answered with `101` and one text frame per event.
+    pub websocket: bool,
+}
+
+impl Default for Transports {
+    fn default() -> Self {
+        Transports {
+            sse: true,
+            websocket: true,
+        }
+    }
+}
+
+impl Transports {
+    /// Parse the list as written under `key`; an empty list or an unknown name is an error.
+    fn validate(raw: Option<Vec<String>>, key: &str, errors: &mut ConfigErrors) -> Transports {
+        let Some(names) = raw else {
+            return Transports::default();
+        };
+        if names.is_empty() {
+            errors.push(key, "at least one of \"sse\", \"websocket\" is needed");
+            return Transports::default();
+        }
+        let mut t = Transports {
+            sse: false,
+            websocket: false,
+        };
+        for (i, name) in names.iter().enumerate() {
+            match name.as_str() {
+                "sse" => t.sse = true,
+                "websocket" => t.websocket = true,
+                other => errors.push(
+                    format!("{key}[{i}]"),
+                    format!("unknown transport {other:?} (expected \"sse\" or \"websocket\")"),
+                ),
+            }
+        }
+        t
+    }
 }
 
 impl RawStreamRule {
@@ -117,6 +166,7 @@ impl RawStreamRule {
             Some(n) => n,
             None => 16,
         };
+        let transports = Transports::validate(self.transports, &join(path, "transports"), errors);
         if let RuleAuthConfig::Upstream(upstream) = &mut auth {
             check_auth_path_vars(&channels, &upstream.path, &join(path, "auth_path"), errors);
             upstream.max_paths = max_channels;
@@ -133,6 +183,7 @@ impl RawStreamRule {
             heartbeat,
             retry,
             max_channels,
+            transports,
         })
     }
 }
@@ -206,6 +257,15 @@ mod tests {
         assert_eq!((s.name.as_str(), s.auth.as_str()), ("stream[0]", "none"));
         assert_eq!(s.heartbeat, std::time::Duration::from_secs(15));
         assert_eq!(s.max_channels, 16);
+        assert_eq!(s.transports, super::Transports::default());
+        assert!(s.transports.sse && s.transports.websocket);
+    }
+
+    #[test]
+    fn transports_can_be_narrowed() {
+        let c = parse("[[stream]]\npath = \"/a\"\nchannels = [\"a\"]\nauth = \"none\"\ntransports = [\"websocket\"]").unwrap();
+        let t = c.streams[0].transports;
+        assert!(!t.sse && t.websocket);
     }
 
     #[test]
@@ -229,6 +289,16 @@ mod tests {
             channels = []
             auth = "none"
             extra = 1
+            [[stream]]
+            path = "/d"
+            channels = ["d"]
+            auth = "none"
+            transports = ["sse", "carrier-pigeon"]
+            [[stream]]
+            path = "/e"
+            channels = ["e"]
+            auth = "none"
+            transports = []
             "#,
         )
         .unwrap_err();
@@ -242,6 +312,8 @@ mod tests {
             "stream[0].heartbeat: must be at least 100ms",
             "stream[1].auth: \"jwt\" needs a [jwt] section",
             "stream[2].extra: unknown field `extra`",
+            "stream[3].transports[1]: unknown transport \"carrier-pigeon\"",
+            "stream[4].transports: at least one of",
         ] {
             assert!(
                 errors.contains(expected),

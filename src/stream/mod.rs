@@ -13,7 +13,7 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 use prometheus_client::metrics::gauge::Gauge;
 
-pub use config::{RawStreamRule, StreamRule};
+pub use config::{RawStreamRule, StreamRule, Transports};
 
 use crate::app::{App, Snapshot};
 use crate::auth::{Authorizer, Grant, GrantedBody, SubscribeRequest, requested_channels};
