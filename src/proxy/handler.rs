@@ -118,7 +118,7 @@ pub async fn open_stream(
     let route = snapshot.routes.resolve(&parts.method, parts.uri.path());
     let resp = match stream_arm(app, &snapshot, &route, parts, client_ip).await? {
         Outcome::Respond(resp) => resp,
-        Outcome::NotApplicable(_) => return None,
+        Outcome::NotApplicable(_) | Outcome::OtherTransport => return None,
     };
     route.counters.count(resp.status().as_u16());
     Some(resp)
@@ -146,7 +146,7 @@ async fn stream_or_proxy(
             tracing::debug!(rule = route.name, cause = %missing, "stream rule does not apply");
             app.hub.metrics().skip(route.name, "missing_value");
         }
-        None => {}
+        Some(Outcome::OtherTransport) | None => {}
     }
     proxy(app, snapshot, Request::from_parts(parts, body), client_ip).await
 }

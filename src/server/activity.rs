@@ -2,6 +2,8 @@
 //! timeout), a way for a response to end the whole connection, and an event stream
 //! waiting to leave hyper.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,7 +35,14 @@ pub struct Activity {
     /// Whether bytes were written to the socket since the last completed flush, i.e.
     /// whether hyper may still hold part of a response.
     unflushed: AtomicBool,
+    /// HTTP/1: what serves the connection once hyper has answered `101` and handed it
+    /// over (a WebSocket stream). Run by the connection's own task, so an upgraded
+    /// connection still holds its `max_connections` slot and is waited for at shutdown.
+    upgraded: Mutex<Option<UpgradedTask>>,
 }
+
+/// The work of a connection after its upgrade; see [`ConnectionAbort::after_upgrade`].
+pub type UpgradedTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Request extension (HTTP/1 only) that lets a response end its whole connection. An SSE
 /// stream whose client stopped reading overflows its queue while hyper is blocked writing
@@ -52,6 +61,23 @@ impl ConnectionAbort {
     pub fn abort(&self) {
         // notify_one stores a permit if the connection loop is not waiting at this moment.
         self.0.abort.notify_one();
+    }
+
+    /// Resolves once [`ConnectionAbort::abort`] was called: for whoever writes to the
+    /// connection after an upgrade (hyper no longer watches it then).
+    pub async fn aborted(&self) {
+        self.0.aborted().await;
+    }
+
+    /// Serve the connection with `task` once hyper has answered its upgrade (the task
+    /// awaits `hyper::upgrade::on` itself). If the connection ends without upgrading,
+    /// the task is dropped unrun.
+    pub fn after_upgrade(&self, task: UpgradedTask) {
+        *self
+            .0
+            .upgraded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task);
     }
 }
 
@@ -74,6 +100,14 @@ impl Activity {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .map(|body| *body)
+    }
+
+    /// The task an upgrade left, if any.
+    pub(super) fn take_upgraded(&self) -> Option<UpgradedTask> {
+        self.upgraded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Called by the placeholder body hyper polls after encoding the head.

@@ -1,9 +1,11 @@
 //! The Stream arm of the handler: resolve a `[[stream]]` rule's channels from the request,
 //! pass the rule's gate (limits, then auth), subscribe to the hub (replaying from
-//! `Last-Event-ID`), answer with an SSE body that ends when access does.
+//! `Last-Event-ID`), answer with an SSE body that ends when access does, or upgrade to a
+//! WebSocket carrying the same subscription ([`websocket`]).
 
 pub mod config;
 pub mod multi;
+pub mod websocket;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -33,6 +35,9 @@ pub enum Outcome {
     /// A template variable had no value: the rule does not apply and the request is
     /// proxied (the caller logs and counts it), never subscribed to a wrong channel.
     NotApplicable(Missing),
+    /// The request asks for a transport the rule does not list (`transports`): it is the
+    /// app's (a WebSocket of its own at that path, say) and is proxied.
+    OtherTransport,
 }
 
 /// Heartbeat and retry hint of the generic stream (it has no rule to say otherwise).
@@ -54,6 +59,21 @@ pub async fn open(
     parts: &Parts,
     peer: IpAddr,
 ) -> Outcome {
+    let upgrade = websocket::is_websocket(parts);
+    let served = if upgrade {
+        rule.transports.websocket
+    } else {
+        rule.transports.sse
+    };
+    if !served {
+        return Outcome::OtherTransport;
+    }
+    // A malformed handshake is refused before the gate spends an auth call on it.
+    let handshake = match upgrade.then(|| websocket::Handshake::check(parts)) {
+        None => None,
+        Some(Ok(handshake)) => Some(handshake),
+        Some(Err(resp)) => return Outcome::Respond(resp),
+    };
     match admit(
         app,
         snapshot,
@@ -66,7 +86,14 @@ pub async fn open(
     )
     .await
     {
-        Gated::Open(admitted) => Outcome::Respond(admitted.into_response(app)),
+        Gated::Open(admitted) => Outcome::Respond(match handshake {
+            Some(handshake) => handshake.accept(
+                admitted,
+                app.shutdown.clone(),
+                app.metrics.stream_connections.clone(),
+            ),
+            None => admitted.into_response(app),
+        }),
         Gated::Refused(resp) => Outcome::Respond(resp),
         Gated::NotApplicable(missing) => Outcome::NotApplicable(missing),
     }

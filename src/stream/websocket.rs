@@ -1,0 +1,377 @@
+//! The WebSocket transport of `[[stream]]` rules: the same request, gate (limits, then
+//! auth), hub subscription and resume as the SSE stream, answered with `101` and one text
+//! frame per event, `{"id":…,"event":…,"data":…}` (the multiplexed stream's fields, so a
+//! client parses both alike; a reset is the frame with `"event":"reset"`).
+//!
+//! Everything is decided before the upgrade: a refusal is the HTTP answer an SSE request
+//! would get (401, 403, 429 with `Retry-After`…), never a socket opened and then closed.
+//! After the `101` the connection's own task (`server::ConnectionAbort::after_upgrade`)
+//! runs [`Session::run`], so a WebSocket holds its `proxy.max_connections` slot, is
+//! waited for at shutdown and keeps `proxy.send_timeout` on its writes.
+//!
+//! Bounds, and what happens when they are hit:
+//! - Sending: the hub's per-subscriber queue, with the SSE stream's slow-consumer policy
+//!   (a subscriber behind what history holds is closed with 1013; a write blocked for
+//!   `proxy.send_timeout`, or blocked when its queue overflows, drops the connection).
+//! - Receiving: unpoll is one-way, client messages are read and discarded; one larger than
+//!   [`MAX_CLIENT_MESSAGE`] closes with 1009. The read buffer starts at
+//!   [`READ_BUFFER`] bytes.
+//! - Liveness: a ping every `heartbeat`; a client that has sent nothing (no pong) by the
+//!   next one is gone, and the connection is dropped.
+//!
+//! Close codes: 1001 shutdown, 1013 too slow (resume with `?last_event_id=`), 4000 access
+//! ended (reason `expired` or `revoked`), 1009 client message too big.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use super::Admitted;
+use crate::auth::Grant;
+use crate::body::{Body, empty};
+use crate::hub::{CloseReason, Subscription};
+use crate::proxy::error_response;
+use crate::server::ConnectionAbort;
+
+/// The largest message a client may send (unpoll reads and drops them): control frames
+/// (pong, close) are at most 125 bytes, so this leaves room for an application's keepalive
+/// text without letting a client make unpoll buffer much.
+pub const MAX_CLIENT_MESSAGE: usize = 4096;
+
+/// Initial read buffer of a socket. tungstenite allocates its whole read buffer up front
+/// (128 KiB by default), which tens of thousands of idle sockets cannot afford; a client
+/// only sends pongs, so a small one that grows for the rare larger message is enough.
+const READ_BUFFER: usize = 256;
+
+/// How long a closing socket waits for the client's close frame after sending its own,
+/// before dropping the connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// `4000`: access ended (token expired or the app revoked it on a re-check).
+const ACCESS_ENDED: u16 = 4000;
+
+/// Whether `parts` asks for a WebSocket (RFC 6455 §4.1 over HTTP/1.1: `GET`, `Upgrade:
+/// websocket`, `Connection: upgrade`). Only such requests can be upgraded by hyper; an
+/// HTTP/2 request never is one.
+pub fn is_websocket(parts: &Parts) -> bool {
+    parts.method == Method::GET
+        && parts.version == Version::HTTP_11
+        && crate::proxy::headers::is_upgrade(&parts.headers)
+        && parts
+            .headers
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// What the handshake needs from the request, checked before the gate runs (a malformed
+/// handshake costs no auth call): the `Sec-WebSocket-Accept` value, the upgrade to await
+/// and the connection to hand the socket over on.
+pub(crate) struct Handshake {
+    accept: HeaderValue,
+    on_upgrade: OnUpgrade,
+    connection: ConnectionAbort,
+}
+
+impl Handshake {
+    /// Check the handshake of `parts` (a request [`is_websocket`] accepted): `Err` is the
+    /// answer (400 without a key, 426 naming version 13 for another version).
+    pub(crate) fn check(parts: &Parts) -> Result<Handshake, Response<Body>> {
+        let version = parts.headers.get(http::header::SEC_WEBSOCKET_VERSION);
+        if version.is_none_or(|v| v != "13") {
+            let mut resp = error_response(
+                StatusCode::UPGRADE_REQUIRED,
+                "only WebSocket version 13 is supported",
+            );
+            resp.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return Err(resp);
+        }
+        let bad = |why: &str| Err(error_response(StatusCode::BAD_REQUEST, why));
+        let Some(key) = parts.headers.get(SEC_WEBSOCKET_KEY) else {
+            return bad("Sec-WebSocket-Key is missing");
+        };
+        let (Some(on_upgrade), Some(connection)) = (
+            parts.extensions.get::<OnUpgrade>(),
+            parts.extensions.get::<ConnectionAbort>(),
+        ) else {
+            // Not served by hyper's HTTP/1 connection: nothing could take the socket over.
+            return bad("this connection cannot be upgraded");
+        };
+        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("base64 is a valid header value");
+        Ok(Handshake {
+            accept,
+            on_upgrade: on_upgrade.clone(),
+            connection: connection.clone(),
+        })
+    }
+
+    /// The `101` for `admitted`; the socket is served by the connection's task once hyper
+    /// has sent it.
+    pub(crate) fn accept(
+        self,
+        admitted: Admitted,
+        shutdown: CancellationToken,
+        connections: Gauge,
+    ) -> Response<Body> {
+        let session = Session::new(admitted, shutdown, connections);
+        let connection = self.connection.clone();
+        let on_upgrade = self.on_upgrade;
+        self.connection.after_upgrade(Box::pin(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => session.run(TokioIo::new(upgraded), connection).await,
+                Err(e) => tracing::debug!(cause = %e, "websocket upgrade did not complete"),
+            }
+        }));
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = resp.headers_mut();
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(SEC_WEBSOCKET_ACCEPT, self.accept);
+        resp
+    }
+}
+
+/// An admitted WebSocket stream, waiting for its socket.
+struct Session {
+    sub: Subscription,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+    /// Held for the session's life; its `ended` future closes it with 4000.
+    grant: Grant,
+    /// The rule's open-streams gauge and the server's open stream connections, counted
+    /// from the `101` on, decremented on drop.
+    _counted: Counted,
+}
+
+impl Session {
+    fn new(admitted: Admitted, shutdown: CancellationToken, connections: Gauge) -> Session {
+        let Admitted {
+            sub,
+            grant,
+            options,
+            subscribers,
+        } = admitted;
+        Session {
+            sub,
+            heartbeat: options.heartbeat.max(Duration::from_millis(100)),
+            shutdown,
+            grant,
+            _counted: Counted::new([subscribers, connections]),
+        }
+    }
+
+    /// Serve the socket until the subscription, the access, the client or the server ends
+    /// it.
+    async fn run<S>(self, io: S, connection: ConnectionAbort)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let Session {
+            mut sub,
+            heartbeat,
+            shutdown,
+            grant,
+            _counted,
+        } = self;
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config())).await;
+        let mut ended = grant.ended();
+        let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Whether the client has been silent since the last ping.
+        let mut silent = false;
+        let (code, reason) = loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    sub.close(CloseReason::Shutdown);
+                    break (CloseCode::Away, "server shutting down");
+                }
+                reason = &mut ended => {
+                    tracing::debug!(reason = reason.as_str(), "access ended; closing the websocket");
+                    break (CloseCode::from(ACCESS_ENDED), reason.as_str());
+                }
+                frame = sub.recv() => match frame {
+                    Some(frame) => Message::Text(text_frame(&frame).into()),
+                    // Only overflow closes a subscription while it is served (shutdown is
+                    // the branch above): the client was too slow.
+                    None => break (CloseCode::Again, "too slow; resume from your last id"),
+                },
+                read = ws.next() => match read {
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the reply; flush it and go.
+                        let _ = ws.flush().await;
+                        return;
+                    }
+                    Some(Ok(_)) => {
+                        silent = false;
+                        continue;
+                    }
+                    Some(Err(WsError::Capacity(_))) => break (CloseCode::Size, "message too big"),
+                    Some(Err(_)) | None => return,
+                },
+                _ = ping.tick() => {
+                    if silent {
+                        tracing::debug!("websocket client answered no ping; dropping it");
+                        return;
+                    }
+                    silent = true;
+                    Message::Ping(Bytes::new())
+                }
+            };
+            // A write blocked on a client that stopped reading ends with
+            // `proxy.send_timeout`, or at once when its subscription overflows meanwhile.
+            let written = tokio::select! {
+                biased;
+                _ = connection.aborted() => return,
+                written = ws.send(message) => written,
+            };
+            if written.is_err() {
+                return;
+            }
+        };
+        // Unsubscribed and out of the counts now, not after the closing handshake.
+        drop((sub, ended, grant, _counted));
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // The close frame, then the client's (bounded: a gone client is not waited for).
+        let closing = async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
+    }
+}
+
+/// Socket settings: see [`MAX_CLIENT_MESSAGE`] and [`READ_BUFFER`]. Frames are written at
+/// once (no write-side batching: each is one event, sent as it comes).
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+}
+
+/// A hub frame as one WebSocket text message.
+fn text_frame(frame: &[u8]) -> String {
+    let mut out = String::with_capacity(frame.len() + 32);
+    out.push('{');
+    super::multi::push_event_fields(&mut out, frame);
+    out.push('}');
+    out
+}
+
+/// Gauges incremented while a session lives.
+struct Counted([Gauge; 2]);
+
+impl Counted {
+    fn new(gauges: [Gauge; 2]) -> Counted {
+        for g in &gauges {
+            g.inc();
+        }
+        Counted(gauges)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        for g in &self.0 {
+            g.dec();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{RESET_EVENT, ResetReason};
+    use crate::sse::encode;
+
+    #[test]
+    fn events_become_one_json_object_each() {
+        let frame = encode::event("ab-1", Some("position"), r#"{"lat":1.5}"#);
+        assert_eq!(
+            text_frame(&frame),
+            r#"{"id":"ab-1","event":"position","data":{"lat":1.5}}"#
+        );
+        let frame = encode::event("ab-2", None, "two\nlines");
+        assert_eq!(
+            text_frame(&frame),
+            r#"{"id":"ab-2","event":null,"data":"two\nlines"}"#
+        );
+        let reset = ResetReason::Evicted;
+        let frame = encode::event("ab-3", Some(RESET_EVENT), &reset.data());
+        let json: serde_json::Value = serde_json::from_str(&text_frame(&frame)).unwrap();
+        assert_eq!(json["event"], "reset");
+        assert_eq!(json["data"]["reason"], "evicted");
+    }
+
+    fn parts(request: http::request::Builder) -> Parts {
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn only_a_get_with_upgrade_websocket_is_a_websocket() {
+        let ws = || {
+            http::Request::get("/x")
+                .header("upgrade", "WebSocket")
+                .header("connection", "keep-alive, Upgrade")
+        };
+        assert!(is_websocket(&parts(ws())));
+        assert!(!is_websocket(&parts(ws().method("POST"))));
+        assert!(!is_websocket(&parts(ws().version(Version::HTTP_2))));
+        assert!(!is_websocket(&parts(
+            http::Request::get("/x").header("upgrade", "websocket")
+        )));
+        assert!(!is_websocket(&parts(
+            http::Request::get("/x")
+                .header("upgrade", "h2c")
+                .header("connection", "upgrade")
+        )));
+    }
+
+    #[test]
+    fn handshake_wants_version_13_and_a_key() {
+        let base = || {
+            http::Request::get("/x")
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+        };
+        let resp = Handshake::check(&parts(base().header("sec-websocket-key", "x")))
+            .err()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(resp.headers()["sec-websocket-version"], "13");
+        let resp = Handshake::check(&parts(base().header("sec-websocket-version", "13")))
+            .err()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        // The RFC 6455 §1.3 example key.
+        assert_eq!(
+            derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}
