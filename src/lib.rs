@@ -22,8 +22,9 @@
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT) behind a `Sink`.
 //! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
 //!   format and the response body that streams a subscription.
-//! - [`stream`]: `[[stream]]` rules (SSE endpoints) and `/_unpoll/multi` (several streams,
-//!   each gated as if alone, on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
+//! - [`stream`]: `[[stream]]` rules (SSE endpoints, and WebSockets at the same paths:
+//!   `stream/websocket.rs`) and `/_unpoll/multi` (several streams, each gated as if alone,
+//!   on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
 //!   answer to a webhook or mutation).
 //! - [`client`]: the browser client (`/_unpoll/client.js`), served from the binary.
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
