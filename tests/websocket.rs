@@ -404,3 +404,55 @@ async fn a_slow_socket_is_cut_off_while_others_keep_receiving() {
     let id = publish_one(&unpoll, "bot:1", json!("after")).await;
     assert_eq!(next_event(&mut fast).await["id"], id);
 }
+
+/// MQTT → WebSocket: sockets filtered by device lists get their devices' positions only.
+#[tokio::test]
+async fn mqtt_positions_reach_sockets_of_their_device_lists_only() {
+    use common::mqtt::{Publisher, broker_url};
+    let prefix = common::pg::unique("t_ws");
+    let extra = format!(
+        "[mqtt]\nurl = \"{}\"\nclient_id = \"{}\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n\
+         [[topic]]\ntopic = \"{prefix}/devices/{{id}}/position\"\nchannel = \"device:{{topic.id}}\"\n\
+         event = \"position\"\n\
+         [[stream]]\npath = \"/positions\"\nchannels = [\"device:{{query.device_ids}}\"]\nauth = \"none\"\n",
+        broker_url(),
+        common::pg::unique("unpoll")
+    );
+    let upstream = Upstream::builder().run().await;
+    let unpoll = Unpoll::start(&upstream.url(), &extra).await;
+    let app = unpoll.app.clone();
+    eventually(T, "mqtt source ready", move || {
+        let app = app.clone();
+        async move { app.not_ready().is_empty() }
+    })
+    .await;
+    let mut ab = connect(&unpoll, "/positions?device_ids=A,B").await;
+    let mut c = connect(&unpoll, "/positions?device_ids=C").await;
+    let mut publisher = Publisher::shared().await;
+    let position = |device: &str| format!("{prefix}/devices/{device}/position");
+    for (device, lat) in [("A", 1), ("C", 3), ("B", 2), ("C", 4), ("A", 5)] {
+        publisher
+            .publish(&position(device), json!({"lat": lat}).to_string())
+            .await;
+    }
+    let lats = |frames: Vec<Value>| -> Vec<Value> {
+        frames
+            .into_iter()
+            .map(|f| {
+                assert_eq!(f["event"], "position");
+                f["data"]["lat"].clone()
+            })
+            .collect()
+    };
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next_event(&mut ab).await);
+    }
+    // In publish order, C's in between never reached the A,B socket.
+    assert_eq!(lats(got), [json!(1), json!(2), json!(5)]);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(next_event(&mut c).await);
+    }
+    assert_eq!(lats(got), [json!(3), json!(4)]);
+}
