@@ -168,13 +168,17 @@ fanout_run() {
 
 bench_fanout() {
   NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
-  ensure_deps nginx:nginx "libnginx-mod-nchan:$NCHAN_MODULE" pushpin:pushpin \
-    util-linux:taskset curl:curl iproute2:ss
+  local systems=${FANOUT_SYSTEMS:-unpoll unpoll-ws pushpin nchan}
+  # Only the peers this run measures.
+  local deps=(util-linux:taskset curl:curl iproute2:ss)
+  [[ " $systems " == *" pushpin "* ]] && deps+=(pushpin:pushpin)
+  [[ " $systems " == *" nchan "* ]] && deps+=(nginx:nginx "libnginx-mod-nchan:$NCHAN_MODULE")
+  ensure_deps "${deps[@]}"
   build
   start_upstream upstream
   FANOUT_MISSING=""
   local sys n
-  for sys in ${FANOUT_SYSTEMS:-unpoll unpoll-ws pushpin nchan}; do
+  for sys in $systems; do
     for n in $FANOUT_SIZES; do fanout_run "$sys" "$n" "$FANOUT_MESSAGES"; done
     fanout_run "$sys" "$FANOUT_IDLE" 0
   done

@@ -257,8 +257,10 @@ where
             Some(AfterHyper::Stream(Box::new(Handoff { streaming, io })))
         }),
     };
-    // A stream parked by a connection that ended first holds the connection's activity.
+    // A stream parked by a connection that ended first holds the connection's activity, as
+    // does an upgrade's task when the connection did not upgrade.
     drop(activity.take_parked());
+    drop(activity.take_upgraded());
     handoff
 }
 

@@ -114,6 +114,7 @@ impl Handshake {
             // Not served by hyper's HTTP/1 connection: nothing could take the socket over.
             return bad("this connection cannot be upgraded");
         };
+        // Cannot fail: the key is base64 (A-Z a-z 0-9 + / =), all valid header bytes.
         let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
             .expect("base64 is a valid header value");
         Ok(Handshake {
