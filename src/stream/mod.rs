@@ -72,7 +72,7 @@ pub async fn open(
     let handshake = match upgrade.then(|| websocket::Handshake::check(parts)) {
         None => None,
         Some(Ok(handshake)) => Some(handshake),
-        Some(Err(resp)) => return Outcome::Respond(resp),
+        Some(Err(bad)) => return Outcome::Respond(bad.into_response()),
     };
     match admit(
         app,

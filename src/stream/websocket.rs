@@ -87,32 +87,58 @@ pub(crate) struct Handshake {
     connection: ConnectionAbort,
 }
 
-impl Handshake {
-    /// Check the handshake of `parts` (a request [`is_websocket`] accepted): `Err` is the
-    /// answer (400 without a key, 426 naming version 13 for another version).
-    pub(crate) fn check(parts: &Parts) -> Result<Handshake, Response<Body>> {
-        let version = parts.headers.get(http::header::SEC_WEBSOCKET_VERSION);
-        if version.is_none_or(|v| v != "13") {
-            let mut resp = error_response(
+/// Why a handshake is refused before the gate runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadHandshake {
+    /// `Sec-WebSocket-Version` is not 13: 426 naming 13 (RFC 6455 §4.4).
+    Version,
+    /// No `Sec-WebSocket-Key`: 400.
+    NoKey,
+    /// The connection cannot be handed over (not hyper's HTTP/1): 400.
+    NotUpgradable,
+}
+
+impl BadHandshake {
+    /// The answer.
+    pub(crate) fn into_response(self) -> Response<Body> {
+        let (status, why) = match self {
+            BadHandshake::Version => (
                 StatusCode::UPGRADE_REQUIRED,
                 "only WebSocket version 13 is supported",
-            );
+            ),
+            BadHandshake::NoKey => (StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing"),
+            BadHandshake::NotUpgradable => (
+                StatusCode::BAD_REQUEST,
+                "this connection cannot be upgraded",
+            ),
+        };
+        let mut resp = error_response(status, why);
+        if self == BadHandshake::Version {
             resp.headers_mut().insert(
                 http::header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
             );
-            return Err(resp);
         }
-        let bad = |why: &str| Err(error_response(StatusCode::BAD_REQUEST, why));
-        let Some(key) = parts.headers.get(SEC_WEBSOCKET_KEY) else {
-            return bad("Sec-WebSocket-Key is missing");
-        };
+        resp
+    }
+}
+
+impl Handshake {
+    /// Check the handshake of `parts` (a request [`is_websocket`] accepted).
+    pub(crate) fn check(parts: &Parts) -> Result<Handshake, BadHandshake> {
+        let version = parts.headers.get(http::header::SEC_WEBSOCKET_VERSION);
+        if version.is_none_or(|v| v != "13") {
+            return Err(BadHandshake::Version);
+        }
+        let key = parts
+            .headers
+            .get(SEC_WEBSOCKET_KEY)
+            .ok_or(BadHandshake::NoKey)?;
         let (Some(on_upgrade), Some(connection)) = (
             parts.extensions.get::<OnUpgrade>(),
             parts.extensions.get::<ConnectionAbort>(),
         ) else {
-            // Not served by hyper's HTTP/1 connection: nothing could take the socket over.
-            return bad("this connection cannot be upgraded");
+            return Err(BadHandshake::NotUpgradable);
         };
         // Cannot fail: the key is base64 (A-Z a-z 0-9 + / =), all valid header bytes.
         let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
@@ -360,15 +386,23 @@ mod tests {
                 .header("upgrade", "websocket")
                 .header("connection", "upgrade")
         };
-        let resp = Handshake::check(&parts(base().header("sec-websocket-key", "x")))
-            .err()
-            .unwrap();
+        let err = Handshake::check(&parts(base().header("sec-websocket-key", "x")));
+        let resp = err.err().unwrap().into_response();
         assert_eq!(resp.status(), StatusCode::UPGRADE_REQUIRED);
         assert_eq!(resp.headers()["sec-websocket-version"], "13");
-        let resp = Handshake::check(&parts(base().header("sec-websocket-version", "13")))
-            .err()
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let err = Handshake::check(&parts(base().header("sec-websocket-version", "13")));
+        assert_eq!(err.err(), Some(BadHandshake::NoKey));
+        assert_eq!(
+            BadHandshake::NoKey.into_response().status(),
+            StatusCode::BAD_REQUEST
+        );
+        // Both fine, but not on a connection hyper could hand over.
+        let err = Handshake::check(&parts(
+            base()
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ));
+        assert_eq!(err.err(), Some(BadHandshake::NotUpgradable));
         // The RFC 6455 §1.3 example key.
         assert_eq!(
             derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
