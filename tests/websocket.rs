@@ -456,3 +456,34 @@ async fn mqtt_positions_reach_sockets_of_their_device_lists_only() {
     }
     assert_eq!(lats(got), [json!(3), json!(4)]);
 }
+
+/// A subscriber that falls behind the history while its socket is writable (a burst larger
+/// than history and queue together) is closed with 1013, and resumes with a reset.
+#[tokio::test]
+async fn a_subscriber_behind_the_history_is_closed_with_1013() {
+    let (_up, unpoll) = start("subscriber_queue = 1\nhistory_max_events = 2").await;
+    let mut ws = connect(&unpoll, "/bots/events?botId=1").await;
+    let before = publish_one(&unpoll, "bot:1", json!(0)).await;
+    assert_eq!(next_event(&mut ws).await["id"], before);
+    // One array: published back to back, before the socket's task runs again.
+    let burst: Vec<Value> = (1..=10)
+        .map(|i| json!({"channel": "bot:1", "data": i}))
+        .collect();
+    publish(
+        &client(),
+        &unpoll.admin_url("/publish"),
+        TOKEN,
+        json!(burst),
+    )
+    .await;
+    let (code, _) = close_code(&mut ws).await;
+    assert_eq!(code, CloseCode::Again);
+    let mut again = connect(
+        &unpoll,
+        &format!("/bots/events?botId=1&last_event_id={before}"),
+    )
+    .await;
+    let reset = next_event(&mut again).await;
+    assert_eq!(reset["event"], "reset");
+    assert_eq!(reset["data"]["reason"], "evicted");
+}
