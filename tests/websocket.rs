@@ -487,3 +487,21 @@ async fn a_subscriber_behind_the_history_is_closed_with_1013() {
     assert_eq!(reset["event"], "reset");
     assert_eq!(reset["data"]["reason"], "evicted");
 }
+
+/// Open sockets survive a reload; a reload that takes WebSocket off a rule applies to new
+/// requests (now the app's).
+#[tokio::test]
+async fn open_sockets_survive_a_reload_that_narrows_transports() {
+    let (up, unpoll) = start("").await;
+    let mut ws = connect(&unpoll, "/ws-only/events?botId=1").await;
+    let narrowed = config("").replace(
+        "path = \"/ws-only/events\"\nchannels = [\"bot:{query.botId}\"]\nauth = \"none\"\ntransports = [\"websocket\"]",
+        "path = \"/ws-only/events\"\nchannels = [\"bot:{query.botId}\"]\nauth = \"none\"\ntransports = [\"sse\"]",
+    );
+    assert_ne!(narrowed, config(""), "the rule was rewritten");
+    unpoll.reload(&up.url(), &narrowed);
+    let id = publish_one(&unpoll, "bot:1", json!("after")).await;
+    assert_eq!(next_event(&mut ws).await["id"], id);
+    assert_eq!(refused(&unpoll, "/ws-only/events?botId=1").await, 200);
+    assert_eq!(up.hits("/ws-only/events"), 1);
+}
