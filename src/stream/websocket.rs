@@ -35,7 +35,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
@@ -56,6 +58,9 @@ pub const MAX_CLIENT_MESSAGE: usize = 4096;
 /// (128 KiB by default), which tens of thousands of idle sockets cannot afford; a client
 /// only sends pongs, so a small one that grows for the rare larger message is enough.
 const READ_BUFFER: usize = 256;
+
+/// Largest frame written; larger events are split (see [`send`]).
+const MAX_OUT_FRAME: usize = 16 * 1024;
 
 /// How long a closing socket waits for the client's close frame after sending its own,
 /// before dropping the connection.
@@ -237,7 +242,7 @@ impl Session {
                     break (CloseCode::from(ACCESS_ENDED), reason.as_str());
                 }
                 frame = sub.recv() => match frame {
-                    Some(frame) => Message::Text(text_frame(&frame).into()),
+                    Some(frame) => Outgoing::Event(text_frame(&frame)),
                     // Only overflow closes a subscription while it is served (shutdown is
                     // the branch above): the client was too slow.
                     None => break (CloseCode::Again, "too slow; resume from your last id"),
@@ -261,7 +266,7 @@ impl Session {
                         return;
                     }
                     silent = true;
-                    Message::Ping(Bytes::new())
+                    Outgoing::Ping
                 }
             };
             // A write blocked on a client that stopped reading ends with
@@ -269,7 +274,7 @@ impl Session {
             let written = tokio::select! {
                 biased;
                 _ = connection.aborted() => return,
-                written = ws.send(message) => written,
+                written = send(&mut ws, message) => written,
             };
             if written.is_err() {
                 return;
@@ -289,6 +294,48 @@ impl Session {
         };
         let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
     }
+}
+
+/// What the session writes next.
+enum Outgoing {
+    /// One event's text message.
+    Event(String),
+    /// The heartbeat.
+    Ping,
+}
+
+/// Write `message` and flush. An event larger than [`MAX_OUT_FRAME`] goes out as several
+/// frames of one message (RFC 6455 §5.4; clients reassemble them): tungstenite copies
+/// each frame into a write buffer that keeps its largest size for the socket's life, so
+/// this bounds what a socket holds after a large event.
+async fn send<S>(ws: &mut WebSocketStream<S>, message: Outgoing) -> Result<(), WsError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let text = match message {
+        Outgoing::Ping => return ws.send(Message::Ping(Bytes::new())).await,
+        Outgoing::Event(text) if text.len() <= MAX_OUT_FRAME => {
+            return ws.send(Message::Text(text.into())).await;
+        }
+        Outgoing::Event(text) => Bytes::from(text),
+    };
+    let mut start = 0;
+    while start < text.len() {
+        let end = (start + MAX_OUT_FRAME).min(text.len());
+        let opcode = if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        let frame = Frame::message(
+            text.slice(start..end),
+            OpCode::Data(opcode),
+            end == text.len(),
+        );
+        ws.feed(Message::Frame(frame)).await?;
+        start = end;
+    }
+    ws.flush().await
 }
 
 /// Socket settings: see [`MAX_CLIENT_MESSAGE`] and [`READ_BUFFER`]. Frames are written at
@@ -353,6 +400,47 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&text_frame(&frame)).unwrap();
         assert_eq!(json["event"], "reset");
         assert_eq!(json["data"]["reason"], "evicted");
+    }
+
+    /// (opcode byte, payload length) of each server frame in `wire` (unmasked, lengths
+    /// under 64 KiB).
+    fn frames(mut wire: &[u8]) -> Vec<(u8, usize)> {
+        let mut out = Vec::new();
+        while !wire.is_empty() {
+            let (len, header) = match wire[1] & 0x7f {
+                126 => (usize::from(u16::from_be_bytes([wire[2], wire[3]])), 4),
+                n => (usize::from(n), 2),
+            };
+            out.push((wire[0], len));
+            wire = &wire[header + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_large_event_goes_out_in_frames_of_at_most_16_kib() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = tokio::io::duplex(1 << 20);
+        let mut ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config())).await;
+        let text = "é".repeat(20_000); // 40,000 bytes, code points split across frames
+        send(&mut ws, Outgoing::Event(text.clone())).await.unwrap();
+        send(&mut ws, Outgoing::Event("small".into()))
+            .await
+            .unwrap();
+        drop(ws);
+        let mut wire = Vec::new();
+        client.read_to_end(&mut wire).await.unwrap();
+        // Text (not final), continuation (not final), continuation (final), then a whole
+        // text frame: FIN is the high bit, the opcode the low nibble.
+        assert_eq!(
+            frames(&wire),
+            [
+                (0x01, 16_384),
+                (0x00, 16_384),
+                (0x80, 40_000 - 2 * 16_384),
+                (0x81, 5)
+            ]
+        );
     }
 
     fn parts(request: http::request::Builder) -> Parts {
