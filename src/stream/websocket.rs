@@ -6,16 +6,18 @@
 //! Everything is decided before the upgrade: a refusal is the HTTP answer an SSE request
 //! would get (401, 403, 429 with `Retry-After`…), never a socket opened and then closed.
 //! After the `101` the connection's own task (`server::ConnectionAbort::after_upgrade`)
-//! runs [`Session::run`], so a WebSocket holds its `proxy.max_connections` slot, is
+//! runs the session, so a WebSocket holds its `proxy.max_connections` slot, is
 //! waited for at shutdown and keeps `proxy.send_timeout` on its writes.
 //!
 //! Bounds, and what happens when they are hit:
 //! - Sending: the hub's per-subscriber queue, with the SSE stream's slow-consumer policy
 //!   (a subscriber behind what history holds is closed with 1013; a write blocked for
 //!   `proxy.send_timeout`, or blocked when its queue overflows, drops the connection).
+//!   Frames are at most `MAX_OUT_FRAME` (16 KiB): tungstenite's write buffer keeps its largest
+//!   size, so a larger event is split into several frames of one message.
 //! - Receiving: unpoll is one-way, client messages are read and discarded; one larger than
-//!   [`MAX_CLIENT_MESSAGE`] closes with 1009. The read buffer starts at
-//!   [`READ_BUFFER`] bytes.
+//!   [`MAX_CLIENT_MESSAGE`] closes with 1009. The read buffer starts at `READ_BUFFER`
+//!   (256) bytes.
 //! - Liveness: a ping every `heartbeat`; a client that has sent nothing (no pong) by the
 //!   next one is gone, and the connection is dropped.
 //!
