@@ -308,10 +308,10 @@ struct Live {
 }
 
 /// A gauge held up by one while this lives.
-struct Counted(Gauge);
+pub(crate) struct Counted(Gauge);
 
 impl Counted {
-    fn new(gauge: Gauge) -> Counted {
+    pub(crate) fn new(gauge: Gauge) -> Counted {
         gauge.inc();
         Counted(gauge)
     }

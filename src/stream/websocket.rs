@@ -45,6 +45,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::Admitted;
+use super::multi::Counted;
 use crate::auth::Grant;
 use crate::body::{Body, empty};
 use crate::hub::{CloseReason, Subscription};
@@ -193,7 +194,7 @@ struct Session {
     grant: Grant,
     /// The rule's open-streams gauge and the server's open stream connections, counted
     /// from the `101` on, decremented on drop.
-    _counted: Counted,
+    _counted: [Counted; 2],
 }
 
 impl Session {
@@ -209,7 +210,7 @@ impl Session {
             heartbeat: options.heartbeat.max(Duration::from_millis(100)),
             shutdown,
             grant,
-            _counted: Counted::new([subscribers, connections]),
+            _counted: [Counted::new(subscribers), Counted::new(connections)],
         }
     }
 
@@ -357,26 +358,6 @@ fn text_frame(frame: &[u8]) -> String {
     super::multi::push_event_fields(&mut out, frame);
     out.push('}');
     out
-}
-
-/// Gauges incremented while a session lives.
-struct Counted([Gauge; 2]);
-
-impl Counted {
-    fn new(gauges: [Gauge; 2]) -> Counted {
-        for g in &gauges {
-            g.inc();
-        }
-        Counted(gauges)
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        for g in &self.0 {
-            g.dec();
-        }
-    }
 }
 
 #[cfg(test)]
