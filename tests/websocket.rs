@@ -61,6 +61,7 @@ path = "/ws-only/events"
 channels = ["bot:{{query.botId}}"]
 auth = "none"
 transports = ["websocket"]
+origins = ["https://partner.example"]
 "#
     )
 }
@@ -496,14 +497,53 @@ async fn a_subscriber_behind_the_history_is_closed_with_1013() {
 async fn open_sockets_survive_a_reload_that_narrows_transports() {
     let (up, unpoll) = start("").await;
     let mut ws = connect(&unpoll, "/ws-only/events?botId=1").await;
-    let narrowed = config("").replace(
-        "path = \"/ws-only/events\"\nchannels = [\"bot:{query.botId}\"]\nauth = \"none\"\ntransports = [\"websocket\"]",
-        "path = \"/ws-only/events\"\nchannels = [\"bot:{query.botId}\"]\nauth = \"none\"\ntransports = [\"sse\"]",
-    );
+    let narrowed = config("").replace("transports = [\"websocket\"]", "transports = [\"sse\"]");
     assert_ne!(narrowed, config(""), "the rule was rewritten");
     unpoll.reload(&up.url(), &narrowed);
     let id = publish_one(&unpoll, "bot:1", json!("after")).await;
     assert_eq!(next_event(&mut ws).await["id"], id);
     assert_eq!(refused(&unpoll, "/ws-only/events?botId=1").await, 200);
     assert_eq!(up.hits("/ws-only/events"), 1);
+}
+
+/// A browser sends the user's cookies with any page's WebSocket and applies no CORS: a page
+/// of another origin is refused unless the rule lists it.
+#[tokio::test]
+async fn pages_of_other_origins_are_refused_unless_listed() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (_up, unpoll) = start("").await;
+    let with_origin = |path: &str, origin: &str| {
+        let mut req = ws_url(&unpoll, path).into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        req
+    };
+    let status = |req| async {
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((_, resp)) => resp.status().as_u16(),
+            Err(WsError::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let own = format!("http://{}", unpoll.addr);
+    assert_eq!(
+        status(with_origin("/bots/events?botId=1", "https://evil.example")).await,
+        403
+    );
+    assert_eq!(status(with_origin("/bots/events?botId=1", &own)).await, 101);
+    assert_eq!(
+        status(with_origin(
+            "/ws-only/events?botId=1",
+            "https://partner.example"
+        ))
+        .await,
+        101
+    );
+    assert_eq!(
+        status(with_origin(
+            "/ws-only/events?botId=1",
+            "https://evil.example"
+        ))
+        .await,
+        403
+    );
 }

@@ -28,6 +28,7 @@ pub struct RawStreamRule {
     retry: Option<String>,
     max_channels: Option<usize>,
     transports: Option<Vec<String>>,
+    origins: Option<Vec<String>>,
 }
 
 /// A validated `[[stream]]` rule.
@@ -52,6 +53,10 @@ pub struct StreamRule {
     pub max_channels: usize,
     /// How clients may open it. Default both.
     pub transports: Transports,
+    /// Page origins (`https://app.example.com`, or `*`) whose WebSockets are accepted
+    /// besides the request's own host. Default none: a browser's WebSocket carries the
+    /// user's cookies from any page, so only same-origin pages may open one.
+    pub origins: Vec<String>,
 }
 
 /// The transports a `[[stream]]` rule is served over: `transports = ["sse", "websocket"]`.
@@ -167,6 +172,21 @@ impl RawStreamRule {
             None => 16,
         };
         let transports = Transports::validate(self.transports, &join(path, "transports"), errors);
+        let origins = self.origins.unwrap_or_default();
+        for (i, origin) in origins.iter().enumerate() {
+            let valid = origin == "*"
+                || ["http://", "https://"].iter().any(|scheme| {
+                    origin
+                        .strip_prefix(scheme)
+                        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+                });
+            if !valid {
+                errors.push(
+                    format!("{}[{i}]", join(path, "origins")),
+                    format!("{origin:?}: write scheme://host[:port] (no path) or \"*\""),
+                );
+            }
+        }
         if let RuleAuthConfig::Upstream(upstream) = &mut auth {
             check_auth_path_vars(&channels, &upstream.path, &join(path, "auth_path"), errors);
             upstream.max_paths = max_channels;
@@ -184,6 +204,7 @@ impl RawStreamRule {
             retry,
             max_channels,
             transports,
+            origins,
         })
     }
 }
@@ -299,6 +320,7 @@ mod tests {
             channels = ["e"]
             auth = "none"
             transports = []
+            origins = ["https://ok.example", "ok.example", "https://a.example/path"]
             "#,
         )
         .unwrap_err();
@@ -314,6 +336,8 @@ mod tests {
             "stream[2].extra: unknown field `extra`",
             "stream[3].transports[1]: unknown transport \"carrier-pigeon\"",
             "stream[4].transports: at least one of",
+            "stream[4].origins[1]: \"ok.example\": write scheme://host[:port]",
+            "stream[4].origins[2]: \"https://a.example/path\"",
         ] {
             assert!(
                 errors.contains(expected),

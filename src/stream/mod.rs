@@ -69,7 +69,7 @@ pub async fn open(
         return Outcome::OtherTransport;
     }
     // A malformed handshake is refused before the gate spends an auth call on it.
-    let handshake = match upgrade.then(|| websocket::Handshake::check(parts)) {
+    let handshake = match upgrade.then(|| websocket::Handshake::check(parts, &rule.origins)) {
         None => None,
         Some(Ok(handshake)) => Some(handshake),
         Some(Err(bad)) => return Outcome::Respond(bad.into_response()),

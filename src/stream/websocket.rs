@@ -104,6 +104,11 @@ pub(crate) enum BadHandshake {
     NoKey,
     /// The connection cannot be handed over (not hyper's HTTP/1): 400.
     NotUpgradable,
+    /// A page of another origin, not in the rule's `origins`: 403. Browsers send the
+    /// user's cookies with any page's WebSocket and apply no CORS to it, so without this
+    /// a foreign page could read a logged-in user's stream (cross-site WebSocket
+    /// hijacking).
+    Origin,
 }
 
 impl BadHandshake {
@@ -119,6 +124,7 @@ impl BadHandshake {
                 StatusCode::BAD_REQUEST,
                 "this connection cannot be upgraded",
             ),
+            BadHandshake::Origin => (StatusCode::FORBIDDEN, "origin not allowed"),
         };
         let mut resp = error_response(status, why);
         if self == BadHandshake::Version {
@@ -132,8 +138,12 @@ impl BadHandshake {
 }
 
 impl Handshake {
-    /// Check the handshake of `parts` (a request [`is_websocket`] accepted).
-    pub(crate) fn check(parts: &Parts) -> Result<Handshake, BadHandshake> {
+    /// Check the handshake of `parts` (a request [`is_websocket`] accepted); `origins`:
+    /// the rule's other allowed page origins.
+    pub(crate) fn check(parts: &Parts, origins: &[String]) -> Result<Handshake, BadHandshake> {
+        if !origin_allowed(&parts.headers, origins) {
+            return Err(BadHandshake::Origin);
+        }
         let version = parts.headers.get(http::header::SEC_WEBSOCKET_VERSION);
         if version.is_none_or(|v| v != "13") {
             return Err(BadHandshake::Version);
@@ -299,6 +309,30 @@ impl Session {
     }
 }
 
+/// A request without `Origin` is no browser page's (browsers always send it on a
+/// WebSocket) and is allowed; a page's must be of the request's own host, or listed.
+fn origin_allowed(headers: &http::HeaderMap, origins: &[String]) -> bool {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
 /// What the session writes next.
 enum Outgoing {
     /// One event's text message.
@@ -426,6 +460,50 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_page_of_another_origin_needs_to_be_listed() {
+        let headers = |origin: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            h.insert("host", HeaderValue::from_static("app.example:8080"));
+            if let Some(o) = origin {
+                h.insert("origin", HeaderValue::from_str(o).unwrap());
+            }
+            h
+        };
+        let listed = ["https://other.example".to_string()];
+        assert!(origin_allowed(&headers(None), &[]), "not a browser");
+        assert!(origin_allowed(
+            &headers(Some("http://App.example:8080")),
+            &[]
+        ));
+        assert!(origin_allowed(
+            &headers(Some("https://app.example:8080")),
+            &[]
+        ));
+        assert!(!origin_allowed(&headers(Some("https://evil.example")), &[]));
+        assert!(
+            !origin_allowed(&headers(Some("https://app.example")), &[]),
+            "port differs"
+        );
+        assert!(!origin_allowed(&headers(Some("null")), &[]));
+        assert!(origin_allowed(
+            &headers(Some("https://other.example")),
+            &listed
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("http://other.example")),
+            &listed
+        ));
+        assert!(origin_allowed(
+            &headers(Some("https://evil.example")),
+            &["*".into()]
+        ));
+        assert_eq!(
+            BadHandshake::Origin.into_response().status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+
     fn parts(request: http::request::Builder) -> Parts {
         request.body(()).unwrap().into_parts().0
     }
@@ -457,22 +535,25 @@ mod tests {
                 .header("upgrade", "websocket")
                 .header("connection", "upgrade")
         };
-        let err = Handshake::check(&parts(base().header("sec-websocket-key", "x")));
+        let err = Handshake::check(&parts(base().header("sec-websocket-key", "x")), &[]);
         let resp = err.err().unwrap().into_response();
         assert_eq!(resp.status(), StatusCode::UPGRADE_REQUIRED);
         assert_eq!(resp.headers()["sec-websocket-version"], "13");
-        let err = Handshake::check(&parts(base().header("sec-websocket-version", "13")));
+        let err = Handshake::check(&parts(base().header("sec-websocket-version", "13")), &[]);
         assert_eq!(err.err(), Some(BadHandshake::NoKey));
         assert_eq!(
             BadHandshake::NoKey.into_response().status(),
             StatusCode::BAD_REQUEST
         );
         // Both fine, but not on a connection hyper could hand over.
-        let err = Handshake::check(&parts(
-            base()
-                .header("sec-websocket-version", "13")
-                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ));
+        let err = Handshake::check(
+            &parts(
+                base()
+                    .header("sec-websocket-version", "13")
+                    .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ),
+            &[],
+        );
         assert_eq!(err.err(), Some(BadHandshake::NotUpgradable));
         // The RFC 6455 §1.3 example key.
         assert_eq!(
