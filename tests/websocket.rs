@@ -150,7 +150,7 @@ async fn events_arrive_as_json_text_frames_on_their_channels_only() {
     let mut two = connect(&unpoll, "/bots/events?botId=2").await;
     let mut sse = SseClient::open(&client(), &unpoll.url("/bots/events?botId=1"), None).await;
     eventually(T, "three subscribers", || async {
-        unpoll.app.hub.stats(0).subscribers == 3
+        unpoll.app.handles.hub.stats(0).subscribers == 3
     })
     .await;
     let a = publish_one(&unpoll, "bot:1", json!({"n": 1})).await;
@@ -178,7 +178,7 @@ async fn events_arrive_as_json_text_frames_on_their_channels_only() {
     one.close(None).await.unwrap();
     drop(one);
     eventually(T, "the closed socket unsubscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 2
+        unpoll.app.handles.hub.stats(0).subscribers == 2
     })
     .await;
 }
@@ -207,7 +207,7 @@ async fn last_event_id_resumes_and_a_foreign_id_resets() {
     let reset = next_event(&mut ws).await;
     assert_eq!(reset["event"], "reset");
     assert_eq!(reset["data"]["reason"], "other_boot");
-    assert_eq!(reset["id"], unpoll.app.hub.cursor().to_string());
+    assert_eq!(reset["id"], unpoll.app.handles.hub.cursor().to_string());
 }
 
 #[tokio::test]
@@ -215,12 +215,13 @@ async fn a_lost_source_resets_open_sockets() {
     let (_up, unpoll) = start("").await;
     let mut ws = connect(&unpoll, "/bots/events?botId=1").await;
     eventually(T, "subscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 1
+        unpoll.app.handles.hub.stats(0).subscribers == 1
     })
     .await;
     assert_eq!(
         unpoll
             .app
+            .handles
             .hub
             .reset_matching("bot:*", "listener reconnected"),
         1
@@ -251,7 +252,7 @@ async fn auth_is_decided_before_the_upgrade() {
         refused(&unpoll, &format!("/secure/events?botId=1&token={other}")).await,
         403
     );
-    assert_eq!(unpoll.app.hub.stats(0).subscribers, 0);
+    assert_eq!(unpoll.app.handles.hub.stats(0).subscribers, 0);
     // The query-string token opens it.
     let ok = hs256(json!({"exp": now() + 3600, "unpoll.subscribe": ["bot:1"]}));
     let mut ws = connect(&unpoll, &format!("/secure/events?botId=1&token={ok}")).await;
@@ -267,7 +268,7 @@ async fn a_socket_closes_with_4000_when_its_token_expires() {
     let (code, reason) = close_code(&mut ws).await;
     assert_eq!((u16::from(code), reason.as_str()), (4000, "expired"));
     eventually(T, "unsubscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 0
+        unpoll.app.handles.hub.stats(0).subscribers == 0
     })
     .await;
 }
@@ -281,7 +282,7 @@ async fn shutdown_closes_sockets_with_1001() {
     let (code, _) = close_code(&mut ws).await;
     assert_eq!(code, CloseCode::Away);
     stop.await.unwrap();
-    assert_eq!(app.hub.stats(0).subscribers, 0);
+    assert_eq!(app.handles.hub.stats(0).subscribers, 0);
 }
 
 #[tokio::test]
@@ -303,7 +304,7 @@ async fn client_messages_are_ignored_but_an_oversized_one_closes_with_1009() {
     let (code, _) = close_code(&mut ws).await;
     assert_eq!(code, CloseCode::Size);
     eventually(T, "unsubscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 0
+        unpoll.app.handles.hub.stats(0).subscribers == 0
     })
     .await;
 }
@@ -330,17 +331,17 @@ async fn pings_at_the_heartbeat_and_a_silent_client_is_dropped() {
         assert!(matches!(msg, Message::Ping(_)), "{msg:?}");
         ws.flush().await.unwrap();
     }
-    assert_eq!(unpoll.app.hub.stats(0).subscribers, 1);
+    assert_eq!(unpoll.app.handles.hub.stats(0).subscribers, 1);
     ws.close(None).await.unwrap();
     eventually(T, "the closed socket unsubscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 0
+        unpoll.app.handles.hub.stats(0).subscribers == 0
     })
     .await;
     // A client that stops reading (so answers no ping) is dropped.
     let silent = connect(&unpoll, "/fast-ping/events?botId=2").await;
-    assert_eq!(unpoll.app.hub.stats(0).subscribers, 1);
+    assert_eq!(unpoll.app.handles.hub.stats(0).subscribers, 1);
     eventually(T, "the silent client dropped", || async {
-        unpoll.app.hub.stats(0).subscribers == 0
+        unpoll.app.handles.hub.stats(0).subscribers == 0
     })
     .await;
     drop(silent);
@@ -382,12 +383,12 @@ async fn a_slow_socket_is_cut_off_while_others_keep_receiving() {
             .unwrap();
     let mut fast = connect(&unpoll, "/bots/events?botId=1").await;
     eventually(T, "both subscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 2
+        unpoll.app.handles.hub.stats(0).subscribers == 2
     })
     .await;
     let data = "x".repeat(64 * 1024);
     let mut published = 0;
-    while unpoll.app.hub.stats(0).subscribers == 2 {
+    while unpoll.app.handles.hub.stats(0).subscribers == 2 {
         let id = publish_one(&unpoll, "bot:1", json!(data)).await;
         published += 1;
         // Sent as several frames (64 KiB > 16 KiB), read back as one message.
@@ -426,7 +427,7 @@ async fn mqtt_positions_reach_sockets_of_their_device_lists_only() {
     let app = unpoll.app.clone();
     eventually(T, "mqtt source ready", move || {
         let app = app.clone();
-        async move { app.not_ready().is_empty() }
+        async move { app.readiness.not_ready().is_empty() }
     })
     .await;
     let mut ab = connect(&unpoll, "/positions?device_ids=A,B").await;

@@ -27,7 +27,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
@@ -50,7 +50,7 @@ use crate::auth::Grant;
 use crate::body::{Body, empty};
 use crate::hub::{CloseReason, Subscription};
 use crate::proxy::error_response;
-use crate::server::ConnectionAbort;
+use crate::sse::ConnectionAbort;
 
 /// The largest message a client may send (unpoll reads and drops them): control frames
 /// (pong, close) are at most 125 bytes, so this leaves room for an application's keepalive
@@ -284,10 +284,16 @@ impl Session {
             };
             // A write blocked on a client that stopped reading ends with
             // `proxy.send_timeout`, or at once when its subscription overflows meanwhile.
-            let written = tokio::select! {
-                biased;
-                _ = connection.aborted() => return,
-                written = send(&mut ws, message) => written,
+            // Nearly every write completes at once; only a blocked one watches for the
+            // abort (whose future is boxed).
+            let mut sending = std::pin::pin!(send(&mut ws, message));
+            let written = match sending.as_mut().now_or_never() {
+                Some(written) => written,
+                None => tokio::select! {
+                    biased;
+                    _ = connection.aborted() => return,
+                    written = sending => written,
+                },
             };
             if written.is_err() {
                 return;
