@@ -5,7 +5,7 @@
 //!
 //! Everything is decided before the upgrade: a refusal is the HTTP answer an SSE request
 //! would get (401, 403, 429 with `Retry-After`…), never a socket opened and then closed.
-//! After the `101` the connection's own task (`server::ConnectionAbort::after_upgrade`)
+//! After the `101` the connection's own task (`sse::ConnectionAbort::after_upgrade`)
 //! runs the session, so a WebSocket holds its `proxy.max_connections` slot, is
 //! waited for at shutdown and keeps `proxy.send_timeout` on its writes.
 //!
