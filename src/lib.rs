@@ -23,8 +23,9 @@
 //!   action, each arm taking the narrow handles it uses.
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT), given
 //!   [`sources::SourceHandles`].
-//! - [`stream`]: `[[stream]]` rules (SSE endpoints) and `/_unpoll/multi` (several streams,
-//!   each gated as if alone, on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
+//! - [`stream`]: `[[stream]]` rules (SSE endpoints, and WebSockets at the same paths:
+//!   `stream/websocket.rs`) and `/_unpoll/multi` (several streams, each gated as if alone,
+//!   on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
 //!   answer to a webhook or mutation); [`cache`]: `[[cache]]` rules: per-user keys,
 //!   variants by the app's `Vary`, coalescing, stale serving, tag purge.
 //! - [`watch`]: `[[watch]]` rules: a polling GET that is also a stream of its body; one

@@ -141,7 +141,7 @@ pub async fn open_stream(
     let route = snapshot.routes.resolve(&parts.method, parts.uri.path());
     let resp = match stream_arm(handles, &snapshot, &route, parts, client_ip).await? {
         Outcome::Respond(resp) => resp,
-        Outcome::NotApplicable(_) => return None,
+        Outcome::NotApplicable(_) | Outcome::OtherTransport => return None,
     };
     route.counters.count(resp.status().as_u16());
     Some(resp)
@@ -173,7 +173,7 @@ async fn stream_or_proxy(
                 s.authorizer.strip_token(&mut parts.uri);
             }
         }
-        None => {}
+        Some(Outcome::OtherTransport) | None => {}
     }
     snapshot
         .proxy(
