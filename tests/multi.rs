@@ -4,13 +4,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::sse::{SseClient, publish};
 use common::upstream::text;
-use common::{Unpoll, Upstream, client, eventually};
+use common::{Unpoll, Upstream, client, eventually, metric};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(10);
@@ -579,4 +579,182 @@ async fn jwt_subs_use_their_own_token_and_expire_alone() {
         json!({"s": 0, "id": id, "event": null, "data": 2})
     );
     assert_eq!(unpoll.app.handles.hub.stats(0).subscribers, 1);
+}
+
+// ---- `[[watch]]` subscriptions on a multiplexed stream ----------------------------------
+
+/// The watched app: `GET /inbox` answers each user's inbox version (`Cookie: user=NAME`),
+/// 403 for users in `forbidden`, and counts its fetches per user.
+#[derive(Default)]
+struct Inbox {
+    versions: HashMap<String, u64>,
+    forbidden: Vec<String>,
+    fetches: HashMap<String, usize>,
+}
+
+type SharedInbox = Arc<Mutex<Inbox>>;
+
+/// unpoll with [`config`]'s streams and a `/inbox` watch refetched only when its tag
+/// `inbox` is purged, in front of an [`Inbox`].
+async fn start_watching(hub: &str) -> (Upstream, Unpoll, SharedInbox) {
+    let inbox = SharedInbox::default();
+    let state = inbox.clone();
+    let app = Upstream::builder()
+        .handler("/inbox", move |req| {
+            let state = state.clone();
+            async move {
+                let cookie = req.headers().get("cookie").and_then(|v| v.to_str().ok());
+                let user = cookie.and_then(|c| c.strip_prefix("user=")).unwrap_or("");
+                let mut s = state.lock().unwrap();
+                *s.fetches.entry(user.to_string()).or_default() += 1;
+                if s.forbidden.iter().any(|f| f == user) {
+                    return text(403, "forbidden");
+                }
+                let v = s.versions.get(user).copied().unwrap_or(0);
+                let mut resp = text(200, format!("{{\"user\":\"{user}\",\"v\":{v}}}"));
+                resp.headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                resp
+            }
+        })
+        .run()
+        .await;
+    let watch = "\n[[watch]]\npath = \"/inbox\"\ninterval = \"0s\"\ntags = [\"inbox\"]\n\
+                 min_interval = \"10ms\"\n";
+    let unpoll = Unpoll::start(&app.url(), &(config(hub) + watch)).await;
+    (app, unpoll, inbox)
+}
+
+/// Open a multi stream as `user`.
+async fn open_as(url: &str, user: &str) -> SseClient {
+    let req = client().get(url).header("cookie", format!("user={user}"));
+    SseClient::send(req).await
+}
+
+async fn purge_inbox(unpoll: &Unpoll) {
+    let resp = client()
+        .post(unpoll.admin_url("/purge"))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "tags": ["inbox"] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "purge: {}", resp.status());
+}
+
+fn inbox_fetches(inbox: &SharedInbox, user: &str) -> usize {
+    inbox
+        .lock()
+        .unwrap()
+        .fetches
+        .get(user)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_and_a_stream_share_one_multi_stream() {
+    let (_app, unpoll, inbox) = start_watching("").await;
+    let url = multi_url(&unpoll, &["/news/events?topic=x", "/inbox"]);
+    let mut s = open_as(&url, "a").await;
+    assert_eq!(s.status, 200);
+    // The watch sub starts with the current body, its id the version.
+    let first = next(&mut s).await;
+    assert_eq!(first["s"], 1, "{first}");
+    assert_eq!(first["data"], json!({"user": "a", "v": 0}));
+    let v0 = first["id"].as_str().expect("a version").to_string();
+    let news = publish_one(&unpoll, "news:x", None, json!("headline")).await;
+    assert_eq!(
+        next(&mut s).await,
+        json!({"s": 0, "id": news, "event": null, "data": "headline"})
+    );
+    // A change the app makes, signalled by a purge of the watch's tag, is pushed.
+    inbox.lock().unwrap().versions.insert("a".into(), 1);
+    purge_inbox(&unpoll).await;
+    let second = next(&mut s).await;
+    assert_eq!(second["s"], 1, "{second}");
+    assert_eq!(second["data"], json!({"user": "a", "v": 1}));
+    assert_ne!(second["id"], v0.as_str(), "a new version");
+    assert_eq!(
+        inbox_fetches(&inbox, "a"),
+        2,
+        "the first fetch and the purge's"
+    );
+    let stats = unpoll.metrics().await;
+    assert_eq!(metric(&stats, "unpoll_watch_subscribers"), 1.0);
+    assert_eq!(metric(&stats, "unpoll_stream_connections"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sub_resumes_by_its_version_and_an_equal_one_sends_nothing_at_first() {
+    let (_app, unpoll, inbox) = start_watching("").await;
+    let mut first = open_as(&multi_url(&unpoll, &["/inbox"]), "a").await;
+    let v0 = next(&mut first).await["id"].as_str().unwrap().to_string();
+    drop(first);
+    // Resumed at the current version: the first message of the stream is the news event
+    // published after opening, not the body the client has.
+    let current = format!("/inbox?last_event_id={v0}");
+    let url = multi_url(&unpoll, &["/news/events?topic=y", &current]);
+    let mut s = open_as(&url, "a").await;
+    assert_eq!(s.status, 200);
+    let news = publish_one(&unpoll, "news:y", None, json!("n")).await;
+    assert_eq!(next(&mut s).await["id"], news.as_str(), "no body first");
+    inbox.lock().unwrap().versions.insert("a".into(), 1);
+    purge_inbox(&unpoll).await;
+    let pushed = next(&mut s).await;
+    assert_eq!(
+        (pushed["s"].clone(), pushed["data"]["v"].clone()),
+        (json!(1), json!(1))
+    );
+    // Resumed at an older version: the current body comes first.
+    let stale = format!("/inbox?last_event_id={v0}");
+    let mut behind = open_as(&multi_url(&unpoll, &[&stale]), "a").await;
+    let caught_up = next(&mut behind).await;
+    assert_eq!(caught_up["data"], json!({"user": "a", "v": 1}));
+    assert_eq!(caught_up["id"], pushed["id"]);
+    // The resume parameter is not the app's: every sub watched one key, fetched once per
+    // trigger (the first open's fetch and the purge's).
+    assert_eq!(inbox_fetches(&inbox, "a"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sub_is_checked_as_if_opened_alone() {
+    let (_app, unpoll, inbox) = start_watching("max_watch_keys = 2").await;
+    inbox.lock().unwrap().forbidden.push("b".into());
+    let url = multi_url(&unpoll, &["/inbox", "/news/events?topic=x"]);
+    // The app's 403 on the first fetch is the sub's answer; the other sub streams.
+    let mut denied = open_as(&url, "b").await;
+    assert_eq!(denied.status, 200);
+    let error = next(&mut denied).await;
+    assert_eq!(
+        (error["s"].clone(), error["error"].clone()),
+        (json!(0), json!(403))
+    );
+    let news = publish_one(&unpoll, "news:x", None, json!(1)).await;
+    assert_eq!(next(&mut denied).await["id"], news.as_str());
+    // Alone, a 403 on the first fetch is the whole answer.
+    let alone = open_as(&multi_url(&unpoll, &["/inbox"]), "b").await;
+    assert_eq!(alone.status, 403);
+    // hub.max_watch_keys counts the keys of multi subs as any watch stream's (the news
+    // rule allows two streams per address: c and d watch only).
+    let mut a = open_as(&url, "a").await;
+    assert_eq!(next(&mut a).await["data"]["user"], "a");
+    let only_inbox = multi_url(&unpoll, &["/inbox"]);
+    let mut c = open_as(&only_inbox, "c").await;
+    assert_eq!(next(&mut c).await["data"]["user"], "c");
+    let d = open_as(&only_inbox, "d").await;
+    assert_eq!(d.status, 429, "the only sub's answer");
+    assert!(
+        d.headers.contains_key("retry-after"),
+        "429 says when to retry"
+    );
+    // Access ending on a later fetch closes that sub with `access_ended`; the other stays.
+    inbox.lock().unwrap().forbidden.push("a".into());
+    purge_inbox(&unpoll).await;
+    assert_eq!(
+        next(&mut a).await,
+        json!({"s": 0, "event": "access_ended", "data": {"reason": "revoked", "status": 403}})
+    );
+    let later = publish_one(&unpoll, "news:x", None, json!(2)).await;
+    assert_eq!(next(&mut a).await["id"], later.as_str());
 }
