@@ -11,6 +11,7 @@ import {
   startAll,
   startFrontProxy,
   startUnpoll,
+  WATCH_DATA,
 } from "./harness.mjs";
 
 let browser;
@@ -327,8 +328,8 @@ test("behind a buffering proxy: no heartbeat within twice its interval, fallback
 });
 
 test("injected mode: while nothing streams the watched URL, the page's own polls go through", async () => {
-  // Until [[watch]] rules exist (issue 18) the stream refuses `/data`: the hook must then
-  // leave the legacy page's XHR and fetch polls to the network, unchanged.
+  // Without a [[watch]] rule for `/data` the stream refuses it: the hook must then leave the
+  // legacy page's XHR and fetch polls to the network, unchanged.
   const { upstream, unpoll } = await startAll();
   const context = await newContext(browser);
   try {
@@ -353,6 +354,78 @@ test("injected mode: while nothing streams the watched URL, the page's own polls
     );
   } finally {
     await context.close();
+    await unpoll.stop();
+    upstream.close();
+  }
+});
+
+test("unpoll.watch on a [[watch]] URL gets each change once, over the one multi stream", async () => {
+  const { upstream, unpoll } = await startAll(WATCH_DATA);
+  const context = await newContext(browser);
+  try {
+    // A fallback interval far beyond the test: every version comes by the stream.
+    const [page] = await openTabs(context, 1, `${unpoll.base}/page?watch=/data&every=600000`);
+    const versions = () => page.evaluate(() => window.watched.map((w) => w.data.version));
+    await eventually("the current body", async () => (await versions()).includes(1));
+    await eventually("streaming", async () => (await unpoll.stats()).stream_connections === 1);
+    for (const v of [2, 3, 4]) {
+      upstream.state.version = v;
+      await unpoll.purge(["data"]);
+      await eventually(`version ${v}`, async () => (await versions()).at(-1) === v);
+    }
+    assert.deepEqual(await versions(), [1, 2, 3, 4], "each version once, in order");
+    assert.equal((await statusOf(page)).mode, "stream");
+    assert.equal(
+      Number(/^unpoll_watch_subscribers (\d+)/m.exec(await unpoll.metrics())[1]),
+      1,
+      "the multi stream carries a watch subscription",
+    );
+  } finally {
+    await context.close();
+    await unpoll.stop();
+    upstream.close();
+  }
+});
+
+test("injected mode on a legacy polling page: no poll reaches the network while streaming", async () => {
+  const { upstream, unpoll } = await startAll(WATCH_DATA);
+  const front = await startFrontProxy(unpoll.base);
+  const context = await newContext(browser);
+  try {
+    const [page] = await openTabs(context, 1, `${front.url}/legacy`);
+    const seen = () => page.evaluate(() => window.seen);
+    const polls = async () => {
+      const s = await seen();
+      return s.xhr.length + s.fetch.length;
+    };
+    // Until the stream carries `/data` the polls go out; then they stop leaving the page.
+    await eventually("streaming", async () => (await unpoll.stats()).stream_connections === 1);
+    let quietFrom = null;
+    await eventually(
+      "polls answered in the page",
+      async () => {
+        const now = { hits: front.hits("/data"), polls: await polls() };
+        if (!quietFrom || now.hits !== quietFrom.hits) quietFrom = now;
+        return now.polls >= quietFrom.polls + 6;
+      },
+      15000,
+    );
+    const atTheFront = front.hits("/data");
+    const atTheApp = upstream.hits("/data");
+    const before = await polls();
+    // The app changes; a purge of the watch's tag (a tap, a NOTIFY) pushes the new body.
+    upstream.state.version = 2;
+    await unpoll.purge(["data"]);
+    await eventually("the page shows the new data through both APIs", async () => {
+      const s = await seen();
+      return s.xhr.at(-1) === 2 && s.fetch.at(-1) === 2;
+    });
+    await eventually("ten more polls", async () => (await polls()) >= before + 10);
+    assert.equal(front.hits("/data"), atTheFront, "no poll reached the network");
+    assert.equal(upstream.hits("/data"), atTheApp + 1, "the app saw only the purge's refetch");
+  } finally {
+    await context.close();
+    front.close();
     await unpoll.stop();
     upstream.close();
   }

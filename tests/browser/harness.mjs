@@ -107,9 +107,19 @@ export async function startUpstream() {
   };
 }
 
+/** A `[[watch]]` rule for `/data`, refetched only when the tag `data` is purged: the rule
+ * `extra` of the watch tests. */
+export const WATCH_DATA = `
+[[watch]]
+path = "/data"
+interval = "0s"
+tags = ["data"]
+min_interval = "10ms"
+`;
+
 /** unpoll's config for the tests: one `[[stream]]` rule, `/events?room=NAME`, with a 1 s
- * heartbeat. */
-export function config({ port, adminPort, upstream }) {
+ * heartbeat, then the rules in `extra`. */
+export function config({ port, adminPort, upstream, extra = "" }) {
   return `listen = "127.0.0.1:${port}"
 upstream = "${upstream}"
 workers = 1
@@ -127,7 +137,7 @@ channels = ["room:{query.room}"]
 auth = "none"
 heartbeat = "1s"
 retry = "1s"
-`;
+${extra}`;
 }
 
 /** Start `target/debug/unpoll --config FILE` and wait for its `listening` line. */
@@ -177,16 +187,30 @@ export async function startUnpoll(opts) {
     async stats() {
       return (await fetch(admin + "/stats")).json();
     },
+    /** POST /purge of `tags` on the admin listener (what a tap or a NOTIFY does). */
+    async purge(tags) {
+      const res = await fetch(admin + "/purge", {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ tags }),
+      });
+      if (!res.ok) throw new Error(`purge: ${res.status} ${await res.text()}`);
+    },
     async metrics() {
       return (await fetch(admin + "/metrics")).text();
     },
   };
 }
 
-/** unpoll on fresh ports in front of a fresh upstream. */
-export async function startAll() {
+/** unpoll on fresh ports in front of a fresh upstream, with the rules in `extra`. */
+export async function startAll(extra = "") {
   const upstream = await startUpstream();
-  const opts = { port: await freePort(), adminPort: await freePort(), upstream: upstream.url };
+  const opts = {
+    port: await freePort(),
+    adminPort: await freePort(),
+    upstream: upstream.url,
+    extra,
+  };
   const unpoll = await startUnpoll(opts);
   return { upstream, unpoll, opts };
 }
@@ -246,9 +270,11 @@ export async function eventually(what, check, timeout = 10000, describe = null) 
  * 502 (and to cut the streams it is carrying), as a failing load balancer would. */
 export async function startFrontProxy(target) {
   const t = new URL(target);
-  const state = { fail: false, buffer: false, multiRequests: 0, failed: 0 };
+  const state = { fail: false, buffer: false, multiRequests: 0, failed: 0, hits: new Map() };
   const streams = new Set();
   const server = http.createServer((req, res) => {
+    const { pathname } = new URL(req.url, "http://x");
+    state.hits.set(pathname, (state.hits.get(pathname) || 0) + 1);
     const multi = req.url.startsWith("/_unpoll/multi");
     if (multi) state.multiRequests++;
     if (multi && state.fail) {
@@ -279,6 +305,8 @@ export async function startFrontProxy(target) {
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     state,
+    /** Requests for `pathname` that went through: what reached the network. */
+    hits: (p) => state.hits.get(p) || 0,
     /** From now on, multi answers 502; open multi streams are cut. */
     fail() {
       state.fail = true;
