@@ -53,6 +53,7 @@ pub async fn handle(
     // Each arm's future is boxed: they differ in size by kilobytes, and an unboxed match
     // is as large as its largest arm, copied whole at every level above it (the service
     // future, hyper's dispatcher) on every request.
+    let (method, metrics) = (req.method().clone(), &handles.watch.watches.metrics);
     let result = match route.action {
         Action::Stream(_) => {
             Box::pin(stream_or_proxy(
@@ -107,6 +108,7 @@ pub async fn handle(
         tracing::warn!(rule = route.name, cause = %err, "request failed");
         err.into_response()
     });
+    let resp = crate::watch::inject::inject_page(&method, resp, &snapshot, metrics);
     route.counters.count(resp.status().as_u16());
     resp
 }

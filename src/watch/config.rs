@@ -28,6 +28,7 @@ pub struct RawWatchRule {
     vary: Option<Vec<String>>,
     event: Option<String>,
     max_body: Option<String>,
+    inject: Option<bool>,
 }
 
 /// A validated `[[watch]]` rule.
@@ -42,6 +43,10 @@ pub struct WatchRule {
     pub min_interval: Duration,
     /// The SSE `event:` name; `None` sends unnamed events (`onmessage`).
     pub event: Option<String>,
+    /// With `inject = true`, the path: unpoll adds the browser client, told to watch it, to
+    /// the app's HTML pages (`watch::inject`), so a page's own polls of it stay in the
+    /// browser.
+    pub inject: Option<String>,
     /// The cache rule plain polls of the path are served by, and whose key, tags, `vary`
     /// and `max_body` the watchers use: `ttl` is the rule's `ttl`, else `interval`, else
     /// [`UNTIL_PURGE`].
@@ -103,6 +108,13 @@ impl RawWatchRule {
                 "must be a non-empty name on one line (omit it for unnamed events)",
             );
         }
+        let inject = self.inject.unwrap_or(false).then(|| self.path.clone());
+        if inject.is_some() && (self.path.contains('{') || self.path.ends_with('*')) {
+            errors.push(
+                join(path, "inject"),
+                "needs a path without `{…}` or `*` segments: the page is told one URL to watch",
+            );
+        }
         let cache_ttl = ttl
             .or(interval.filter(|i| !i.is_zero()))
             .unwrap_or(UNTIL_PURGE);
@@ -115,6 +127,7 @@ impl RawWatchRule {
             interval: interval?,
             min_interval: min_interval?,
             event: self.event.clone(),
+            inject,
             cache: cache?,
         })
     }
@@ -200,6 +213,18 @@ mod tests {
         ] {
             assert!(err.contains(expected), "{expected:?} missing in:\n{err}");
         }
+        let err = rule("path = \"/chats/{id}\"\ninject = true").unwrap_err();
+        assert!(
+            err.contains("watch[1].inject: needs a path without"),
+            "{err}"
+        );
+        assert_eq!(
+            rule("path = \"/inbox\"\ninject = true")
+                .unwrap()
+                .inject
+                .as_deref(),
+            Some("/inbox")
+        );
         let err = rule("path = \"/a\"\ninterval = \"1s\"\nmin_interval = \"2s\"").unwrap_err();
         assert!(err.contains("watch[1].min_interval: 2s is longer"), "{err}");
         assert!(

@@ -89,6 +89,11 @@ pub struct WatchMetrics {
     pub polls_saved: Counter,
     /// Watch streams refused because `hub.max_watch_keys` keys are watched.
     pub rejected: Counter,
+    /// HTML pages the client script was added to (`inject = true`).
+    pub injected: Counter,
+    /// HTML pages left as they were because they had a `Content-Encoding` (unpoll does not
+    /// decompress to rewrite).
+    pub inject_skipped: Counter,
 }
 
 impl WatchMetrics {
@@ -96,6 +101,16 @@ impl WatchMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("unpoll_watch");
         r.register("keys", "Keys watched now", self.keys.clone());
+        r.register(
+            "injected_pages",
+            "HTML pages the client script was added to (inject = true)",
+            self.injected.clone(),
+        );
+        r.register(
+            "inject_skipped_pages",
+            "HTML pages not rewritten because they had a Content-Encoding",
+            self.inject_skipped.clone(),
+        );
         r.register(
             "subscribers",
             "Watch streams open now",

@@ -7,10 +7,12 @@
 //! version changed (`version.rs`). The registry of watchers is [`Watches`].
 //!
 //! `config.rs` the rule (and the cache rule its polls are served by); `metrics.rs` the
-//! counters and `/stats`.
+//! counters and `/stats`; `inject.rs` adds the browser client to the app's HTML pages for
+//! `inject = true` rules.
 
 pub mod config;
 mod handles;
+pub mod inject;
 pub mod metrics;
 pub mod serve;
 pub mod version;

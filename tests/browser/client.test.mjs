@@ -12,6 +12,7 @@ import {
   startFrontProxy,
   startUnpoll,
   WATCH_DATA,
+  WATCH_DATA_INJECTED,
 } from "./harness.mjs";
 
 let browser;
@@ -387,12 +388,16 @@ test("unpoll.watch on a [[watch]] URL gets each change once, over the one multi 
   }
 });
 
-test("injected mode on a legacy polling page: no poll reaches the network while streaming", async () => {
-  const { upstream, unpoll } = await startAll(WATCH_DATA);
+/** A legacy page polling `/data` every 200 ms with XHR and fetch, loaded from `pagePath`
+ * through a front proxy with `rules`: once the stream carries `/data`, no poll reaches the
+ * network (counted at the front and at the app), and the page still shows new data. */
+async function legacyPageStaysInTheBrowser(rules, pagePath, check = async () => {}) {
+  const { upstream, unpoll } = await startAll(rules);
   const front = await startFrontProxy(unpoll.base);
   const context = await newContext(browser);
   try {
-    const [page] = await openTabs(context, 1, `${front.url}/legacy`);
+    const [page] = await openTabs(context, 1, `${front.url}${pagePath}`);
+    await check(page, unpoll);
     const seen = () => page.evaluate(() => window.seen);
     const polls = async () => {
       const s = await seen();
@@ -429,4 +434,17 @@ test("injected mode on a legacy polling page: no poll reaches the network while 
     await unpoll.stop();
     upstream.close();
   }
-});
+}
+
+test("a legacy polling page with the watch tag: no poll reaches the network while streaming", () =>
+  legacyPageStaysInTheBrowser(WATCH_DATA, "/legacy"));
+
+test("inject = true: unpoll adds the client to the app's page, whose polls then stay in the browser", () =>
+  legacyPageStaysInTheBrowser(WATCH_DATA_INJECTED, "/legacy-plain", async (page, unpoll) => {
+    const tag = await page.evaluate(() =>
+      document.querySelector("script[data-unpoll-watch]")?.getAttribute("data-unpoll-watch"),
+    );
+    assert.equal(tag, "/data", "the page got the client, told to watch /data");
+    const metrics = await unpoll.metrics();
+    assert.match(metrics, /^unpoll_watch_injected_pages_total 1$/m);
+  }));

@@ -68,6 +68,10 @@ const LEGACY_PAGE = `<!doctype html><meta charset="utf-8"><title>legacy</title>
   }, 200);
 </script>`;
 
+/** The same legacy page as the app really serves it, without the client: unpoll adds it
+ * (`inject = true`). */
+const PLAIN_LEGACY_PAGE = LEGACY_PAGE.replace(/<script src="\/_unpoll\/client.js"[^>]*><\/script>\n/, "");
+
 /** The app behind unpoll: `/page` (above), `/module` (the same as a module), `/legacy`, `/data` (a JSON body that `version` changes),
  * anything else 404. Counts requests by path. */
 export async function startUpstream() {
@@ -85,6 +89,9 @@ export async function startUpstream() {
     } else if (pathname === "/legacy") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(LEGACY_PAGE);
+    } else if (pathname === "/legacy-plain") {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(PLAIN_LEGACY_PAGE);
     } else if (pathname === "/data") {
       res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
       res.end(JSON.stringify({ version: state.version }));
@@ -115,6 +122,10 @@ path = "/data"
 interval = "0s"
 tags = ["data"]
 min_interval = "10ms"
+`;
+
+/** [`WATCH_DATA`] with `inject = true`: unpoll adds the client to the app's pages. */
+export const WATCH_DATA_INJECTED = WATCH_DATA + `inject = true
 `;
 
 /** unpoll's config for the tests: one `[[stream]]` rule, `/events?room=NAME`, with a 1 s
