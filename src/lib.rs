@@ -31,7 +31,8 @@
 //! - [`watch`]: `[[watch]]` rules: a polling GET that is also a stream of its body; one
 //!   watcher per cache key refetches it (interval, tag purge, source gap) through the
 //!   cache's coalescing fill and pushes the body when it changed. Given
-//!   [`watch::WatchHandles`]; purges reach it through the sink.
+//!   [`watch::WatchHandles`]; purges reach it through the sink. [`watch::inject`] adds
+//!   the browser client to the app's HTML pages for `inject = true` rules.
 //! - [`handles`]: the long-lived parts a handler may take (hub, cache, sink, metrics,
 //!   shutdown, watchers); [`sink`]: the [`sink::Sink`] every publisher delivers through
 //!   (sources, taps, the publish API) and [`sink::HubSink`] over the hub, the cache and the
