@@ -153,7 +153,7 @@ async fn open_one(
             )
             .await
             {
-                Gated::Open(admitted) => Ok(Opened::Stream(admitted)),
+                Gated::Open(admitted) => Ok(Opened::Stream(Box::new(admitted))),
                 Gated::Refused(resp) => Err(resp),
                 Gated::NotApplicable(missing) => {
                     // Alone, this request would be proxied to the app; there is no stream.
@@ -165,7 +165,7 @@ async fn open_one(
         (Action::Proxy, Some(gate)) if path == crate::auth::GENERIC_STREAM_PATH => {
             super::admit_generic(handles, snapshot, gate, &sub_parts, peer)
                 .await
-                .map(Opened::Stream)
+                .map(|admitted| Opened::Stream(Box::new(admitted)))
         }
         (Action::Watch(w), _) => {
             let uri = &sub_parts.uri;
@@ -205,8 +205,9 @@ async fn open_one(
 
 /// One `s` that opened.
 enum Opened {
-    /// A `[[stream]]` rule or the generic stream: a hub subscription.
-    Stream(Admitted),
+    /// A `[[stream]]` rule or the generic stream: a hub subscription (boxed: it is
+    /// twenty times the size of a watch).
+    Stream(Box<Admitted>),
     /// A `[[watch]]` rule: a subscriber of the key's watcher, resumed.
     Watch(WatchSubscription),
 }
@@ -355,17 +356,20 @@ fn heartbeat_message(interval: Duration, position: Option<EventId>) -> Bytes {
     }
 }
 
+/// An open hub subscription of a multiplexed stream. Fields drop in order: the
+/// subscription (unsubscribing), then the grant (freeing its places in the limits).
+struct HubSub {
+    sub: Subscription,
+    ended: EndedFuture,
+    /// The rule's open-streams gauge, decremented on drop.
+    _subscribers: Counted,
+    _grant: Grant,
+}
+
 /// One open subscription of a multiplexed stream.
 enum Live {
-    /// A hub subscription. Fields drop in order: the subscription (unsubscribing), then
-    /// the grant (freeing its places in the limits).
-    Stream {
-        sub: Subscription,
-        ended: EndedFuture,
-        /// The rule's open-streams gauge, decremented on drop.
-        _subscribers: Counted,
-        _grant: Grant,
-    },
+    /// A hub subscription (boxed: it is many times the size of a watch).
+    Stream(Box<HubSub>),
     /// A watcher's subscriber: its states, newest first when the client lags (the state
     /// is shared, so a slow reader skips versions instead of queueing them).
     Watch {
@@ -390,12 +394,12 @@ enum Step {
 impl Live {
     fn new(opened: Opened, handles: &Handles) -> Live {
         match opened {
-            Opened::Stream(a) => Live::Stream {
+            Opened::Stream(a) => Live::Stream(Box::new(HubSub {
                 ended: a.grant.ended(),
                 sub: a.sub,
                 _subscribers: Counted::new(a.subscribers),
                 _grant: a.grant,
-            },
+            })),
             Opened::Watch(watch) => Live::Watch {
                 states: futures_util::stream::unfold(watch, |mut watch| async move {
                     let state = watch.next_state().await?;
@@ -410,7 +414,8 @@ impl Live {
     /// The next message of sub `index`, if any is ready.
     fn poll_step(&mut self, index: usize, pushes: &Counter, cx: &mut Context<'_>) -> Poll<Step> {
         match self {
-            Live::Stream { sub, ended, .. } => {
+            Live::Stream(hub) => {
+                let HubSub { sub, ended, .. } = &mut **hub;
                 if let Poll::Ready(reason) = ended.as_mut().poll(cx) {
                     tracing::debug!(
                         s = index,
@@ -541,8 +546,8 @@ impl MultiBody {
 
     fn close_all(&mut self, reason: CloseReason) {
         for slot in &self.slots {
-            if let Some(Live::Stream { sub, .. }) = &slot.live {
-                sub.close(reason);
+            if let Some(Live::Stream(hub)) = &slot.live {
+                hub.sub.close(reason);
             }
         }
     }
