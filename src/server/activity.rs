@@ -1,14 +1,14 @@
 //! What a connection knows about its requests: how many are in flight (for the idle
-//! timeout), a way for a response to end the whole connection, and an event stream
-//! waiting to leave hyper.
+//! timeout), a way for a response to end the whole connection, and the state of an event
+//! stream leaving hyper ([`super::handoff`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::proxy::observe::TrackedBody;
+use super::handoff::Slot;
 
 /// Request activity of one connection, for the idle timeout: hyper closes a connection whose
 /// request head is slow (`header_read_timeout`) but not one that simply sits idle between
@@ -23,16 +23,8 @@ pub struct Activity {
     became_idle: Notify,
     /// Notified by [`ConnectionAbort::abort`]: the connection is dropped at once.
     abort: Notify,
-    /// HTTP/1: the body of an event stream whose head hyper is writing; the connection
-    /// then leaves hyper and the body is written by `direct_sse` (hyper's buffers would
-    /// cost 16 KiB for as long as the stream lasts). Boxed: every connection has this
-    /// slot, few use it.
-    parked: Mutex<Option<Box<TrackedBody>>>,
-    /// Set once hyper has encoded the parked stream's head into its buffer.
-    head_encoded: AtomicBool,
-    /// Whether bytes were written to the socket since the last completed flush, i.e.
-    /// whether hyper may still hold part of a response.
-    unflushed: AtomicBool,
+    /// The hand-off of an HTTP/1.1 event stream from hyper ([`super::handoff`]).
+    pub(super) handoff: Slot,
 }
 
 /// Request extension (HTTP/1 only) that lets a response end its whole connection. An SSE
@@ -62,36 +54,6 @@ impl std::fmt::Debug for ConnectionAbort {
 }
 
 impl Activity {
-    /// Keep `body` for the connection to write outside hyper once its head is out.
-    pub(super) fn park(&self, body: TrackedBody) {
-        *self.parked.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(body));
-    }
-
-    /// The parked stream body, if any.
-    pub(super) fn take_parked(&self) -> Option<TrackedBody> {
-        self.parked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .map(|body| *body)
-    }
-
-    /// Called by the placeholder body hyper polls after encoding the head.
-    pub(super) fn head_encoded(&self) {
-        self.head_encoded.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether the connection can leave hyper now: a parked stream's head is encoded and
-    /// everything hyper wrote is flushed.
-    pub(super) fn ready_for_handoff(&self) -> bool {
-        self.head_encoded.load(Ordering::Relaxed) && !self.unflushed.load(Ordering::Relaxed)
-    }
-
-    /// Record a write (`true`) or a completed flush (`false`) on the socket.
-    pub(super) fn set_unflushed(&self, unflushed: bool) {
-        self.unflushed.store(unflushed, Ordering::Relaxed);
-    }
-
     /// Resolves when a response asked for the connection to end ([`ConnectionAbort`]).
     pub(super) async fn aborted(&self) {
         self.abort.notified().await;
