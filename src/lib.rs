@@ -12,7 +12,8 @@
 //!   metrics, readiness, shutdown.
 //! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown; the first
 //!   request head of each connection is read here, and HTTP/1.1 event streams are written
-//!   outside hyper (`server/direct_sse.rs`).
+//!   outside hyper (`server/direct_sse.rs`); the connection's life and the hand-off of a
+//!   stream from hyper, with the invariants it relies on, are in `server/handoff.rs`.
 //! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
 //!   action; forwarding, headers, upgrades, errors; the upstream keep-alive pool
 //!   (`proxy/pool.rs`).

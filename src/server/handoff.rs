@@ -227,7 +227,10 @@ impl<S> FlushWatch<S> {
     }
 
     fn wrote(&self) {
-        self.activity.handoff.unflushed.store(true, Ordering::Relaxed);
+        self.activity
+            .handoff
+            .unflushed
+            .store(true, Ordering::Relaxed);
     }
 }
 
@@ -359,8 +362,15 @@ mod tests {
                  see server/handoff.rs, or set proxy.direct_streams = false",
             )
         };
-        assert!(driven.is_none(), "the connection ended instead of handing off");
-        let io = conn.into_parts().expect("an HTTP/1 connection").io.into_inner();
+        assert!(
+            driven.is_none(),
+            "the connection ended instead of handing off"
+        );
+        let io = conn
+            .into_parts()
+            .expect("an HTTP/1 connection")
+            .io
+            .into_inner();
         let handoff = take(io, activity).expect("a parked stream");
         (handoff, client, seen, frames)
     }
@@ -405,7 +415,9 @@ mod tests {
             // The rest is written here, chunked, as hyper would have.
             let writer = tokio::spawn(stream(handoff));
             frames
-                .send(Ok(http_body::Frame::data(Bytes::from_static(b"data: 1\n\n"))))
+                .send(Ok(http_body::Frame::data(Bytes::from_static(
+                    b"data: 1\n\n",
+                ))))
                 .await
                 .unwrap();
             drop(frames);

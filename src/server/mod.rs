@@ -151,7 +151,10 @@ where
             && kind == Listener::Main
             && crate::proxy::is_stream(&app.snapshot(), method, path)
     };
-    let read = tokio::time::timeout(header_read_timeout, first_request::read(&mut io, limit, direct));
+    let read = tokio::time::timeout(
+        header_read_timeout,
+        first_request::read(&mut io, limit, direct),
+    );
     // A connection that has sent nothing yet has nothing to drain: it closes at once on
     // shutdown, as hyper closes its idle ones.
     let first = tokio::select! {
@@ -249,10 +252,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
-        .serve_connection(
-            TokioIo::new(FlushWatch::new(io, activity.clone())),
-            service,
-        )
+        .serve_connection(TokioIo::new(FlushWatch::new(io, activity.clone())), service)
         .with_upgrades();
     let drain = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
     let driven = drive(
