@@ -404,11 +404,13 @@ async fn access_log_is_one_json_line_per_request_without_the_query() {
 /// connection leaves hyper). RSS of the real binary before and after opening 400 more
 /// streams; 400 keeps the test inside a default 1,024 open-file limit.
 #[tokio::test]
+#[ignore = "RSS threshold: run by `benches/run memory` (BENCHMARKS.md)"]
 async fn idle_subscribers_cost_at_most_4_kib_each() {
     idle_subscriber_memory(false).await;
 }
 
 #[tokio::test]
+#[ignore = "RSS threshold: run by `benches/run memory` (BENCHMARKS.md)"]
 async fn idle_subscribers_on_reused_connections_cost_at_most_4_kib_each() {
     idle_subscriber_memory(true).await;
 }
@@ -469,6 +471,7 @@ async fn idle_subscriber_memory(reused_connections: bool) {
 /// keep spares) costs at most 4 KiB until it sends something (about 2.5 KiB in a release
 /// build; 5.6 KiB when the first read's buffer was 4 KiB).
 #[tokio::test]
+#[ignore = "RSS threshold: run by `benches/run memory` (BENCHMARKS.md)"]
 async fn connections_without_a_request_yet_cost_at_most_4_kib_each() {
     const N: usize = 400;
     let upstream = Upstream::builder().run().await;
