@@ -141,6 +141,34 @@ async fn sighup_reloads_a_valid_file_and_keeps_the_old_on_a_bad_one() {
     );
 }
 
+/// A reload applies what it can and names, by key path, each start-only setting it
+/// changed (they take effect on restart); a reloadable one changed alongside is not named.
+#[tokio::test]
+async fn sighup_warns_about_each_start_only_setting_it_changed() {
+    let upstream = Upstream::builder().route("/who", "a").run().await;
+    let unpoll = Spawned::start(&config(&upstream.url())).await;
+    let changed = format!(
+        "workers = 3\n{}max_connections = 7\nidle_timeout = \"9s\"\n[hub]\nhistory_max_events = 9\n",
+        config(&upstream.url())
+    );
+    std::fs::write(&unpoll.config, changed).unwrap();
+    unpoll.signal("HUP");
+    eventually(Duration::from_secs(10), "the reload", || async {
+        metric(
+            &unpoll.metrics().await,
+            "unpoll_config_reloads_total{result=\"ok\"}",
+        ) == 1.0
+    })
+    .await;
+    let log = unpoll.log();
+    for key in ["workers", "proxy.max_connections", "hub.history_max_events"] {
+        let line = format!("{key} changed; takes effect on restart");
+        assert_eq!(log.matches(&line).count(), 1, "{line}: {log}");
+    }
+    assert!(!log.contains("idle_timeout changed"), "{log}");
+    assert!(!log.contains("listen changed"), "{log}");
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let upstream = Upstream::builder()
