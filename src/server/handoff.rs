@@ -289,6 +289,7 @@ mod tests {
     use std::time::Duration;
 
     use futures_util::FutureExt;
+    use http::Request;
     use http_body_util::StreamBody;
     use hyper::body::Incoming;
     use hyper::server::conn::http1;
@@ -342,10 +343,12 @@ mod tests {
                     .await
                     .unwrap();
                 let mut buf = [0u8; 64];
-                while read_while_in_hyper {
-                    match client.read(&mut buf).await.unwrap() {
-                        0 => break,
-                        n => seen.extend_from_slice(&buf[..n]),
+                if read_while_in_hyper {
+                    loop {
+                        match client.read(&mut buf).await.unwrap() {
+                            0 => break,
+                            n => seen.extend_from_slice(&buf[..n]),
+                        }
                     }
                 }
                 std::future::pending::<()>().await;
@@ -392,8 +395,6 @@ mod tests {
             }
         }
     }
-
-    use http::Request;
 
     #[tokio::test]
     async fn hyper_keeps_what_the_hand_off_relies_on() {
