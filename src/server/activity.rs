@@ -1,7 +1,9 @@
 //! What a connection knows about its requests: how many are in flight (for the idle
 //! timeout), a way for a response to end the whole connection, and the state of an event
-//! stream leaving hyper ([`super::handoff`]).
+//! stream or an upgraded connection leaving hyper ([`super::handoff`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::handoff::Slot;
+use crate::sse::{CloseConnection, UpgradedTask};
 
 /// Request activity of one connection, for the idle timeout: hyper closes a connection whose
 /// request head is slow (`header_read_timeout`) but not one that simply sits idle between
@@ -21,40 +24,31 @@ pub struct Activity {
     generation: AtomicU64,
     /// Woken when `in_flight` drops to zero.
     became_idle: Notify,
-    /// Notified by [`ConnectionAbort::abort`]: the connection is dropped at once.
+    /// Notified by [`CloseConnection::close_now`] (a stream's `ConnectionAbort`): the
+    /// connection is dropped at once.
     abort: Notify,
-    /// The hand-off of an HTTP/1.1 event stream from hyper ([`super::handoff`]).
+    /// The hand-off of an HTTP/1.1 event stream or an upgraded connection from hyper
+    /// ([`super::handoff`]).
     pub(super) handoff: Slot,
 }
 
-/// Request extension (HTTP/1 only) that lets a response end its whole connection. An SSE
-/// stream whose client stopped reading overflows its queue while hyper is blocked writing
-/// to the full socket and never polls the body again; without this the connection (and its
-/// kernel buffers) would stay open forever. On HTTP/2 the other streams of the connection
-/// are innocent, so the slow stream just ends when next polled.
-#[derive(Clone)]
-pub struct ConnectionAbort(Arc<Activity>);
-
-impl ConnectionAbort {
-    pub(super) fn new(activity: Arc<Activity>) -> Self {
-        ConnectionAbort(activity)
-    }
-
-    /// Close the connection now.
-    pub fn abort(&self) {
+impl CloseConnection for Activity {
+    fn close_now(&self) {
         // notify_one stores a permit if the connection loop is not waiting at this moment.
-        self.0.abort.notify_one();
+        self.abort.notify_one();
     }
-}
 
-impl std::fmt::Debug for ConnectionAbort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConnectionAbort")
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.aborted())
+    }
+
+    fn after_upgrade(&self, task: UpgradedTask) {
+        self.handoff.upgraded(task);
     }
 }
 
 impl Activity {
-    /// Resolves when a response asked for the connection to end ([`ConnectionAbort`]).
+    /// Resolves when a response asked for the connection to end (`ConnectionAbort`).
     pub(super) async fn aborted(&self) {
         self.abort.notified().await;
     }

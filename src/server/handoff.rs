@@ -1,5 +1,5 @@
-//! The life of a client connection, and the hand-off of an HTTP/1.1 event stream from
-//! hyper to unpoll.
+//! The life of a client connection, and the hand-off of an HTTP/1.1 event stream (or of
+//! an upgraded connection) from hyper to unpoll.
 //!
 //! # Why streams leave hyper
 //!
@@ -12,12 +12,20 @@
 //!
 //! ```text
 //! FirstHead ──(h2c preface, or not a stream)──────────────▶ Hyper ──(stream head out)──▶ HandedOff
-//!     │                                                      ▲
-//!     └──(bodiless HTTP/1.1 GET of a stream path)──▶ Direct ─┘ (the rule does not apply)
+//!     │                                                      ▲  │
+//!     └──(bodiless HTTP/1.1 GET of a stream path)──▶ Direct ─┘  └──(101 answered)──▶ Upgraded
+//!                                       (the rule does not apply)
 //! ```
 //!
 //! Every state may also end the connection. Each state's work runs in a box of its own,
 //! freed before the next starts: what stays for an idle stream is only the last one.
+//!
+//! `Upgraded` is a WebSocket stream (`stream/websocket.rs`): its handler leaves an
+//! [`UpgradedTask`] in the connection's [`Slot`] through
+//! [`crate::sse::ConnectionAbort::after_upgrade`]; after the `101` hyper hands the socket
+//! to the task's `hyper::upgrade::on` and its connection ends, and the task then runs on
+//! the connection's own task, so an upgraded connection keeps its `max_connections` slot
+//! and is waited for at shutdown.
 //!
 //! # How a stream started in hyper leaves it
 //!
@@ -50,6 +58,11 @@
 //!   source sends none) are dropped with hyper's read buffer.
 //! - **U3:** the parked body is taken at most once; a connection that ends before the
 //!   hand-off drops it, and the request's settlement (access log, idle accounting) with it.
+//! - **U4:** an upgrade's task runs only once hyper's connection has ended (hyper gives the
+//!   socket to `hyper::upgrade::on` after writing the `101`, then ends); if the connection
+//!   ended without upgrading, the task's `hyper::upgrade::on` fails and it ends at once.
+//!   The task holds the connection's [`Activity`] (its abort), so it is always taken from
+//!   the slot, run or dropped, never left there.
 //!
 //! `tests::hyper_keeps_what_the_hand_off_relies_on` checks H1 and H2 against the hyper in
 //! `Cargo.lock`, with a fast and a slow reader: it fails loudly after a hyper upgrade that
@@ -70,7 +83,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::activity::Activity;
 use super::direct_sse::{self, Framing, Streaming};
 use super::first_request::Rewind;
-use crate::proxy::observe::TrackedBody;
+use super::observe::TrackedBody;
+use crate::sse::UpgradedTask;
 
 /// Where a connection is in its life; each state owns what it needs to go on.
 pub(super) enum Life<S> {
@@ -86,6 +100,8 @@ pub(super) enum Life<S> {
     },
     /// An event stream hyper started: its body and connection, taken from hyper.
     HandedOff(Box<Handoff<Rewind<S>>>),
+    /// A connection hyper upgraded (`101`): the task serving it (U4).
+    Upgraded(UpgradedTask),
 }
 
 impl<S> Life<S> {
@@ -96,6 +112,7 @@ impl<S> Life<S> {
             Life::Hyper { .. } => "hyper",
             Life::Direct { .. } => "direct",
             Life::HandedOff(_) => "handed_off",
+            Life::Upgraded(_) => "upgraded",
         }
     }
 }
@@ -117,6 +134,8 @@ pub(super) struct Slot {
     /// Whether bytes were written to the socket since the last completed flush, i.e.
     /// whether hyper may still hold part of a response (H2).
     unflushed: AtomicBool,
+    /// What serves the connection once hyper has answered `101` and ended (U4).
+    upgraded: Mutex<Option<UpgradedTask>>,
 }
 
 impl Slot {
@@ -131,6 +150,19 @@ impl Slot {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .map(|body| *body)
+    }
+
+    /// Keep `task` to serve the connection after its upgrade (U4).
+    pub(super) fn upgraded(&self, task: UpgradedTask) {
+        *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+    }
+
+    /// The task an upgrade left, if any.
+    pub(super) fn take_upgraded(&self) -> Option<UpgradedTask> {
+        self.upgraded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Whether the connection can leave hyper now: a parked stream's head is encoded and

@@ -10,7 +10,9 @@ mod activity;
 mod direct_sse;
 mod first_request;
 mod handoff;
+mod observe;
 mod send_timeout;
+pub mod signals;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,16 +31,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-pub use activity::{Activity, ConnectionAbort, RequestGuard};
+pub use activity::{Activity, RequestGuard};
 pub use send_timeout::SendTimeout;
 
 use crate::admin;
 use crate::app::App;
 use crate::body::Body;
-use crate::proxy::observe::{AccessLog, TrackedBody, UpstreamTime};
+use crate::proxy::forward::UpstreamTime;
+use crate::sse::ConnectionAbort;
 use direct_sse::Framing;
 use first_request::{FirstRequest, Rewind};
-use handoff::{FlushWatch, Handoff, Life};
+use handoff::{FlushWatch, Life};
+use observe::{AccessLog, TrackedBody};
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +77,7 @@ pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, tasks: 
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = app.shutdown.cancelled() => return,
+            _ = app.handles.shutdown.cancelled() => return,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -85,13 +89,13 @@ pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, tasks: 
                     continue;
                 }
             },
-            _ = app.shutdown.cancelled() => return,
+            _ = app.handles.shutdown.cancelled() => return,
         };
         let app = app.clone();
         tasks.spawn(async move {
-            app.metrics.open_connections.inc();
+            app.handles.metrics.open_connections.inc();
             serve_connection(stream, peer, kind, &app).await;
-            app.metrics.open_connections.dec();
+            app.handles.metrics.open_connections.dec();
             drop(permit);
         });
     }
@@ -113,7 +117,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
             }
             Life::Hyper { io, http2 } => {
                 let step = Box::pin(serve_hyper(io, http2, peer, kind, app));
-                step.await.map(Life::HandedOff)
+                step.await
             }
             Life::Direct { parts, prefix, io } => {
                 let step = Box::pin(direct(parts, prefix, io, peer, app));
@@ -122,6 +126,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
             Life::HandedOff(handoff) => {
                 let step = Box::pin(handoff::stream(handoff));
                 step.await;
+                None
+            }
+            Life::Upgraded(task) => {
+                task.await;
                 None
             }
         };
@@ -149,7 +157,7 @@ where
     let direct = |method: &http::Method, path: &str| {
         direct_streams
             && kind == Listener::Main
-            && crate::proxy::is_stream(&app.snapshot(), method, path)
+            && crate::routing::is_stream(&app.snapshot(), method, path)
     };
     let read = tokio::time::timeout(
         header_read_timeout,
@@ -159,7 +167,7 @@ where
     // shutdown, as hyper closes its idle ones.
     let first = tokio::select! {
         first = read => first.ok()?,
-        _ = app.shutdown.cancelled() => return None,
+        _ = app.handles.shutdown.cancelled() => return None,
     };
     match first {
         FirstRequest::Gone => None,
@@ -202,13 +210,14 @@ where
 /// Serve a connection with hyper: HTTP/1.1 (with upgrades) or HTTP/2, with the idle
 /// timeout, graceful shutdown and response-initiated aborts. An HTTP/1.1 event stream
 /// ends hyper's part ([`handoff`]): the connection is returned with the stream's body.
+/// After an upgrade, the task that serves the upgraded connection is returned (U4).
 async fn serve_hyper<S>(
     io: Rewind<S>,
     http2: bool,
     peer: SocketAddr,
     kind: Listener,
     app: &Arc<App>,
-) -> Option<Box<Handoff<Rewind<S>>>>
+) -> Option<Life<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -264,17 +273,20 @@ where
         app,
     )
     .await;
-    let handoff = match driven {
-        Driven::Ended => None,
+    let next = match driven {
+        // After a `101` hyper hands the socket to the upgrade's waiter and ends (handoff U4).
+        Driven::Ended => activity.handoff.take_upgraded().map(Life::Upgraded),
         // Dropping hyper's side of the connection frees its buffers (handoff U2).
         Driven::HandOff => conn
             .into_parts()
-            .and_then(|parts| handoff::take(parts.io.into_inner(), activity.clone())),
+            .and_then(|parts| handoff::take(parts.io.into_inner(), activity.clone()))
+            .map(Life::HandedOff),
     };
     // A stream parked by a connection that ended first holds the connection's activity
-    // (handoff U3).
+    // (handoff U3), as does an upgrade's task when the connection handed off instead (U4).
     drop(activity.handoff.take());
-    handoff
+    drop(activity.handoff.take_upgraded());
+    next
 }
 
 /// How a hyper connection's run ended.
@@ -312,7 +324,7 @@ where
                     Some(Ok(())) => Driven::Ended,
                 };
             }
-            _ = app.shutdown.cancelled(), if !draining => {
+            _ = app.handles.shutdown.cancelled(), if !draining => {
                 drain(conn.as_mut());
                 draining = true;
             }
@@ -338,8 +350,10 @@ async fn respond(
 ) -> Response<TrackedBody> {
     let arrival = Arrival::note(app, req.method(), req.uri(), req.headers(), peer);
     let resp = match kind {
-        Listener::Main => crate::proxy::handle(app, req, peer.ip(), abort).await,
-        Listener::Admin => admin::handle(app, req).await,
+        Listener::Main => {
+            crate::routing::handle(&app.handles, app.snapshot(), req, peer.ip(), abort).await
+        }
+        Listener::Admin => admin::handle(&app.admin(), req).await,
     };
     arrival.track(resp, kind, guard)
 }

@@ -1,9 +1,11 @@
 //! The Stream arm of the handler: resolve a `[[stream]]` rule's channels from the request,
 //! pass the rule's gate (limits, then auth), subscribe to the hub (replaying from
-//! `Last-Event-ID`), answer with an SSE body that ends when access does.
+//! `Last-Event-ID`), answer with an SSE body that ends when access does, or upgrade to a
+//! WebSocket carrying the same subscription ([`websocket`]).
 
 pub mod config;
 pub mod multi;
+pub mod websocket;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -13,16 +15,17 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 use prometheus_client::metrics::gauge::Gauge;
 
-pub use config::{RawStreamRule, StreamRule};
+pub use config::{RawStreamRule, StreamRule, Transports};
 
-use crate::app::{App, Snapshot};
 use crate::auth::{Authorizer, Grant, GrantedBody, SubscribeRequest, requested_channels};
 use crate::body::{Body, boxed};
+use crate::handles::Handles;
 use crate::hub::{SubscribeError, Subscription};
 use crate::proxy::client_ip::client_ip;
 use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
-use crate::server::ConnectionAbort;
+use crate::snapshot::Snapshot;
+use crate::sse::ConnectionAbort;
 use crate::sse::{SseBody, SseOptions};
 use crate::template::{Missing, RenderEachError, RequestVars, Template, Vars};
 
@@ -33,6 +36,9 @@ pub enum Outcome {
     /// A template variable had no value: the rule does not apply and the request is
     /// proxied (the caller logs and counts it), never subscribed to a wrong channel.
     NotApplicable(Missing),
+    /// The request asks for a transport the rule does not list (`transports`): it is the
+    /// app's (a WebSocket of its own at that path, say) and is proxied.
+    OtherTransport,
 }
 
 /// Heartbeat and retry hint of the generic stream (it has no rule to say otherwise).
@@ -45,7 +51,7 @@ const GENERIC_SSE: SseOptions = SseOptions {
 /// `subscribers` counts the rule's open streams. `peer` is the TCP peer.
 #[allow(clippy::too_many_arguments)]
 pub async fn open(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     rule: &StreamRule,
     authorizer: &Authorizer,
@@ -54,8 +60,23 @@ pub async fn open(
     parts: &Parts,
     peer: IpAddr,
 ) -> Outcome {
+    let upgrade = websocket::is_websocket(parts);
+    let served = if upgrade {
+        rule.transports.websocket
+    } else {
+        rule.transports.sse
+    };
+    if !served {
+        return Outcome::OtherTransport;
+    }
+    // A malformed handshake is refused before the gate spends an auth call on it.
+    let handshake = match upgrade.then(|| websocket::Handshake::check(parts, &rule.origins)) {
+        None => None,
+        Some(Ok(handshake)) => Some(handshake),
+        Some(Err(bad)) => return Outcome::Respond(bad.into_response()),
+    };
     match admit(
-        app,
+        handles,
         snapshot,
         rule,
         authorizer,
@@ -66,7 +87,14 @@ pub async fn open(
     )
     .await
     {
-        Gated::Open(admitted) => Outcome::Respond(admitted.into_response(app)),
+        Gated::Open(admitted) => Outcome::Respond(match handshake {
+            Some(handshake) => handshake.accept(
+                admitted,
+                handles.shutdown.clone(),
+                handles.metrics.stream_connections.clone(),
+            ),
+            None => admitted.into_response(handles),
+        }),
         Gated::Refused(resp) => Outcome::Respond(resp),
         Gated::NotApplicable(missing) => Outcome::NotApplicable(missing),
     }
@@ -98,10 +126,10 @@ pub(crate) struct Admitted {
 
 impl Admitted {
     /// The single-stream response: the SSE body, ended when access ends.
-    fn into_response(self, app: &App) -> Response<Body> {
-        let body = SseBody::new(self.sub, self.options, app.shutdown.clone())
+    fn into_response(self, handles: &Handles) -> Response<Body> {
+        let body = SseBody::new(self.sub, self.options, handles.shutdown.clone())
             .counted(self.subscribers)
-            .connection(app.metrics.stream_connections.clone());
+            .connection(handles.metrics.stream_connections.clone());
         crate::sse::response(boxed(GrantedBody::new(body, self.grant)))
     }
 }
@@ -109,7 +137,7 @@ impl Admitted {
 /// The gate of [`open`], without the body.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn admit(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     rule: &StreamRule,
     authorizer: &Authorizer,
@@ -138,7 +166,7 @@ pub(crate) async fn admit(
         name: &rule.name,
         options,
     };
-    match gate.admit(app, params, parts, peer, channels).await {
+    match gate.admit(handles, params, parts, peer, channels).await {
         Ok(admitted) => Gated::Open(admitted),
         Err(resp) => Gated::Refused(resp),
     }
@@ -165,21 +193,21 @@ pub fn channels(
 
 /// `/_unpoll/sse?channel=a&channel=b`: the client names the channels, its JWT limits them.
 pub async fn open_generic(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     authorizer: &Authorizer,
     parts: &Parts,
     peer: IpAddr,
 ) -> Response<Body> {
-    match admit_generic(app, snapshot, authorizer, parts, peer).await {
-        Ok(admitted) => admitted.into_response(app),
+    match admit_generic(handles, snapshot, authorizer, parts, peer).await {
+        Ok(admitted) => admitted.into_response(handles),
         Err(resp) => resp,
     }
 }
 
 /// The gate of [`open_generic`], without the body.
 pub(crate) async fn admit_generic(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     authorizer: &Authorizer,
     parts: &Parts,
@@ -189,7 +217,7 @@ pub(crate) async fn admit_generic(
         Ok(channels) => channels,
         Err(e) => return Err(ProxyError::Auth(e).into_response()),
     };
-    let subscribers = app.metrics.stream_subscribers("generic_stream");
+    let subscribers = handles.metrics.stream_subscribers("generic_stream");
     let gate = Gate {
         snapshot,
         authorizer,
@@ -197,7 +225,7 @@ pub(crate) async fn admit_generic(
         name: "generic_stream",
         options: GENERIC_SSE,
     };
-    gate.admit(app, &PathParams::default(), parts, peer, channels)
+    gate.admit(handles, &PathParams::default(), parts, peer, channels)
         .await
 }
 
@@ -213,7 +241,7 @@ struct Gate<'a> {
 impl Gate<'_> {
     async fn admit(
         &self,
-        app: &App,
+        handles: &Handles,
         params: &PathParams,
         parts: &Parts,
         peer: IpAddr,
@@ -240,7 +268,7 @@ impl Gate<'_> {
             }
         };
         let last_event_id = crate::sse::last_event_id(&parts.headers, parts.uri.query());
-        let sub = match app
+        let sub = match handles
             .hub
             .subscribe(&channels, last_event_id.as_deref(), Some(client))
         {
@@ -273,5 +301,98 @@ fn refused(rule: &str, e: &SubscribeError) -> Response<Body> {
             resp
         }
         None => error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use http::{Method, Request, StatusCode};
+
+    use super::{Gated, admit};
+    use crate::handles::Handles;
+    use crate::handles::testing::instance;
+    use crate::snapshot::Snapshot;
+    use crate::snapshot::routes::Action;
+
+    const RULES: &str = r#"
+        [[stream]]
+        path = "/bots/{id}/events"
+        channels = ["bot:{path.id}"]
+        auth = "none"
+        limits = { per_ip = 1 }
+
+        [[stream]]
+        path = "/q/events"
+        channels = ["q:{query.id}"]
+        auth = "none"
+    "#;
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// The gate's decision on `GET uri`.
+    async fn gate(handles: &Handles, snapshot: &Snapshot, uri: &str) -> Gated {
+        let (parts, ()) = Request::get(uri).body(()).unwrap().into_parts();
+        let route = snapshot.routes.resolve(&Method::GET, parts.uri.path());
+        let Action::Stream(s) = route.action else {
+            panic!("{uri} is not a stream");
+        };
+        let (rule, gauge) = (&s.rule, &s.subscribers);
+        admit(
+            handles,
+            snapshot,
+            rule,
+            &s.authorizer,
+            gauge,
+            &route.params,
+            &parts,
+            PEER,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn subscribes_to_the_rules_channels_on_the_hub() {
+        let (handles, _, snapshot) = instance(RULES);
+        let Gated::Open(mut admitted) = gate(&handles, &snapshot, "/bots/7/events").await else {
+            panic!("refused");
+        };
+        assert_eq!(admitted.sub.channels().collect::<Vec<_>>(), ["bot:7"]);
+        handles.hub.publish("bot:8", None, "other".into());
+        handles.hub.publish("bot:7", None, "hello".into());
+        let frame = admitted.sub.recv().await.unwrap();
+        let frame = std::str::from_utf8(&frame).unwrap();
+        assert!(frame.contains("data: hello\n"), "{frame}");
+    }
+
+    #[tokio::test]
+    async fn a_limit_refuses_until_the_open_stream_ends() {
+        let (handles, _, snapshot) = instance(RULES);
+        let first = gate(&handles, &snapshot, "/bots/1/events").await;
+        assert!(matches!(first, Gated::Open(_)));
+        match gate(&handles, &snapshot, "/bots/2/events").await {
+            Gated::Refused(resp) => assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS),
+            _ => panic!("per_ip = 1 let a second stream in"),
+        }
+        drop(first);
+        let again = gate(&handles, &snapshot, "/bots/2/events").await;
+        assert!(matches!(again, Gated::Open(_)));
+    }
+
+    #[tokio::test]
+    async fn a_missing_value_leaves_the_request_to_the_proxy() {
+        let (handles, _, snapshot) = instance(RULES);
+        let gated = gate(&handles, &snapshot, "/q/events").await;
+        assert!(matches!(gated, Gated::NotApplicable(_)));
+        assert!(matches!(
+            gate(&handles, &snapshot, "/q/events?id=3").await,
+            Gated::Open(_)
+        ));
+        assert_eq!(
+            handles.hub.stats(0).subscribers,
+            0,
+            "dropped streams unsubscribe"
+        );
     }
 }

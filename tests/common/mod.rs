@@ -102,7 +102,7 @@ impl Unpoll {
 
     /// Shut down and wait for the drain to finish.
     pub async fn stop(mut self) {
-        self.app.shutdown.cancel();
+        self.app.handles.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.expect("unpoll task panicked");
         }
@@ -121,7 +121,7 @@ impl Unpoll {
 
 impl Drop for Unpoll {
     fn drop(&mut self) {
-        self.app.shutdown.cancel();
+        self.app.handles.shutdown.cancel();
     }
 }
 
