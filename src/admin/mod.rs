@@ -133,6 +133,7 @@ pub fn stats_value(parts: &AdminHandles) -> serde_json::Value {
         "ready": parts.readiness.is_ready(),
         "hub": handles.hub.stats(STATS_TOP_CHANNELS),
         "cache": handles.cache.stats(),
+        "watch": handles.watch.watches.metrics.stats(),
         "streams": snapshot.routes.streams.iter().map(|s| serde_json::json!({
             "rule": s.rule.name,
             "path": s.rule.path.to_string(),
