@@ -87,6 +87,7 @@ fn hub(out: &mut Vec<String>, old: &HubConfig, new: &HubConfig) {
             subscriber_queue, subscriber_queue_bytes, channel_idle_ttl, max_channels,
             max_subscribers, max_subscribers_per_channel, max_subscribers_per_ip,
             max_channels_per_subscription, max_multi, retry_after, sweep_interval,
+            max_watch_keys,
         }
         derived {});
 }
