@@ -29,6 +29,7 @@ pub struct RawWatchRule {
     event: Option<String>,
     max_body: Option<String>,
     inject: Option<bool>,
+    token_query: Option<String>,
 }
 
 /// A validated `[[watch]]` rule.
@@ -51,6 +52,10 @@ pub struct WatchRule {
     /// and `max_body` the watchers use: `ttl` is the rule's `ttl`, else `interval`, else
     /// [`UNTIL_PURGE`].
     pub cache: CacheRule,
+    /// `token_query`: this query parameter, when present, is the fetches' (and the key's)
+    /// `Authorization: Bearer`, and never reaches the app (an EventSource cannot send
+    /// headers).
+    pub token_query: Option<String>,
 }
 
 /// Default `interval`.
@@ -115,6 +120,26 @@ impl RawWatchRule {
                 "needs a path without `{…}` or `*` segments: the page is told one URL to watch",
             );
         }
+        let token_query = self.token_query.clone().filter(|name| {
+            let key = join(path, "token_query");
+            if !crate::auth::token_query_name_ok(name, &key, errors) {
+                return false;
+            }
+            // The token becomes the Authorization header: unless that header splits the
+            // key, one user's token would fetch the body every other user is served.
+            let keyed = self
+                .vary
+                .as_ref()
+                .is_none_or(|vary| vary.iter().any(|h| h.eq_ignore_ascii_case("authorization")));
+            if !keyed {
+                errors.push(
+                    key,
+                    "needs Authorization in vary: the token is sent as Authorization, and \
+                     the key must tell users apart",
+                );
+            }
+            keyed
+        });
         let cache_ttl = ttl
             .or(interval.filter(|i| !i.is_zero()))
             .unwrap_or(UNTIL_PURGE);
@@ -129,6 +154,7 @@ impl RawWatchRule {
             event: self.event.clone(),
             inject,
             cache: cache?,
+            token_query,
         })
     }
 
@@ -192,6 +218,21 @@ mod tests {
         assert_eq!(r.cache.ttl, UNTIL_PURGE);
         let r = rule("path = \"/inbox\"\ninterval = \"0s\"\nttl = \"30s\"").unwrap();
         assert_eq!(r.cache.ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn token_query_needs_a_plain_name_and_authorization_in_the_key() {
+        let r = rule("path = \"/inbox\"\ntoken_query = \"token\"").unwrap();
+        assert_eq!(r.token_query.as_deref(), Some("token"));
+        let r = rule("path = \"/inbox\"\nvary = [\"authorization\"]\ntoken_query = \"t\"");
+        assert!(r.is_ok(), "{r:?}");
+        let err = rule("path = \"/inbox\"\nvary = []\ntoken_query = \"token\"").unwrap_err();
+        assert!(
+            err.contains("watch[1].token_query: needs Authorization in vary"),
+            "{err}"
+        );
+        let err = rule("path = \"/inbox\"\ntoken_query = \"a b\"").unwrap_err();
+        assert!(err.contains("watch[1].token_query: \"a b\""), "{err}");
     }
 
     #[test]
