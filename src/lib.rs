@@ -38,6 +38,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod logging;

@@ -1,0 +1,3 @@
+//! Several unpoll instances sharing channels, history and purges through Redis (`[cluster]`).
+
+pub mod config;
