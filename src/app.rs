@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthMetrics, Authorizer, JwtAuth};
 use crate::cache::Cache;
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigErrors};
-use crate::hub::Hub;
+use crate::hub::{EventData, EventId, Hub};
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::proxy::routes::Routes;
 use crate::proxy::upstream::UpstreamClient;
@@ -58,6 +59,9 @@ pub struct App {
     pub cache: Cache,
     /// Metrics of subscribe auth and limits.
     pub auth_metrics: AuthMetrics,
+    /// Membership of a cluster of instances sharing Redis (`[cluster]`), if configured.
+    /// Read at start only.
+    pub cluster: Option<Arc<Cluster>>,
     /// Not-ready reasons by component; `/readyz` is 200 only when empty.
     readiness: Mutex<BTreeMap<&'static str, String>>,
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
@@ -92,6 +96,7 @@ impl App {
         }
         let hub = Hub::new(config.hub.clone());
         hub.metrics().register(&mut registry);
+        let cluster = config.cluster.clone().map(|c| Cluster::new(c, hub.clone()));
         let cache = Cache::new(config.cache_size, &mut registry);
         let auth_metrics = AuthMetrics::register(&mut registry);
         let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
@@ -106,6 +111,7 @@ impl App {
             hub,
             readiness: Mutex::new(readiness),
             auth_metrics,
+            cluster,
             shutdown,
             started: Instant::now(),
         })
@@ -160,6 +166,9 @@ impl App {
         if old.config.cache_size != config.cache_size {
             warnings.push("cache_size changed: restart unpoll to apply it".to_string());
         }
+        if old.config.cluster != config.cluster {
+            warnings.push("[cluster] changed: restart unpoll to apply it".to_string());
+        }
         if old.config.hub != config.hub {
             warnings.push("[hub] changed: restart unpoll to apply it".to_string());
         }
@@ -193,12 +202,50 @@ impl App {
     /// `POST /purge`), including fills of them in flight.
     pub fn purge_tags(&self, tags: &[String]) {
         self.cache.purge(tags);
+        if let Some(cluster) = &self.cluster {
+            cluster.purge_tags(tags);
+        }
     }
 
     /// Purge cache entries with a tag matching `pattern` (`*` wildcards): what a source does
     /// when it lost events and cannot tell which tags they concerned.
     pub fn purge_tag_pattern(&self, pattern: &str) {
         self.cache.purge_glob(pattern);
+        if let Some(cluster) = &self.cluster {
+            cluster.purge_glob(pattern);
+        }
+    }
+
+    /// Publish an event on `channel` and return its id: through the cluster when there is
+    /// one (every instance delivers it, under the same id), else on this hub.
+    pub async fn publish(&self, channel: &str, event: Option<&str>, data: EventData) -> EventId {
+        match &self.cluster {
+            Some(cluster) => cluster.publish(channel, event, &data).await,
+            None => self.hub.publish(channel, event, data),
+        }
+    }
+
+    /// [`App::publish`] for callers that do not wait for the id; in publish order.
+    pub fn publish_nowait(&self, channel: &str, event: Option<&str>, data: EventData) {
+        match &self.cluster {
+            Some(cluster) => cluster.publish_nowait(channel, event, data),
+            None => {
+                self.hub.publish(channel, event, data);
+            }
+        }
+    }
+
+    /// Reset the subscribers of channels matching `pattern` (a source lost events): on
+    /// every instance of the cluster. Returns the subscribers reset here (0 when relayed
+    /// through the cluster: they are reset when the relay comes back).
+    pub fn reset_channels(&self, pattern: &str, reason: &str) -> usize {
+        match &self.cluster {
+            Some(cluster) => {
+                cluster.reset(pattern, reason);
+                0
+            }
+            None => self.hub.reset_matching(pattern, reason),
+        }
     }
 
     /// Mark `component` not ready (with the reason) or ready (`None`).
@@ -223,7 +270,12 @@ impl App {
             .readiness
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.iter().map(|(k, v)| (*k, v.clone())).collect()
+        let mut out: Vec<(&'static str, String)> =
+            map.iter().map(|(k, v)| (*k, v.clone())).collect();
+        if let Some(why) = self.cluster.as_ref().and_then(|c| c.not_ready()) {
+            out.push((crate::cluster::READINESS, why));
+        }
+        out
     }
 }
 

@@ -20,6 +20,8 @@
 //! - [`cache`]: `[[cache]]` rules: per-user keys, coalescing, stale serving, tag purge.
 //! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT) behind a `Sink`.
+//! - [`cluster`]: `[cluster]`: several instances share channels, ids, history and purges
+//!   through Redis (pub/sub for the live path, streams for history).
 //! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
 //!   format and the response body that streams a subscription.
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints) and `/_unpoll/multi` (several streams,
@@ -127,6 +129,10 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
         tasks.clone(),
     ));
     let sweeper = tokio::spawn(app.hub.clone().run_sweeper(app.shutdown.clone()));
+    let cluster = app
+        .cluster
+        .clone()
+        .map(|cluster| tokio::spawn(cluster.run(app.clone())));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         server::Listener::Admin,
@@ -137,6 +143,9 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
     let _ = tokio::join!(main, admin, sweeper);
+    if let Some(cluster) = cluster {
+        let _ = cluster.await;
+    }
     // Sources stop on the same cancellation; wait so none publishes after run returns.
     for source in sources {
         let _ = source.await;

@@ -93,6 +93,7 @@ fn stats(app: &App) -> Response<Body> {
         "upstream": snapshot.config.upstream.to_string(),
         "ready": app.not_ready().is_empty(),
         "hub": app.hub.stats(STATS_TOP_CHANNELS),
+        "cluster": app.cluster.as_ref().map(|c| c.stats()),
         "cache": app.cache.stats(),
         "streams": snapshot.routes.streams.iter().map(|s| serde_json::json!({
             "rule": s.rule.name,

@@ -97,17 +97,16 @@ where
             }
         }
     }
-    let ids: Vec<String> = checked
-        .into_iter()
-        .map(|(e, tags)| {
-            if !tags.is_empty() {
-                app.purge_tags(&tags);
-            }
-            app.hub
-                .publish(&e.channel, e.event.as_deref(), EventData::Json(e.data))
-                .to_string()
-        })
-        .collect();
+    let mut ids: Vec<String> = Vec::with_capacity(checked.len());
+    for (e, tags) in checked {
+        if !tags.is_empty() {
+            app.purge_tags(&tags);
+        }
+        let id = app
+            .publish(&e.channel, e.event.as_deref(), EventData::Json(e.data))
+            .await;
+        ids.push(id.to_string());
+    }
     let body = if batch {
         serde_json::json!({ "ids": ids })
     } else {

@@ -100,6 +100,16 @@ impl Hub {
         count
     }
 
+    /// This hub stops receiving `channel`'s events: a resume from before now on it resets
+    /// until its history is read again.
+    pub fn invalidate(&self, channel: &str) {
+        let mut state = self.inner.lock();
+        let seq = state.seq;
+        if let Some(ch) = state.channels.get_mut(channel) {
+            ch.gap_floor = ch.gap_floor.max(seq);
+        }
+    }
+
     /// Make `events` (ascending, the channel's shared history up to `upto`, complete after
     /// `floor`) the history of `channel` up to `upto`. False when the hub has moved to
     /// another id space since they were read.

@@ -49,11 +49,12 @@ impl AppSink {
 
 impl Sink for AppSink {
     fn publish(&self, channel: &str, event: Option<&str>, data: Value) {
-        self.app.hub.publish(channel, event, EventData::Json(data));
+        self.app
+            .publish_nowait(channel, event, EventData::Json(data));
     }
 
     fn reset(&self, glob: &str, reason: &str) -> usize {
-        self.app.hub.reset_matching(glob, reason)
+        self.app.reset_channels(glob, reason)
     }
 
     fn purge(&self, tags: &[String]) {

@@ -240,13 +240,21 @@ impl Gate<'_> {
             }
         };
         let last_event_id = crate::sse::last_event_id(&parts.headers, parts.uri.query());
-        let sub = match app
+        // In a cluster: the channels are read from Redis while this subscription lives.
+        let follow = match &app.cluster {
+            Some(cluster) => Some(cluster.follow(&channels, last_event_id.as_deref()).await),
+            None => None,
+        };
+        let mut sub = match app
             .hub
             .subscribe(&channels, last_event_id.as_deref(), Some(client))
         {
             Ok(sub) => sub,
             Err(e) => return Err(refused(self.name, &e)),
         };
+        if let Some(follow) = follow {
+            sub.hold(follow);
+        }
         if let Some(abort) = parts.extensions.get::<ConnectionAbort>() {
             let abort = abort.clone();
             sub.on_overflow(move || abort.abort());

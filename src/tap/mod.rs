@@ -167,7 +167,7 @@ fn publish(app: &App, rule: &TapRule, request: &OwnedRequest, response: &TapResp
     match event::build(rule, &req, response) {
         Ok(ev) => {
             app.purge_tags(&ev.purge);
-            app.hub.publish(&ev.channel, ev.event.as_deref(), ev.data);
+            app.publish_nowait(&ev.channel, ev.event.as_deref(), ev.data);
         }
         Err(missing) => {
             tracing::debug!(rule = %rule.name, cause = %missing, "tap does not apply");
