@@ -1,0 +1,215 @@
+//! `[cluster]`: several real unpoll instances in front of real upstreams, sharing the real
+//! Redis of this machine (or a private one the test kills).
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{PrivateRedis, redis_url, unique_prefix};
+use common::sse::{SseClient, publish};
+use common::{Unpoll, Upstream, client, eventually, get_text};
+use serde_json::json;
+
+const TOKEN: &str = "t0ken";
+const T: Duration = Duration::from_secs(10);
+
+fn config(redis: &str, prefix: &str, node: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+token = "{TOKEN}"
+
+[cluster]
+redis = "{redis}"
+prefix = "{prefix}"
+node_id = "{node}"
+reconnect_min = "50ms"
+reconnect_max = "300ms"
+
+[[stream]]
+path = "/events/{{chan}}"
+channels = ["{{path.chan}}"]
+auth = "none"
+
+[[cache]]
+path = "/messages"
+ttl = "60s"
+vary = []
+tags = ["messages"]
+
+[[tap]]
+path = "/send"
+channel = "chat"
+purge = ["messages"]
+"#
+    )
+}
+
+/// Start `n` instances of one cluster and wait until each has joined it.
+async fn cluster(upstream: &Upstream, redis: &str, prefix: &str, n: usize) -> Vec<Unpoll> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let node = Unpoll::start(&upstream.url(), &config(redis, prefix, &format!("n{i}"))).await;
+        nodes.push(node);
+    }
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    nodes
+}
+
+async fn wait_ready(node: &Unpoll) {
+    eventually(T, "the instance joins the cluster", || async {
+        node.app.not_ready().is_empty()
+    })
+    .await;
+}
+
+async fn publish_on(node: &Unpoll, channel: &str, data: serde_json::Value) -> String {
+    let answer = publish(
+        &client(),
+        &node.admin_url("/publish"),
+        TOKEN,
+        json!({ "channel": channel, "event": "e", "data": data }),
+    )
+    .await;
+    answer["id"].as_str().expect("an id").to_string()
+}
+
+#[tokio::test]
+async fn an_event_published_on_one_instance_reaches_all_with_one_id() {
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("fanout");
+    let nodes = cluster(&upstream, &redis_url(), &prefix, 3).await;
+    let http = client();
+    let mut subs = Vec::new();
+    for node in &nodes {
+        subs.push(SseClient::open(&http, &node.url("/events/room"), None).await);
+    }
+    let id = publish_on(&nodes[0], "room", json!({"n": 1})).await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let e = sub.next(T).await;
+        assert_eq!(
+            (e.id.as_str(), e.data.as_str()),
+            (id.as_str(), r#"{"n":1}"#),
+            "node {i}"
+        );
+    }
+    // And the other way round, from the last instance.
+    let id = publish_on(&nodes[2], "room", json!({"n": 2})).await;
+    for sub in &mut subs {
+        assert_eq!(sub.next(T).await.id, id);
+    }
+    // /stats names the node.
+    let stats = nodes[1].stats().await;
+    assert_eq!(stats["cluster"]["node_id"], "n1");
+    assert_eq!(stats["cluster"]["connected"], true);
+}
+
+#[tokio::test]
+async fn a_client_moving_to_another_instance_continues_exactly() {
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("move");
+    let nodes = cluster(&upstream, &redis_url(), &prefix, 3).await;
+    let http = client();
+    let mut on_a = SseClient::open(&http, &nodes[0].url("/events/doc"), None).await;
+    let first = publish_on(&nodes[1], "doc", json!(1)).await;
+    assert_eq!(on_a.next(T).await.id, first);
+    drop(on_a);
+    // Published while the client is away, from two instances and interleaved with
+    // another channel's events.
+    let mut missed = Vec::new();
+    for i in 2..=6 {
+        let from = &nodes[i % 2];
+        missed.push(publish_on(from, "doc", json!(i)).await);
+        publish_on(from, "other", json!(i)).await;
+    }
+    // C never had a subscriber of "doc": it reads the channel's history from Redis.
+    let mut on_c = SseClient::open(&http, &nodes[2].url("/events/doc"), Some(&first)).await;
+    for (i, id) in missed.iter().enumerate() {
+        let e = on_c.next(T).await;
+        assert_eq!(e.event, "e", "no reset: {e:?}");
+        assert_eq!((&e.id, e.data.as_str()), (id, (i + 2).to_string().as_str()));
+    }
+    let live = publish_on(&nodes[0], "doc", json!(7)).await;
+    assert_eq!(on_c.next(T).await.id, live, "then live, without a gap");
+
+    // A resume from before what Redis holds is a reset, not a silent gap: an id of another
+    // epoch (another cluster, or Redis lost its data) resets.
+    let mut stale =
+        SseClient::open(&http, &nodes[2].url("/events/doc"), Some("000000000001-1")).await;
+    assert_eq!(stale.next(T).await.event, "reset");
+}
+
+#[tokio::test]
+async fn a_tap_on_one_instance_purges_the_cache_of_another() {
+    let upstream = Upstream::builder()
+        .route("/messages", "[]")
+        .route("/send", "ok")
+        .run()
+        .await;
+    let prefix = unique_prefix("purge");
+    let nodes = cluster(&upstream, &redis_url(), &prefix, 2).await;
+    let http = client();
+    get_text(&nodes[0].url("/messages")).await;
+    get_text(&nodes[0].url("/messages")).await;
+    assert_eq!(upstream.hits("/messages"), 1, "the second read is cached");
+    let resp = http.post(nodes[1].url("/send")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    eventually(T, "A's entry purged by B's tap", || async {
+        get_text(&nodes[0].url("/messages")).await;
+        upstream.hits("/messages") == 2
+    })
+    .await;
+    get_text(&nodes[0].url("/messages")).await;
+    assert_eq!(
+        upstream.hits("/messages"),
+        2,
+        "cached again after the refetch"
+    );
+}
+
+#[tokio::test]
+async fn losing_redis_resets_subscribers_and_local_events_still_flow() {
+    let mut redis = PrivateRedis::start().await;
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("restart");
+    let nodes = cluster(&upstream, &redis.url(), &prefix, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let http = client();
+    let mut sub = SseClient::open(&http, &a.url("/events/x"), None).await;
+    let before = publish_on(b, "x", json!("before")).await;
+    assert_eq!(sub.next(T).await.id, before);
+
+    redis.kill().await;
+    let e = sub.next(T).await;
+    assert_eq!(e.event, "reset", "continuity lost: {e:?}");
+    eventually(T, "readyz says why", || async {
+        let resp = http.get(a.admin_url("/readyz")).send().await.unwrap();
+        resp.status() == 503 && resp.text().await.unwrap().contains("cluster: ")
+    })
+    .await;
+    // Published on A while Redis is down: A's own subscribers still get it.
+    let local = publish_on(a, "x", json!("local")).await;
+    let e = sub.next(T).await;
+    assert_eq!(
+        (e.id.as_str(), e.data.as_str()),
+        (local.as_str(), r#""local""#)
+    );
+
+    redis.restart().await;
+    wait_ready(a).await;
+    wait_ready(b).await;
+    let e = sub.next(T).await;
+    assert_eq!(
+        e.event, "reset",
+        "rejoining: what others published meanwhile was missed"
+    );
+    let after = publish_on(b, "x", json!("after")).await;
+    let e = sub.next(T).await;
+    assert_eq!(
+        (e.id.as_str(), e.data.as_str()),
+        (after.as_str(), r#""after""#)
+    );
+}
