@@ -35,6 +35,9 @@ impl Hub {
         if id.boot != inner.boot() || id.seq <= state.seq {
             return false;
         }
+        // The positions skipped are events of channels this hub does not follow: a channel
+        // it has no record of cannot replay them.
+        state.dropped_floor = state.dropped_floor.max(id.seq - 1);
         state.seq = id.seq;
         inner.publish_locked(state, id, channel, event, text);
         true
@@ -48,6 +51,7 @@ impl Hub {
         if id.boot != inner.boot() || id.seq <= state.seq {
             return None;
         }
+        state.dropped_floor = state.dropped_floor.max(id.seq - 1);
         state.seq = id.seq;
         Some(inner.reset_locked(state, id, pattern, reason))
     }
@@ -61,6 +65,8 @@ impl Hub {
             return false;
         }
         if id.seq > state.seq {
+            // As in `apply`: what was skipped concerns channels this hub does not follow.
+            state.dropped_floor = state.dropped_floor.max(id.seq);
             state.seq = id.seq;
             inner
                 .cursor
