@@ -213,3 +213,66 @@ async fn losing_redis_resets_subscribers_and_local_events_still_flow() {
         (after.as_str(), r#""after""#)
     );
 }
+
+/// Measurement, not a check (`cargo test --release --test cluster -- --ignored --nocapture`):
+/// one instance follows 10,000 channels (SUBSCRIBE + history read each), then publishes
+/// events through Redis; prints the time per follow and per publish and Redis's CPU per
+/// script call (INFO commandstats). Numbers are recorded in BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_following_10000_channels() {
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("measure");
+    let nodes = cluster(&upstream, &redis_url(), &prefix, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let ca = a.app.cluster.clone().expect("cluster");
+    let cb = b.app.cluster.clone().expect("cluster");
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let channels: Vec<String> = (0..10_000).map(|i| format!("c{i}")).collect();
+    let started = std::time::Instant::now();
+    let mut holds = Vec::new();
+    for ch in &channels {
+        holds.push(ca.follow(std::slice::from_ref(ch), None).await);
+    }
+    let follow = started.elapsed();
+    let mut subs = Vec::new();
+    for ch in channels.iter().step_by(100) {
+        subs.push(a.app.hub.subscribe(std::slice::from_ref(ch), None, None).unwrap());
+    }
+    let n = 2_000u64;
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let ch = &channels[(i as usize * 37) % channels.len()];
+        cb.publish(ch, None, &unpoll::hub::EventData::Text(i.to_string()))
+            .await;
+    }
+    let publish = started.elapsed();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    println!(
+        "follow: {:?} per channel ({follow:?} for 10,000); publish (sequential, B): {:?} per event",
+        follow / 10_000,
+        publish / n as u32
+    );
+    for line in stats.lines().filter(|l| {
+        ["evalsha", "eval:", "subscribe", "publish", "xadd", "xrevrange", "incr"]
+            .iter()
+            .any(|c| l.contains(&format!("cmdstat_{c}")))
+    }) {
+        println!("{line}");
+    }
+    println!("a stats: {}", a.stats().await["cluster"]);
+    drop(holds);
+}
