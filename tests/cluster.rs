@@ -246,7 +246,12 @@ async fn measure_following_10000_channels() {
     let follow = started.elapsed();
     let mut subs = Vec::new();
     for ch in channels.iter().step_by(100) {
-        subs.push(a.app.hub.subscribe(std::slice::from_ref(ch), None, None).unwrap());
+        subs.push(
+            a.app
+                .hub
+                .subscribe(std::slice::from_ref(ch), None, None)
+                .unwrap(),
+        );
     }
     let n = 2_000u64;
     let started = std::time::Instant::now();
@@ -267,9 +272,17 @@ async fn measure_following_10000_channels() {
         publish / n as u32
     );
     for line in stats.lines().filter(|l| {
-        ["evalsha", "eval:", "subscribe", "publish", "xadd", "xrevrange", "incr"]
-            .iter()
-            .any(|c| l.contains(&format!("cmdstat_{c}")))
+        [
+            "evalsha",
+            "eval:",
+            "subscribe",
+            "publish",
+            "xadd",
+            "xrevrange",
+            "incr",
+        ]
+        .iter()
+        .any(|c| l.contains(&format!("cmdstat_{c}")))
     }) {
         println!("{line}");
     }

@@ -625,12 +625,65 @@ impl Cluster {
             self.keys.reset.clone(),
             self.keys.purge.clone(),
         ];
-        let followed: Vec<Arc<str>> = self.lock().follows.keys().cloned().collect();
-        channels.extend(followed.iter().map(|n| format!("{}{n}", self.keys.events)));
-        tokio::time::timeout(t, sink.subscribe(channels))
-            .await
-            .map_err(|e| failure("SUBSCRIBE", e))?
-            .map_err(|e| failure("SUBSCRIBE", e))?;
+        let mut subscribed: std::collections::HashSet<Arc<str>> = Default::default();
+        let mut pending: Vec<Arc<str>> = self.lock().follows.keys().cloned().collect();
+        // Until no channel is followed that is not subscribed: a subscriber may arrive (and
+        // follow, without a connection) at any point before the link is published below.
+        let (epoch, seq, mut shared) = loop {
+            channels.extend(pending.iter().map(|n| format!("{}{n}", self.keys.events)));
+            if !channels.is_empty() {
+                tokio::time::timeout(t, sink.subscribe(std::mem::take(&mut channels)))
+                    .await
+                    .map_err(|e| failure("SUBSCRIBE", e))?
+                    .map_err(|e| failure("SUBSCRIBE", e))?;
+            }
+            subscribed.extend(pending.drain(..));
+            let (epoch, seq) = self.connect_barrier(&mut cmd, &mut messages).await?;
+            let shared = self.lock();
+            pending = shared
+                .follows
+                .keys()
+                .filter(|n| !subscribed.contains(*n))
+                .cloned()
+                .collect();
+            if pending.is_empty() {
+                break (epoch, seq, shared);
+            }
+        };
+        let link = Link {
+            cmd,
+            sink,
+            epoch,
+            lost: CancellationToken::new(),
+        };
+        // Under the lock with the link published: no follow can miss it, and everything
+        // delivered after the barrier is numbered after the reset.
+        let told = self.hub.rebase(
+            epoch,
+            seq,
+            "cluster: joined; events published while this instance was away may be missing",
+        );
+        for f in shared.follows.values_mut() {
+            f.subscribed = true;
+            f.synced = false;
+        }
+        shared.link = Some(link.clone());
+        shared.down = None;
+        drop(shared);
+        if told > 0 {
+            tracing::info!(subscribers_reset = told, "rebased onto the cluster");
+        }
+        Ok((link, messages))
+    }
+
+    /// The cluster position, once the pub/sub connection has delivered everything before
+    /// it (discarded: the reset of the rebase covers it).
+    async fn connect_barrier(
+        &self,
+        cmd: &mut MultiplexedConnection,
+        messages: &mut redis::aio::PubSubStream,
+    ) -> Result<(Boot, u64), Failure> {
+        let t = self.config.timeout;
         let token = {
             let mut shared = self.lock();
             shared.next_token += 1;
@@ -642,13 +695,12 @@ impl Cluster {
             .arg(Boot::generate().to_string())
             .arg(&self.keys.node)
             .arg(token)
-            .invoke_async(&mut cmd)
+            .invoke_async(cmd)
             .await
             .map_err(|e| failure("barrier", e))?;
         let epoch: Boot = epoch
             .parse()
             .map_err(|_| format!("{} holds {epoch:?}, not an epoch", self.keys.epoch))?;
-        // Everything before the barrier is covered by the reset below.
         let expected = format!("{token}\n");
         tokio::time::timeout(t, async {
             while let Some(msg) = messages.next().await {
@@ -662,31 +714,7 @@ impl Cluster {
         })
         .await
         .map_err(|e| failure("barrier", e))??;
-        let link = Link {
-            cmd,
-            sink,
-            epoch,
-            lost: CancellationToken::new(),
-        };
-        let mut shared = self.lock();
-        let told = self.hub.rebase(
-            epoch,
-            seq,
-            "cluster: joined; events published while this instance was away may be missing",
-        );
-        for name in &followed {
-            if let Some(f) = shared.follows.get_mut(name) {
-                f.subscribed = true;
-                f.synced = false;
-            }
-        }
-        shared.link = Some(link.clone());
-        shared.down = None;
-        drop(shared);
-        if told > 0 {
-            tracing::info!(subscribers_reset = told, "rebased onto the cluster");
-        }
-        Ok((link, messages))
+        Ok((epoch, seq))
     }
 
     /// Apply one pub/sub message. `Err` when the cluster's sequence started over.
