@@ -289,3 +289,57 @@ async fn measure_following_10000_channels() {
     println!("a stats: {}", a.stats().await["cluster"]);
     drop(holds);
 }
+
+/// `[[notify]]` in outbox mode on two instances: one consumes at a time; when it stops,
+/// the other takes over; every row is published exactly once.
+#[tokio::test]
+async fn one_instance_consumes_the_outbox_and_another_takes_over() {
+    use common::pg::{RecordingSink, database_url, insert_rows, make_outbox, pool, unique};
+    let db = pool().await;
+    let listen = unique("cl_wake");
+    let outbox = make_outbox(&db, &listen).await;
+    let prefix = unique_prefix("lease");
+    let extra = |node: &str| {
+        format!(
+            "{}[postgres]\nurl = \"{}\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n\
+             outbox_poll = \"200ms\"\n\n[[notify]]\nlisten = \"{listen}\"\noutbox = \"{outbox}\"\n",
+            config(&redis_url(), &prefix, node),
+            database_url(),
+        )
+    };
+    let upstream = Upstream::builder().run().await;
+    let sinks = [
+        std::sync::Arc::new(RecordingSink::default()),
+        std::sync::Arc::new(RecordingSink::default()),
+    ];
+    let a = Unpoll::start_with_sink(&upstream.url(), &extra("a"), sinks[0].clone()).await;
+    let b = Unpoll::start_with_sink(&upstream.url(), &extra("b"), sinks[1].clone()).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let ns = |sink: &RecordingSink| -> Vec<i64> {
+        sink.events()
+            .iter()
+            .map(|(_, _, d)| d["n"].as_i64().expect("n"))
+            .collect()
+    };
+    let total = || ns(&sinks[0]).len() + ns(&sinks[1]).len();
+    insert_rows(&db, &outbox, 1, 10).await;
+    eventually(Duration::from_secs(20), "10 rows published", || async {
+        total() >= 10
+    })
+    .await;
+    let holder = if ns(&sinks[0]).is_empty() { 1 } else { 0 };
+    assert!(ns(&sinks[1 - holder]).is_empty(), "one consumer at a time");
+    let (stopped, other) = if holder == 0 { (a, b) } else { (b, a) };
+    stopped.stop().await;
+    insert_rows(&db, &outbox, 11, 20).await;
+    eventually(Duration::from_secs(20), "the other instance takes over", || async {
+        total() >= 20
+    })
+    .await;
+    let mut all = ns(&sinks[holder]);
+    all.extend(ns(&sinks[1 - holder]));
+    assert_eq!(all, (1..=20).collect::<Vec<_>>(), "each row once, in order");
+    assert_eq!(ns(&sinks[1 - holder]), (11..=20).collect::<Vec<_>>());
+    drop(other);
+}

@@ -34,6 +34,7 @@
 //! missed) and purges its tagged cache entries (purges of other instances were missed).
 
 pub mod config;
+mod lease;
 mod scripts;
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ use crate::app::App;
 use crate::hub::{Backfill, Boot, EventData, EventId, Hub, glob};
 use crate::sources::backoff::Backoff;
 pub use config::ClusterConfig;
+pub use lease::LEASE_TTL;
 
 /// The readiness component name: `/readyz` says `cluster: <reason>`.
 pub const READINESS: &str = "cluster";

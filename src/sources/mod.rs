@@ -70,9 +70,24 @@ impl Sink for AppSink {
 pub fn start(app: &Arc<App>, sink: Arc<dyn Sink>) -> Vec<JoinHandle<()>> {
     let snapshot = app.snapshot();
     let config = &snapshot.config;
-    let mut tasks = match &config.postgres {
-        Some(pg) if !config.notify.is_empty() => {
+    let mut tasks = match (&config.postgres, &app.cluster) {
+        (Some(pg), None) if !config.notify.is_empty() => {
             postgres::spawn(app.clone(), pg.clone(), config.notify.clone(), sink.clone())
+        }
+        // In a cluster one instance at a time consumes notifications (each is published
+        // once, to every instance, through Redis).
+        (Some(pg), Some(cluster)) if !config.notify.is_empty() => {
+            let (app2, pg, rules, sink) = (
+                app.clone(),
+                pg.clone(),
+                config.notify.clone(),
+                sink.clone(),
+            );
+            let start = move || postgres::spawn(app2.clone(), pg.clone(), rules.clone(), sink.clone());
+            let lease = cluster
+                .clone()
+                .leased(app.clone(), "notify", postgres::READINESS, start);
+            vec![tokio::spawn(lease)]
         }
         _ => Vec::new(),
     };
