@@ -333,9 +333,11 @@ async fn one_instance_consumes_the_outbox_and_another_takes_over() {
     let (stopped, other) = if holder == 0 { (a, b) } else { (b, a) };
     stopped.stop().await;
     insert_rows(&db, &outbox, 11, 20).await;
-    eventually(Duration::from_secs(20), "the other instance takes over", || async {
-        total() >= 20
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the other instance takes over",
+        || async { total() >= 20 },
+    )
     .await;
     let mut all = ns(&sinks[holder]);
     all.extend(ns(&sinks[1 - holder]));

@@ -115,7 +115,11 @@ impl Cluster {
                     }
                 }
             };
-            tracing::warn!(lease = name, cause = why, "lost the lease: stopping the consumers");
+            tracing::warn!(
+                lease = name,
+                cause = why,
+                "lost the lease: stopping the consumers"
+            );
             for task in &tasks {
                 task.abort();
             }
@@ -131,8 +135,8 @@ impl Cluster {
     ) -> Result<&'a mut MultiplexedConnection, String> {
         if conn.is_none() {
             let t = self.config.timeout;
-            let client = redis::Client::open(self.config.redis.as_str())
-                .map_err(|e| failure("URL", e))?;
+            let client =
+                redis::Client::open(self.config.redis.as_str()).map_err(|e| failure("URL", e))?;
             let cfg = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(t))
                 .set_response_timeout(Some(t.min(PERIOD)));

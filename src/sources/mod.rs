@@ -77,13 +77,10 @@ pub fn start(app: &Arc<App>, sink: Arc<dyn Sink>) -> Vec<JoinHandle<()>> {
         // In a cluster one instance at a time consumes notifications (each is published
         // once, to every instance, through Redis).
         (Some(pg), Some(cluster)) if !config.notify.is_empty() => {
-            let (app2, pg, rules, sink) = (
-                app.clone(),
-                pg.clone(),
-                config.notify.clone(),
-                sink.clone(),
-            );
-            let start = move || postgres::spawn(app2.clone(), pg.clone(), rules.clone(), sink.clone());
+            let (app2, pg, rules, sink) =
+                (app.clone(), pg.clone(), config.notify.clone(), sink.clone());
+            let start =
+                move || postgres::spawn(app2.clone(), pg.clone(), rules.clone(), sink.clone());
             let lease = cluster
                 .clone()
                 .leased(app.clone(), "notify", postgres::READINESS, start);

@@ -313,4 +313,3 @@ pub async fn insert_rows(db: &sqlx::PgPool, outbox: &str, from: i64, to: i64) {
     )
     .await;
 }
-
