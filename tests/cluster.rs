@@ -96,10 +96,22 @@ async fn an_event_published_on_one_instance_reaches_all_with_one_id() {
             "node {i}"
         );
     }
-    // And the other way round, from the last instance.
-    let id = publish_on(&nodes[2], "room", json!({"n": 2})).await;
+    // And the other way round, from the last instance, with a name that needs the same
+    // cleaning as on a lone instance.
+    let answer = publish(
+        &client(),
+        &nodes[2].admin_url("/publish"),
+        TOKEN,
+        json!({ "channel": "room", "event": "two\nlines", "data": "x\ny" }),
+    )
+    .await;
     for sub in &mut subs {
-        assert_eq!(sub.next(T).await.id, id);
+        let e = sub.next(T).await;
+        assert_eq!(e.id, answer["id"].as_str().unwrap());
+        assert_eq!(
+            (e.event.as_str(), e.data.as_str()),
+            ("two lines", "\"x\\ny\"")
+        );
     }
     // /stats names the node.
     let stats = nodes[1].stats().await;

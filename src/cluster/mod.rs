@@ -25,6 +25,10 @@
 //! applied, so the history read and the live events meet exactly
 //! ([`Hub::backfill`](crate::hub::Hub::backfill)).
 //!
+//! # Consumers
+//!
+//! `[[notify]]` consumers run only on the instance holding a lease (`lease.rs`).
+//!
 //! # Losing Redis
 //!
 //! The hub continues alone in a fresh id space ([`Hub::rebase`](crate::hub::Hub::rebase):
@@ -254,7 +258,7 @@ impl Cluster {
         let (reply, answer) = oneshot::channel();
         let job = Job::Event {
             channel: channel.to_owned(),
-            event: event.map(str::to_owned),
+            event: event.map(one_line),
             data: data.as_text().into_owned(),
             reply: Some(reply),
         };
@@ -273,7 +277,7 @@ impl Cluster {
     pub fn publish_nowait(&self, channel: &str, event: Option<&str>, data: EventData) {
         let job = Job::Event {
             channel: channel.to_owned(),
-            event: event.map(str::to_owned),
+            event: event.map(one_line),
             data: data.as_text().into_owned(),
             reply: None,
         };
@@ -965,6 +969,12 @@ impl Cluster {
             }
         }
     }
+}
+
+/// An event name as the SSE encoder writes it (line breaks become spaces): the relayed
+/// message separates its fields with line breaks.
+fn one_line(event: &str) -> String {
+    event.replace(['\r', '\n'], " ")
 }
 
 /// `<epoch>` and `<seq>` of a message.
