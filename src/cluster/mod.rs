@@ -819,10 +819,12 @@ impl Cluster {
                     self.apply_locally(&job)
                 }
             };
-            if let (Job::Event { reply: Some(_), .. }, Some(id)) = (&job, id)
-                && let Job::Event {
+            if let (
+                Job::Event {
                     reply: Some(reply), ..
-                } = job
+                },
+                Some(id),
+            ) = (job, id)
             {
                 let _ = reply.send(id);
             }
