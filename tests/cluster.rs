@@ -357,3 +357,55 @@ async fn one_instance_consumes_the_outbox_and_another_takes_over() {
     assert_eq!(ns(&sinks[1 - holder]), (11..=20).collect::<Vec<_>>());
     drop(other);
 }
+
+/// `[mqtt]` on two instances: only the lease holder is connected, so a message becomes one
+/// event, not one per instance.
+#[tokio::test]
+async fn an_mqtt_message_is_published_once_by_the_cluster() {
+    use common::mqtt::{Publisher, broker_url};
+    use common::pg::unique;
+    let prefix = unique_prefix("mqtt");
+    let topic = unique("cl");
+    let client_id = unique("unpoll-cl");
+    let extra = |node: &str| {
+        format!(
+            "{}[mqtt]\nurl = \"{}\"\nclient_id = \"{client_id}\"\nreconnect_min = \"20ms\"\n\
+             reconnect_max = \"200ms\"\n\n[[topic]]\ntopic = \"{topic}/{{id}}\"\n\
+             channel = \"dev:{{topic.id}}\"\n",
+            config(&redis_url(), &prefix, node),
+            broker_url(),
+        )
+    };
+    let upstream = Upstream::builder().run().await;
+    let a = Unpoll::start(&upstream.url(), &extra("a")).await;
+    let b = Unpoll::start(&upstream.url(), &extra("b")).await;
+    let holds_lease = |node: &Unpoll| {
+        let app = node.app.clone();
+        async move {
+            let stats = app.cluster.as_ref().unwrap().stats();
+            stats["leases"].as_array().is_some_and(|l| !l.is_empty())
+        }
+    };
+    eventually(
+        T,
+        "one instance holds the lease and both are ready",
+        || async {
+            (holds_lease(&a).await || holds_lease(&b).await)
+                && a.app.not_ready().is_empty()
+                && b.app.not_ready().is_empty()
+        },
+    )
+    .await;
+    assert!(
+        !(holds_lease(&a).await && holds_lease(&b).await),
+        "one holder"
+    );
+    let http = client();
+    let mut sub = SseClient::open(&http, &a.url("/events/dev:1"), None).await;
+    let mut publisher = Publisher::shared().await;
+    publisher.publish(&format!("{topic}/1"), r#"{"n":1}"#).await;
+    publisher.publish(&format!("{topic}/1"), r#"{"n":2}"#).await;
+    assert_eq!(sub.next(T).await.data, r#"{"n":1}"#);
+    assert_eq!(sub.next(T).await.data, r#"{"n":2}"#, "not twice");
+    drop(b);
+}

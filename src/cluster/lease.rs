@@ -83,6 +83,12 @@ impl Cluster {
                 }
             };
             tracing::info!(lease = name, node_id = %self.config.node_id, "holding the lease: consuming");
+            // Not ready until the consumer says it is connected.
+            app.set_ready(
+                readiness,
+                Some("starting: holding the lease, not connected yet".into()),
+            );
+            self.lock().leases.insert(name.to_string());
             let tasks = start();
             let why = loop {
                 let next = (Instant::now() + PERIOD).min(deadline);

@@ -121,6 +121,8 @@ struct Shared {
     next_token: u64,
     /// Events published only locally because the queue to Redis was full.
     overflowed: u64,
+    /// Leases this instance holds (see `lease.rs`).
+    leases: std::collections::BTreeSet<String>,
 }
 
 struct Follow {
@@ -249,6 +251,7 @@ impl Cluster {
             "epoch": shared.link.as_ref().map(|l| l.epoch.to_string()),
             "followed_channels": shared.follows.len(),
             "published_locally_queue_full": shared.overflowed,
+            "leases": shared.leases,
         })
     }
 

@@ -91,8 +91,24 @@ pub fn start(app: &Arc<App>, sink: Arc<dyn Sink>) -> Vec<JoinHandle<()>> {
     // Started whenever [mqtt] is configured, even with no [[topic]] rule yet: rules
     // reload, the connection does not.
     if let Some(mqtt) = &config.mqtt {
-        let rules = app.topic_rules.subscribe();
-        tasks.push(mqtt::spawn(app.clone(), mqtt.clone(), rules, sink));
+        match &app.cluster {
+            None => {
+                let rules = app.topic_rules.subscribe();
+                tasks.push(mqtt::spawn(app.clone(), mqtt.clone(), rules, sink));
+            }
+            // As for [[notify]]: every instance would receive each message.
+            Some(cluster) => {
+                let (app2, mqtt) = (app.clone(), mqtt.clone());
+                let start = move || {
+                    let rules = app2.topic_rules.subscribe();
+                    vec![mqtt::spawn(app2.clone(), mqtt.clone(), rules, sink.clone())]
+                };
+                let lease = cluster
+                    .clone()
+                    .leased(app.clone(), "mqtt", mqtt::READINESS, start);
+                tasks.push(tokio::spawn(lease));
+            }
+        }
     }
     tasks
 }
