@@ -1,48 +1,42 @@
-//! The running application: the current config snapshot (swapped atomically on reload), the
-//! metrics registry, readiness and the shutdown signal. Every subsystem hangs off [`App`].
+//! The composition root: builds every part of one unpoll instance from the config and
+//! wires them together. The metrics come first, then the parts that own them, then the
+//! [`Handles`] the request handlers get. Only the top of the crate (`lib.rs`, `main.rs`,
+//! `server/`) sees the [`App`]; the admin endpoints get [`AdminHandles`], everything below
+//! the narrow handles it uses.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthMetrics, Authorizer, JwtAuth};
-use crate::cache::Cache;
-use crate::cluster::Cluster;
+use crate::admin::AdminHandles;
+use crate::admin::live::Live;
+use crate::admin::readiness::Readiness;
+use crate::auth::AuthMetrics;
+use crate::cache::{Cache, CacheMetrics};
+use crate::cluster::{Cluster, ClusterSink};
 use crate::config::{Config, ConfigErrors};
-use crate::hub::{EventData, EventId, Hub};
+use crate::handles::Handles;
+use crate::hub::{Hub, HubMetrics};
 use crate::metrics::{ProxyMetrics, ReloadLabels};
-use crate::proxy::routes::Routes;
-use crate::proxy::upstream::UpstreamClient;
+use crate::sink::{HubSink, Sink};
+use crate::snapshot::Snapshot;
 use crate::sources::mqtt::{MqttMetrics, TopicRule};
 use crate::sources::postgres::PostgresMetrics;
+use crate::sources::{SourceHandles, mqtt, postgres};
 
-/// Everything that a config reload replaces at once. A request loads one snapshot and keeps
-/// it to the end, so a reload never mixes old and new rules within one request.
-pub struct Snapshot {
-    /// The validated config.
-    pub config: Config,
-    /// Compiled rules.
-    pub routes: Routes,
-    /// Pooled client to the upstream.
-    pub upstream: UpstreamClient,
-    /// The `[jwt]` verifier shared by every `auth = "jwt"` rule, if configured.
-    pub jwt: Option<Arc<JwtAuth>>,
-    /// The gate of `/_unpoll/sse`, when `[generic_stream] enabled` (always JWT).
-    pub generic_stream: Option<Authorizer>,
-}
-
-/// The shared state of one unpoll instance.
+/// One unpoll instance.
 pub struct App {
     /// Current config snapshot; swapped whole by [`App::reload`], read lock-free per request.
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     /// All metrics of this instance (not a global: tests run several instances).
-    registry: Registry,
-    /// Metrics of the proxy core.
-    pub metrics: ProxyMetrics,
+    registry: Arc<Registry>,
+    /// What the request handlers use: the hub, the cache, the sink over both, the proxy
+    /// metrics, the shutdown signal.
+    pub handles: Handles,
     /// Metrics of the Postgres source (registered even when unused, so dashboards see
     /// zeros rather than gaps).
     pub postgres: PostgresMetrics,
@@ -51,75 +45,166 @@ pub struct App {
     /// The `[[topic]]` rules, for the MQTT source: [`App::reload`] sends new ones, the
     /// source subscribes and unsubscribes the difference.
     pub topic_rules: tokio::sync::watch::Sender<Arc<[TopicRule]>>,
-    /// Channels, history and subscribers. Lives as long as the instance: a reload keeps
-    /// every open stream and the history (its `[hub]` settings apply at start only).
-    pub hub: Hub,
-    /// The polling cache shared by all `[[cache]]` rules. Lives as long as the instance
-    /// (its `cache_size` applies at start only).
-    pub cache: Cache,
     /// Metrics of subscribe auth and limits.
     pub auth_metrics: AuthMetrics,
     /// Membership of a cluster of instances sharing Redis (`[cluster]`), if configured.
     /// Read at start only.
     pub cluster: Option<Arc<Cluster>>,
-    /// Not-ready reasons by component; `/readyz` is 200 only when empty.
-    readiness: Mutex<BTreeMap<&'static str, String>>,
-    /// Cancelled once on SIGTERM/SIGINT (or by a test): every long-lived loop and stream
-    /// watches it.
-    pub shutdown: CancellationToken,
+    /// Not-ready components; `/readyz` is 200 only when there is none.
+    pub readiness: Arc<Readiness>,
     /// Process start, for `/stats`.
     pub started: Instant,
+    /// The dashboard's recent samples and its open streams (bounded).
+    pub live: Arc<Live>,
 }
 
 impl App {
     /// Build the application for `config`; `shutdown` ends it.
     pub fn new(config: Config, shutdown: CancellationToken) -> Arc<App> {
+        // Every metric first: the parts below are handed theirs.
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::register(&mut registry);
         let postgres = PostgresMetrics::register(&mut registry);
         crate::logging::register_metrics(&mut registry);
         let mqtt = MqttMetrics::register(&mut registry);
+        let hub_metrics = HubMetrics::default();
+        hub_metrics.register(&mut registry);
+        let cache_metrics = CacheMetrics::default();
+        cache_metrics.register(&mut registry);
+        let auth_metrics = AuthMetrics::register(&mut registry);
+
         let (topic_rules, _) = tokio::sync::watch::channel(Arc::from(config.topics.clone()));
-        let mut readiness = BTreeMap::new();
+        let readiness = Arc::new(Readiness::default());
         if config.mqtt.is_some() {
-            readiness.insert(
-                crate::sources::mqtt::READINESS,
-                "starting: not connected yet".to_string(),
+            readiness.set(
+                mqtt::READINESS,
+                Some("starting: not connected yet".to_string()),
             );
         }
         if config.postgres.is_some() && !config.notify.is_empty() {
             // Not ready from the first instant, before the source's task has even run.
-            readiness.insert(
-                crate::sources::postgres::READINESS,
-                "starting: not connected yet".to_string(),
-            );
+            let reason = "starting: not connected yet".to_string();
+            readiness.set(postgres::READINESS, Some(reason));
         }
-        let hub = Hub::new(config.hub.clone());
-        hub.metrics().register(&mut registry);
-        let cluster = config.cluster.clone().map(|c| Cluster::new(c, hub.clone()));
-        let cache = Cache::new(config.cache_size, &mut registry);
-        let auth_metrics = AuthMetrics::register(&mut registry);
+        let hub = Hub::with_metrics(config.hub.clone(), hub_metrics);
+        let cache = Arc::new(Cache::new(config.cache_size, cache_metrics));
+        let local = HubSink::new(hub.clone(), cache.clone());
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|c| Cluster::new(c, hub.clone(), cache.clone(), readiness.clone()));
+        // In a cluster every publisher delivers through it; alone, to the hub and cache.
+        let sink: Arc<dyn Sink> = match &cluster {
+            Some(cluster) => Arc::new(ClusterSink::new(cluster.clone(), local)),
+            None => Arc::new(local),
+        };
         let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
         Arc::new(App {
-            cache,
-            snapshot: ArcSwap::from_pointee(snapshot),
-            registry,
-            metrics,
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            registry: Arc::new(registry),
+            handles: Handles {
+                hub,
+                cache,
+                sink,
+                metrics,
+                shutdown,
+            },
             postgres,
             mqtt,
             topic_rules,
-            hub,
-            readiness: Mutex::new(readiness),
             auth_metrics,
             cluster,
-            shutdown,
+            readiness,
             started: Instant::now(),
+            live: Default::default(),
         })
+    }
+
+    /// The sink of this instance's hub and cache, for the sources.
+    pub fn sink(&self) -> Arc<dyn Sink> {
+        self.handles.sink.clone()
+    }
+
+    /// Start every configured source, delivering to `sink`; each stops at shutdown.
+    pub fn start_sources(&self, sink: Arc<dyn Sink>) -> Vec<JoinHandle<()>> {
+        let snapshot = self.snapshot();
+        let config = &snapshot.config;
+        let handles = SourceHandles {
+            shutdown: self.handles.shutdown.clone(),
+            readiness: self.readiness.clone(),
+            sink,
+        };
+        let mut tasks = Vec::new();
+        if let Some(pg) = config
+            .postgres
+            .clone()
+            .filter(|_| !config.notify.is_empty())
+        {
+            let (handles, metrics, rules) = (
+                handles.clone(),
+                self.postgres.clone(),
+                config.notify.clone(),
+            );
+            let start = move || {
+                postgres::spawn(handles.clone(), metrics.clone(), pg.clone(), rules.clone())
+            };
+            tasks.extend(self.consume("notify", postgres::READINESS, start));
+        }
+        // Started whenever [mqtt] is configured, even with no [[topic]] rule yet: rules
+        // reload, the connection does not.
+        if let Some(mqtt) = config.mqtt.clone() {
+            let (metrics, topic_rules) = (self.mqtt.clone(), self.topic_rules.clone());
+            let start = move || {
+                let rules = topic_rules.subscribe();
+                vec![mqtt::spawn(
+                    handles.clone(),
+                    metrics.clone(),
+                    mqtt.clone(),
+                    rules,
+                )]
+            };
+            tasks.extend(self.consume("mqtt", mqtt::READINESS, start));
+        }
+        tasks
+    }
+
+    /// Run a consumer `start` starts: at once alone; in a cluster only on the instance
+    /// holding lease `name` (each notification or message is then published once, to every
+    /// instance, through Redis), reporting as readiness component `readiness`.
+    fn consume<F>(
+        &self,
+        name: &'static str,
+        readiness: &'static str,
+        start: F,
+    ) -> Vec<JoinHandle<()>>
+    where
+        F: Fn() -> Vec<JoinHandle<()>> + Send + 'static,
+    {
+        match &self.cluster {
+            None => start(),
+            Some(cluster) => {
+                let shutdown = self.handles.shutdown.clone();
+                let lease = cluster.clone().leased(shutdown, name, readiness, start);
+                vec![tokio::spawn(lease)]
+            }
+        }
     }
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// What the admin endpoints and the dashboard read (shared parts, cloned).
+    pub fn admin(&self) -> AdminHandles {
+        AdminHandles {
+            handles: self.handles.clone(),
+            snapshots: self.snapshot.clone(),
+            readiness: self.readiness.clone(),
+            registry: self.registry.clone(),
+            started: self.started,
+            live: self.live.clone(),
+        }
     }
 
     /// The metrics registry, for rendering.
@@ -177,7 +262,7 @@ impl App {
         }
         self.snapshot.store(Arc::new(Snapshot::build(
             config,
-            &self.metrics,
+            &self.handles.metrics,
             &self.auth_metrics,
         )));
         self.count_reload(true);
@@ -192,113 +277,10 @@ impl App {
 
     fn count_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.metrics
+        self.handles
+            .metrics
             .reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
-    }
-
-    /// Purge cache entries carrying any of `tags` (after a tap's 2xx, a notification, or
-    /// `POST /purge`), including fills of them in flight.
-    pub fn purge_tags(&self, tags: &[String]) {
-        self.cache.purge(tags);
-        if let Some(cluster) = &self.cluster {
-            cluster.purge_tags(tags);
-        }
-    }
-
-    /// Purge cache entries with a tag matching `pattern` (`*` wildcards): what a source does
-    /// when it lost events and cannot tell which tags they concerned.
-    pub fn purge_tag_pattern(&self, pattern: &str) {
-        self.cache.purge_glob(pattern);
-        if let Some(cluster) = &self.cluster {
-            cluster.purge_glob(pattern);
-        }
-    }
-
-    /// Publish an event on `channel` and return its id: through the cluster when there is
-    /// one (every instance delivers it, under the same id), else on this hub.
-    pub async fn publish(&self, channel: &str, event: Option<&str>, data: EventData) -> EventId {
-        match &self.cluster {
-            Some(cluster) => cluster.publish(channel, event, &data).await,
-            None => self.hub.publish(channel, event, data),
-        }
-    }
-
-    /// [`App::publish`] for callers that do not wait for the id; in publish order.
-    pub fn publish_nowait(&self, channel: &str, event: Option<&str>, data: EventData) {
-        match &self.cluster {
-            Some(cluster) => cluster.publish_nowait(channel, event, data),
-            None => {
-                self.hub.publish(channel, event, data);
-            }
-        }
-    }
-
-    /// Reset the subscribers of channels matching `pattern` (a source lost events): on
-    /// every instance of the cluster. Returns the subscribers reset here (0 when relayed
-    /// through the cluster: they are reset when the relay comes back).
-    pub fn reset_channels(&self, pattern: &str, reason: &str) -> usize {
-        match &self.cluster {
-            Some(cluster) => {
-                cluster.reset(pattern, reason);
-                0
-            }
-            None => self.hub.reset_matching(pattern, reason),
-        }
-    }
-
-    /// Mark `component` not ready (with the reason) or ready (`None`).
-    pub fn set_ready(&self, component: &'static str, not_ready: Option<String>) {
-        let mut map = self
-            .readiness
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match not_ready {
-            Some(reason) => {
-                map.insert(component, reason);
-            }
-            None => {
-                map.remove(component);
-            }
-        }
-    }
-
-    /// The reasons this instance is not ready; empty when ready.
-    pub fn not_ready(&self) -> Vec<(&'static str, String)> {
-        let map = self
-            .readiness
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out: Vec<(&'static str, String)> =
-            map.iter().map(|(k, v)| (*k, v.clone())).collect();
-        if let Some(why) = self.cluster.as_ref().and_then(|c| c.not_ready()) {
-            out.push((crate::cluster::READINESS, why));
-        }
-        out
-    }
-}
-
-impl Snapshot {
-    fn build(config: Config, metrics: &ProxyMetrics, auth_metrics: &AuthMetrics) -> Snapshot {
-        let jwt = config.jwt.as_ref().map(|j| Arc::new(JwtAuth::new(j)));
-        let routes = Routes::build(&config, metrics, auth_metrics, jwt.as_ref());
-        let upstream = UpstreamClient::new(config.upstream.clone(), &config.proxy, metrics.clone());
-        let generic_stream = config.generic_stream.enabled.then(|| {
-            Authorizer::new(
-                "generic_stream",
-                &crate::auth::RuleAuthConfig::Jwt,
-                &config.generic_stream.limits,
-                jwt.as_ref(),
-                auth_metrics,
-            )
-        });
-        Snapshot {
-            config,
-            routes,
-            upstream,
-            jwt,
-            generic_stream,
-        }
     }
 }

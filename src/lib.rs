@@ -6,30 +6,46 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file → an immutable, validated [`Config`]; every error with its
-//!   key path.
-//! - [`app`]: the running instance: the config snapshot swapped on reload (arc-swap),
-//!   metrics, readiness, shutdown.
-//! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown; the first
-//!   request head of each connection is read here, and HTTP/1.1 event streams are written
-//!   outside hyper (`server/direct_sse.rs`).
-//! - [`proxy`]: a request's life (`proxy/handler.rs`): route, then one `match` on the
-//!   action; forwarding, headers, upgrades, errors; the upstream keep-alive pool
-//!   (`proxy/pool.rs`).
-//! - [`admin`]: health, readiness, metrics, stats, publish, purge.
-//! - [`cache`]: `[[cache]]` rules: per-user keys, coalescing, stale serving, tag purge.
-//! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
-//! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT) behind a `Sink`.
+//! From the top down; a module imports only modules below it (`.ci/acyclic` checks it).
+//!
+//! - [`app`]: the composition root. [`App`] builds the metrics, then the parts that own
+//!   them, then the [`handles`]; it swaps the config [`snapshot`] on reload and starts the
+//!   sources. Only `lib.rs`, `main.rs`, [`server`] and [`demo`] see it.
+//! - [`demo`]: `unpoll demo`, a built-in polling chat app with unpoll in front of it (a
+//!   composition like `main.rs`).
+//! - [`server`]: accept loop, connection limits and timeouts, graceful shutdown, process
+//!   signals (`server/signals.rs`); the first request head of each connection is read here,
+//!   and HTTP/1.1 event streams are written outside hyper (`server/direct_sse.rs`).
+//! - [`admin`]: health, readiness ([`admin::readiness`], reported by the sources), metrics,
+//!   stats, publish, purge, and the live dashboard (`admin/dashboard.rs`, its stats stream
+//!   `admin/live.rs`); served from [`admin::AdminHandles`].
+//! - [`routing`]: a request's life (`routing/handler.rs`): route, then one `match` on the
+//!   action, each arm taking the narrow handles it uses.
+//! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT), given
+//!   [`sources::SourceHandles`].
 //! - [`cluster`]: `[cluster]`: several instances share channels, ids, history and purges
-//!   through Redis (pub/sub for the live path, streams for history).
-//! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
-//!   format and the response body that streams a subscription.
+//!   through Redis (pub/sub for the live path, streams for history); publishers reach it
+//!   through its sink ([`cluster::ClusterSink`]), consumers run under its leases.
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints) and `/_unpoll/multi` (several streams,
 //!   each gated as if alone, on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
-//!   answer to a webhook or mutation).
+//!   answer to a webhook or mutation); [`cache`]: `[[cache]]` rules: per-user keys,
+//!   variants by the app's `Vary`, coalescing, stale serving, tag purge.
+//! - [`handles`]: the long-lived parts a handler may take (hub, cache, sink, metrics,
+//!   shutdown); [`sink`]: the [`sink::Sink`] every publisher delivers through (sources,
+//!   taps, the publish API) and [`sink::HubSink`] over the hub and the cache.
+//! - [`snapshot`]: the compiled config a request reads start to end: validated config,
+//!   route table, upstream client, JWT verifier.
+//! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
+//! - [`proxy`]: forwarding to the upstream (`proxy/forward.rs`), headers, upgrades, errors
+//!   and their responses; the upstream keep-alive pool (`proxy/pool.rs`).
+//! - [`hub`]: channels, history and replay, subscriber queues; [`sse`]: the SSE wire
+//!   format, the response body that streams a subscription, and the connection abort a
+//!   stream ends its HTTP/1 connection with.
 //! - [`client`]: the browser client (`/_unpoll/client.js`), served from the binary.
-//! - [`route`], [`template`]: path patterns and templates shared by every rule kind.
-//! - [`metrics`], [`logging`], [`signals`]: observability and process control.
+//! - [`config`]: the TOML file → an immutable, validated [`Config`]; every error with its
+//!   key path. Each concern's own section lives in its `config.rs`.
+//! - [`route`], [`template`]: path patterns and templates shared by every rule kind;
+//!   [`body`], [`metrics`], [`logging`]: response bodies and observability.
 //!
 //! Tests start the real server with [`run`] on port-0 listeners.
 #![forbid(unsafe_code)]
@@ -42,13 +58,17 @@ pub mod cache;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod demo;
+pub mod handles;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod routing;
 pub mod server;
-pub mod signals;
+pub mod sink;
+pub mod snapshot;
 pub mod sources;
 pub mod sse;
 pub mod stream;
@@ -110,17 +130,17 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serve until `app.shutdown` is cancelled, then stop accepting, let in-flight requests
+/// Serve until `app.handles.shutdown` is cancelled, then stop accepting, let in-flight requests
 /// finish within `proxy.shutdown_grace`, and return.
 pub async fn run(listeners: Listeners, app: Arc<App>) {
-    let sink = sources::AppSink::new(&app);
+    let sink = app.sink();
     run_with_sink(listeners, app, sink).await
 }
 
 /// [`run`], with the sources delivering to `sink` instead of this instance's hub and cache
 /// (tests record what a source delivers).
 pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn sources::Sink>) {
-    let sources = sources::start(&app, sink);
+    let sources = app.start_sources(sink);
     let tasks = TaskTracker::new();
     let main = tokio::spawn(server::serve(
         listeners.main,
@@ -128,21 +148,23 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
         app.clone(),
         tasks.clone(),
     ));
-    let sweeper = tokio::spawn(app.hub.clone().run_sweeper(app.shutdown.clone()));
+    let handles = &app.handles;
+    let sweeper = tokio::spawn(handles.hub.clone().run_sweeper(handles.shutdown.clone()));
+    let sampler = tokio::spawn(admin::live::run_sampler(app.admin()));
     let cluster = app
         .cluster
         .clone()
-        .map(|cluster| tokio::spawn(cluster.run(app.clone())));
+        .map(|cluster| tokio::spawn(cluster.run(handles.shutdown.clone())));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         server::Listener::Admin,
         app.clone(),
         tasks.clone(),
     ));
-    app.shutdown.cancelled().await;
+    app.handles.shutdown.cancelled().await;
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
-    let _ = tokio::join!(main, admin, sweeper);
+    let _ = tokio::join!(main, admin, sweeper, sampler);
     if let Some(cluster) = cluster {
         let _ = cluster.await;
     }

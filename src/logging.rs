@@ -75,7 +75,7 @@ impl RawLogConfig {
 
 /// Log lines that could not be written (stderr closed, a broken pipe, a full disk, or a
 /// reader so slow that the queue below filled up), process wide: the subscriber is global,
-/// so every [`App`](crate::App) registers this one counter.
+/// so every instance registers this one counter.
 static WRITE_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 /// Lines waiting for the writer thread. Full: the line is dropped and counted, so a stderr

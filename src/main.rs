@@ -1,6 +1,7 @@
 //! The `unpoll` binary: parse arguments, load the config, bind, run.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +31,21 @@ enum Command {
     /// Print the SQL of a trigger that announces INSERT, UPDATE and DELETE on a table with
     /// NOTIFY (or through an outbox table), for a `[[notify]]` rule.
     SqlTrigger(SqlTriggerArgs),
+    /// Start a built-in polling chat app with unpoll in front of it, and print its URLs.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Where the chat is served through unpoll.
+    #[arg(long, default_value = unpoll::demo::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where the admin listener (the dashboard) listens.
+    #[arg(long, default_value = unpoll::demo::DEFAULT_ADMIN)]
+    admin: SocketAddr,
+    /// Print the demo's config (a starting point for a real app) and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(clap::Args)]
@@ -51,8 +67,10 @@ struct SqlTriggerArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::SqlTrigger(args)) = cli.command {
-        return sql_trigger(args);
+    match cli.command {
+        Some(Command::SqlTrigger(args)) => return sql_trigger(args),
+        Some(Command::Demo(args)) => return demo(args),
+        _ => {}
     }
     let Some(path) = cli.config else {
         err(format_args!(
@@ -80,7 +98,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config, path),
-        Command::SqlTrigger(_) => unreachable!("handled before the config is loaded"),
+        Command::SqlTrigger(_) | Command::Demo(_) => {
+            unreachable!("handled before the config is loaded")
+        }
     }
 }
 
@@ -116,24 +136,75 @@ fn sql_trigger(args: SqlTriggerArgs) -> ExitCode {
     }
 }
 
-fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
-    unpoll::logging::init(&config.log);
+/// The tokio runtime for `workers` (`0`: one per core).
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     // One worker: tokio's single-threaded scheduler, which skips the work-stealing machinery
     // and measured ~25% less CPU per proxied request than a one-worker multi-thread runtime.
-    let mut runtime = if config.workers == 1 {
+    let mut runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    if config.workers > 1 {
-        runtime.worker_threads(config.workers);
+    if workers > 1 {
+        runtime.worker_threads(workers);
     }
-    let runtime = match runtime.enable_all().build() {
+    runtime.enable_all().build().map_err(|e| {
+        err(format_args!("unpoll: cannot start the runtime: {e}"));
+        ExitCode::FAILURE
+    })
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    use unpoll::demo::{DEFAULT_UPSTREAM, Demo, config_text};
+    if args.print_config {
+        out(format_args!(
+            "{}",
+            config_text(args.listen, args.admin, DEFAULT_UPSTREAM)
+        ));
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match runtime(1) {
         Ok(rt) => rt,
-        Err(e) => {
-            err(format_args!("unpoll: cannot start the runtime: {e}"));
-            return ExitCode::FAILURE;
-        }
+        Err(status) => return status,
+    };
+    let status = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let demo = match Demo::bind(args.listen, args.admin, shutdown.clone()).await {
+            Ok(demo) => demo,
+            Err(e) => {
+                err(format_args!("unpoll demo: {e}"));
+                return match e {
+                    unpoll::demo::DemoError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                    unpoll::demo::DemoError::Bind(_) => ExitCode::FAILURE,
+                };
+            }
+        };
+        unpoll::logging::init(&demo.app.snapshot().config.log);
+        out(format_args!(
+            "unpoll demo: a polling chat app with unpoll in front of it\n\
+             \x20 the chat, through unpoll:  http://{main}/   (open it in two windows)\n\
+             \x20 the dashboard:             http://{admin}/\n\
+             \x20 the chat app alone:        http://{upstream}/   (it polls every 3 s)\n\
+             `unpoll demo --print-config` prints the config; Ctrl-C stops.\n",
+            main = demo.main,
+            admin = demo.admin,
+            upstream = demo.upstream,
+        ));
+        let app = demo.app.clone();
+        let signals = tokio::spawn(unpoll::server::signals::handle(app, None));
+        demo.run().await;
+        signals.abort();
+        ExitCode::SUCCESS
+    });
+    unpoll::logging::flush(std::time::Duration::from_secs(1));
+    status
+}
+
+fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
+    unpoll::logging::init(&config.log);
+    let runtime = match runtime(config.workers) {
+        Ok(rt) => rt,
+        Err(status) => return status,
     };
     let status = runtime.block_on(async move {
         let listeners = match unpoll::Listeners::bind(&config).await {
@@ -158,7 +229,7 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
             "listening"
         );
         let app = unpoll::App::new(config, CancellationToken::new());
-        let signals = tokio::spawn(unpoll::signals::handle(app.clone(), path));
+        let signals = tokio::spawn(unpoll::server::signals::handle(app.clone(), Some(path)));
         unpoll::run(listeners, app).await;
         signals.abort();
         tracing::info!("unpoll stopped");

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the proxy core, in a registry owned by the [`App`](crate::App)
+//! Prometheus metrics of the proxy core, in a registry owned by the instance
 //! rather than a process-global recorder: tests start several servers in one process and
 //! each must count only its own traffic.
 //!
@@ -44,6 +44,10 @@ pub struct ProxyMetrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time from sending a request upstream to receiving its response head.
     pub upstream_duration: Histogram,
+    /// Upstream responses received: the count of `upstream_duration`, which prometheus-client
+    /// does not let us read. Not registered (it would repeat the histogram's `_count`); the
+    /// dashboard reads it.
+    pub upstream_responses: Counter,
     /// Upstream failures by kind.
     pub upstream_errors: Family<ErrorLabels, Counter>,
     /// Client connections open now (both listeners).
@@ -76,6 +80,7 @@ impl ProxyMetrics {
             requests: Family::default(),
             // 0.5 ms … ~16 s
             upstream_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            upstream_responses: Counter::default(),
             upstream_errors: Family::default(),
             open_connections: Gauge::default(),
             upstream_connections: Gauge::default(),
@@ -169,5 +174,10 @@ impl RuleCounters {
     pub fn count(&self, status: u16) {
         let i = usize::from(status / 100).clamp(1, 5) - 1;
         self.0[i].inc();
+    }
+
+    /// Responses counted, all classes.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(Counter::get).sum()
     }
 }

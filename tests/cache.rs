@@ -500,7 +500,7 @@ async fn stored_bytes_stay_within_cache_size() {
             .unwrap();
         assert_eq!(resp.status(), 200);
     }
-    unpoll.app.cache.maintain();
+    unpoll.app.handles.cache.maintain();
     let stats = unpoll.stats().await;
     let cache = &stats["cache"];
     assert!(

@@ -61,7 +61,7 @@ async fn cluster(upstream: &Upstream, redis: &str, prefix: &str, n: usize) -> Ve
 
 async fn wait_ready(node: &Unpoll) {
     eventually(T, "the instance joins the cluster", || async {
-        node.app.not_ready().is_empty()
+        node.app.readiness.is_ready()
     })
     .await;
 }
@@ -260,6 +260,7 @@ async fn measure_following_10000_channels() {
     for ch in channels.iter().step_by(100) {
         subs.push(
             a.app
+                .handles
                 .hub
                 .subscribe(std::slice::from_ref(ch), None, None)
                 .unwrap(),
@@ -391,8 +392,8 @@ async fn an_mqtt_message_is_published_once_by_the_cluster() {
         "one instance holds the lease and both are ready",
         || async {
             (holds_lease(&a).await || holds_lease(&b).await)
-                && a.app.not_ready().is_empty()
-                && b.app.not_ready().is_empty()
+                && a.app.readiness.is_ready()
+                && b.app.readiness.is_ready()
         },
     )
     .await;

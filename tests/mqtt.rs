@@ -53,7 +53,7 @@ async fn wait_ready(unpoll: &Unpoll) {
     let app = unpoll.app.clone();
     eventually(WAIT, "mqtt source ready", move || {
         let app = app.clone();
-        async move { app.not_ready().is_empty() }
+        async move { app.readiness.is_ready() }
     })
     .await;
 }
@@ -62,7 +62,7 @@ async fn wait_not_ready(unpoll: &Unpoll) {
     let app = unpoll.app.clone();
     eventually(WAIT, "mqtt source not ready", move || {
         let app = app.clone();
-        async move { app.not_ready().iter().any(|(c, _)| *c == "mqtt") }
+        async move { app.readiness.not_ready().iter().any(|(c, _)| *c == "mqtt") }
     })
     .await;
 }

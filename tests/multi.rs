@@ -140,7 +140,7 @@ async fn two_subs_of_two_rules_get_their_events_tagged() {
         "text/event-stream; charset=utf-8"
     );
     // First a heartbeat naming the interval (news: 100 ms) and the hub position.
-    let cursor = unpoll.app.hub.cursor().to_string();
+    let cursor = unpoll.app.handles.hub.cursor().to_string();
     assert_eq!(next_any(&mut s).await, json!({"hb": 100, "pos": cursor}));
     let bot = publish_one(&unpoll, "bot:1", Some("status"), json!({"up": true})).await;
     publish_one(&unpoll, "news:other", None, json!(0)).await;
@@ -166,7 +166,7 @@ async fn each_sub_resumes_from_its_own_last_event_id() {
     let a2 = publish_one(&unpoll, "news:a", None, json!("a2")).await;
     publish_one(&unpoll, "news:b", None, json!("b2")).await;
     let a3 = publish_one(&unpoll, "news:a", None, json!("a3")).await;
-    let cursor = unpoll.app.hub.cursor().to_string();
+    let cursor = unpoll.app.handles.hub.cursor().to_string();
     let url = multi_url(
         &unpoll,
         &[
@@ -223,7 +223,7 @@ async fn a_denied_sub_gets_an_error_message_and_the_others_stream() {
         json!({"s": 1, "id": id, "event": null, "data": "mine"}),
         "bot 2's event is not on the stream"
     );
-    assert_eq!(unpoll.app.hub.stats(0).subscribers, 1);
+    assert_eq!(unpoll.app.handles.hub.stats(0).subscribers, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +245,7 @@ async fn when_every_sub_fails_the_answer_is_the_first_failure() {
     let unauthenticated = multi_url(&unpoll, &["/bots/events?botId=1"]);
     let resp = http.get(&unauthenticated).send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    assert_eq!(unpoll.app.hub.stats(0).subscribers, 0);
+    assert_eq!(unpoll.app.handles.hub.stats(0).subscribers, 0);
 }
 
 #[tokio::test]
@@ -336,7 +336,7 @@ async fn access_ended_closes_one_sub_and_the_stream_ends_with_the_last() {
         "nothing for the closed sub"
     );
     assert_eq!(
-        unpoll.app.hub.stats(0).subscribers,
+        unpoll.app.handles.hub.stats(0).subscribers,
         1,
         "only news:x is left"
     );
@@ -393,15 +393,15 @@ async fn shutdown_ends_a_multi_stream_cleanly() {
     let stop = tokio::spawn(unpoll.stop());
     assert_eq!(next_or_end(&mut s).await, None, "the stream ended cleanly");
     stop.await.unwrap();
-    assert_eq!(app.hub.stats(0).subscribers, 0);
-    assert_eq!(app.metrics.stream_connections.get(), 0);
+    assert_eq!(app.handles.hub.stats(0).subscribers, 0);
+    assert_eq!(app.handles.metrics.stream_connections.get(), 0);
 }
 
 #[tokio::test]
 async fn retry_first_then_visible_heartbeats_at_the_shortest_rules_interval() {
     let (_app, unpoll) = start("", Arc::default()).await;
     // bots: default 15 s heartbeat; news: 100 ms.
-    let cursor = unpoll.app.hub.cursor().to_string();
+    let cursor = unpoll.app.handles.hub.cursor().to_string();
     let url = multi_url(&unpoll, &["/bots/events?botId=1", "/news/events?topic=x"]);
     let mut resp = client()
         .get(&url)
@@ -470,12 +470,12 @@ async fn a_slow_multi_client_is_disconnected_with_all_its_subs() {
         .unwrap();
     let mut fast = SseClient::open(&client(), &unpoll.url("/news/events?topic=x"), None).await;
     eventually(T, "all subscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 3
+        unpoll.app.handles.hub.stats(0).subscribers == 3
     })
     .await;
     let data = "x".repeat(64 * 1024);
     let mut published = 0;
-    while unpoll.app.hub.stats(0).subscribers == 3 {
+    while unpoll.app.handles.hub.stats(0).subscribers == 3 {
         publish_one(&unpoll, "news:x", None, json!(data)).await;
         published += 1;
         assert_eq!(fast.next(T).await.data.len(), data.len() + 2);
@@ -522,7 +522,7 @@ async fn a_multi_stream_on_a_reused_connection() {
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
     eventually(T, "subscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 1
+        unpoll.app.handles.hub.stats(0).subscribers == 1
     })
     .await;
     let id = publish_one(&unpoll, "bot:1", None, json!("hi")).await;
@@ -578,5 +578,5 @@ async fn jwt_subs_use_their_own_token_and_expire_alone() {
         next(&mut s).await,
         json!({"s": 0, "id": id, "event": null, "data": 2})
     );
-    assert_eq!(unpoll.app.hub.stats(0).subscribers, 1);
+    assert_eq!(unpoll.app.handles.hub.stats(0).subscribers, 1);
 }

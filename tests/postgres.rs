@@ -50,7 +50,7 @@ async fn wait_ready(unpoll: &Unpoll) {
     let app = unpoll.app.clone();
     eventually(WAIT, "postgres listener ready", move || {
         let app = app.clone();
-        async move { app.not_ready().is_empty() }
+        async move { app.readiness.is_ready() }
     })
     .await;
 }

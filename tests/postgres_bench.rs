@@ -61,7 +61,7 @@ async fn notify_latency_at_1000_subscribers() {
     let app = unpoll.app.clone();
     common::eventually(Duration::from_secs(20), "ready", || {
         let app = app.clone();
-        async move { app.not_ready().is_empty() }
+        async move { app.readiness.is_ready() }
     })
     .await;
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -68,7 +68,7 @@ async fn one_publish_reaches_each_of_1000_subscribers_exactly_once_in_order() {
     );
     assert_eq!(bot1[0].headers["cache-control"], "no-cache");
     assert_eq!(bot1[0].headers["x-accel-buffering"], "no");
-    assert_eq!(unpoll.app.hub.stats(0).subscribers, 1010);
+    assert_eq!(unpoll.app.handles.hub.stats(0).subscribers, 1010);
 
     let admin = unpoll.admin_url("/publish");
     let answer = publish(
@@ -126,7 +126,7 @@ async fn one_publish_reaches_each_of_1000_subscribers_exactly_once_in_order() {
     drop(bot1);
     drop(bot2);
     eventually(T, "every stream unsubscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 0
+        unpoll.app.handles.hub.stats(0).subscribers == 0
     })
     .await;
 }
@@ -177,7 +177,7 @@ async fn last_event_id_replays_across_two_channels_and_foreign_ids_reset() {
     let (_up, unpoll) = start("").await;
     let http = client();
     let admin = unpoll.admin_url("/publish");
-    let start = unpoll.app.hub.cursor().to_string();
+    let start = unpoll.app.handles.hub.cursor().to_string();
     let ids = publish(
         &http,
         &admin,
@@ -208,7 +208,7 @@ async fn last_event_id_replays_across_two_channels_and_foreign_ids_reset() {
     let e = s.next(T).await;
     assert_eq!(e.event, "reset");
     assert!(e.data.contains("other_boot"), "{}", e.data);
-    assert_eq!(e.id, unpoll.app.hub.cursor().to_string());
+    assert_eq!(e.id, unpoll.app.handles.hub.cursor().to_string());
     publish(&http, &admin, TOKEN, json!({"channel": "b", "data": 5})).await;
     assert_eq!(
         s.next(T).await.data,
@@ -291,7 +291,7 @@ async fn shutdown_ends_open_streams() {
     let stop = tokio::spawn(unpoll.stop());
     assert!(s.next_or_end(T).await.is_none(), "the stream ended cleanly");
     stop.await.unwrap();
-    assert_eq!(app.hub.stats(0).subscribers, 0);
+    assert_eq!(app.handles.hub.stats(0).subscribers, 0);
 }
 
 #[tokio::test]
@@ -371,7 +371,7 @@ async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() {
         "{reused_head}"
     );
     eventually(T, "both subscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 2
+        unpoll.app.handles.hub.stats(0).subscribers == 2
     })
     .await;
 
@@ -457,7 +457,7 @@ async fn readers_that_keep_up_survive_a_5000_event_batch() {
         readers.push(SseClient::open(&http, &unpoll.url("/bots/events?botId=1"), None).await);
     }
     eventually(T, "both subscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 2
+        unpoll.app.handles.hub.stats(0).subscribers == 2
     })
     .await;
     let readers: Vec<_> = readers
@@ -488,5 +488,9 @@ async fn readers_that_keep_up_survive_a_5000_event_batch() {
         metric(&m, "unpoll_hub_disconnects_total{reason=\"overflow\"}"),
         0.0
     );
-    assert_eq!(unpoll.app.hub.stats(0).subscribers, 2, "still connected");
+    assert_eq!(
+        unpoll.app.handles.hub.stats(0).subscribers,
+        2,
+        "still connected"
+    );
 }

@@ -231,7 +231,7 @@ async fn a_client_gone_mid_answer_still_gets_the_event_published() {
     let (_upstream, unpoll, tx) = start().await;
     let http = client();
     let mut s = SseClient::open(&http, &unpoll.url("/events/exports"), None).await;
-    let connections = || unpoll.app.metrics.open_connections.get();
+    let connections = || unpoll.app.handles.metrics.open_connections.get();
     eventually(T, "the stream's connection counted", || async {
         connections() == 1
     })

@@ -321,7 +321,7 @@ async fn slow_subscriber_case(reused_connection: bool) {
         .unwrap();
     let mut fast = SseClient::open(&http, &unpoll.url("/events/fan"), None).await;
     common::eventually(T, "both subscribed", || async {
-        unpoll.app.hub.stats(0).subscribers == 2
+        unpoll.app.handles.hub.stats(0).subscribers == 2
     })
     .await;
     let data = "x".repeat(64 * 1024);
@@ -329,7 +329,7 @@ async fn slow_subscriber_case(reused_connection: bool) {
     let mut received = 0;
     let mut published = 0;
     let started = Instant::now();
-    while unpoll.app.hub.stats(0).subscribers == 2 {
+    while unpoll.app.handles.hub.stats(0).subscribers == 2 {
         publish(
             &http,
             &admin,
@@ -355,7 +355,7 @@ async fn slow_subscriber_case(reused_connection: bool) {
     )
     .await;
     assert_eq!(fast.next(T).await.data, "\"after\"");
-    let stats = unpoll.app.hub.stats(0);
+    let stats = unpoll.app.handles.hub.stats(0);
     assert!(
         stats.history_bytes <= 2 * 1024 * 1024,
         "history bounded: {}",

@@ -46,6 +46,13 @@ pub fn check_bearer(headers: &HeaderMap, expected: Option<&str>) -> Result<(), A
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .ok_or(AuthError::Invalid)?;
+    check_token(given, Some(expected))
+}
+
+/// Check a token given some other way (the dashboard's `?token=`) against the configured
+/// one, in constant time.
+pub fn check_token(given: &str, expected: Option<&str>) -> Result<(), AuthError> {
+    let expected = expected.ok_or(AuthError::NotConfigured)?;
     // ct_eq on slices of different lengths returns false without comparing bytes; the
     // length of the configured token is not a secret worth protecting.
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {

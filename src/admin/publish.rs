@@ -7,10 +7,10 @@ use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::json;
-use crate::app::App;
 use crate::body::Body;
 use crate::hub::EventData;
 use crate::proxy::error_response;
+use crate::sink::Sink;
 
 /// Largest publish request body. Past it → 413 (one event's data should be far smaller;
 /// large payloads belong in the app, fetched by id).
@@ -56,7 +56,7 @@ enum PublishBody {
 }
 
 /// Handle `POST /publish` (the bearer token is checked by the caller).
-pub async fn publish<B>(app: &App, req: Request<B>) -> Response<Body>
+pub async fn publish<B>(sink: &dyn Sink, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = bytes::Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -100,12 +100,12 @@ where
     let mut ids: Vec<String> = Vec::with_capacity(checked.len());
     for (e, tags) in checked {
         if !tags.is_empty() {
-            app.purge_tags(&tags);
+            sink.purge(&tags);
         }
-        let id = app
-            .publish(&e.channel, e.event.as_deref(), EventData::Json(e.data))
+        let id = sink
+            .publish_confirmed(&e.channel, e.event.as_deref(), EventData::Json(e.data))
             .await;
-        ids.push(id.to_string());
+        ids.push(id.map_or_else(String::new, |id| id.to_string()));
     }
     let body = if batch {
         serde_json::json!({ "ids": ids })
@@ -117,8 +117,77 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::purge_tags;
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
     use serde_json::json;
+
+    use super::{publish, purge_tags};
+    use crate::hub::EventData;
+    use crate::sink::recording::{Delivery, Recorder};
+
+    /// POST `body` to the handler; the status and the answer's text.
+    async fn post(sink: &Recorder, body: serde_json::Value) -> (StatusCode, String) {
+        let req = Request::new(Full::new(Bytes::from(body.to_string())));
+        let resp = publish(sink, req).await;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    fn json_of(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn purges_then_publishes_through_the_sink_and_answers_the_id() {
+        let sink = Recorder::new();
+        let mut sub = sink.hub.subscribe(&["c".to_string()], None, None).unwrap();
+        let event = json!({"channel": "c", "event": "e", "data": {"a": 1}, "purge": ["t"]});
+        let (status, answer) = post(&sink, event).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            sink.log(),
+            vec![
+                Delivery::Purge(vec!["t".into()]),
+                Delivery::Publish(
+                    "c".into(),
+                    Some("e".into()),
+                    EventData::Json(json!({"a": 1}))
+                ),
+            ]
+        );
+        assert_eq!(sink.cache.metrics.purges.get(), 1);
+        // The answered id is the id the subscriber receives.
+        let id = sink.hub.cursor().to_string();
+        assert_eq!(json_of(&answer), json!({ "id": id }));
+        let frame = sub.recv().await.unwrap();
+        let frame = std::str::from_utf8(&frame).unwrap();
+        assert!(frame.starts_with(&format!("id: {id}\n")), "{frame}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_answers_every_id_in_order() {
+        let sink = Recorder::new();
+        let batch = json!([{"channel": "a"}, {"channel": "b", "data": "x"}]);
+        let (status, answer) = post(&sink, batch).await;
+        assert_eq!(status, StatusCode::OK);
+        let ids: Vec<String> = serde_json::from_value(json_of(&answer)["ids"].clone()).unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[1], sink.hub.cursor().to_string());
+        assert_eq!(sink.log().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn one_bad_event_in_a_batch_changes_nothing() {
+        let sink = Recorder::new();
+        let batch = json!([{"channel": "a", "purge": ["t"]}, {"channel": "b", "purge": [1]}]);
+        let (status, answer) = post(&sink, batch).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(answer.contains("event 1"), "{answer}");
+        assert_eq!(sink.log(), vec![]);
+        assert_eq!(sink.hub.cursor().seq, 0);
+    }
 
     #[test]
     fn purge_is_an_array_of_tag_strings() {

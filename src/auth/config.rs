@@ -8,7 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
-use super::limits::{RawStreamLimits, StreamLimits};
+use super::rate::Rate;
 use crate::config::{ConfigErrors, join, parse_duration};
 use crate::template::{Source, Template};
 
@@ -24,6 +24,8 @@ pub struct RawRuleAuth {
     pub auth_cache: Option<String>,
     /// Upstream auth: how often an open stream is re-checked (`"0s"` = never).
     pub reauth: Option<String>,
+    /// Upstream auth: the query parameter that carries a bearer token (`"token"`).
+    pub token_query: Option<String>,
 }
 
 /// Who may subscribe to one stream rule.
@@ -61,6 +63,9 @@ pub struct UpstreamAuthConfig {
     /// Distinct paths one subscribe may ask (one per value of a list); more → 400. The
     /// stream rule sets its `max_channels`; default [`DEFAULT_MAX_AUTH_PATHS`].
     pub max_paths: usize,
+    /// The query parameter whose value is sent to `auth_path` as `Authorization: Bearer`
+    /// (an EventSource cannot send headers); it never reaches the app otherwise.
+    pub token_query: Option<String>,
 }
 
 /// Default `max_paths`: the default `max_channels` of a stream rule.
@@ -89,6 +94,7 @@ impl RawRuleAuth {
                 ("auth_path", self.auth_path.is_some()),
                 ("auth_cache", self.auth_cache.is_some()),
                 ("reauth", self.reauth.is_some()),
+                ("token_query", self.token_query.is_some()),
             ] {
                 if set {
                     errors.push(join(path, key), "only applies with auth = \"upstream\"");
@@ -148,12 +154,36 @@ impl RawRuleAuth {
                 .map_err(|e| errors.push(&key, e))
                 .ok(),
         };
+        let token_query = self.token_query.filter(|name| {
+            // The value is matched against decoded parameter names; keep the name to
+            // characters a URL carries as they are, so what is written is what is matched.
+            let plain = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+            if !plain {
+                errors.push(
+                    join(path, "token_query"),
+                    format!("{name:?}: a query parameter name (letters, digits, - _ . ~)"),
+                );
+            }
+            plain
+        });
         if let Some(t) = &template {
             for (source, name) in t.variables() {
                 if source == Source::Path && !params.contains(&name) {
                     errors.push(
                         &key,
                         format!("{{path.{name}}}: the rule's path has no {{{name}}} segment"),
+                    );
+                }
+                if source == Source::Query && token_query.as_deref() == Some(name) {
+                    errors.push(
+                        &key,
+                        format!(
+                            "{{query.{name}}} is the token_query: the token goes to the app \
+                             as Authorization: Bearer, never in the path asked"
+                        ),
                     );
                 }
             }
@@ -171,6 +201,7 @@ impl RawRuleAuth {
             cache,
             reauth: (!reauth.is_zero()).then_some(reauth),
             max_paths: DEFAULT_MAX_AUTH_PATHS,
+            token_query,
         })
     }
 }
@@ -369,6 +400,79 @@ impl RawGenericStream {
                 .limits
                 .unwrap_or_default()
                 .validate(&join(path, "limits"), errors),
+        }
+    }
+}
+
+/// The `limits = { ... }` table of a stream rule as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStreamLimits {
+    /// See [`StreamLimits::per_channel`].
+    pub per_channel: Option<usize>,
+    /// See [`StreamLimits::per_ip`].
+    pub per_ip: Option<usize>,
+    /// See [`StreamLimits::rate`].
+    pub rate: Option<String>,
+    /// See [`StreamLimits::retry_after`].
+    pub retry_after: Option<String>,
+}
+
+/// Validated per-rule limits; `None` = no limit of that kind beyond the hub's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Open streams of this rule on one channel. Full → 429.
+    pub per_channel: Option<usize>,
+    /// Open streams of this rule from one client address. Full → 429.
+    pub per_ip: Option<usize>,
+    /// New streams of this rule per client address (`"20/1m"`). Over → 429 with the time
+    /// until the next one is allowed.
+    pub rate: Option<Rate>,
+    /// `Retry-After` sent with the per-channel and per-address 429s (the rate's 429 says
+    /// exactly when). Default 5 s.
+    pub retry_after: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            per_channel: None,
+            per_ip: None,
+            rate: None,
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RawStreamLimits {
+    /// Validate, recording every error under `path`.
+    pub fn validate(self, path: &str, errors: &mut ConfigErrors) -> StreamLimits {
+        let d = StreamLimits::default();
+        let mut positive = |key: &str, v: Option<usize>| match v {
+            Some(0) => {
+                errors.push(join(path, key), "must be at least 1 (omit it for no limit)");
+                None
+            }
+            v => v,
+        };
+        let per_channel = positive("per_channel", self.per_channel);
+        let per_ip = positive("per_ip", self.per_ip);
+        let rate = self.rate.and_then(|text| {
+            Rate::parse(&text)
+                .map_err(|e| errors.push(join(path, "rate"), e))
+                .ok()
+        });
+        let retry_after = match self.retry_after {
+            None => d.retry_after,
+            Some(text) => parse_duration(&text)
+                .map_err(|e| errors.push(join(path, "retry_after"), e))
+                .unwrap_or(d.retry_after),
+        };
+        StreamLimits {
+            per_channel,
+            per_ip,
+            rate,
+            retry_after,
         }
     }
 }

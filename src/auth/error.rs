@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::proxy::UpstreamError;
-
 /// Why a client may not open (or keep) a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -64,15 +62,6 @@ pub enum UpstreamFailure {
     /// A status that is neither success nor 401/403/404.
     #[error("the app answered {0}")]
     Status(StatusCode),
-}
-
-impl From<&UpstreamError> for UpstreamFailure {
-    fn from(e: &UpstreamError) -> Self {
-        match e {
-            UpstreamError::Timeout | UpstreamError::ConnectTimeout => UpstreamFailure::Timeout,
-            _ => UpstreamFailure::Unreachable,
-        }
-    }
 }
 
 /// The per-rule limits a subscription can hit.

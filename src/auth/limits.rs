@@ -8,86 +8,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::config::StreamLimits;
 use super::error::{AuthError, Limit};
 use super::metrics::AuthMetrics;
-use super::rate::{Rate, RateTable};
-use crate::config::{ConfigErrors, join, parse_duration};
-
-/// The `limits = { ... }` table of a stream rule as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawStreamLimits {
-    /// See [`StreamLimits::per_channel`].
-    pub per_channel: Option<usize>,
-    /// See [`StreamLimits::per_ip`].
-    pub per_ip: Option<usize>,
-    /// See [`StreamLimits::rate`].
-    pub rate: Option<String>,
-    /// See [`StreamLimits::retry_after`].
-    pub retry_after: Option<String>,
-}
-
-/// Validated per-rule limits; `None` = no limit of that kind beyond the hub's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamLimits {
-    /// Open streams of this rule on one channel. Full → 429.
-    pub per_channel: Option<usize>,
-    /// Open streams of this rule from one client address. Full → 429.
-    pub per_ip: Option<usize>,
-    /// New streams of this rule per client address (`"20/1m"`). Over → 429 with the time
-    /// until the next one is allowed.
-    pub rate: Option<Rate>,
-    /// `Retry-After` sent with the per-channel and per-address 429s (the rate's 429 says
-    /// exactly when). Default 5 s.
-    pub retry_after: Duration,
-}
-
-impl Default for StreamLimits {
-    fn default() -> Self {
-        StreamLimits {
-            per_channel: None,
-            per_ip: None,
-            rate: None,
-            retry_after: Duration::from_secs(5),
-        }
-    }
-}
-
-impl RawStreamLimits {
-    /// Validate, recording every error under `path`.
-    pub fn validate(self, path: &str, errors: &mut ConfigErrors) -> StreamLimits {
-        let d = StreamLimits::default();
-        let mut positive = |key: &str, v: Option<usize>| match v {
-            Some(0) => {
-                errors.push(join(path, key), "must be at least 1 (omit it for no limit)");
-                None
-            }
-            v => v,
-        };
-        let per_channel = positive("per_channel", self.per_channel);
-        let per_ip = positive("per_ip", self.per_ip);
-        let rate = self.rate.and_then(|text| {
-            Rate::parse(&text)
-                .map_err(|e| errors.push(join(path, "rate"), e))
-                .ok()
-        });
-        let retry_after = match self.retry_after {
-            None => d.retry_after,
-            Some(text) => parse_duration(&text)
-                .map_err(|e| errors.push(join(path, "retry_after"), e))
-                .unwrap_or(d.retry_after),
-        };
-        StreamLimits {
-            per_channel,
-            per_ip,
-            rate,
-            retry_after,
-        }
-    }
-}
+use super::rate::RateTable;
 
 /// The live counters of one rule's limits.
 #[derive(Debug)]
@@ -222,6 +148,9 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::config::RawStreamLimits;
+    use crate::auth::rate::Rate;
+    use crate::config::ConfigErrors;
 
     fn limiter(
         per_channel: Option<usize>,

@@ -34,16 +34,17 @@ use std::sync::Arc;
 pub use body::{ACCESS_ENDED_EVENT, GrantedBody, access_ended_data, access_ended_frame};
 pub use config::{
     DEFAULT_AUTH_CACHE, DEFAULT_MAX_AUTH_PATHS, DEFAULT_REAUTH, GenericStreamConfig, JwtConfig,
-    RawGenericStream, RawJwtConfig, RawRuleAuth, RuleAuthConfig, UpstreamAuthConfig,
+    RawGenericStream, RawJwtConfig, RawRuleAuth, RawStreamLimits, RuleAuthConfig, StreamLimits,
+    UpstreamAuthConfig,
 };
 pub use error::{AuthError, Limit, UpstreamFailure};
 pub use generic::{GENERIC_STREAM_PATH, MAX_CHANNEL_NAME, requested_channels};
 pub use grant::{AccessEnded, EndedFuture, Grant};
 pub use jwt::JwtAuth;
-pub use limits::{Admission, Limiter, RawStreamLimits, StreamLimits};
+pub use limits::{Admission, Limiter};
 pub use metrics::AuthMetrics;
 pub use rate::{MAX_TRACKED_ADDRESSES, Rate};
-pub use upstream::{DECISION_CACHE_BYTES, UpstreamAuth};
+pub use upstream::{DECISION_CACHE_BYTES, UpstreamAuth, query_bearer, strip_query_param};
 
 use crate::proxy::config::ProxyConfig;
 use crate::proxy::upstream::UpstreamClient;
@@ -125,6 +126,13 @@ impl Authorizer {
     /// The auth mode (`none`, `upstream`, `jwt`).
     pub fn mode(&self) -> &'static str {
         self.mode.as_str()
+    }
+
+    /// Take the rule's `token_query` parameter out of a request that goes on to the app.
+    pub fn strip_token(&self, uri: &mut http::Uri) {
+        if let Mode::Upstream(auth) = &self.mode {
+            auth.strip_token(uri);
+        }
     }
 
     /// The rule's limit counters.

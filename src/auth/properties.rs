@@ -112,6 +112,7 @@ fn upstream(path: &str) -> UpstreamAuthConfig {
         cache: Duration::ZERO,
         reauth: None,
         max_paths: CAP,
+        token_query: None,
     }
 }
 

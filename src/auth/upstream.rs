@@ -1,5 +1,7 @@
 //! `auth = "upstream"`: ask the app, with the client's Cookie and Authorization, whether it
-//! may see `auth_path`. Decisions are cached per (credentials, resolved path) and concurrent
+//! may see `auth_path`. With `token_query`, a token in the query (an EventSource cannot send
+//! headers) is the Authorization, `Bearer <token>`; [`strip_token`] keeps it from the app
+//! everywhere else. Decisions are cached per (credentials, resolved path) and concurrent
 //! checks of one key share one upstream request, so a reconnect storm of one user's tabs
 //! costs one call.
 //!
@@ -23,6 +25,7 @@ use super::config::UpstreamAuthConfig;
 use super::error::{AuthError, UpstreamFailure};
 use super::metrics::AuthMetrics;
 use crate::body::empty;
+use crate::proxy::UpstreamError;
 use crate::proxy::config::ProxyConfig;
 use crate::proxy::forward::upstream_request;
 use crate::proxy::headers::X_FORWARDED_FOR;
@@ -165,7 +168,14 @@ impl UpstreamAuth {
         if let Some(c) = &cookie {
             headers.insert(header::COOKIE, c.clone());
         }
-        let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+        // A token in the query, when the rule names one, is what the client authenticates
+        // with: it replaces an Authorization header rather than being one more credential.
+        let from_query = match &self.config.token_query {
+            Some(name) => query_bearer(name, parts.uri.query())?,
+            None => None,
+        };
+        let authorization =
+            from_query.or_else(|| parts.headers.get(header::AUTHORIZATION).cloned());
         if let Some(a) = &authorization {
             headers.insert(header::AUTHORIZATION, a.clone());
         }
@@ -191,6 +201,14 @@ impl UpstreamAuth {
             client: client.clone(),
             proxy: proxy.clone(),
         })
+    }
+
+    /// `uri` without the rule's `token_query` parameter, for a request that goes on to the
+    /// app (a stream request its rule does not apply to is proxied).
+    pub fn strip_token(&self, uri: &mut Uri) {
+        if let Some(name) = &self.config.token_query {
+            strip_query_param(uri, name);
+        }
     }
 
     /// Is access allowed to every path of `req`? Each path from the cache when a decision
@@ -263,6 +281,53 @@ impl UpstreamAuth {
                 tracing::warn!(rule = %self.rule, status = other.as_u16(), "auth check: unexpected status");
                 Err(UpstreamFailure::Status(other))
             }
+        }
+    }
+}
+
+/// The `Authorization: Bearer <token>` that the first non-empty `name=<token>` of `query`
+/// stands for (`None` without one), marked sensitive so no header dump shows it. A token
+/// that cannot be a header value is refused without being echoed. Any request unpoll
+/// makes to the app on a client's behalf with a `token_query` sends this and
+/// [`strip_query_param`]s the URL it forwards.
+pub fn query_bearer(name: &str, query: Option<&str>) -> Result<Option<HeaderValue>, AuthError> {
+    let Some(token) = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v)
+    else {
+        return Ok(None);
+    };
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| AuthError::BadRequest("the query token is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
+/// Remove every `name=…` pair (name compared decoded, as the app would read it) from the
+/// query of `uri`, keeping the other pairs byte for byte and in order.
+pub fn strip_query_param(uri: &mut Uri, name: &str) {
+    let Some(query) = uri.query() else { return };
+    let is_name = |pair: &&str| {
+        let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+        form_urlencoded::parse(key.as_bytes())
+            .next()
+            .is_some_and(|(k, _)| k == name)
+    };
+    if !query.split('&').any(|p| is_name(&p)) {
+        return;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_name(p)).collect();
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    // Built from a valid URI minus some of its query: always parses.
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(stripped) = Uri::from_parts(parts) {
+            *uri = stripped;
         }
     }
 }
@@ -363,6 +428,16 @@ impl Vars for Encoded<'_, '_> {
     }
 }
 
+/// How a failed upstream request answers the auth check.
+impl From<&UpstreamError> for UpstreamFailure {
+    fn from(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::Timeout | UpstreamError::ConnectTimeout => UpstreamFailure::Timeout,
+            _ => UpstreamFailure::Unreachable,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +450,7 @@ mod tests {
             cache: Duration::from_secs(10),
             reauth: None,
             max_paths: 4,
+            token_query: None,
         }
     }
 
@@ -477,6 +553,34 @@ mod tests {
             "bad request: {header.X-Bot} may not contain a comma"
         );
         assert_eq!(paths("1").unwrap(), ["/api/bots/1"]);
+    }
+
+    #[test]
+    fn the_token_parameter_is_stripped_and_nothing_else() {
+        let strip = |uri: &str| {
+            let mut uri: Uri = uri.parse().unwrap();
+            strip_query_param(&mut uri, "token");
+            uri.to_string()
+        };
+        assert_eq!(strip("/e?botId=1&token=abc"), "/e?botId=1");
+        assert_eq!(strip("/e?token=abc"), "/e");
+        assert_eq!(strip("/e?t%6Fken=abc&token=d&x=%20&token"), "/e?x=%20");
+        assert_eq!(strip("/e?tokens=1&b=2;c"), "/e?tokens=1&b=2;c");
+        assert_eq!(strip("http://h:1/e?a=1&token=x"), "http://h:1/e?a=1");
+    }
+
+    #[test]
+    fn the_query_token_becomes_a_bearer() {
+        let bearer = |q: Option<&str>| query_bearer("token", q).map_err(|e| e.to_string());
+        assert_eq!(
+            bearer(Some("a=1&token=x%2By+z")).unwrap().unwrap(),
+            "Bearer x+y z"
+        );
+        assert!(bearer(Some("token=&t=1")).unwrap().is_none());
+        assert!(bearer(None).unwrap().is_none());
+        assert_eq!(bearer(Some("token=&token=b")).unwrap().unwrap(), "Bearer b");
+        let err = bearer(Some("token=a%0Ab")).unwrap_err();
+        assert!(!err.contains("a\nb"), "{err}");
     }
 
     #[test]

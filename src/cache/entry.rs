@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use super::config::CacheRule;
+use super::key::{VariantKey, VaryNames};
 use crate::body::{Body, empty, full};
 
 /// `Cache-Status` (RFC 9211).
@@ -39,12 +40,44 @@ pub struct Entry {
     pub tags: Vec<String>,
     /// `Unpoll-Cursor` value: the hub position before the upstream was asked.
     pub cursor: HeaderValue,
+    /// Which requests it answers among the variants of its key: the headers its `Vary`
+    /// names and the filling request's values of them.
+    pub variant: Variant,
     /// Copied from the rule at fill time.
     pub ttl: Duration,
     /// Copied from the rule at fill time.
     pub stale_while_revalidate: Duration,
     /// Copied from the rule at fill time.
     pub stale_if_error: Duration,
+}
+
+/// The secondary key of an entry (RFC 9111 §4.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Variant {
+    /// The headers the response named in `Vary`.
+    pub names: VaryNames,
+    /// The filling request's values of them.
+    pub key: VariantKey,
+}
+
+impl Variant {
+    /// The variant a request with `headers` selects among responses varying on `names`.
+    pub fn select(names: &VaryNames, headers: &HeaderMap) -> Variant {
+        Variant {
+            key: VariantKey::new(names, headers),
+            names: names.clone(),
+        }
+    }
+
+    /// Bytes held, for the memory budget.
+    pub fn len(&self) -> usize {
+        self.names.len() + self.key.len()
+    }
+
+    /// True for a response that varies on nothing but the rule's key.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 /// Where an entry is in its life.
@@ -97,6 +130,7 @@ impl Entry {
             generation,
             tags,
             cursor,
+            variant: Variant::default(),
             ttl: rule.ttl,
             stale_while_revalidate: rule.stale_while_revalidate,
             stale_if_error: rule.stale_if_error,
@@ -127,6 +161,11 @@ impl Entry {
         self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
     }
 
+    /// Is this the variant a request with `headers` selects?
+    pub fn serves(&self, headers: &HeaderMap) -> bool {
+        self.variant.is_empty() || VariantKey::new(&self.variant.names, headers) == self.variant.key
+    }
+
     /// Bytes counted against the budget (key excluded).
     pub fn weight(&self) -> usize {
         let headers: usize = self
@@ -135,6 +174,7 @@ impl Entry {
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
         ENTRY_OVERHEAD
+            + self.variant.len()
             + headers
             + self.body.len()
             + self.tags.iter().map(String::len).sum::<usize>()
@@ -407,8 +447,9 @@ pub fn not_storable(
 }
 
 /// Why a response may not even be handed to the other requests for the same key that
-/// waited on it. Such responses are personal (Set-Cookie, private) or depend on request
-/// headers outside the key (Vary).
+/// waited on it. Such responses are personal (Set-Cookie, private) or match no other
+/// request (`Vary: *`). A `Vary` naming other headers is fine: each waiter checks that it
+/// selects the same variant ([`Entry::serves`]).
 pub fn not_shareable(rule: &CacheRule, headers: &HeaderMap) -> Option<&'static str> {
     if headers.contains_key(header::SET_COOKIE) {
         return Some("set-cookie");
@@ -433,17 +474,7 @@ pub fn not_shareable(rule: &CacheRule, headers: &HeaderMap) -> Option<&'static s
             return Some("private");
         }
     }
-    // The upstream says the body depends on request headers: only store it if they are all
-    // part of our key (Accept-Encoding is the usual one: add it to the rule's `vary`).
-    let vary_ok = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .all(|n| n != "*" && rule.vary.iter().any(|v| v.as_str().eq_ignore_ascii_case(n)));
-    (!vary_ok).then_some("vary")
+    VaryNames::of(headers).is_none().then_some("vary")
 }
 
 /// A strong ETag from the body's hash and length.
@@ -531,13 +562,18 @@ mod tests {
             not_storable(&shared, ok, &headers(&[("cache-control", "private")])),
             Some("private")
         );
+        // Any Vary is stored, as a variant, except `*`, wherever it is in the list.
         assert_eq!(
             not_storable(&r, ok, &headers(&[("vary", "Accept-Encoding")])),
-            Some("vary")
+            None
         );
         assert_eq!(not_storable(&r, ok, &headers(&[("vary", "cookie")])), None);
         assert_eq!(
             not_storable(&r, ok, &headers(&[("vary", "*")])),
+            Some("vary")
+        );
+        assert_eq!(
+            not_storable(&r, ok, &headers(&[("vary", "rsc, *")])),
             Some("vary")
         );
         // A 500 is not stored but may be shared with the requests that waited for it.

@@ -1,5 +1,6 @@
 //! Cache keys: rule, the Host the client named, path, query and the bytes of the rule's
-//! `vary` headers.
+//! `vary` headers; and under one such key, the [`VariantKey`] of the headers the stored
+//! response itself named in `Vary` (RFC 9111 §4.1).
 //!
 //! Every part is the request's raw bytes, length-prefixed, so no two different requests
 //! build the same key: not through lossy text (cookie bytes that are not UTF-8), not
@@ -11,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::Uri;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use percent_encoding::percent_decode;
 
 use super::config::CacheRule;
@@ -49,6 +50,14 @@ impl CacheKey {
         CacheKey(key.0.into())
     }
 
+    /// The key of one variant under this key: what concurrent misses coalesce on.
+    pub fn with_variant(&self, variant: &VariantKey) -> CacheKey {
+        let mut key = Framed(Vec::with_capacity(self.0.len() + variant.len() + 4));
+        key.0.extend_from_slice(&self.0);
+        key.field(&variant.0);
+        CacheKey(key.0.into())
+    }
+
     /// Bytes the key occupies, for the memory budget.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -63,6 +72,77 @@ impl CacheKey {
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CacheKey(\"{}\")", self.0.escape_ascii())
+    }
+}
+
+/// The headers a response names in `Vary`, lowercase, sorted and without repeats, so two
+/// responses listing them differently vary on the same thing. Names that are not valid
+/// header names are left out: no request can carry them, so every request has them absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VaryNames(Arc<[HeaderName]>);
+
+impl VaryNames {
+    /// The names of every `Vary` line of `headers`; `None` for `Vary: *` (the response
+    /// depends on something no request header shows: it matches no other request).
+    pub fn of(headers: &HeaderMap) -> Option<VaryNames> {
+        let mut names = Vec::new();
+        for line in headers.get_all(header::VARY) {
+            for name in line.as_bytes().split(|&b| b == b',') {
+                let name = name.trim_ascii();
+                if name == b"*" {
+                    return None;
+                }
+                if let Ok(name) = HeaderName::from_bytes(name) {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        Some(VaryNames(names.into()))
+    }
+
+    /// Bytes held, for the memory budget.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|n| n.as_str().len() + 8).sum()
+    }
+
+    /// True when the response varies on nothing but the rule's key.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The secondary key: a request's values of a response's [`VaryNames`], every line as
+/// raw bytes, framed like the primary key so an absent header, an empty one and two lines
+/// all differ.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct VariantKey(Arc<[u8]>);
+
+impl VariantKey {
+    /// The variant a request with `headers` selects among responses varying on `names`.
+    pub fn new(names: &VaryNames, headers: &HeaderMap) -> VariantKey {
+        let mut key = Framed(Vec::new());
+        for name in names.0.iter() {
+            key.values(headers.get_all(name).iter().map(|v| v.as_bytes()));
+        }
+        VariantKey(key.0.into())
+    }
+
+    /// Bytes the key occupies, for the memory budget.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for a response that varies on nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for VariantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VariantKey(\"{}\")", self.0.escape_ascii())
     }
 }
 
@@ -211,6 +291,52 @@ mod tests {
         assert_ne!(
             key(&shared, "http://evil.example/m", &good),
             key(&shared, "/m", &good)
+        );
+    }
+
+    #[test]
+    fn vary_names_are_normalized_and_star_matches_nothing() {
+        let vary = |lines: &[&[u8]]| {
+            let h = headers(&lines.iter().map(|l| ("vary", *l)).collect::<Vec<_>>());
+            VaryNames::of(&h)
+        };
+        let next = vary(&[b"rsc, Next-Router-State-Tree,next-router-prefetch", b"RSC"]).unwrap();
+        assert_eq!(
+            next,
+            vary(&[b"next-router-prefetch", b"next-router-state-tree , rsc,"]).unwrap()
+        );
+        assert_eq!(next.0.len(), 3);
+        assert!(vary(&[]).unwrap().is_empty());
+        assert!(vary(&[b"rsc", b" * "]).is_none());
+        // Not a header name: no request carries it, so it is left out.
+        assert!(vary(&[b"bad name"]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_variant_is_every_line_of_every_named_header() {
+        let names = VaryNames::of(&headers(&[("vary", b"rsc, accept-encoding")])).unwrap();
+        let variant = |pairs: &[(&str, &[u8])]| VariantKey::new(&names, &headers(pairs));
+        let none = variant(&[]);
+        assert_ne!(none, variant(&[("rsc", b"")]));
+        assert_ne!(
+            variant(&[("rsc", b"1")]),
+            variant(&[("accept-encoding", b"1")])
+        );
+        assert_ne!(
+            variant(&[("accept-encoding", b"gzip"), ("accept-encoding", b"br")]),
+            variant(&[("accept-encoding", b"gzip, br")])
+        );
+        // Headers the response does not name do not matter.
+        assert_eq!(none, variant(&[("cookie", b"a=1"), ("x-other", b"2")]));
+        assert_eq!(
+            variant(&[("rsc", b"1"), ("cookie", b"a")]),
+            variant(&[("rsc", b"1")])
+        );
+        // A variant key never equals the rule's key with another variant.
+        let k = key(&rule("m", ""), "/m", &HeaderMap::new());
+        assert_ne!(
+            k.with_variant(&none),
+            k.with_variant(&variant(&[("rsc", b"1")]))
         );
     }
 

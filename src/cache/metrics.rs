@@ -24,11 +24,13 @@ pub struct CacheMetrics {
     pub evictions: Counter,
     /// Tags and tag patterns purged.
     pub purges: Counter,
+    /// Responses not stored because their key already held `MAX_VARIANTS` usable variants.
+    pub variants_refused: Counter,
     /// Requests answered without an upstream request: the number users came for.
     pub upstream_requests_saved: Counter,
     /// Bytes held, entry overhead included (approximate between maintenance runs).
     pub stored_bytes: Gauge,
-    /// Entries held (approximate between maintenance runs).
+    /// Keys held, each with one or more variants (approximate between maintenance runs).
     pub entries: Gauge,
 }
 
@@ -65,11 +67,20 @@ impl CacheMetrics {
             self.purges.clone(),
         );
         r.register(
+            "variants_refused",
+            "Responses not stored: their key's variants were full",
+            self.variants_refused.clone(),
+        );
+        r.register(
             "stored_bytes",
             "Bytes held, overhead included",
             self.stored_bytes.clone(),
         );
-        r.register("entries", "Entries held", self.entries.clone());
+        r.register(
+            "entries",
+            "Keys held (each with its variants)",
+            self.entries.clone(),
+        );
         registry.register(
             "unpoll_upstream_requests_saved",
             "Requests answered without an upstream request",

@@ -3,7 +3,8 @@
 //! by `cache_size`.
 //!
 //! `serve.rs` is the Cache arm of the handler; `lock.rs` the coalescing; `tags.rs` purge
-//! generations; `entry.rs` what is stored and when it may be.
+//! generations; `entry.rs` what is stored and when it may be; `variants.rs` the responses
+//! of one key that differ by the headers the app names in `Vary`.
 
 pub mod config;
 pub mod entry;
@@ -12,25 +13,31 @@ pub mod lock;
 pub mod metrics;
 pub mod serve;
 pub mod tags;
+pub mod variants;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{CacheRule, RawCacheRule};
 pub use entry::Entry;
+use entry::Freshness;
 pub use key::CacheKey;
 pub use metrics::CacheMetrics;
 
+use http::HeaderMap;
+use key::VariantKey;
 use lock::Locks;
 use moka::notification::RemovalCause;
-use prometheus_client::registry::Registry;
+use moka::ops::compute::Op;
 use tags::TagGenerations;
+use variants::Variants;
 
 /// The shared cache of one unpoll instance (all `[[cache]]` rules).
 pub struct Cache {
-    /// Entries by key, weighted in bytes, capped at `cache_size`. Full policy: moka evicts
-    /// by TinyLFU (rarely used entries first); evictions are counted.
-    store: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    /// The variants of each key, weighted in bytes, capped at `cache_size`. Full policy:
+    /// moka evicts by TinyLFU (rarely used keys first, with all their variants); evicted
+    /// entries are counted.
+    store: moka::sync::Cache<CacheKey, Arc<Variants>>,
     /// Purge generations of tags.
     tags: TagGenerations,
     /// Keys being fetched now.
@@ -47,32 +54,53 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
 struct Lifetime;
 
-impl moka::Expiry<CacheKey, Arc<Entry>> for Lifetime {
+/// A key lives as long as its longest-lived variant, recomputed on every change (a
+/// refreshed entry must not inherit its predecessor's expiry).
+impl moka::Expiry<CacheKey, Arc<Variants>> for Lifetime {
     fn expire_after_create(
         &self,
         _: &CacheKey,
-        entry: &Arc<Entry>,
+        variants: &Arc<Variants>,
         _: Instant,
     ) -> Option<Duration> {
-        Some(entry.lifetime() + EXPIRY_MARGIN)
+        Some(variants.remaining_lifetime() + EXPIRY_MARGIN)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        variants: &Arc<Variants>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(variants.remaining_lifetime() + EXPIRY_MARGIN)
     }
 }
 
+/// Why [`Cache::insert`] did not store an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// One of its tags was purged while it was fetched.
+    Purged,
+    /// Larger than the whole budget.
+    TooLarge,
+    /// Its key already holds [`variants::MAX_VARIANTS`] usable variants.
+    VariantsFull,
+}
+
 impl Cache {
-    /// A cache of at most `budget` bytes, its metrics registered in `registry`.
-    pub fn new(budget: u64, registry: &mut Registry) -> Cache {
-        let metrics = CacheMetrics::default();
-        metrics.register(registry);
+    /// A cache of at most `budget` bytes that counts into `metrics`.
+    pub fn new(budget: u64, metrics: CacheMetrics) -> Cache {
         let evictions = metrics.evictions.clone();
         let store = moka::sync::Cache::builder()
             .max_capacity(budget)
-            .weigher(|key: &CacheKey, entry: &Arc<Entry>| {
-                u32::try_from(key.len() + entry.weight()).unwrap_or(u32::MAX)
+            .weigher(|key: &CacheKey, variants: &Arc<Variants>| {
+                u32::try_from(key.len() + variants.weight()).unwrap_or(u32::MAX)
             })
             .expire_after(Lifetime)
-            .eviction_listener(move |_, _, cause| {
+            .eviction_listener(move |_, variants: Arc<Variants>, cause| {
                 if cause == RemovalCause::Size {
-                    evictions.inc();
+                    evictions.inc_by(variants.len() as u64);
                 }
             })
             .build();
@@ -85,30 +113,76 @@ impl Cache {
         }
     }
 
-    /// The entry for `key`, unless a purge of one of its tags made it invalid.
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        let entry = self.store.get(key)?;
+    /// The entry that a request with `headers` selects among the variants of `key`, unless
+    /// a purge of one of its tags made it invalid.
+    pub fn get(&self, key: &CacheKey, headers: &HeaderMap) -> Option<Arc<Entry>> {
+        let variants = self.store.get(key)?;
+        let entry = variants.select(headers)?;
         if self.tags.valid(&entry.tags, entry.generation) {
-            Some(entry)
-        } else {
-            self.store.invalidate(key);
-            None
+            return Some(entry.clone());
+        }
+        // Drop the purged variant now rather than weigh it until the key expires; the
+        // check runs again inside, against whatever the key holds by then.
+        let entry = entry.clone();
+        self.store.entry(key.clone()).and_compute_with(|current| {
+            match current.map(|c| c.into_value()) {
+                Some(c) if c.select(headers).is_some_and(|e| Arc::ptr_eq(e, &entry)) => {
+                    match c.without(&entry) {
+                        Some(rest) => Op::Put(Arc::new(rest)),
+                        None => Op::Remove,
+                    }
+                }
+                _ => Op::Nop,
+            }
+        });
+        None
+    }
+
+    /// The key concurrent misses of a request with `headers` coalesce on: its variant of
+    /// `key` as far as the stored variants tell (the rule's key alone when none is stored:
+    /// then waiters check the response they get, see [`Entry::serves`]).
+    pub fn lock_key(&self, key: &CacheKey, headers: &HeaderMap) -> CacheKey {
+        match self.store.get(key) {
+            Some(variants) => key.with_variant(&VariantKey::new(variants.names(), headers)),
+            None => key.with_variant(&VariantKey::default()),
         }
     }
 
-    /// Store `entry` unless one of its tags was purged since its fill started (the
-    /// generation check); returns whether it was stored.
-    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) -> bool {
+    /// Store `entry` as a variant of `key`, unless one of its tags was purged since its
+    /// fill started (the generation check), it exceeds the budget, or the key's variants
+    /// are full (counted).
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) -> Result<(), NotStored> {
         if !self.tags.valid(&entry.tags, entry.generation) {
-            return false;
+            return Err(NotStored::Purged);
         }
         if key.len() + entry.weight() > self.budget as usize {
-            return false;
+            return Err(NotStored::TooLarge);
         }
-        self.store.insert(key, entry);
-        self.metrics.stored.inc();
-        self.refresh_gauges();
-        true
+        let mut result = Err(NotStored::VariantsFull);
+        let usable = |e: &Entry| {
+            e.freshness() != Freshness::Expired && self.tags.valid(&e.tags, e.generation)
+        };
+        self.store.entry(key).and_compute_with(|current| {
+            let current = current.map(|c| c.into_value());
+            match Variants::with(current.as_deref(), entry, usable) {
+                Ok(variants) => {
+                    result = Ok(());
+                    Op::Put(Arc::new(variants))
+                }
+                Err(variants::Full) => Op::Nop,
+            }
+        });
+        match result {
+            Ok(()) => {
+                self.metrics.stored.inc();
+                self.refresh_gauges();
+            }
+            Err(NotStored::VariantsFull) => {
+                self.metrics.variants_refused.inc();
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// The tag generation a fill starting now belongs to.
@@ -162,6 +236,7 @@ impl Cache {
             "stale_served": m.stale.get(),
             "passes": m.passes.get(),
             "evictions": m.evictions.get(),
+            "variants_refused": m.variants_refused.get(),
             "purges": m.purges.get(),
             "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
             "upstream_requests_saved": m.upstream_requests_saved.get(),

@@ -11,26 +11,29 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
+use tokio_util::sync::CancellationToken;
 
 use super::entry::{
-    CACHE_STATUS, Conditions, Entry, Freshness, UNPOLL_CURSOR, not_shareable, not_storable,
+    CACHE_STATUS, Conditions, Entry, Freshness, UNPOLL_CURSOR, Variant, not_shareable, not_storable,
 };
-use super::key::CacheKey;
+use super::key::{CacheKey, VaryNames};
 use super::lock::{Acquired, Outcome, WritePermit};
-use super::{Cache, CacheRule};
-use crate::app::{App, Snapshot};
+use super::{Cache, CacheRule, NotStored};
 use crate::body::{Body, BoxError, empty};
-use crate::proxy::forward::{client_response, upstream_request};
-use crate::proxy::observe::UpstreamTime;
+use crate::hub::Hub;
+use crate::proxy::forward::{UpstreamTime, client_response, upstream_request};
 use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
+use crate::snapshot::Snapshot;
 use crate::template::RequestVars;
 
 /// Everything a fetch needs to know about the request, owned so a background refresh can
 /// outlive it.
 #[derive(Clone)]
 struct Fetch {
-    app: Arc<App>,
+    cache: Arc<Cache>,
+    /// Its cursor goes into `Unpoll-Cursor`.
+    hub: Hub,
     snapshot: Arc<Snapshot>,
     rule: CacheRule,
     key: CacheKey,
@@ -40,9 +43,13 @@ struct Fetch {
     client_ip: IpAddr,
 }
 
-/// Serve `req` under `rule`.
+/// Serve `req` under `rule` from `cache`. `hub`'s cursor goes into `Unpoll-Cursor`; a
+/// request that bypasses the cache is forwarded, and an upgraded one ends at `shutdown`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
-    app: &Arc<App>,
+    cache: &Arc<Cache>,
+    hub: &Hub,
+    shutdown: &CancellationToken,
     snapshot: &Arc<Snapshot>,
     rule: &CacheRule,
     params: &PathParams,
@@ -53,7 +60,9 @@ pub async fn serve(
     let key = CacheKey::new(rule, req.uri(), req.headers());
     let cond = Conditions::of(req.headers());
     let lookup = Lookup {
-        app,
+        cache,
+        hub,
+        shutdown,
         snapshot,
         rule,
         params,
@@ -71,7 +80,9 @@ pub async fn serve(
 
 /// What every branch of [`serve`] needs.
 struct Lookup<'a> {
-    app: &'a Arc<App>,
+    cache: &'a Arc<Cache>,
+    hub: &'a Hub,
+    shutdown: &'a CancellationToken,
     snapshot: &'a Arc<Snapshot>,
     rule: &'a CacheRule,
     params: &'a PathParams,
@@ -92,7 +103,8 @@ enum Stored {
 impl Lookup<'_> {
     fn stored(&self, req: &Request<Incoming>, key: &CacheKey) -> Stored {
         let Lookup {
-            app,
+            cache,
+            hub,
             snapshot,
             rule,
             params,
@@ -100,21 +112,28 @@ impl Lookup<'_> {
             head,
             ..
         } = *self;
-        let cache = &app.cache;
         let cond = &self.cond;
-        let Some(entry) = cache.get(key) else {
+        let Some(entry) = cache.get(key, req.headers()) else {
             return Stored::Missing(None);
         };
         match entry.freshness() {
             Freshness::Fresh => {
                 cache.metrics.saved(&cache.metrics.hits);
-                let ttl = entry.ttl.saturating_sub(entry.age()).as_secs();
-                Stored::Served(entry.respond(cond, head, format!("unpoll; hit; ttl={ttl}")))
+                Stored::Served(entry.respond(cond, head, hit_status(&entry)))
             }
             Freshness::StaleRevalidate => {
                 cache.metrics.saved(&cache.metrics.stale);
-                if let Some(permit) = cache.locks.try_write(key) {
-                    let fetch = fetch_of(app, snapshot, rule, params, req, key.clone(), client_ip);
+                if let Some(permit) = cache.locks.try_write(&cache.lock_key(key, req.headers())) {
+                    let fetch = fetch_of(
+                        cache,
+                        hub,
+                        snapshot,
+                        rule,
+                        params,
+                        req,
+                        key.clone(),
+                        client_ip,
+                    );
                     if let Some(fetch) = fetch {
                         // One refresh in the background; its answer goes to the store.
                         tokio::spawn(async move {
@@ -139,7 +158,9 @@ impl Lookup<'_> {
         stale: Option<Arc<Entry>>,
     ) -> Result<Response<Body>, ProxyError> {
         let Lookup {
-            app,
+            cache,
+            hub,
+            shutdown,
             snapshot,
             rule,
             params,
@@ -147,17 +168,36 @@ impl Lookup<'_> {
             head,
             cond,
         } = self;
-        let cache = &app.cache;
-        let Some(fetch) = fetch_of(app, snapshot, rule, params, &req, key.clone(), client_ip)
-        else {
+        let Some(fetch) = fetch_of(
+            cache,
+            hub,
+            snapshot,
+            rule,
+            params,
+            &req,
+            key.clone(),
+            client_ip,
+        ) else {
             // A tag had no value: storing the entry untagged would let a purge miss it.
             cache.metrics.passes.inc();
-            return pass(snapshot, app, req, client_ip, "missing-tag").await;
+            return pass(snapshot, shutdown, req, client_ip, "missing-tag").await;
         };
         cache.metrics.misses.inc();
         loop {
-            match cache.locks.acquire(&key) {
+            // Recomputed on every turn: a fetch that came back as another variant has told
+            // the store what this key varies on, so this request now waits on its own.
+            match cache.locks.acquire(&cache.lock_key(&key, req.headers())) {
                 Acquired::Write(permit) => {
+                    // A fill of this key (or variant) may have finished between the lookup
+                    // and this lock: answer from it rather than ask again.
+                    if let Some(entry) = cache
+                        .get(&key, req.headers())
+                        .filter(|e| e.freshness() == Freshness::Fresh)
+                    {
+                        permit.finish(Outcome::Shared(entry.clone()));
+                        cache.metrics.saved(&cache.metrics.coalesced);
+                        return Ok(entry.respond(&cond, head, hit_status(&entry)));
+                    }
                     let started = Instant::now();
                     return match fetch.fill(permit, stale).await {
                         Filled::Entry(entry, status) => {
@@ -171,6 +211,9 @@ impl Lookup<'_> {
                     };
                 }
                 Acquired::Read(lock) => match lock.wait(rule.lock_timeout).await {
+                    // Another variant came back: this request's own is fetched (or waited
+                    // on) next turn, or found stored by then.
+                    Some(Outcome::Shared(entry)) if !entry.serves(req.headers()) => continue,
                     Some(Outcome::Shared(entry)) => {
                         cache.metrics.saved(&cache.metrics.coalesced);
                         let status = format!(
@@ -181,7 +224,7 @@ impl Lookup<'_> {
                     }
                     Some(Outcome::Failed(status, message)) => {
                         if let Some(entry) = cache
-                            .get(&key)
+                            .get(&key, req.headers())
                             .filter(|e| e.freshness() != Freshness::Expired)
                         {
                             cache.metrics.saved(&cache.metrics.stale);
@@ -191,11 +234,11 @@ impl Lookup<'_> {
                     }
                     Some(Outcome::Pass) => {
                         cache.metrics.passes.inc();
-                        return pass(snapshot, app, req, client_ip, "uncacheable").await;
+                        return pass(snapshot, shutdown, req, client_ip, "uncacheable").await;
                     }
                     None => {
                         cache.metrics.passes.inc();
-                        return pass(snapshot, app, req, client_ip, "lock-timeout").await;
+                        return pass(snapshot, shutdown, req, client_ip, "lock-timeout").await;
                     }
                     Some(Outcome::Abandoned) => continue,
                 },
@@ -204,8 +247,10 @@ impl Lookup<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fetch_of<B>(
-    app: &Arc<App>,
+    cache: &Arc<Cache>,
+    hub: &Hub,
     snapshot: &Arc<Snapshot>,
     rule: &CacheRule,
     params: &PathParams,
@@ -222,7 +267,8 @@ fn fetch_of<B>(
         .map_err(|missing| tracing::debug!(rule = %rule.name, cause = %missing, "cache tag has no value"))
         .ok()?;
     Some(Fetch {
-        app: app.clone(),
+        cache: cache.clone(),
+        hub: hub.clone(),
         snapshot: snapshot.clone(),
         rule: rule.clone(),
         key,
@@ -246,11 +292,11 @@ enum Filled {
 impl Fetch {
     /// Fetch from the upstream, store if allowed, and tell the waiters.
     async fn fill(self, permit: WritePermit, stale: Option<Arc<Entry>>) -> Filled {
-        let cache: &Cache = &self.app.cache;
+        let cache: &Cache = &self.cache;
         let generation = cache.generation();
         // The hub position before asking: a stream resumed from it misses nothing the
         // response could not reflect.
-        let cursor = HeaderValue::from_str(&self.app.hub.cursor().to_string())
+        let cursor = HeaderValue::from_str(&self.hub.cursor().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         let req = self.upstream_request();
         let resp = match self.snapshot.upstream.send(req).await {
@@ -313,7 +359,7 @@ impl Fetch {
                 ));
             }
         };
-        let entry = Arc::new(Entry::new(
+        let mut entry = Entry::new(
             &self.rule,
             status,
             parts.headers,
@@ -321,11 +367,21 @@ impl Fetch {
             generation,
             self.tags,
             cursor,
-        ));
-        let storable = not_storable(&self.rule, status, &entry.headers).is_none();
-        let stored = storable && cache.insert(self.key, entry.clone());
+        );
+        // `Vary: *` was refused as not shareable above, so the names are there.
+        if let Some(names) = VaryNames::of(&entry.headers) {
+            entry.variant = Variant::select(&names, &self.headers);
+        }
+        let entry = Arc::new(entry);
+        let stored = match not_storable(&self.rule, status, &entry.headers) {
+            Some(_) => "",
+            None => match cache.insert(self.key, entry.clone()) {
+                Ok(()) => "; stored",
+                Err(NotStored::VariantsFull) => "; detail=variants-full",
+                Err(_) => "",
+            },
+        };
         permit.finish(Outcome::Shared(entry.clone()));
-        let stored = if stored { "; stored" } else { "" };
         Filled::Entry(
             entry,
             format!("unpoll; fwd={fwd}; fwd-status={}{stored}", status.as_u16()),
@@ -356,12 +412,12 @@ impl Fetch {
 /// Forward without the cache.
 async fn pass(
     snapshot: &Snapshot,
-    app: &App,
+    shutdown: &CancellationToken,
     req: Request<Incoming>,
     client_ip: IpAddr,
     why: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    let resp = crate::proxy::handler::proxy(app, snapshot, req, client_ip).await?;
+    let resp = snapshot.proxy(req, client_ip, shutdown).await?;
     Ok(with_status(
         resp,
         format!("unpoll; fwd=bypass; detail={why}"),
@@ -374,6 +430,11 @@ fn with_status(mut resp: Response<Body>, status: String) -> Response<Body> {
     }
     resp.headers_mut().remove(&UNPOLL_CURSOR);
     resp
+}
+
+fn hit_status(entry: &Entry) -> String {
+    let ttl = entry.ttl.saturating_sub(entry.age()).as_secs();
+    format!("unpoll; hit; ttl={ttl}")
 }
 
 fn stale_status(upstream: StatusCode) -> String {

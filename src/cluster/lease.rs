@@ -13,9 +13,9 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, failure};
-use crate::app::App;
 
 /// How long a lease lasts without renewal: the takeover time after a holder dies.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
@@ -50,11 +50,11 @@ return 0
 
 impl Cluster {
     /// Run what `start` starts only while this instance holds lease `name`, until
-    /// `app.shutdown`. A standby is ready (component `readiness` cleared): it has nothing
+    /// `shutdown`. A standby is ready (component `readiness` cleared): it has nothing
     /// to consume.
     pub async fn leased<F>(
         self: Arc<Self>,
-        app: Arc<App>,
+        shutdown: CancellationToken,
         name: &str,
         readiness: &'static str,
         start: F,
@@ -65,7 +65,7 @@ impl Cluster {
         let ttl_ms = LEASE_TTL.as_millis() as u64;
         let mut conn: Option<MultiplexedConnection> = None;
         loop {
-            app.set_ready(readiness, None);
+            self.readiness.set(readiness, None);
             // Standby: try to take the lease every period.
             let mut deadline = loop {
                 let sent = Instant::now();
@@ -78,13 +78,13 @@ impl Cluster {
                     }
                 }
                 tokio::select! {
-                    _ = app.shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(PERIOD) => {}
                 }
             };
             tracing::info!(lease = name, node_id = %self.config.node_id, "holding the lease: consuming");
             // Not ready until the consumer says it is connected.
-            app.set_ready(
+            self.readiness.set(
                 readiness,
                 Some("starting: holding the lease, not connected yet".into()),
             );
@@ -93,7 +93,7 @@ impl Cluster {
             let why = loop {
                 let next = (Instant::now() + PERIOD).min(deadline);
                 tokio::select! {
-                    _ = app.shutdown.cancelled() => {
+                    _ = shutdown.cancelled() => {
                         // The consumers stop on the same signal; release once they have.
                         for task in tasks {
                             let _ = task.await;

@@ -40,6 +40,7 @@
 pub mod config;
 mod lease;
 mod scripts;
+mod sink;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -51,11 +52,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::admin::readiness::Readiness;
+use crate::cache::Cache;
 use crate::hub::{Backfill, Boot, EventData, EventId, Hub, glob};
 use crate::sources::backoff::Backoff;
 pub use config::ClusterConfig;
 pub use lease::LEASE_TTL;
+pub use sink::ClusterSink;
 
 /// The readiness component name: `/readyz` says `cluster: <reason>`.
 pub const READINESS: &str = "cluster";
@@ -67,6 +70,11 @@ const LOST_MARKS: usize = 64;
 pub struct Cluster {
     config: ClusterConfig,
     hub: Hub,
+    /// Purged when another instance purges, and wholly after time away from Redis.
+    cache: Arc<Cache>,
+    /// Where this membership reports itself not ready (component [`READINESS`]), and the
+    /// leased consumers theirs.
+    readiness: Arc<Readiness>,
     /// Events read per channel when starting to follow it: the hub's per-channel history.
     history_count: usize,
     keys: Keys,
@@ -206,15 +214,25 @@ fn failure(what: &str, e: impl std::fmt::Display) -> Failure {
 }
 
 impl Cluster {
-    /// Membership for `hub`; nothing connects before [`Cluster::run`].
-    pub fn new(config: ClusterConfig, hub: Hub) -> Arc<Cluster> {
+    /// Membership for `hub` and `cache`; nothing connects before [`Cluster::run`]. Not
+    /// ready (in `readiness`) until it has joined.
+    pub fn new(
+        config: ClusterConfig,
+        hub: Hub,
+        cache: Arc<Cache>,
+        readiness: Arc<Readiness>,
+    ) -> Arc<Cluster> {
         let (jobs, rx) = mpsc::channel(config.queue);
+        let down = "starting: not connected to Redis yet".to_string();
+        readiness.set(READINESS, Some(down.clone()));
         Arc::new(Cluster {
             keys: Keys::new(&config),
             history_count: hub.config().history_max_events.max(1),
             hub,
+            cache,
+            readiness,
             shared: Mutex::new(Shared {
-                down: Some("starting: not connected to Redis yet".to_string()),
+                down: Some(down),
                 ..Shared::default()
             }),
             subscribing: tokio::sync::Mutex::new(()),
@@ -226,6 +244,12 @@ impl Cluster {
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Record why this instance is out of the cluster (`None`: it is in), for `/readyz`.
+    fn set_down(&self, shared: &mut Shared, why: Option<String>) {
+        self.readiness.set(READINESS, why.clone());
+        shared.down = why;
     }
 
     fn link(&self) -> Option<Link> {
@@ -515,7 +539,7 @@ impl Cluster {
             return;
         }
         shared.link = None;
-        shared.down = Some(format!("lost Redis: {why}"));
+        self.set_down(&mut shared, Some(format!("lost Redis: {why}")));
         for f in shared.follows.values_mut() {
             f.subscribed = false;
             f.synced = false;
@@ -532,8 +556,8 @@ impl Cluster {
         tracing::warn!(cause = %why, subscribers_reset = told, "left the cluster");
     }
 
-    /// Connect, follow, reconnect with capped backoff, until `app.shutdown`.
-    pub async fn run(self: Arc<Self>, app: Arc<App>) {
+    /// Connect, follow, reconnect with capped backoff, until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(jobs) = self
             .jobs_rx
             .lock()
@@ -542,14 +566,14 @@ impl Cluster {
         else {
             return;
         };
-        let writer = tokio::spawn(self.clone().write(jobs, app.shutdown.clone()));
-        let unfollower = tokio::spawn(self.clone().unfollow_idle(app.shutdown.clone()));
+        let writer = tokio::spawn(self.clone().write(jobs, shutdown.clone()));
+        let unfollower = tokio::spawn(self.clone().unfollow_idle(shutdown.clone()));
         let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
         let mut connected_before = false;
         loop {
             let outcome = tokio::select! {
-                _ = app.shutdown.cancelled() => break,
-                outcome = self.session(&app, &mut backoff, connected_before) => outcome,
+                _ = shutdown.cancelled() => break,
+                outcome = self.session(&mut backoff, connected_before) => outcome,
             };
             match outcome {
                 Ok(()) => break,
@@ -558,7 +582,8 @@ impl Cluster {
                     match link {
                         Some(link) => self.lose(&link, &why),
                         None => {
-                            self.lock().down = Some(format!("cannot reach Redis: {why}"));
+                            let down = Some(format!("cannot reach Redis: {why}"));
+                            self.set_down(&mut self.lock(), down);
                             tracing::warn!(cause = %why, "cannot reach Redis");
                         }
                     }
@@ -566,7 +591,7 @@ impl Cluster {
             }
             let delay = backoff.next_delay();
             tokio::select! {
-                _ = app.shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -577,7 +602,6 @@ impl Cluster {
     /// ended; `Ok` on shutdown.
     async fn session(
         &self,
-        app: &App,
         backoff: &mut Backoff,
         connected_before: bool,
     ) -> Result<(), (Option<Link>, Failure)> {
@@ -591,7 +615,7 @@ impl Cluster {
         );
         if connected_before {
             // Purges of other instances were missed while away.
-            app.cache.purge_glob("*");
+            self.cache.purge_glob("*");
         }
         loop {
             tokio::select! {
@@ -602,7 +626,7 @@ impl Cluster {
                     let Some(msg) = msg else {
                         return Err((Some(link), "the pub/sub connection closed".to_string()));
                     };
-                    if let Err(e) = self.on_message(app, &link, &msg) {
+                    if let Err(e) = self.on_message(&link, &msg) {
                         return Err((Some(link), e));
                     }
                 }
@@ -677,7 +701,7 @@ impl Cluster {
             f.synced = false;
         }
         shared.link = Some(link.clone());
-        shared.down = None;
+        self.set_down(&mut shared, None);
         drop(shared);
         if told > 0 {
             tracing::info!(subscribers_reset = told, "rebased onto the cluster");
@@ -727,7 +751,7 @@ impl Cluster {
     }
 
     /// Apply one pub/sub message. `Err` when the cluster's sequence started over.
-    fn on_message(&self, app: &App, link: &Link, msg: &redis::Msg) -> Result<(), Failure> {
+    fn on_message(&self, link: &Link, msg: &redis::Msg) -> Result<(), Failure> {
         let channel = msg.get_channel_name();
         let payload = String::from_utf8_lossy(msg.get_payload_bytes());
         let lost_data = || "Redis lost its data (a new epoch)".to_string();
@@ -785,9 +809,9 @@ impl Cluster {
             }
             if kind == PurgeKind::Tags.as_str() {
                 let tags: Vec<String> = serde_json::from_str(value).unwrap_or_default();
-                app.cache.purge(&tags);
+                self.cache.purge(&tags);
             } else if kind == PurgeKind::Glob.as_str() {
-                app.cache.purge_glob(value);
+                self.cache.purge_glob(value);
             }
         }
         Ok(())

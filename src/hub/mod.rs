@@ -64,15 +64,20 @@ struct Inner {
 }
 
 impl Hub {
-    /// A hub with a fresh boot id.
+    /// A hub with a fresh boot id and metrics of its own (registered nowhere).
     pub fn new(config: HubConfig) -> Hub {
+        Hub::with_metrics(config, HubMetrics::default())
+    }
+
+    /// A hub with a fresh boot id that counts into `metrics`.
+    pub fn with_metrics(config: HubConfig, metrics: HubMetrics) -> Hub {
         Hub {
             inner: Arc::new(Inner {
                 boot: AtomicU64::new(Boot::generate().raw()),
                 config,
                 state: Mutex::new(State::default()),
                 cursor: AtomicU64::new(0),
-                metrics: HubMetrics::default(),
+                metrics,
             }),
         }
     }

@@ -2,6 +2,7 @@
 //! hop-by-hop headers are dropped, `X-Forwarded-*` added, upgrades (WebSocket) tunnelled.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -120,4 +121,28 @@ pub async fn forward(
     let (mut parts, _) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, true);
     Ok(Response::from_parts(parts, empty()))
+}
+
+/// Time the upstream took to answer, attached to a response by [`proxy`] for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTime(pub Duration);
+
+/// Forward to the upstream unchanged ([`forward`]), noting its response time for the access
+/// log when `access_log` is on.
+pub async fn proxy(
+    client: &UpstreamClient,
+    config: &ProxyConfig,
+    access_log: bool,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+    shutdown: &CancellationToken,
+) -> Result<Response<Body>, ProxyError> {
+    let started = Instant::now();
+    let mut resp = forward(client, config, req, client_ip, shutdown).await?;
+    // For the access log only; an extension allocates the response's extension map.
+    if access_log {
+        resp.extensions_mut()
+            .insert(UpstreamTime(started.elapsed()));
+    }
+    Ok(resp)
 }

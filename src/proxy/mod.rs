@@ -1,15 +1,12 @@
-//! The reverse proxy: routing, forwarding to the upstream, header rules, errors.
+//! The reverse proxy: forwarding to the upstream ([`forward`]), header rules, the upstream
+//! keep-alive pool, errors and their responses. Routing is [`crate::routing`]'s.
 
 pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod forward;
-pub mod handler;
 pub mod headers;
-pub mod observe;
 pub mod pool;
-pub mod routes;
 pub mod upstream;
 
 pub use error::{ProxyError, UpstreamError, error_response};
-pub use handler::{handle, is_stream, open_stream};

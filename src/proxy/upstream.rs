@@ -75,10 +75,12 @@ impl UpstreamClient {
             .await
             .unwrap_or(Err(UpstreamError::Timeout));
         match &result {
-            Ok(_) => self
-                .metrics
-                .upstream_duration
-                .observe(started.elapsed().as_secs_f64()),
+            Ok(_) => {
+                self.metrics
+                    .upstream_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.upstream_responses.inc();
+            }
             Err(e) => self.metrics.upstream_error(e.kind()),
         }
         result

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::proxy::observe::TrackedBody;
+use super::observe::TrackedBody;
+use crate::sse::CloseConnection;
 
 /// Request activity of one connection, for the idle timeout: hyper closes a connection whose
 /// request head is slow (`header_read_timeout`) but not one that simply sits idle between
@@ -21,7 +22,8 @@ pub struct Activity {
     generation: AtomicU64,
     /// Woken when `in_flight` drops to zero.
     became_idle: Notify,
-    /// Notified by [`ConnectionAbort::abort`]: the connection is dropped at once.
+    /// Notified by [`CloseConnection::close_now`] (a stream's `ConnectionAbort`): the
+    /// connection is dropped at once.
     abort: Notify,
     /// HTTP/1: the body of an event stream whose head hyper is writing; the connection
     /// then leaves hyper and the body is written by `direct_sse` (hyper's buffers would
@@ -35,29 +37,10 @@ pub struct Activity {
     unflushed: AtomicBool,
 }
 
-/// Request extension (HTTP/1 only) that lets a response end its whole connection. An SSE
-/// stream whose client stopped reading overflows its queue while hyper is blocked writing
-/// to the full socket and never polls the body again; without this the connection (and its
-/// kernel buffers) would stay open forever. On HTTP/2 the other streams of the connection
-/// are innocent, so the slow stream just ends when next polled.
-#[derive(Clone)]
-pub struct ConnectionAbort(Arc<Activity>);
-
-impl ConnectionAbort {
-    pub(super) fn new(activity: Arc<Activity>) -> Self {
-        ConnectionAbort(activity)
-    }
-
-    /// Close the connection now.
-    pub fn abort(&self) {
+impl CloseConnection for Activity {
+    fn close_now(&self) {
         // notify_one stores a permit if the connection loop is not waiting at this moment.
-        self.0.abort.notify_one();
-    }
-}
-
-impl std::fmt::Debug for ConnectionAbort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConnectionAbort")
+        self.abort.notify_one();
     }
 }
 
@@ -92,7 +75,7 @@ impl Activity {
         self.unflushed.store(unflushed, Ordering::Relaxed);
     }
 
-    /// Resolves when a response asked for the connection to end ([`ConnectionAbort`]).
+    /// Resolves when a response asked for the connection to end (`ConnectionAbort`).
     pub(super) async fn aborted(&self) {
         self.abort.notified().await;
     }

@@ -30,10 +30,11 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::activity::{Activity, ConnectionAbort, RequestGuard};
+use super::activity::{Activity, RequestGuard};
+use super::observe::TrackedBody;
 use super::{Arrival, Listener};
 use crate::app::App;
-use crate::proxy::observe::TrackedBody;
+use crate::sse::ConnectionAbort;
 
 /// A stream that passed routing: its response (the stream, or a refusal such as 401/429)
 /// and the connection's activity, through which an overflowing subscriber ends it.
@@ -52,7 +53,8 @@ pub(super) async fn open(app: &Arc<App>, parts: Box<Parts>, peer: SocketAddr) ->
         .insert(ConnectionAbort::new(activity.clone()));
     let guard = RequestGuard::begin(activity.clone());
     let arrival = Arrival::note(app, &parts.method, &parts.uri, &parts.headers, peer);
-    let response = crate::proxy::open_stream(app, &parts, peer.ip()).await?;
+    let snapshot = app.snapshot();
+    let response = crate::routing::open_stream(&app.handles, snapshot, &parts, peer.ip()).await?;
     Some(Opened {
         response: arrival.track(response, Listener::Main, guard),
         activity,

@@ -7,7 +7,9 @@
 mod activity;
 mod direct_sse;
 mod first_request;
+mod observe;
 mod send_timeout;
+pub mod signals;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,15 +29,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-pub use activity::{Activity, ConnectionAbort, RequestGuard};
+pub use activity::{Activity, RequestGuard};
 pub use send_timeout::SendTimeout;
 
 use crate::admin;
 use crate::app::App;
 use crate::body::Body;
-use crate::proxy::observe::{AccessLog, TrackedBody, UpstreamTime};
+use crate::proxy::forward::UpstreamTime;
+use crate::sse::ConnectionAbort;
 use direct_sse::{Framing, Handoff, Streaming};
 use first_request::{FirstRequest, Rewind};
+use observe::{AccessLog, TrackedBody};
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +74,7 @@ pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, tasks: 
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = app.shutdown.cancelled() => return,
+            _ = app.handles.shutdown.cancelled() => return,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -82,13 +86,13 @@ pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, tasks: 
                     continue;
                 }
             },
-            _ = app.shutdown.cancelled() => return,
+            _ = app.handles.shutdown.cancelled() => return,
         };
         let app = app.clone();
         tasks.spawn(async move {
-            app.metrics.open_connections.inc();
+            app.handles.metrics.open_connections.inc();
             serve_connection(stream, peer, kind, &app).await;
-            app.metrics.open_connections.dec();
+            app.handles.metrics.open_connections.dec();
             drop(permit);
         });
     }
@@ -108,7 +112,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
     let first = {
         // Only the main listener has streams; the snapshot is not held across the read.
         let direct = |method: &http::Method, path: &str| {
-            kind == Listener::Main && crate::proxy::is_stream(&app.snapshot(), method, path)
+            kind == Listener::Main && crate::routing::is_stream(&app.snapshot(), method, path)
         };
         // Boxed: the read's state is needed only until the head is in.
         let read = Box::pin(tokio::time::timeout(
@@ -122,7 +126,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, a
                 Ok(first) => first,
                 Err(_) => return,
             },
-            _ = app.shutdown.cancelled() => return,
+            _ = app.handles.shutdown.cancelled() => return,
         }
     };
     // The long-lived halves are boxed so this task's future stays small for idle streams.
@@ -308,7 +312,7 @@ where
                     Some(Ok(())) => Driven::Ended,
                 };
             }
-            _ = app.shutdown.cancelled(), if !draining => {
+            _ = app.handles.shutdown.cancelled(), if !draining => {
                 drain(conn.as_mut());
                 draining = true;
             }
@@ -334,8 +338,10 @@ async fn respond(
 ) -> Response<TrackedBody> {
     let arrival = Arrival::note(app, req.method(), req.uri(), req.headers(), peer);
     let resp = match kind {
-        Listener::Main => crate::proxy::handle(app, req, peer.ip(), abort).await,
-        Listener::Admin => admin::handle(app, req).await,
+        Listener::Main => {
+            crate::routing::handle(&app.handles, app.snapshot(), req, peer.ip(), abort).await
+        }
+        Listener::Admin => admin::handle(&app.admin(), req).await,
     };
     arrival.track(resp, kind, guard)
 }

@@ -23,6 +23,7 @@ pub struct RawStreamRule {
     auth_path: Option<String>,
     auth_cache: Option<String>,
     reauth: Option<String>,
+    token_query: Option<String>,
     limits: Option<RawStreamLimits>,
     heartbeat: Option<String>,
     retry: Option<String>,
@@ -87,6 +88,7 @@ impl RawStreamRule {
             auth_path: self.auth_path,
             auth_cache: self.auth_cache,
             reauth: self.reauth,
+            token_query: self.token_query,
         }
         .validate(path, &params, jwt, errors);
         let limits = self

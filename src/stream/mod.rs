@@ -15,14 +15,15 @@ use prometheus_client::metrics::gauge::Gauge;
 
 pub use config::{RawStreamRule, StreamRule};
 
-use crate::app::{App, Snapshot};
 use crate::auth::{Authorizer, Grant, GrantedBody, SubscribeRequest, requested_channels};
 use crate::body::{Body, boxed};
+use crate::handles::Handles;
 use crate::hub::{SubscribeError, Subscription};
 use crate::proxy::client_ip::client_ip;
 use crate::proxy::{ProxyError, error_response};
 use crate::route::PathParams;
-use crate::server::ConnectionAbort;
+use crate::snapshot::Snapshot;
+use crate::sse::ConnectionAbort;
 use crate::sse::{SseBody, SseOptions};
 use crate::template::{Missing, RenderEachError, RequestVars, Template, Vars};
 
@@ -45,7 +46,7 @@ const GENERIC_SSE: SseOptions = SseOptions {
 /// `subscribers` counts the rule's open streams. `peer` is the TCP peer.
 #[allow(clippy::too_many_arguments)]
 pub async fn open(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     rule: &StreamRule,
     authorizer: &Authorizer,
@@ -55,7 +56,7 @@ pub async fn open(
     peer: IpAddr,
 ) -> Outcome {
     match admit(
-        app,
+        handles,
         snapshot,
         rule,
         authorizer,
@@ -66,7 +67,7 @@ pub async fn open(
     )
     .await
     {
-        Gated::Open(admitted) => Outcome::Respond(admitted.into_response(app)),
+        Gated::Open(admitted) => Outcome::Respond(admitted.into_response(handles)),
         Gated::Refused(resp) => Outcome::Respond(resp),
         Gated::NotApplicable(missing) => Outcome::NotApplicable(missing),
     }
@@ -98,10 +99,10 @@ pub(crate) struct Admitted {
 
 impl Admitted {
     /// The single-stream response: the SSE body, ended when access ends.
-    fn into_response(self, app: &App) -> Response<Body> {
-        let body = SseBody::new(self.sub, self.options, app.shutdown.clone())
+    fn into_response(self, handles: &Handles) -> Response<Body> {
+        let body = SseBody::new(self.sub, self.options, handles.shutdown.clone())
             .counted(self.subscribers)
-            .connection(app.metrics.stream_connections.clone());
+            .connection(handles.metrics.stream_connections.clone());
         crate::sse::response(boxed(GrantedBody::new(body, self.grant)))
     }
 }
@@ -109,7 +110,7 @@ impl Admitted {
 /// The gate of [`open`], without the body.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn admit(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     rule: &StreamRule,
     authorizer: &Authorizer,
@@ -138,7 +139,7 @@ pub(crate) async fn admit(
         name: &rule.name,
         options,
     };
-    match gate.admit(app, params, parts, peer, channels).await {
+    match gate.admit(handles, params, parts, peer, channels).await {
         Ok(admitted) => Gated::Open(admitted),
         Err(resp) => Gated::Refused(resp),
     }
@@ -165,21 +166,21 @@ pub fn channels(
 
 /// `/_unpoll/sse?channel=a&channel=b`: the client names the channels, its JWT limits them.
 pub async fn open_generic(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     authorizer: &Authorizer,
     parts: &Parts,
     peer: IpAddr,
 ) -> Response<Body> {
-    match admit_generic(app, snapshot, authorizer, parts, peer).await {
-        Ok(admitted) => admitted.into_response(app),
+    match admit_generic(handles, snapshot, authorizer, parts, peer).await {
+        Ok(admitted) => admitted.into_response(handles),
         Err(resp) => resp,
     }
 }
 
 /// The gate of [`open_generic`], without the body.
 pub(crate) async fn admit_generic(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     authorizer: &Authorizer,
     parts: &Parts,
@@ -189,7 +190,7 @@ pub(crate) async fn admit_generic(
         Ok(channels) => channels,
         Err(e) => return Err(ProxyError::Auth(e).into_response()),
     };
-    let subscribers = app.metrics.stream_subscribers("generic_stream");
+    let subscribers = handles.metrics.stream_subscribers("generic_stream");
     let gate = Gate {
         snapshot,
         authorizer,
@@ -197,7 +198,7 @@ pub(crate) async fn admit_generic(
         name: "generic_stream",
         options: GENERIC_SSE,
     };
-    gate.admit(app, &PathParams::default(), parts, peer, channels)
+    gate.admit(handles, &PathParams::default(), parts, peer, channels)
         .await
 }
 
@@ -213,7 +214,7 @@ struct Gate<'a> {
 impl Gate<'_> {
     async fn admit(
         &self,
-        app: &App,
+        handles: &Handles,
         params: &PathParams,
         parts: &Parts,
         peer: IpAddr,
@@ -241,11 +242,11 @@ impl Gate<'_> {
         };
         let last_event_id = crate::sse::last_event_id(&parts.headers, parts.uri.query());
         // In a cluster: the channels are read from Redis while this subscription lives.
-        let follow = match &app.cluster {
-            Some(cluster) => Some(cluster.follow(&channels, last_event_id.as_deref()).await),
-            None => None,
-        };
-        let mut sub = match app
+        let follow = handles
+            .sink
+            .follow(&channels, last_event_id.as_deref())
+            .await;
+        let mut sub = match handles
             .hub
             .subscribe(&channels, last_event_id.as_deref(), Some(client))
         {
@@ -281,5 +282,98 @@ fn refused(rule: &str, e: &SubscribeError) -> Response<Body> {
             resp
         }
         None => error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use http::{Method, Request, StatusCode};
+
+    use super::{Gated, admit};
+    use crate::handles::Handles;
+    use crate::handles::testing::instance;
+    use crate::snapshot::Snapshot;
+    use crate::snapshot::routes::Action;
+
+    const RULES: &str = r#"
+        [[stream]]
+        path = "/bots/{id}/events"
+        channels = ["bot:{path.id}"]
+        auth = "none"
+        limits = { per_ip = 1 }
+
+        [[stream]]
+        path = "/q/events"
+        channels = ["q:{query.id}"]
+        auth = "none"
+    "#;
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// The gate's decision on `GET uri`.
+    async fn gate(handles: &Handles, snapshot: &Snapshot, uri: &str) -> Gated {
+        let (parts, ()) = Request::get(uri).body(()).unwrap().into_parts();
+        let route = snapshot.routes.resolve(&Method::GET, parts.uri.path());
+        let Action::Stream(s) = route.action else {
+            panic!("{uri} is not a stream");
+        };
+        let (rule, gauge) = (&s.rule, &s.subscribers);
+        admit(
+            handles,
+            snapshot,
+            rule,
+            &s.authorizer,
+            gauge,
+            &route.params,
+            &parts,
+            PEER,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn subscribes_to_the_rules_channels_on_the_hub() {
+        let (handles, _, snapshot) = instance(RULES);
+        let Gated::Open(mut admitted) = gate(&handles, &snapshot, "/bots/7/events").await else {
+            panic!("refused");
+        };
+        assert_eq!(admitted.sub.channels().collect::<Vec<_>>(), ["bot:7"]);
+        handles.hub.publish("bot:8", None, "other".into());
+        handles.hub.publish("bot:7", None, "hello".into());
+        let frame = admitted.sub.recv().await.unwrap();
+        let frame = std::str::from_utf8(&frame).unwrap();
+        assert!(frame.contains("data: hello\n"), "{frame}");
+    }
+
+    #[tokio::test]
+    async fn a_limit_refuses_until_the_open_stream_ends() {
+        let (handles, _, snapshot) = instance(RULES);
+        let first = gate(&handles, &snapshot, "/bots/1/events").await;
+        assert!(matches!(first, Gated::Open(_)));
+        match gate(&handles, &snapshot, "/bots/2/events").await {
+            Gated::Refused(resp) => assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS),
+            _ => panic!("per_ip = 1 let a second stream in"),
+        }
+        drop(first);
+        let again = gate(&handles, &snapshot, "/bots/2/events").await;
+        assert!(matches!(again, Gated::Open(_)));
+    }
+
+    #[tokio::test]
+    async fn a_missing_value_leaves_the_request_to_the_proxy() {
+        let (handles, _, snapshot) = instance(RULES);
+        let gated = gate(&handles, &snapshot, "/q/events").await;
+        assert!(matches!(gated, Gated::NotApplicable(_)));
+        assert!(matches!(
+            gate(&handles, &snapshot, "/q/events?id=3").await,
+            Gated::Open(_)
+        ));
+        assert_eq!(
+            handles.hub.stats(0).subscribers,
+            0,
+            "dropped streams unsubscribe"
+        );
     }
 }

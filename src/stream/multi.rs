@@ -30,13 +30,14 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{Admitted, Gated};
-use crate::app::{App, Snapshot};
 use crate::auth::{AccessEnded, EndedFuture, Grant, access_ended_data};
 use crate::body::{Body, boxed};
+use crate::handles::Handles;
 use crate::hub::{CloseReason, EventId, Subscription};
 use crate::proxy::error_response;
-use crate::proxy::routes::Action;
-use crate::server::ConnectionAbort;
+use crate::snapshot::Snapshot;
+use crate::snapshot::routes::Action;
+use crate::sse::ConnectionAbort;
 use crate::sse::{LAST_EVENT_ID, encode};
 
 /// The path of the multiplexed stream, on the main listener, before any rule.
@@ -54,8 +55,13 @@ pub fn is_multi(method: &Method, path: &str) -> bool {
 /// failure's response when every `s` fails; otherwise the multiplexed stream, which starts
 /// with an error message for each `s` that failed. `parts` carries the connection's
 /// [`ConnectionAbort`] when it has one (a slow client's overflow closes the connection).
-pub async fn open(app: &App, snapshot: &Snapshot, parts: &Parts, peer: IpAddr) -> Response<Body> {
-    let max = app.hub.config().max_multi;
+pub async fn open(
+    handles: &Handles,
+    snapshot: &Snapshot,
+    parts: &Parts,
+    peer: IpAddr,
+) -> Response<Body> {
+    let max = handles.hub.config().max_multi;
     // One past the bound is enough to refuse: nothing more of the query is kept.
     let subs: Vec<String> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .filter(|(k, _)| k == SUB_PARAM)
@@ -73,7 +79,7 @@ pub async fn open(app: &App, snapshot: &Snapshot, parts: &Parts, peer: IpAddr) -
     // Concurrently: an upstream auth check per `s` must not make the open take n round trips.
     let opened = futures_util::future::join_all(
         subs.iter()
-            .map(|s| Box::pin(open_one(app, snapshot, parts, peer, s))),
+            .map(|s| Box::pin(open_one(handles, snapshot, parts, peer, s))),
     )
     .await;
 
@@ -102,7 +108,7 @@ pub async fn open(app: &App, snapshot: &Snapshot, parts: &Parts, peer: IpAddr) -
         "multiplexed stream opened"
     );
     let body = MultiBody::new(
-        app,
+        handles,
         live,
         preamble_errors.into_iter().map(|(_, f)| f).collect(),
     );
@@ -112,7 +118,7 @@ pub async fn open(app: &App, snapshot: &Snapshot, parts: &Parts, peer: IpAddr) -
 /// Route and gate one `s` exactly as the stream it names would be, opened alone with this
 /// request's headers; its rule's response counters count the outcome.
 async fn open_one(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     parts: &Parts,
     peer: IpAddr,
@@ -127,7 +133,7 @@ async fn open_one(
     let result = match (&route.action, &snapshot.generic_stream) {
         (Action::Stream(rule), _) => {
             match super::admit(
-                app,
+                handles,
                 snapshot,
                 &rule.rule,
                 &rule.authorizer,
@@ -148,7 +154,7 @@ async fn open_one(
             }
         }
         (Action::Proxy, Some(gate)) if path == crate::auth::GENERIC_STREAM_PATH => {
-            super::admit_generic(app, snapshot, gate, &sub_parts, peer).await
+            super::admit_generic(handles, snapshot, gate, &sub_parts, peer).await
         }
         _ => {
             let message = format!("`{s}` is not a stream");
@@ -344,7 +350,7 @@ pub struct MultiBody {
 }
 
 impl MultiBody {
-    fn new(app: &App, live: Vec<(usize, Admitted)>, errors: Vec<Bytes>) -> MultiBody {
+    fn new(handles: &Handles, live: Vec<(usize, Admitted)>, errors: Vec<Bytes>) -> MultiBody {
         let heartbeat = live
             .iter()
             .map(|(_, a)| a.options.heartbeat)
@@ -385,10 +391,10 @@ impl MultiBody {
             preamble,
             heartbeat: Box::pin(tokio::time::sleep(interval)),
             interval,
-            shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
+            shutdown: Box::pin(handles.shutdown.clone().cancelled_owned()),
             next: 0,
             done: false,
-            _connection: Counted::new(app.metrics.stream_connections.clone()),
+            _connection: Counted::new(handles.metrics.stream_connections.clone()),
         }
     }
 

@@ -19,10 +19,13 @@ use hyper::body::Incoming;
 
 pub use config::{RawTapRule, TapRule};
 
-use crate::app::{App, Snapshot};
 use crate::body::{Body, boxed};
+use crate::handles::Handles;
+use crate::hub::Hub;
 use crate::proxy::ProxyError;
 use crate::proxy::forward::{client_response, upstream_request};
+use crate::sink::Sink;
+use crate::snapshot::Snapshot;
 use event::TapResponse;
 use tee::{Copy, FinishOnDrop, TeeBody};
 
@@ -40,9 +43,9 @@ const BODY_GRACE: Duration = Duration::from_secs(5);
 /// event is dropped (counted `response_incomplete`).
 const ANSWER_GRACE: Duration = Duration::from_secs(10);
 
-/// Forward `req` under `rule` and publish on success.
+/// Forward `req` under `rule` and publish on success (through `handles.sink`).
 pub async fn handle(
-    app: &Arc<App>,
+    handles: &Handles,
     snapshot: &Snapshot,
     rule: &TapRule,
     params: crate::route::PathParams,
@@ -69,7 +72,7 @@ pub async fn handle(
         client_ip,
     );
     let resp = snapshot.upstream.send(upstream_req).await?;
-    let metrics = app.hub.metrics();
+    let metrics = handles.hub.metrics();
     let request = if resp.status().is_success() {
         match tokio::time::timeout(BODY_GRACE, copy).await {
             Ok(Ok(Copy::Complete(body))) => Some(OwnedRequest {
@@ -94,21 +97,27 @@ pub async fn handle(
     let mut resp = client_response(resp, &snapshot.config.proxy);
     match request {
         Some(request) if rule.reads_response_body => {
-            resp = tee_response(app, rule, request, resp);
+            resp = tee_response(handles, rule, request, resp);
         }
         Some(request) => {
             let response = TapResponse {
                 headers: Some(resp.headers()),
                 body: None,
             };
-            publish(app, rule, &request, &response);
+            publish(
+                &handles.hub,
+                handles.sink.as_ref(),
+                rule,
+                &request,
+                &response,
+            );
         }
         None => {}
     }
     // After the event when it was published above. An event that waits for the answer's
     // body follows the cursor instead, so a stream resumed from it gets that event too:
     // a duplicate of what the client knows at worst, never a gap.
-    if let Ok(v) = HeaderValue::from_str(&app.hub.cursor().to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&handles.hub.cursor().to_string()) {
         resp.headers_mut().insert(UNPOLL_CURSOR, v);
     }
     Ok(resp)
@@ -125,7 +134,7 @@ struct OwnedRequest {
 /// Stream `resp` to the client through a tee, and publish once its body has ended (a task
 /// that lives no longer than the body: the tee's sender goes with it).
 fn tee_response(
-    app: &Arc<App>,
+    handles: &Handles,
     rule: &TapRule,
     request: OwnedRequest,
     resp: Response<Body>,
@@ -133,7 +142,7 @@ fn tee_response(
     let (parts, body) = resp.into_parts();
     let (tee, copy) = TeeBody::new(body, rule.max_body);
     let response_headers = rule.reads_response_headers.then(|| parts.headers.clone());
-    let app = Arc::clone(app);
+    let (hub, sink) = (handles.hub.clone(), Arc::clone(&handles.sink));
     // Cloned once per tapped request whose event needs the answer: the task outlives the
     // config snapshot's borrow.
     let rule = rule.clone();
@@ -144,20 +153,27 @@ fn tee_response(
                     headers: response_headers.as_ref(),
                     body: Some(&body),
                 };
-                publish(&app, &rule, &request, &response);
+                publish(&hub, sink.as_ref(), &rule, &request, &response);
             }
-            Ok(Copy::TooLarge) => app.hub.metrics().skip(&rule.name, "response_too_large"),
+            Ok(Copy::TooLarge) => hub.metrics().skip(&rule.name, "response_too_large"),
             // The upstream failed mid-body, or stalled past ANSWER_GRACE after the client
             // went away.
-            Err(_) => app.hub.metrics().skip(&rule.name, "response_incomplete"),
+            Err(_) => hub.metrics().skip(&rule.name, "response_incomplete"),
         }
     });
     Response::from_parts(parts, boxed(FinishOnDrop::new(tee, ANSWER_GRACE)))
 }
 
-/// Build and publish `rule`'s event, purging its tags first: a client that refetches on
-/// the event must not read the entry it replaces.
-fn publish(app: &App, rule: &TapRule, request: &OwnedRequest, response: &TapResponse<'_>) {
+/// Build and publish `rule`'s event into `sink`, purging its tags first: a client that
+/// refetches on the event must not read the entry it replaces. A skipped event is counted
+/// in `hub`'s metrics.
+fn publish(
+    hub: &Hub,
+    sink: &dyn Sink,
+    rule: &TapRule,
+    request: &OwnedRequest,
+    response: &TapResponse<'_>,
+) {
     let req = event::TapRequest {
         params: &request.params,
         query: request.uri.query(),
@@ -166,12 +182,95 @@ fn publish(app: &App, rule: &TapRule, request: &OwnedRequest, response: &TapResp
     };
     match event::build(rule, &req, response) {
         Ok(ev) => {
-            app.purge_tags(&ev.purge);
-            app.publish_nowait(&ev.channel, ev.event.as_deref(), ev.data);
+            sink.purge(&ev.purge);
+            sink.publish(&ev.channel, ev.event.as_deref(), ev.data);
         }
         Err(missing) => {
             tracing::debug!(rule = %rule.name, cause = %missing, "tap does not apply");
-            app.hub.metrics().skip(&rule.name, "missing_value");
+            hub.metrics().skip(&rule.name, "missing_value");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::header::{CONTENT_TYPE, HeaderValue};
+    use http::{HeaderMap, Method};
+    use serde_json::json;
+
+    use super::{OwnedRequest, TapResponse, publish};
+    use crate::handles::testing::instance;
+    use crate::hub::{EventData, SkipLabels};
+    use crate::sink::recording::Delivery;
+    use crate::snapshot::routes::Action;
+
+    const RULES: &str = r#"
+        [[tap]]
+        path = "/hooks/{id}"
+        channel = "room:{path.id}"
+        event = "msg"
+        data = { text = "{json.text}" }
+        purge = ["room:{path.id}"]
+    "#;
+
+    /// Run the publish step of the tap at `path` for a JSON request `body`.
+    fn tap(path: &str, body: serde_json::Value) -> (Vec<Delivery>, u64, crate::hub::Hub) {
+        let (handles, recorder, snapshot) = instance(RULES);
+        let route = snapshot.routes.resolve(&Method::POST, path);
+        let Action::Tap(t) = route.action else {
+            panic!("{path} is not tapped");
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let request = OwnedRequest {
+            params: route.params.clone(),
+            uri: path.parse().unwrap(),
+            headers,
+            body: Bytes::from(body.to_string()),
+        };
+        let response = TapResponse {
+            headers: None,
+            body: None,
+        };
+        publish(
+            &handles.hub,
+            handles.sink.as_ref(),
+            &t.rule,
+            &request,
+            &response,
+        );
+        let labels = SkipLabels {
+            rule: t.rule.name.clone(),
+            reason: "missing_value",
+        };
+        let skipped = handles.hub.metrics().skipped.get_or_create(&labels).get();
+        (recorder.log(), skipped, handles.hub)
+    }
+
+    #[tokio::test]
+    async fn purges_then_publishes_the_rules_event_through_the_sink() {
+        let (log, skipped, hub) = tap("/hooks/7", json!({"text": "hi"}));
+        assert_eq!(
+            log,
+            vec![
+                Delivery::Purge(vec!["room:7".into()]),
+                Delivery::Publish(
+                    "room:7".into(),
+                    Some("msg".into()),
+                    EventData::Json(json!({"text": "hi"}))
+                ),
+            ]
+        );
+        assert_eq!(skipped, 0);
+        assert_eq!(hub.cursor().seq, 1, "the event reached the hub");
+    }
+
+    #[tokio::test]
+    async fn a_missing_value_publishes_nothing_and_is_counted() {
+        let (log, skipped, hub) = tap("/hooks/7", json!({"other": 1}));
+        assert_eq!(log, vec![]);
+        assert_eq!(skipped, 1);
+        assert_eq!(hub.cursor().seq, 0);
     }
 }

@@ -45,6 +45,7 @@ pub fn rule_auth(
         auth_path: path.map(Into::into),
         auth_cache: cache.map(Into::into),
         reauth: reauth.map(Into::into),
+        token_query: None,
     };
     let mut errors = ConfigErrors::default();
     let out = raw.validate("stream[0]", &[], false, &mut errors);

@@ -103,7 +103,7 @@ impl Unpoll {
 
     /// Shut down and wait for the drain to finish.
     pub async fn stop(mut self) {
-        self.app.shutdown.cancel();
+        self.app.handles.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.expect("unpoll task panicked");
         }
@@ -122,7 +122,7 @@ impl Unpoll {
 
 impl Drop for Unpoll {
     fn drop(&mut self) {
-        self.app.shutdown.cancel();
+        self.app.handles.shutdown.cancel();
     }
 }
 

@@ -13,6 +13,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use unpoll::hub::{EventData, EventId};
 
 /// The server tests run against.
 pub fn database_url() -> String {
@@ -125,12 +126,17 @@ impl RecordingSink {
 }
 
 impl unpoll::sources::Sink for RecordingSink {
-    fn publish(&self, channel: &str, event: Option<&str>, data: Value) {
+    fn publish(&self, channel: &str, event: Option<&str>, data: EventData) -> Option<EventId> {
+        let data = match data {
+            EventData::Json(value) => value,
+            EventData::Text(text) => Value::String(text),
+        };
         self.push(Delivered::Event {
             channel: channel.to_string(),
             event: event.map(str::to_string),
             data,
         });
+        None
     }
 
     fn reset(&self, glob: &str, _reason: &str) -> usize {

@@ -15,7 +15,7 @@
 //!   taken over): every rule's channels get `reset` and every rule's tags are purged by
 //!   pattern, and every filter is subscribed again.
 //!
-//! Rules reload with the config (a watch channel from [`App::reload`]): the loop
+//! Rules reload with the config (a watch channel the composition root sends on reload): the loop
 //! subscribes and unsubscribes the difference. The poll future is never cancelled for
 //! that (only at shutdown): a reload only queues requests, which the same poll sends.
 
@@ -28,12 +28,13 @@ use rumqttc::{
     QoS, SubAck, SubscribeFilter, SubscribeReasonCode,
 };
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::READINESS;
 use super::config::MqttConfig;
 use super::metrics::{MqttMetrics, RuleLabels, TopicLabels};
 use super::rules::{Qos, TopicRule, filter_matches, parse_payload, subscriptions};
-use crate::app::App;
+use crate::admin::readiness::Readiness;
 use crate::sources::Sink;
 use crate::sources::backoff::Backoff;
 
@@ -50,8 +51,10 @@ const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 
 /// The MQTT source task's state.
 pub struct Listener {
-    /// Readiness and the shutdown signal.
-    pub(super) app: Arc<App>,
+    /// Cancelled once at shutdown.
+    pub(super) shutdown: CancellationToken,
+    /// Where the connection state is reported (not ready while down).
+    pub(super) readiness: Arc<Readiness>,
     /// Connection settings (read at start; a change needs a restart).
     pub(super) config: MqttConfig,
     /// The `[[topic]]` rules, replaced on reload.
@@ -172,7 +175,7 @@ impl Listener {
                                 subs.sync(&client);
                             }
                         }
-                        _ = self.app.shutdown.cancelled() => break None,
+                        _ = self.shutdown.cancelled() => break None,
                     }
                 }
             };
@@ -205,7 +208,7 @@ impl Listener {
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     self.check_suback(&ack);
                     if std::mem::take(&mut subscribing) {
-                        self.app.set_ready(READINESS, None);
+                        self.readiness.set(READINESS, None);
                     }
                 }
                 Ok(_) => {}
@@ -233,10 +236,10 @@ impl Listener {
                     subscribing = false;
                     gap = true;
                     self.metrics.connected.set(0);
-                    self.app.set_ready(READINESS, Some(reason));
+                    self.readiness.set(READINESS, Some(reason));
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = self.app.shutdown.cancelled() => return,
+                        _ = self.shutdown.cancelled() => return,
                     }
                     continue;
                 }
@@ -262,10 +265,10 @@ impl Listener {
         }
         self.metrics.connected.set(1);
         if subscribing {
-            self.app
-                .set_ready(READINESS, Some("connected, subscribing".to_string()));
+            self.readiness
+                .set(READINESS, Some("connected, subscribing".to_string()));
         } else {
-            self.app.set_ready(READINESS, None);
+            self.readiness.set(READINESS, None);
         }
         tracing::info!(
             client_id = %self.config.client_id,
@@ -360,7 +363,8 @@ impl Listener {
                     if !m.purge.is_empty() {
                         self.sink.purge(&m.purge);
                     }
-                    self.sink.publish(&m.channel, m.event.as_deref(), m.data);
+                    self.sink
+                        .publish(&m.channel, m.event.as_deref(), m.data.into());
                     self.metrics
                         .published
                         .get_or_create(&RuleLabels {

@@ -20,28 +20,27 @@ pub use config::MqttConfig;
 pub use metrics::MqttMetrics;
 pub use rules::TopicRule;
 
-use crate::app::App;
-use crate::sources::Sink;
+use crate::sources::SourceHandles;
 
-/// The readiness component name: `/readyz` says `mqtt: ...` until the broker connection is
-/// up.
-pub const READINESS: &str = "mqtt";
+/// The readiness component name (see [`readiness::MQTT`](crate::admin::readiness::MQTT)).
+pub const READINESS: &str = crate::admin::readiness::MQTT;
 
-/// Start the broker connection; it stops when `app.shutdown` fires. `rules` carries the
-/// `[[topic]]` rules and every reload of them. Until connected `/readyz` reports `mqtt` as
-/// not ready (from [`App::new`] on); unpoll keeps serving and proxying meanwhile.
+/// Start the broker connection; it stops at shutdown. `rules` carries the `[[topic]]` rules
+/// and every reload of them. Until connected `/readyz` reports `mqtt` as not ready (from
+/// the instance's start on); unpoll keeps serving and proxying meanwhile.
 pub fn spawn(
-    app: Arc<App>,
+    handles: SourceHandles,
+    metrics: MqttMetrics,
     config: MqttConfig,
     rules: watch::Receiver<Arc<[TopicRule]>>,
-    sink: Arc<dyn Sink>,
 ) -> JoinHandle<()> {
     let listener = listener::Listener {
-        metrics: app.mqtt.clone(),
-        app,
+        shutdown: handles.shutdown,
+        readiness: handles.readiness,
+        metrics,
         config,
         rules,
-        sink,
+        sink: handles.sink,
     };
     tokio::spawn(listener.run())
 }

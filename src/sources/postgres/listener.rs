@@ -23,12 +23,13 @@ use std::sync::Arc;
 use sqlx::postgres::{PgListener, PgNotification, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use super::config::PostgresConfig;
 use super::metrics::{ListenLabels, PostgresMetrics, RuleLabels};
 use super::rules::{NotifyRule, RuleMode, parse_payload};
 use super::{PostgresError, READINESS};
-use crate::app::App;
+use crate::admin::readiness::Readiness;
 use crate::sources::Sink;
 use crate::sources::backoff::Backoff;
 
@@ -57,8 +58,10 @@ impl State {
 
 /// The listener task's state.
 pub struct Listener {
-    /// Readiness and the shutdown signal.
-    pub(super) app: Arc<App>,
+    /// Cancelled once at shutdown.
+    pub(super) shutdown: CancellationToken,
+    /// Where the connection state is reported (not ready while down).
+    pub(super) readiness: Arc<Readiness>,
     /// Connection and reconnect settings (read at start; a change needs a restart).
     pub(super) config: PostgresConfig,
     /// Every `[[notify]]` rule, in file order (indexes key `outbox_wakeups`).
@@ -106,10 +109,10 @@ impl Listener {
                         retry_in = ?delay,
                         "cannot connect the Postgres listener"
                     );
-                    self.app.set_ready(READINESS, Some(reason));
+                    self.readiness.set(READINESS, Some(reason));
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue,
-                        _ = self.app.shutdown.cancelled() => return,
+                        _ = self.shutdown.cancelled() => return,
                     }
                 }
             };
@@ -118,7 +121,7 @@ impl Listener {
             }
             backoff.reset();
             self.metrics.connected.set(1);
-            self.app.set_ready(READINESS, None);
+            self.readiness.set(READINESS, None);
             tracing::info!(channels = ?channels, gap, "Postgres listener connected");
             if gap {
                 self.report_gap();
@@ -145,7 +148,7 @@ impl Listener {
                     _ = tokio::time::sleep_until(last_heard + silence_limit) => {
                         break PostgresError::Silent(silence_limit);
                     }
-                    _ = self.app.shutdown.cancelled() => return,
+                    _ = self.shutdown.cancelled() => return,
                 };
                 match received {
                     Ok(Some(n)) => {
@@ -162,8 +165,8 @@ impl Listener {
             gap = true;
             state = State::Reconnecting;
             self.metrics.connected.set(0);
-            self.app
-                .set_ready(READINESS, Some(format!("listener connection lost: {lost}")));
+            self.readiness
+                .set(READINESS, Some(format!("listener connection lost: {lost}")));
             tracing::warn!(cause = %lost, "Postgres listener connection lost; reconnecting");
         }
     }
@@ -252,7 +255,8 @@ impl Listener {
                     if !m.purge.is_empty() {
                         self.sink.purge(&m.purge);
                     }
-                    self.sink.publish(&m.channel, m.event.as_deref(), m.data);
+                    self.sink
+                        .publish(&m.channel, m.event.as_deref(), m.data.into());
                     self.metrics
                         .published
                         .get_or_create(&RuleLabels {

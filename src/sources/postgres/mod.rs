@@ -27,11 +27,10 @@ pub use config::PostgresConfig;
 pub use metrics::PostgresMetrics;
 pub use rules::NotifyRule;
 
-use crate::app::App;
-use crate::sources::Sink;
+use crate::sources::SourceHandles;
 
-/// The readiness component name: `/readyz` says `postgres: ...` until the listener is up.
-pub const READINESS: &str = "postgres";
+/// The readiness component name (see [`readiness::POSTGRES`](crate::admin::readiness::POSTGRES)).
+pub const READINESS: &str = crate::admin::readiness::POSTGRES;
 
 /// Why the listener connection failed or ended.
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +49,15 @@ pub enum PostgresError {
     Sql(#[from] sqlx::Error),
 }
 
-/// Start the listener and one reader per outbox rule; all stop when `app.shutdown` fires.
-/// Until the listener is connected `/readyz` reports `postgres` as not ready (from
-/// [`App::new`] on); unpoll keeps serving and proxying meanwhile.
+/// Start the listener and one reader per outbox rule; all stop at shutdown. Until the
+/// listener is connected `/readyz` reports `postgres` as not ready (from the instance's start on);
+/// unpoll keeps serving and proxying meanwhile.
 pub fn spawn(
-    app: Arc<App>,
+    handles: SourceHandles,
+    metrics: PostgresMetrics,
     config: PostgresConfig,
     rules: Vec<NotifyRule>,
-    sink: Arc<dyn Sink>,
 ) -> Vec<JoinHandle<()>> {
-    let metrics = app.postgres.clone();
     let mut tasks = Vec::new();
     let mut outbox_wakeups = HashMap::new();
     for (i, rule) in rules.iter().enumerate() {
@@ -67,11 +65,11 @@ pub fn spawn(
             let wake = Arc::new(Notify::new());
             outbox_wakeups.insert(i, wake.clone());
             let reader = outbox::OutboxReader {
-                app: app.clone(),
+                shutdown: handles.shutdown.clone(),
                 config: config.clone(),
                 rule: rule.clone(),
                 table: table.clone(),
-                sink: sink.clone(),
+                sink: handles.sink.clone(),
                 metrics: metrics.clone(),
                 wake,
             };
@@ -79,10 +77,11 @@ pub fn spawn(
         }
     }
     let listener = listener::Listener {
-        app,
+        shutdown: handles.shutdown,
+        readiness: handles.readiness,
         config,
         rules: rules.into(),
-        sink,
+        sink: handles.sink,
         metrics,
         outbox_wakeups,
     };

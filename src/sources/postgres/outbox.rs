@@ -40,12 +40,13 @@ use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::config::PostgresConfig;
 use super::metrics::{PostgresMetrics, RuleLabels};
 use super::rules::{NotifyRule, OutboxRow};
 use super::trigger::{CURSOR_TABLE, ident};
-use crate::app::App;
+
 use crate::sources::Sink;
 use crate::sources::backoff::Backoff;
 
@@ -100,8 +101,8 @@ impl Queries {
 
 /// One outbox rule's reader task.
 pub struct OutboxReader {
-    /// The shutdown signal.
-    pub(super) app: Arc<App>,
+    /// Cancelled once at shutdown.
+    pub(super) shutdown: CancellationToken,
     /// Poll interval, batch size, retention, consumer name.
     pub(super) config: PostgresConfig,
     /// The rule whose rows this reader delivers.
@@ -168,7 +169,7 @@ impl OutboxReader {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.app.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => return,
             }
         }
     }
@@ -221,7 +222,8 @@ impl OutboxReader {
                         if !m.purge.is_empty() {
                             self.sink.purge(&m.purge);
                         }
-                        self.sink.publish(&m.channel, m.event.as_deref(), m.data);
+                        self.sink
+                            .publish(&m.channel, m.event.as_deref(), m.data.into());
                         self.metrics.published.get_or_create(labels).inc();
                     }
                     Err(e) => {

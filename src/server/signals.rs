@@ -8,25 +8,29 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::app::App;
 use crate::config;
 
-/// Handle signals until shutdown. `path` is the config file re-read on SIGHUP.
-pub async fn handle(app: Arc<App>, path: PathBuf) -> std::io::Result<()> {
+/// Handle signals until shutdown. `path` is the config file re-read on SIGHUP; without one
+/// (`unpoll demo`, whose config is built in) SIGHUP is logged and ignored.
+pub async fn handle(app: Arc<App>, path: Option<PathBuf>) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&app, &path),
+            _ = hup.recv() => match &path {
+                Some(path) => reload(&app, path),
+                None => tracing::warn!("SIGHUP: no config file to reload"),
+            },
             _ = term.recv() => {
                 tracing::info!("SIGTERM: draining");
-                app.shutdown.cancel();
+                app.handles.shutdown.cancel();
                 return Ok(());
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: draining");
-                app.shutdown.cancel();
+                app.handles.shutdown.cancel();
                 return Ok(());
             }
-            _ = app.shutdown.cancelled() => return Ok(()),
+            _ = app.handles.shutdown.cancelled() => return Ok(()),
         }
     }
 }

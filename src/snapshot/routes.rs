@@ -144,6 +144,15 @@ impl Routes {
         }
     }
 
+    /// Responses sent to clients under this table's rules and plain proxying, since start
+    /// (the counters of a rule outlive reloads that keep its name).
+    pub fn responses(&self) -> u64 {
+        let rules = (self.streams.iter().map(|s| &s.counters))
+            .chain(self.taps.iter().map(|t| &t.counters))
+            .chain(self.caches.iter().map(|c| &c.counters));
+        self.proxy.total() + rules.map(RuleCounters::total).sum::<u64>()
+    }
+
     /// Route a request by method and path (without query): streams (GET), then taps, then
     /// cache rules, then plain proxying.
     pub fn resolve(&self, method: &Method, path: &str) -> Route<'_> {

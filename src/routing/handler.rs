@@ -3,26 +3,25 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::request::Parts;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use super::error::ProxyError;
-use super::forward::forward;
-use super::headers::normalize_host;
-use super::observe::UpstreamTime;
-use super::routes::{Action, Route};
-use crate::app::{App, Snapshot};
 use crate::body::Body;
-use crate::server::ConnectionAbort;
+use crate::handles::Handles;
+use crate::proxy::ProxyError;
+use crate::proxy::headers::normalize_host;
+use crate::snapshot::Snapshot;
+use crate::snapshot::routes::{Action, Route};
+use crate::sse::ConnectionAbort;
 use crate::stream::{Outcome, multi};
 
 /// Handle one client request on the main listener. `abort` ends the request's HTTP/1
-/// connection; a stream takes it (see `server::ConnectionAbort`).
+/// connection; a stream takes it (see `sse::ConnectionAbort`).
 pub async fn handle(
-    app: &Arc<App>,
+    handles: &Handles,
+    snapshot: Arc<Snapshot>,
     req: Request<Incoming>,
     client_ip: IpAddr,
     abort: Option<ConnectionAbort>,
@@ -31,7 +30,6 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     let host = normalize_host(&mut parts.headers, &parts.uri);
     let req = Request::from_parts(parts, body);
-    let snapshot = app.snapshot();
     // The browser client answers before any rule (`[proxy] client`).
     if snapshot.config.proxy.client
         && let Some(resp) = crate::client::serve(req.method(), req.uri().path(), req.headers())
@@ -43,7 +41,7 @@ pub async fn handle(
         if let Some(abort) = abort {
             parts.extensions.insert(abort);
         }
-        return Box::pin(multi::open(app, &snapshot, &parts, client_ip)).await;
+        return Box::pin(multi::open(handles, &snapshot, &parts, client_ip)).await;
     }
     let route = snapshot.routes.resolve(req.method(), req.uri().path());
     if let Err(why) = host {
@@ -58,25 +56,37 @@ pub async fn handle(
     let result = match route.action {
         Action::Stream(_) => {
             Box::pin(stream_or_proxy(
-                app, &snapshot, &route, req, client_ip, abort,
+                handles, &snapshot, &route, req, client_ip, abort,
             ))
             .await
         }
         Action::Proxy if is_generic_stream(&snapshot, req.method(), req.uri().path()) => {
             Box::pin(stream_or_proxy(
-                app, &snapshot, &route, req, client_ip, abort,
+                handles, &snapshot, &route, req, client_ip, abort,
             ))
             .await
         }
-        Action::Proxy => Box::pin(proxy(app, &snapshot, req, client_ip)).await,
+        Action::Proxy => Box::pin(snapshot.proxy(req, client_ip, &handles.shutdown)).await,
         // Not boxed: a hit is the hot path and small; the cache boxes its miss path.
         Action::Cache(c) => {
-            crate::cache::serve::serve(app, &snapshot, &c.rule, &route.params, req, client_ip).await
+            let cache = &handles.cache;
+            let (hub, shutdown) = (&handles.hub, &handles.shutdown);
+            crate::cache::serve::serve(
+                cache,
+                hub,
+                shutdown,
+                &snapshot,
+                &c.rule,
+                &route.params,
+                req,
+                client_ip,
+            )
+            .await
         }
         Action::Tap(t) => {
             let params = route.params.clone();
             Box::pin(crate::tap::handle(
-                app, &snapshot, &t.rule, params, req, client_ip,
+                handles, &snapshot, &t.rule, params, req, client_ip,
             ))
             .await
         }
@@ -107,16 +117,16 @@ pub fn is_stream(snapshot: &Snapshot, method: &Method, path: &str) -> bool {
 /// any response. `None`: the request is not a stream after all (its rule's templates do
 /// not apply) and must take the ordinary path, which proxies and counts it.
 pub async fn open_stream(
-    app: &Arc<App>,
+    handles: &Handles,
+    snapshot: Arc<Snapshot>,
     parts: &Parts,
     client_ip: IpAddr,
 ) -> Option<Response<Body>> {
-    let snapshot = app.snapshot();
     if multi::is_multi(&parts.method, parts.uri.path()) {
-        return Some(multi::open(app, &snapshot, parts, client_ip).await);
+        return Some(multi::open(handles, &snapshot, parts, client_ip).await);
     }
     let route = snapshot.routes.resolve(&parts.method, parts.uri.path());
-    let resp = match stream_arm(app, &snapshot, &route, parts, client_ip).await? {
+    let resp = match stream_arm(handles, &snapshot, &route, parts, client_ip).await? {
         Outcome::Respond(resp) => resp,
         Outcome::NotApplicable(_) => return None,
     };
@@ -127,7 +137,7 @@ pub async fn open_stream(
 /// A stream route's request: the stream, or the upstream's answer when the rule's
 /// templates do not apply to it (logged and counted).
 async fn stream_or_proxy(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     route: &Route<'_>,
     req: Request<Incoming>,
@@ -140,21 +150,31 @@ async fn stream_or_proxy(
     if let Some(abort) = abort {
         parts.extensions.insert(abort);
     }
-    match stream_arm(app, snapshot, route, &parts, client_ip).await {
+    match stream_arm(handles, snapshot, route, &parts, client_ip).await {
         Some(Outcome::Respond(resp)) => return Ok(resp),
         Some(Outcome::NotApplicable(missing)) => {
             tracing::debug!(rule = route.name, cause = %missing, "stream rule does not apply");
-            app.hub.metrics().skip(route.name, "missing_value");
+            handles.hub.metrics().skip(route.name, "missing_value");
+            // The rule's query token authenticates streams only: the app never gets it.
+            if let Action::Stream(s) = &route.action {
+                s.authorizer.strip_token(&mut parts.uri);
+            }
         }
         None => {}
     }
-    proxy(app, snapshot, Request::from_parts(parts, body), client_ip).await
+    snapshot
+        .proxy(
+            Request::from_parts(parts, body),
+            client_ip,
+            &handles.shutdown,
+        )
+        .await
 }
 
 /// The stream behind `route`: its rule's, or the generic stream on a proxied route.
 /// `None` when no stream serves it.
 async fn stream_arm(
-    app: &App,
+    handles: &Handles,
     snapshot: &Snapshot,
     route: &Route<'_>,
     parts: &Parts,
@@ -163,7 +183,7 @@ async fn stream_arm(
     let outcome = match (&route.action, &snapshot.generic_stream) {
         (Action::Stream(s), _) => {
             crate::stream::open(
-                app,
+                handles,
                 snapshot,
                 &s.rule,
                 &s.authorizer,
@@ -178,7 +198,7 @@ async fn stream_arm(
             if is_generic_stream(snapshot, &parts.method, parts.uri.path()) =>
         {
             Outcome::Respond(
-                crate::stream::open_generic(app, snapshot, gate, parts, client_ip).await,
+                crate::stream::open_generic(handles, snapshot, gate, parts, client_ip).await,
             )
         }
         _ => return None,
@@ -191,28 +211,4 @@ fn is_generic_stream(snapshot: &Snapshot, method: &Method, path: &str) -> bool {
     method == Method::GET
         && path == crate::auth::GENERIC_STREAM_PATH
         && snapshot.generic_stream.is_some()
-}
-
-/// Forward to the upstream unchanged, noting its response time for the access log.
-pub async fn proxy(
-    app: &App,
-    snapshot: &Snapshot,
-    req: Request<Incoming>,
-    client_ip: IpAddr,
-) -> Result<Response<Body>, ProxyError> {
-    let started = Instant::now();
-    let mut resp = forward(
-        &snapshot.upstream,
-        &snapshot.config.proxy,
-        req,
-        client_ip,
-        &app.shutdown,
-    )
-    .await?;
-    // For the access log only; an extension allocates the response's extension map.
-    if snapshot.config.log.access {
-        resp.extensions_mut()
-            .insert(UpstreamTime(started.elapsed()));
-    }
-    Ok(resp)
 }

@@ -10,12 +10,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
+use super::activity::RequestGuard;
 use crate::body::{Body, BoxError};
-use crate::server::RequestGuard;
-
-/// Time the upstream took to answer, attached to a response by the handler for the access log.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamTime(pub Duration);
 
 /// What the access-log line says about one request.
 pub struct AccessLog {
