@@ -27,6 +27,7 @@ use crate::snapshot::Snapshot;
 use crate::sources::mqtt::{MqttMetrics, TopicRule};
 use crate::sources::postgres::PostgresMetrics;
 use crate::sources::{SourceHandles, mqtt, postgres};
+use crate::watch::{WatchHandles, WatchMetrics, Watches};
 
 /// One unpoll instance.
 pub struct App {
@@ -72,6 +73,8 @@ impl App {
         let cache_metrics = CacheMetrics::default();
         cache_metrics.register(&mut registry);
         let auth_metrics = AuthMetrics::register(&mut registry);
+        let watch_metrics = WatchMetrics::default();
+        watch_metrics.register(&mut registry);
 
         let (topic_rules, _) = tokio::sync::watch::channel(Arc::from(config.topics.clone()));
         let readiness = Arc::new(Readiness::default());
@@ -88,7 +91,10 @@ impl App {
         }
         let hub = Hub::with_metrics(config.hub.clone(), hub_metrics);
         let cache = Arc::new(Cache::new(config.cache_size, cache_metrics));
-        let local = HubSink::new(hub.clone(), cache.clone());
+        // Lives as long as the instance, so a reload keeps open watch streams
+        // (`hub.max_watch_keys` applies at start only).
+        let watches = Arc::new(Watches::new(config.hub.max_watch_keys, watch_metrics));
+        let local = HubSink::new(hub.clone(), cache.clone(), watches.clone());
         let cluster = config
             .cluster
             .clone()
@@ -99,8 +105,17 @@ impl App {
             None => Arc::new(local),
         };
         let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
+        let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
+        let watch = WatchHandles {
+            watches,
+            cache: cache.clone(),
+            hub: hub.clone(),
+            snapshots: snapshots.clone(),
+            stream_connections: metrics.stream_connections.clone(),
+            shutdown: shutdown.clone(),
+        };
         Arc::new(App {
-            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            snapshot: snapshots,
             registry: Arc::new(registry),
             handles: Handles {
                 hub,
@@ -108,6 +123,7 @@ impl App {
                 sink,
                 metrics,
                 shutdown,
+                watch,
             },
             postgres,
             mqtt,

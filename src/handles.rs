@@ -11,6 +11,7 @@ use crate::cache::Cache;
 use crate::hub::Hub;
 use crate::metrics::ProxyMetrics;
 use crate::sink::Sink;
+use crate::watch::WatchHandles;
 
 /// Cheap to clone: every field shares one instance's part.
 #[derive(Clone)]
@@ -28,6 +29,9 @@ pub struct Handles {
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every stream and upgraded
     /// connection watches it.
     pub shutdown: CancellationToken,
+    /// What `[[watch]]` rules use: the watchers (purged through the sink) and the parts
+    /// above they refetch and stream with.
+    pub watch: WatchHandles,
 }
 
 /// A whole set of handles for unit tests, built without a server.
@@ -35,6 +39,7 @@ pub struct Handles {
 pub(crate) mod testing {
     use std::sync::Arc;
 
+    use arc_swap::ArcSwap;
     use prometheus_client::registry::Registry;
     use tokio_util::sync::CancellationToken;
 
@@ -43,6 +48,7 @@ pub(crate) mod testing {
     use crate::metrics::ProxyMetrics;
     use crate::sink::recording::Recorder;
     use crate::snapshot::Snapshot;
+    use crate::watch::WatchHandles;
 
     /// Handles whose sink is a [`Recorder`] (its hub and cache are the handles' own), and
     /// the snapshot of a config made of `rules`.
@@ -53,12 +59,22 @@ pub(crate) mod testing {
         let config = crate::config::parse_rules(rules).expect("valid rules");
         let snapshot = Arc::new(Snapshot::build(config, &metrics, &auth_metrics));
         let recorder = Recorder::new();
+        let shutdown = CancellationToken::new();
+        let watch = WatchHandles {
+            watches: recorder.watches.clone(),
+            cache: recorder.cache.clone(),
+            hub: recorder.hub.clone(),
+            snapshots: Arc::new(ArcSwap::new(snapshot.clone())),
+            stream_connections: metrics.stream_connections.clone(),
+            shutdown: shutdown.clone(),
+        };
         let handles = Handles {
             hub: recorder.hub.clone(),
             cache: recorder.cache.clone(),
             sink: recorder.clone(),
             metrics,
-            shutdown: CancellationToken::new(),
+            shutdown,
+            watch,
         };
         (handles, recorder, snapshot)
     }

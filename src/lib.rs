@@ -26,13 +26,19 @@
 //! - [`cluster`]: `[cluster]`: several instances share channels, ids, history and purges
 //!   through Redis (pub/sub for the live path, streams for history); publishers reach it
 //!   through its sink ([`cluster::ClusterSink`]), consumers run under its leases.
-//! - [`stream`]: `[[stream]]` rules (SSE endpoints) and `/_unpoll/multi` (several streams,
-//!   each gated as if alone, on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
+//! - [`stream`]: `[[stream]]` rules (SSE endpoints, and WebSockets at the same paths:
+//!   `stream/websocket.rs`) and `/_unpoll/multi` (several streams, each gated as if alone,
+//!   on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
 //!   answer to a webhook or mutation); [`cache`]: `[[cache]]` rules: per-user keys,
 //!   variants by the app's `Vary`, coalescing, stale serving, tag purge.
+//! - [`watch`]: `[[watch]]` rules: a polling GET that is also a stream of its body; one
+//!   watcher per cache key refetches it (interval, tag purge, source gap) through the
+//!   cache's coalescing fill and pushes the body when it changed. Given
+//!   [`watch::WatchHandles`]; purges reach it through the sink.
 //! - [`handles`]: the long-lived parts a handler may take (hub, cache, sink, metrics,
-//!   shutdown); [`sink`]: the [`sink::Sink`] every publisher delivers through (sources,
-//!   taps, the publish API) and [`sink::HubSink`] over the hub and the cache.
+//!   shutdown, watchers); [`sink`]: the [`sink::Sink`] every publisher delivers through
+//!   (sources, taps, the publish API) and [`sink::HubSink`] over the hub, the cache and the
+//!   watchers.
 //! - [`snapshot`]: the compiled config a request reads start to end: validated config,
 //!   route table, upstream client, JWT verifier.
 //! - [`auth`]: who may subscribe to a stream (upstream, JWT) and per-rule limits.
@@ -74,6 +80,7 @@ pub mod sse;
 pub mod stream;
 pub mod tap;
 pub mod template;
+pub mod watch;
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! Where events are delivered: the [`Sink`] trait every publisher talks to (sources, taps,
-//! the publish API), and [`HubSink`], its implementation over this instance's hub and
-//! cache.
+//! the publish API), and [`HubSink`], its implementation over this instance's hub, cache
+//! and watchers.
 //!
 //! Keeping that coupling in one small trait lets publishers be tested against a recording
 //! sink and wired to the hub and the cache in one place. It sits below the sources, taps
@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 
 use crate::cache::Cache;
 use crate::hub::{EventData, EventId, Hub};
+use crate::watch::Watches;
 
 /// Where a publisher delivers what it learns.
 pub trait Sink: Send + Sync + 'static {
@@ -21,10 +22,12 @@ pub trait Sink: Send + Sync + 'static {
     /// Send `reset` (with `reason`) to every subscriber of a channel matching `glob`
     /// (`reservas:*`); returns how many subscribers were told.
     fn reset(&self, glob: &str, reason: &str) -> usize;
-    /// Purge cache entries carrying any of `tags` (including fills of them in flight).
+    /// Purge cache entries carrying any of `tags` (including fills of them in flight), and
+    /// refetch the watched keys carrying them.
     fn purge(&self, tags: &[String]);
     /// Purge cache entries with a tag matching `glob` (`*` wildcards): what a source does
-    /// when it lost events and cannot tell which tags they concerned.
+    /// when it lost events and cannot tell which tags they concerned. Watched keys with
+    /// such a tag are refetched.
     fn purge_glob(&self, glob: &str);
 
     /// [`Sink::publish`], waiting for the id the event gets where ids are assigned
@@ -56,16 +59,23 @@ pub trait Sink: Send + Sync + 'static {
     }
 }
 
-/// The sink of a running instance: its hub and its cache.
+/// The sink of a running instance: its hub, its cache and its watchers. Every purge (taps,
+/// `POST /purge`, `/publish` "purge", `[[notify]]` purges, a source's gap) comes through
+/// here, so a watched key is refetched whenever its cache entry is purged.
 pub struct HubSink {
     hub: Hub,
     cache: Arc<Cache>,
+    watches: Arc<Watches>,
 }
 
 impl HubSink {
-    /// The sink that publishes on `hub` and purges `cache`.
-    pub fn new(hub: Hub, cache: Arc<Cache>) -> HubSink {
-        HubSink { hub, cache }
+    /// The sink that publishes on `hub`, purges `cache` and wakes the `watches` concerned.
+    pub fn new(hub: Hub, cache: Arc<Cache>, watches: Arc<Watches>) -> HubSink {
+        HubSink {
+            hub,
+            cache,
+            watches,
+        }
     }
 }
 
@@ -80,10 +90,12 @@ impl Sink for HubSink {
 
     fn purge(&self, tags: &[String]) {
         self.cache.purge(tags);
+        self.watches.purged(tags);
     }
 
     fn purge_glob(&self, glob: &str) {
         self.cache.purge_glob(glob);
+        self.watches.gap(glob);
     }
 }
 
@@ -97,6 +109,7 @@ pub(crate) mod recording {
     use super::{HubSink, Sink};
     use crate::cache::{Cache, CacheMetrics};
     use crate::hub::{EventData, EventId, Hub, HubConfig};
+    use crate::watch::{WatchMetrics, Watches};
 
     /// One delivery, as the publisher made it.
     #[derive(Debug, Clone, PartialEq)]
@@ -117,19 +130,24 @@ pub(crate) mod recording {
         pub hub: Hub,
         /// What purges purge.
         pub cache: Arc<Cache>,
+        /// The watchers purges wake.
+        pub watches: Arc<Watches>,
         inner: HubSink,
         log: Mutex<Vec<Delivery>>,
     }
 
     impl Recorder {
-        /// A recorder over a fresh hub and a 1 MiB cache.
+        /// A recorder over a fresh hub, a 1 MiB cache and no watcher yet.
         pub fn new() -> Arc<Recorder> {
             let hub = Hub::new(HubConfig::default());
             let cache = Arc::new(Cache::new(1 << 20, CacheMetrics::default()));
+            let max_keys = HubConfig::default().max_watch_keys;
+            let watches = Arc::new(Watches::new(max_keys, WatchMetrics::default()));
             Arc::new(Recorder {
-                inner: HubSink::new(hub.clone(), cache.clone()),
+                inner: HubSink::new(hub.clone(), cache.clone(), watches.clone()),
                 hub,
                 cache,
+                watches,
                 log: Mutex::default(),
             })
         }

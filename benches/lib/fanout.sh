@@ -84,9 +84,11 @@ start_pushpin() {
 }
 
 # fanout_system SYSTEM: start SYSTEM fresh; sets SYS_PG, SUB_BASE (subscriber
-# URL without channel), PUB_URL_BASE, PUB_FLAVOUR. Returns 1 when unpoll
-# cannot run a stream config yet.
+# URL without channel), PUB_URL_BASE, PUB_FLAVOUR, TRANSPORT. Returns 1 when
+# unpoll cannot run a stream config yet. unpoll-ws is unpoll with WebSocket
+# subscribers on the same [[stream]] rule.
 fanout_system() {
+  TRANSPORT=sse
   case $1 in
     nchan)
       NGINX_LOAD_MODULES="load_module $NCHAN_MODULE;" start_nginx nchan "$NCHAN_CONF"
@@ -97,7 +99,8 @@ fanout_system() {
       SYS_PG=$PUSHPIN_PG SUB_BASE="$PUSHPIN_URL/grip/" PUB_URL_BASE="$PUSHPIN_CONTROL/publish/"
       PUB_FLAVOUR=pushpin
       ;;
-    unpoll)
+    unpoll | unpoll-ws)
+      [[ $1 == unpoll-ws ]] && TRANSPORT=websocket
       start_unpoll unpoll "${UNPOLL_STREAM_CONF/UPSTREAM/$UPSTREAM_URL}" || return 1
       SYS_PG=$UNPOLL_PG SUB_BASE="$UNPOLL_URL/sub/" PUB_URL_BASE="$UNPOLL_ADMIN/publish"
       PUB_FLAVOUR=unpoll
@@ -125,7 +128,8 @@ fanout_run() {
   log "fanout: $sys, $n subscribers, $msgs messages"
   start "sse-$sys-$n" "$LOAD_CPU" "$ROOT/target/release/examples/bench-sse" \
     --url "$SUB_BASE$chan" --subscribers "$n" --messages "$msgs" --hold 3s \
-    --publish-url "$pub_url" --publish "$PUB_FLAVOUR" --channel "$chan" --token bench
+    --publish-url "$pub_url" --publish "$PUB_FLAVOUR" --channel "$chan" --token bench \
+    --transport "$TRANSPORT"
   local client=$START_PID
   for ((i = 0; i < 1200; i++)); do
     grep -q '^connected' "$WORK/sse-$sys-$n.log" 2>/dev/null && break
@@ -164,13 +168,17 @@ fanout_run() {
 
 bench_fanout() {
   NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
-  ensure_deps nginx:nginx "libnginx-mod-nchan:$NCHAN_MODULE" pushpin:pushpin \
-    util-linux:taskset curl:curl iproute2:ss
+  local systems=${FANOUT_SYSTEMS:-unpoll unpoll-ws pushpin nchan}
+  # Only the peers this run measures.
+  local deps=(util-linux:taskset curl:curl iproute2:ss)
+  [[ " $systems " == *" pushpin "* ]] && deps+=(pushpin:pushpin)
+  [[ " $systems " == *" nchan "* ]] && deps+=(nginx:nginx "libnginx-mod-nchan:$NCHAN_MODULE")
+  ensure_deps "${deps[@]}"
   build
   start_upstream upstream
   FANOUT_MISSING=""
   local sys n
-  for sys in ${FANOUT_SYSTEMS:-unpoll pushpin nchan}; do
+  for sys in $systems; do
     for n in $FANOUT_SIZES; do fanout_run "$sys" "$n" "$FANOUT_MESSAGES"; done
     fanout_run "$sys" "$FANOUT_IDLE" 0
   done
@@ -181,16 +189,17 @@ fanout_report() {
   echo
   echo "== fan-out benchmark (issue 4), $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine: $(machine_summary)"
-  echo "method: one channel, N EventSource subscribers (bench-sse, 1 thread, CPU $LOAD_CPU),"
+  echo "method: one channel, N EventSource subscribers (bench-sse, 1 thread, CPU $LOAD_CPU;"
+  echo "        unpoll-ws: WebSocket subscribers of the same rule),"
   echo "        $FANOUT_MESSAGES messages 200 ms apart carrying their publish time; server on CPU $PROXY_CPU;"
   echo "        memory = server RSS (all its processes) with N idle subscribers minus before, / N;"
   echo "        rows with 0 messages hold N idle subscribers at once; retries = failed"
   echo "        subscription attempts retried after 200 ms (as EventSource does), up to 3 each;"
   echo "        CPU us/ev = server CPU time from the idle hold to the end / events delivered"
-  printf '%-8s %6s %9s %9s %8s %8s %8s %9s %8s %9s\n' system N connected delivered 'p50 ms' \
+  printf '%-9s %6s %9s %9s %8s %8s %8s %9s %8s %9s\n' system N connected delivered 'p50 ms' \
     'p99 ms' 'max ms' 'KiB/sub' retries 'CPU us/ev'
-  awk '$3 == "unpoll-missing" || $3 == "failed" { printf "%-8s %6d %s\n", $1, $2, $3; next }
-    { printf "%-8s %6d %9d %9s %8s %8s %8s %9s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' \
+  awk '$3 == "unpoll-missing" || $3 == "failed" { printf "%-9s %6d %s\n", $1, $2, $3; next }
+    { printf "%-9s %6d %9d %9s %8s %8s %8s %9s %8s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' \
     "$WORK/fanout.rows"
   [[ -z $FANOUT_MISSING ]] || echo "$FANOUT_MISSING"
 }

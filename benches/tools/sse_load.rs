@@ -1,5 +1,6 @@
-//! Fan-out load client: N SSE subscribers on one channel, M published messages,
-//! delivery latency and fraction delivered.
+//! Fan-out load client: N SSE (or, with `--transport websocket`, WebSocket)
+//! subscribers on one channel, M published messages, delivery latency and
+//! fraction delivered.
 //!
 //! Run by `benches/run fanout` against unpoll, Pushpin and Nchan. Steps:
 //! 1. open `--subscribers` streams to `--url` (at most `--connect-concurrency`
@@ -28,6 +29,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A subscription whose response head has not come by then counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,6 +75,17 @@ struct Args {
     /// Bearer token for the publish endpoint.
     #[arg(long)]
     token: Option<String>,
+    /// How subscribers connect: an EventSource-like GET, or a WebSocket (unpoll's
+    /// `{"id","event","data"}` text frames) to the same URL.
+    #[arg(long, value_enum, default_value = "sse")]
+    transport: Transport,
+}
+
+/// How a subscriber connects.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    Sse,
+    Websocket,
 }
 
 /// How each system takes a publish.
@@ -126,11 +139,12 @@ async fn subscribe(
     connecting: Arc<Semaphore>,
     settled: Arc<AtomicUsize>,
     retries: u32,
+    transport: Transport,
 ) {
     let permit = connecting.acquire_owned().await;
     let mut attempt = 0;
     let body = loop {
-        let err = match tokio::time::timeout(CONNECT_TIMEOUT, open_stream(&url)).await {
+        let err = match tokio::time::timeout(CONNECT_TIMEOUT, open(&url, transport)).await {
             Ok(Ok(body)) => break body,
             Ok(Err(e)) => format!("{e:#}"),
             Err(_) => "no response head within 30 s".to_string(),
@@ -149,17 +163,60 @@ async fn subscribe(
     tally.connected.fetch_add(1, Ordering::Relaxed);
     settled.fetch_add(1, Ordering::Release);
     drop(permit);
-    let mut events = BodyDataStream::new(body).eventsource();
-    while let Some(Ok(event)) = events.next().await {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&event.data) else {
-            continue;
-        };
-        let Some(sent) = v.get("t").and_then(serde_json::Value::as_u64) else {
-            continue;
-        };
-        let latency = now_micros().saturating_sub(sent);
-        tally.latencies.lock().await.push(latency);
-        tally.received.fetch_add(1, Ordering::Relaxed);
+    let record = |sent: u64| {
+        let tally = tally.clone();
+        async move {
+            let latency = now_micros().saturating_sub(sent);
+            tally.latencies.lock().await.push(latency);
+            tally.received.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    match body {
+        Opened::Sse(body) => {
+            let mut events = BodyDataStream::new(body).eventsource();
+            while let Some(Ok(event)) = events.next().await {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&event.data) else {
+                    continue;
+                };
+                if let Some(sent) = v.get("t").and_then(serde_json::Value::as_u64) {
+                    record(sent).await;
+                }
+            }
+        }
+        Opened::Websocket(mut ws) => {
+            // Pings are answered by tungstenite on the next read.
+            while let Some(Ok(msg)) = ws.next().await {
+                let Message::Text(text) = msg else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                if let Some(sent) = v["data"].get("t").and_then(serde_json::Value::as_u64) {
+                    record(sent).await;
+                }
+            }
+        }
+    }
+}
+
+/// An open subscription.
+enum Opened {
+    Sse(hyper::body::Incoming),
+    Websocket(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+}
+
+async fn open(url: &Uri, transport: Transport) -> anyhow::Result<Opened> {
+    match transport {
+        Transport::Sse => Ok(Opened::Sse(open_stream(url).await?)),
+        Transport::Websocket => {
+            let tcp = TcpStream::connect(authority(url)?).await?;
+            let ws_url = format!(
+                "ws://{}{}",
+                authority(url)?,
+                url.path_and_query().map_or("/", |p| p.as_str())
+            );
+            let (ws, _) = tokio_tungstenite::client_async(ws_url, tcp).await?;
+            Ok(Opened::Websocket(Box::new(ws)))
+        }
     }
 }
 
@@ -234,6 +291,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             connecting.clone(),
             settled.clone(),
             args.retries,
+            args.transport,
         ));
     }
     // Every subscriber settles (connects or fails) within the connect

@@ -134,6 +134,7 @@ pub fn stats_value(parts: &AdminHandles) -> serde_json::Value {
         "hub": handles.hub.stats(STATS_TOP_CHANNELS),
         "cluster": handles.sink.stats(),
         "cache": handles.cache.stats(),
+        "watch": handles.watch.watches.metrics.stats(),
         "streams": snapshot.routes.streams.iter().map(|s| serde_json::json!({
             "rule": s.rule.name,
             "path": s.rule.path.to_string(),

@@ -185,6 +185,11 @@ impl Cache {
         result
     }
 
+    /// Whether no purge of `entry`'s tags happened since its fill started.
+    pub fn is_current(&self, entry: &Entry) -> bool {
+        self.tags.valid(&entry.tags, entry.generation)
+    }
+
     /// The tag generation a fill starting now belongs to.
     pub fn generation(&self) -> u64 {
         self.tags.current()

@@ -409,6 +409,119 @@ impl Fetch {
     }
 }
 
+/// A refetch of one key on behalf of a watcher (`[[watch]]`): the same fill as a poll's
+/// miss, so it coalesces with the polls of the key and its answer is the entry they read.
+/// Owns what it needs, so a watcher task can keep it for its whole life (each fetch uses the
+/// current snapshot's upstream; the snapshot it was built from stays allocated until the
+/// watchers started under it end).
+#[derive(Clone)]
+pub struct Refresh(Fetch);
+
+/// What a [`Refresh`] got.
+pub enum Refreshed {
+    /// The upstream's complete answer (any status), current as of the refresh's start: a
+    /// fresh entry, the one this refresh filled, or the one of a fill it joined.
+    Entry(Arc<Entry>),
+    /// The upstream failed (refused, timed out, a broken or too large body).
+    Failed(StatusCode),
+}
+
+impl Refresh {
+    /// A refresh of the key of a GET for `uri` with `headers` under `rule`, filling `cache`
+    /// (`hub`'s cursor goes into the entries); `None` when one of the rule's tags has no
+    /// value in the request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cache: &Arc<Cache>,
+        hub: &Hub,
+        snapshot: &Arc<Snapshot>,
+        rule: &CacheRule,
+        params: &PathParams,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        client_ip: IpAddr,
+    ) -> Option<Refresh> {
+        let mut req = Request::new(());
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = headers.clone();
+        let key = CacheKey::new(rule, uri, headers);
+        fetch_of(cache, hub, snapshot, rule, params, &req, key, client_ip).map(Refresh)
+    }
+
+    /// The key refreshed.
+    pub fn key(&self) -> &CacheKey {
+        &self.0.key
+    }
+
+    /// The rendered tags of the key: a purge of one of them makes its entry stale.
+    pub fn tags(&self) -> &[String] {
+        &self.0.tags
+    }
+
+    /// The key's current answer: the stored entry while fresh, else one upstream fetch
+    /// shared with everyone asking for the key now. A fill that started before a purge of
+    /// the key's tags is not current (it may predate the change) and is not used. A fetch
+    /// goes to `snapshot`'s upstream: the watcher passes the current one, so a reload since
+    /// it started applies to its fetches.
+    pub async fn run(&self, snapshot: Arc<Snapshot>) -> Refreshed {
+        let cache = &self.0.cache;
+        loop {
+            if let Some(entry) = cache.get(&self.0.key, &self.0.headers)
+                && entry.freshness() == Freshness::Fresh
+            {
+                return Refreshed::Entry(entry);
+            }
+            match cache.locks.acquire(&self.0.key) {
+                Acquired::Write(permit) => {
+                    let mut fetch = self.0.clone();
+                    fetch.snapshot = snapshot;
+                    return match fetch.fill(permit, None).await {
+                        Filled::Entry(entry, _) => Refreshed::Entry(entry),
+                        Filled::Error(err) => Refreshed::Failed(err.status()),
+                        Filled::Response(resp) => self.unshared(resp).await,
+                    };
+                }
+                Acquired::Read(lock) => match lock.wait(self.0.rule.lock_timeout).await {
+                    Some(Outcome::Shared(entry)) if cache.is_current(&entry) => {
+                        return Refreshed::Entry(entry);
+                    }
+                    Some(Outcome::Failed(status, _)) => return Refreshed::Failed(status),
+                    // Personal, stale or abandoned: fetch again, as the writer this time
+                    // unless another fill started meanwhile.
+                    Some(Outcome::Shared(_) | Outcome::Pass | Outcome::Abandoned) | None => {
+                        continue;
+                    }
+                },
+            }
+        }
+    }
+
+    /// A response the cache may not share (Set-Cookie, `private`, Vary) or that passed
+    /// because it is larger than `max_body`: read it for this key's watcher alone.
+    async fn unshared(&self, resp: Response<Body>) -> Refreshed {
+        let (parts, body) = resp.into_parts();
+        match read_limited(body, self.0.rule.max_body).await {
+            Ok(Read::Whole(bytes)) => Refreshed::Entry(Arc::new(Entry::new(
+                &self.0.rule,
+                parts.status,
+                parts.headers,
+                bytes,
+                0,
+                Vec::new(),
+                HeaderValue::from_static(""),
+            ))),
+            Ok(Read::TooLarge(..)) => {
+                tracing::warn!(rule = %self.0.rule.name, max_body = self.0.rule.max_body, "body larger than max_body: not watched");
+                Refreshed::Failed(StatusCode::BAD_GATEWAY)
+            }
+            Err(e) => {
+                tracing::warn!(rule = %self.0.rule.name, cause = %e, "upstream body failed");
+                Refreshed::Failed(StatusCode::BAD_GATEWAY)
+            }
+        }
+    }
+}
+
 /// Forward without the cache.
 async fn pass(
     snapshot: &Snapshot,

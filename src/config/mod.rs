@@ -33,6 +33,7 @@ use crate::sources::postgres::config::{RawNotifyRule, RawPostgresConfig};
 use crate::sources::postgres::{NotifyRule, PostgresConfig};
 use crate::stream::{RawStreamRule, StreamRule};
 use crate::tap::{RawTapRule, TapRule};
+use crate::watch::{RawWatchRule, WatchRule};
 
 /// The whole validated configuration. Immutable: a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -67,6 +68,8 @@ pub struct Config {
     pub streams: Vec<StreamRule>,
     /// `[[tap]]` rules, in file order.
     pub taps: Vec<TapRule>,
+    /// `[[watch]]` rules, in file order.
+    pub watches: Vec<WatchRule>,
     /// `[jwt]`: token verification for `auth = "jwt"` rules and the generic stream.
     pub jwt: Option<JwtConfig>,
     /// `[generic_stream]`: `/_unpoll/sse?channel=…`.
@@ -171,6 +174,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let hub = s.take::<RawHubConfig>("hub").unwrap_or_default();
     let streams = s.take_rules::<RawStreamRule>("stream");
     let taps = s.take_rules::<RawTapRule>("tap");
+    let watches = s.take_rules::<RawWatchRule>("watch");
     let jwt = s.take::<RawJwtConfig>("jwt");
     let cluster = s.take::<RawClusterConfig>("cluster");
     let generic_stream = s
@@ -229,6 +233,10 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         .into_iter()
         .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
         .collect();
+    let watches: Vec<WatchRule> = watches
+        .into_iter()
+        .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
+        .collect();
     let generic_stream = generic_stream.validate("generic_stream", jwt_section, &mut errors);
 
     match (listen, upstream) {
@@ -248,6 +256,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             hub,
             streams,
             taps,
+            watches,
             jwt,
             generic_stream,
             cluster,
@@ -341,6 +350,25 @@ impl Config {
                 out,
                 "{:<9} {} {} → channel {}",
                 rule.name, rule.method, rule.path, rule.channel
+            );
+        }
+        for rule in &self.watches {
+            let interval = if rule.interval.is_zero() {
+                "on purge only".to_string()
+            } else {
+                format!("every {:?}", rule.interval)
+            };
+            let _ = writeln!(
+                out,
+                "{:<9} GET {} → watched {interval}, tags [{}]",
+                rule.name,
+                rule.cache.path,
+                rule.cache
+                    .tags
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         out

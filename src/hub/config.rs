@@ -46,6 +46,10 @@ pub struct HubConfig {
     /// Subscriptions one `/_unpoll/multi` stream may carry (its `s` parameters). More → 400.
     /// Each one still counts as one subscriber everywhere. Default 32.
     pub max_multi: usize,
+    /// Distinct keys watched at once (`[[watch]]`: one upstream poller per key, shared by
+    /// every subscriber of the key). Full: a subscription that would start a new watcher →
+    /// 429 with `Retry-After`; subscribers of keys already watched still join. Default 10,000.
+    pub max_watch_keys: usize,
     /// `Retry-After` given with a 429. Default 5 s.
     pub retry_after: Duration,
     /// How often expired history and idle channels are swept. Default 10 s.
@@ -68,6 +72,7 @@ impl Default for HubConfig {
             max_subscribers_per_ip: 1_000,
             max_channels_per_subscription: 32,
             max_multi: 32,
+            max_watch_keys: 10_000,
             retry_after: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(10),
         }
@@ -91,6 +96,7 @@ pub struct RawHubConfig {
     max_subscribers_per_ip: Option<usize>,
     max_channels_per_subscription: Option<usize>,
     max_multi: Option<usize>,
+    max_watch_keys: Option<usize>,
     retry_after: Option<String>,
     sweep_interval: Option<String>,
 }
@@ -196,6 +202,12 @@ impl RawHubConfig {
                 d.max_channels_per_subscription,
             ),
             max_multi: count(&mut check, "max_multi", self.max_multi, d.max_multi),
+            max_watch_keys: count(
+                &mut check,
+                "max_watch_keys",
+                self.max_watch_keys,
+                d.max_watch_keys,
+            ),
             retry_after: dur(&mut check, "retry_after", self.retry_after, d.retry_after),
             sweep_interval: dur(
                 &mut check,

@@ -83,6 +83,17 @@ pub async fn handle(
             )
             .await
         }
+        Action::Watch(w) => {
+            Box::pin(crate::watch::serve(
+                &handles.watch,
+                &snapshot,
+                &w.rule,
+                &route.params,
+                req,
+                client_ip,
+            ))
+            .await
+        }
         Action::Tap(t) => {
             let params = route.params.clone();
             Box::pin(crate::tap::handle(
@@ -109,7 +120,9 @@ pub fn is_stream(snapshot: &Snapshot, method: &Method, path: &str) -> bool {
     match snapshot.routes.resolve(method, path).action {
         Action::Stream(_) => true,
         Action::Proxy => is_generic_stream(snapshot, method, path),
-        Action::Cache(_) | Action::Tap(_) => false,
+        // A watched path is a stream only with `Accept: text/event-stream`, which this
+        // check does not see: watch streams are served through hyper.
+        Action::Cache(_) | Action::Tap(_) | Action::Watch(_) => false,
     }
 }
 
@@ -128,7 +141,7 @@ pub async fn open_stream(
     let route = snapshot.routes.resolve(&parts.method, parts.uri.path());
     let resp = match stream_arm(handles, &snapshot, &route, parts, client_ip).await? {
         Outcome::Respond(resp) => resp,
-        Outcome::NotApplicable(_) => return None,
+        Outcome::NotApplicable(_) | Outcome::OtherTransport => return None,
     };
     route.counters.count(resp.status().as_u16());
     Some(resp)
@@ -160,7 +173,7 @@ async fn stream_or_proxy(
                 s.authorizer.strip_token(&mut parts.uri);
             }
         }
-        None => {}
+        Some(Outcome::OtherTransport) | None => {}
     }
     snapshot
         .proxy(

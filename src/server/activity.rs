@@ -2,6 +2,8 @@
 //! timeout), a way for a response to end the whole connection, and an event stream
 //! waiting to leave hyper.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::observe::TrackedBody;
-use crate::sse::CloseConnection;
+use crate::sse::{CloseConnection, UpgradedTask};
 
 /// Request activity of one connection, for the idle timeout: hyper closes a connection whose
 /// request head is slow (`header_read_timeout`) but not one that simply sits idle between
@@ -35,12 +37,24 @@ pub struct Activity {
     /// Whether bytes were written to the socket since the last completed flush, i.e.
     /// whether hyper may still hold part of a response.
     unflushed: AtomicBool,
+    /// HTTP/1: what serves the connection once hyper has answered `101` and handed it
+    /// over (a WebSocket stream). Run by the connection's own task, so an upgraded
+    /// connection still holds its `max_connections` slot and is waited for at shutdown.
+    upgraded: Mutex<Option<UpgradedTask>>,
 }
 
 impl CloseConnection for Activity {
     fn close_now(&self) {
         // notify_one stores a permit if the connection loop is not waiting at this moment.
         self.abort.notify_one();
+    }
+
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.aborted())
+    }
+
+    fn after_upgrade(&self, task: UpgradedTask) {
+        *self.upgraded.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
     }
 }
 
@@ -57,6 +71,14 @@ impl Activity {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .map(|body| *body)
+    }
+
+    /// The task an upgrade left, if any.
+    pub(super) fn take_upgraded(&self) -> Option<UpgradedTask> {
+        self.upgraded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Called by the placeholder body hyper polls after encoding the head.

@@ -169,10 +169,21 @@ async fn hyper_then_stream<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handoff = Box::pin(serve_hyper(io, http2, peer, kind, app)).await;
-    if let Some(handoff) = handoff {
-        Box::pin(direct_sse::stream_handed_off(handoff)).await;
+    match Box::pin(serve_hyper(io, http2, peer, kind, app)).await {
+        Some(AfterHyper::Stream(handoff)) => {
+            Box::pin(direct_sse::stream_handed_off(handoff)).await;
+        }
+        Some(AfterHyper::Upgraded(task)) => task.await,
+        None => {}
     }
+}
+
+/// What a connection does once hyper is done with it.
+enum AfterHyper<S> {
+    /// Write the event stream whose head hyper wrote.
+    Stream(Box<Handoff<S>>),
+    /// Serve the upgraded connection (a WebSocket stream).
+    Upgraded(crate::sse::UpgradedTask),
 }
 
 /// Serve a connection with hyper: HTTP/1.1 (with upgrades) or HTTP/2, with the idle
@@ -185,7 +196,7 @@ async fn serve_hyper<S>(
     peer: SocketAddr,
     kind: Listener,
     app: &Arc<App>,
-) -> Option<Box<Handoff<Rewind<S>>>>
+) -> Option<AfterHyper<Rewind<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -240,17 +251,20 @@ where
     )
     .await;
     let handoff = match driven {
-        Driven::Ended => None,
+        // After a `101` hyper hands the socket to the upgrade's waiter and ends.
+        Driven::Ended => activity.take_upgraded().map(AfterHyper::Upgraded),
         // Dropping hyper's side of the connection frees its buffers; bytes a client sent
         // after the stream's request (nothing, from an event source) go with them.
         Driven::HandOff => conn.into_parts().and_then(|parts| {
             let io = parts.io.into_inner();
             let streaming = Streaming::parked(activity.clone())?;
-            Some(Box::new(Handoff { streaming, io }))
+            Some(AfterHyper::Stream(Box::new(Handoff { streaming, io })))
         }),
     };
-    // A stream parked by a connection that ended first holds the connection's activity.
+    // A stream parked by a connection that ended first holds the connection's activity, as
+    // does an upgrade's task when the connection did not upgrade.
     drop(activity.take_parked());
+    drop(activity.take_upgraded());
     handoff
 }
 

@@ -15,6 +15,7 @@ use crate::metrics::{ProxyMetrics, RuleCounters};
 use crate::route::PathParams;
 use crate::stream::StreamRule;
 use crate::tap::TapRule;
+use crate::watch::WatchRule;
 
 /// What the handler does with a request.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +28,9 @@ pub enum Action<'a> {
     Tap(&'a TapRoute),
     /// Answer from the cache, or fetch once for all, under this `[[cache]]` rule.
     Cache(&'a CacheRoute),
+    /// A stream of the body (`Accept: text/event-stream`) or the cached poll, under this
+    /// `[[watch]]` rule.
+    Watch(&'a WatchRoute),
 }
 
 impl Action<'_> {
@@ -37,6 +41,7 @@ impl Action<'_> {
             Action::Stream(_) => "stream",
             Action::Tap(_) => "tap",
             Action::Cache(_) => "cache",
+            Action::Watch(_) => "watch",
         }
     }
 }
@@ -85,6 +90,15 @@ pub struct CacheRoute {
     pub counters: RuleCounters,
 }
 
+/// A `[[watch]]` rule with its counters.
+#[derive(Debug)]
+pub struct WatchRoute {
+    /// The rule; shared with the watchers it starts, which outlive a reload.
+    pub rule: Arc<WatchRule>,
+    /// Responses by status class.
+    pub counters: RuleCounters,
+}
+
 /// Compiled rules of one config snapshot.
 pub struct Routes {
     proxy: RuleCounters,
@@ -94,6 +108,8 @@ pub struct Routes {
     pub taps: Vec<TapRoute>,
     /// `[[cache]]` rules in file order; the first match wins.
     pub caches: Vec<CacheRoute>,
+    /// `[[watch]]` rules in file order; the first match wins.
+    pub watches: Vec<WatchRoute>,
 }
 
 impl Routes {
@@ -136,11 +152,20 @@ impl Routes {
                 rule: rule.clone(),
             })
             .collect();
+        let watches = config
+            .watches
+            .iter()
+            .map(|rule| WatchRoute {
+                counters: metrics.rule_counters(Cow::Owned(rule.name.clone())),
+                rule: Arc::new(rule.clone()),
+            })
+            .collect();
         Routes {
             proxy: metrics.rule_counters(Cow::Borrowed("proxy")),
             streams,
             taps,
             caches,
+            watches,
         }
     }
 
@@ -154,7 +179,7 @@ impl Routes {
     }
 
     /// Route a request by method and path (without query): streams (GET), then taps, then
-    /// cache rules, then plain proxying.
+    /// watch rules (GET, HEAD), then cache rules, then plain proxying.
     pub fn resolve(&self, method: &Method, path: &str) -> Route<'_> {
         if method == Method::GET {
             for s in &self.streams {
@@ -178,6 +203,18 @@ impl Routes {
                     name: &t.rule.name,
                     counters: &t.counters,
                 };
+            }
+        }
+        if method == Method::GET || method == Method::HEAD {
+            for w in &self.watches {
+                if let Some(params) = w.rule.cache.path.matches(path) {
+                    return Route {
+                        action: Action::Watch(w),
+                        params,
+                        name: &w.rule.name,
+                        counters: &w.counters,
+                    };
+                }
             }
         }
         for c in &self.caches {

@@ -28,6 +28,8 @@ pub struct RawStreamRule {
     heartbeat: Option<String>,
     retry: Option<String>,
     max_channels: Option<usize>,
+    transports: Option<Vec<String>>,
+    origins: Option<Vec<String>>,
 }
 
 /// A validated `[[stream]]` rule.
@@ -50,6 +52,58 @@ pub struct StreamRule {
     /// Channels one request may expand to (`device_ids=A,B,...`), and the auth paths it may
     /// ask with `auth = "upstream"`; more → 400. Default 16.
     pub max_channels: usize,
+    /// How clients may open it. Default both.
+    pub transports: Transports,
+    /// Page origins (`https://app.example.com`, or `*`) whose WebSockets are accepted
+    /// besides the request's own host. Default none: a browser's WebSocket carries the
+    /// user's cookies from any page, so only same-origin pages may open one.
+    pub origins: Vec<String>,
+}
+
+/// The transports a `[[stream]]` rule is served over: `transports = ["sse", "websocket"]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transports {
+    /// `GET` answered with `text/event-stream`.
+    pub sse: bool,
+    /// `GET` with `Upgrade: websocket` answered with `101` and one text frame per event.
+    pub websocket: bool,
+}
+
+impl Default for Transports {
+    fn default() -> Self {
+        Transports {
+            sse: true,
+            websocket: true,
+        }
+    }
+}
+
+impl Transports {
+    /// Parse the list as written under `key`; an empty list or an unknown name is an error.
+    fn validate(raw: Option<Vec<String>>, key: &str, errors: &mut ConfigErrors) -> Transports {
+        let Some(names) = raw else {
+            return Transports::default();
+        };
+        if names.is_empty() {
+            errors.push(key, "at least one of \"sse\", \"websocket\" is needed");
+            return Transports::default();
+        }
+        let mut t = Transports {
+            sse: false,
+            websocket: false,
+        };
+        for (i, name) in names.iter().enumerate() {
+            match name.as_str() {
+                "sse" => t.sse = true,
+                "websocket" => t.websocket = true,
+                other => errors.push(
+                    format!("{key}[{i}]"),
+                    format!("unknown transport {other:?} (expected \"sse\" or \"websocket\")"),
+                ),
+            }
+        }
+        t
+    }
 }
 
 impl RawStreamRule {
@@ -119,6 +173,22 @@ impl RawStreamRule {
             Some(n) => n,
             None => 16,
         };
+        let transports = Transports::validate(self.transports, &join(path, "transports"), errors);
+        let origins = self.origins.unwrap_or_default();
+        for (i, origin) in origins.iter().enumerate() {
+            let valid = origin == "*"
+                || ["http://", "https://"].iter().any(|scheme| {
+                    origin
+                        .strip_prefix(scheme)
+                        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+                });
+            if !valid {
+                errors.push(
+                    format!("{}[{i}]", join(path, "origins")),
+                    format!("{origin:?}: write scheme://host[:port] (no path) or \"*\""),
+                );
+            }
+        }
         if let RuleAuthConfig::Upstream(upstream) = &mut auth {
             check_auth_path_vars(&channels, &upstream.path, &join(path, "auth_path"), errors);
             upstream.max_paths = max_channels;
@@ -135,6 +205,8 @@ impl RawStreamRule {
             heartbeat,
             retry,
             max_channels,
+            transports,
+            origins,
         })
     }
 }
@@ -208,6 +280,15 @@ mod tests {
         assert_eq!((s.name.as_str(), s.auth.as_str()), ("stream[0]", "none"));
         assert_eq!(s.heartbeat, std::time::Duration::from_secs(15));
         assert_eq!(s.max_channels, 16);
+        assert_eq!(s.transports, super::Transports::default());
+        assert!(s.transports.sse && s.transports.websocket);
+    }
+
+    #[test]
+    fn transports_can_be_narrowed() {
+        let c = parse("[[stream]]\npath = \"/a\"\nchannels = [\"a\"]\nauth = \"none\"\ntransports = [\"websocket\"]").unwrap();
+        let t = c.streams[0].transports;
+        assert!(!t.sse && t.websocket);
     }
 
     #[test]
@@ -231,6 +312,17 @@ mod tests {
             channels = []
             auth = "none"
             extra = 1
+            [[stream]]
+            path = "/d"
+            channels = ["d"]
+            auth = "none"
+            transports = ["sse", "carrier-pigeon"]
+            [[stream]]
+            path = "/e"
+            channels = ["e"]
+            auth = "none"
+            transports = []
+            origins = ["https://ok.example", "ok.example", "https://a.example/path"]
             "#,
         )
         .unwrap_err();
@@ -244,6 +336,10 @@ mod tests {
             "stream[0].heartbeat: must be at least 100ms",
             "stream[1].auth: \"jwt\" needs a [jwt] section",
             "stream[2].extra: unknown field `extra`",
+            "stream[3].transports[1]: unknown transport \"carrier-pigeon\"",
+            "stream[4].transports: at least one of",
+            "stream[4].origins[1]: \"ok.example\": write scheme://host[:port]",
+            "stream[4].origins[2]: \"https://a.example/path\"",
         ] {
             assert!(
                 errors.contains(expected),

@@ -1,9 +1,11 @@
 //! The Stream arm of the handler: resolve a `[[stream]]` rule's channels from the request,
 //! pass the rule's gate (limits, then auth), subscribe to the hub (replaying from
-//! `Last-Event-ID`), answer with an SSE body that ends when access does.
+//! `Last-Event-ID`), answer with an SSE body that ends when access does, or upgrade to a
+//! WebSocket carrying the same subscription ([`websocket`]).
 
 pub mod config;
 pub mod multi;
+pub mod websocket;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 use prometheus_client::metrics::gauge::Gauge;
 
-pub use config::{RawStreamRule, StreamRule};
+pub use config::{RawStreamRule, StreamRule, Transports};
 
 use crate::auth::{Authorizer, Grant, GrantedBody, SubscribeRequest, requested_channels};
 use crate::body::{Body, boxed};
@@ -34,6 +36,9 @@ pub enum Outcome {
     /// A template variable had no value: the rule does not apply and the request is
     /// proxied (the caller logs and counts it), never subscribed to a wrong channel.
     NotApplicable(Missing),
+    /// The request asks for a transport the rule does not list (`transports`): it is the
+    /// app's (a WebSocket of its own at that path, say) and is proxied.
+    OtherTransport,
 }
 
 /// Heartbeat and retry hint of the generic stream (it has no rule to say otherwise).
@@ -55,6 +60,21 @@ pub async fn open(
     parts: &Parts,
     peer: IpAddr,
 ) -> Outcome {
+    let upgrade = websocket::is_websocket(parts);
+    let served = if upgrade {
+        rule.transports.websocket
+    } else {
+        rule.transports.sse
+    };
+    if !served {
+        return Outcome::OtherTransport;
+    }
+    // A malformed handshake is refused before the gate spends an auth call on it.
+    let handshake = match upgrade.then(|| websocket::Handshake::check(parts, &rule.origins)) {
+        None => None,
+        Some(Ok(handshake)) => Some(handshake),
+        Some(Err(bad)) => return Outcome::Respond(bad.into_response()),
+    };
     match admit(
         handles,
         snapshot,
@@ -67,7 +87,14 @@ pub async fn open(
     )
     .await
     {
-        Gated::Open(admitted) => Outcome::Respond(admitted.into_response(handles)),
+        Gated::Open(admitted) => Outcome::Respond(match handshake {
+            Some(handshake) => handshake.accept(
+                admitted,
+                handles.shutdown.clone(),
+                handles.metrics.stream_connections.clone(),
+            ),
+            None => admitted.into_response(handles),
+        }),
         Gated::Refused(resp) => Outcome::Respond(resp),
         Gated::NotApplicable(missing) => Outcome::NotApplicable(missing),
     }

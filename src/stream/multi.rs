@@ -218,9 +218,21 @@ fn message(json: &str) -> Bytes {
 }
 
 /// Re-encode a hub frame (`id:`, optional `event:`, `data:` lines) as the message of sub
-/// `index`. The data lines joined by `\n` are the event's data as the hub got it (the
-/// encoder turns every line ending into one line and nothing else).
+/// `index`.
 pub fn event_message(index: usize, frame: &[u8]) -> Bytes {
+    let mut out = String::with_capacity(frame.len() + 48);
+    out.push_str("{\"s\":");
+    out.push_str(&index.to_string());
+    out.push(',');
+    push_event_fields(&mut out, frame);
+    out.push('}');
+    message(&out)
+}
+
+/// `"id":…,"event":…,"data":…` of a hub frame, for a JSON object (the multiplexed stream's
+/// messages, WebSocket text frames). The data lines joined by `\n` are the event's data as
+/// the hub got it (the encoder turns every line ending into one line and nothing else).
+pub(crate) fn push_event_fields(out: &mut String, frame: &[u8]) {
     let text = String::from_utf8_lossy(frame);
     let mut id = None;
     let mut name = None;
@@ -238,17 +250,12 @@ pub fn event_message(index: usize, frame: &[u8]) -> Bytes {
         }
     }
     let data = data.unwrap_or_default();
-    let mut out = String::with_capacity(frame.len() + 48);
-    out.push_str("{\"s\":");
-    out.push_str(&index.to_string());
-    out.push_str(",\"id\":");
-    push_json_str(&mut out, id);
+    out.push_str("\"id\":");
+    push_json_str(out, id);
     out.push_str(",\"event\":");
-    push_json_str(&mut out, name);
+    push_json_str(out, name);
     out.push_str(",\"data\":");
-    push_json_data(&mut out, &data);
-    out.push('}');
-    message(&out)
+    push_json_data(out, &data);
 }
 
 /// A JSON string, or `null`.
@@ -307,10 +314,10 @@ struct Live {
 }
 
 /// A gauge held up by one while this lives.
-struct Counted(Gauge);
+pub(crate) struct Counted(Gauge);
 
 impl Counted {
-    fn new(gauge: Gauge) -> Counted {
+    pub(crate) fn new(gauge: Gauge) -> Counted {
         gauge.inc();
         Counted(gauge)
     }

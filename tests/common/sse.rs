@@ -27,6 +27,12 @@ impl SseClient {
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
+        SseClient::send(req).await
+    }
+
+    /// Send `req` (a GET built by the test, with its own headers) and read its answer as
+    /// an event stream; panics unless the request itself succeeds.
+    pub async fn send(req: reqwest::RequestBuilder) -> SseClient {
         let resp = req.send().await.expect("GET stream");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();

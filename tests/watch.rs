@@ -1,0 +1,571 @@
+//! `[[watch]]`: a polling endpoint the app does not change becomes a stream of its body.
+//! The real unpoll in front of a real upstream "app" whose inbox is per user, watched by
+//! real SSE clients; assertions count fetches and events, never time.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::sse::SseClient;
+use common::upstream::{TestBody, text};
+use common::{Unpoll, Upstream, client, eventually, metric};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The app behind unpoll: each user's inbox has a version; the app is the auth.
+#[derive(Default)]
+struct Inbox {
+    versions: HashMap<String, u64>,
+    /// Users the app answers 403.
+    forbidden: HashSet<String>,
+    /// Fetches of `/inbox` per user.
+    fetches: HashMap<String, usize>,
+    /// Status answered to each fetch of a user, in order, before falling back to 200.
+    scripted: HashMap<String, Vec<u16>>,
+}
+
+type Shared = Arc<Mutex<Inbox>>;
+
+/// The user a request is from: `Cookie: user=NAME` or `Authorization: Bearer NAME`.
+fn user_of(req: &Request<Incoming>) -> String {
+    let h = req.headers();
+    if let Some(c) = h.get("cookie").and_then(|v| v.to_str().ok())
+        && let Some(name) = c.strip_prefix("user=")
+    {
+        return name.to_string();
+    }
+    h.get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("anonymous")
+        .to_string()
+}
+
+fn inbox_response(inbox: &Shared, req: &Request<Incoming>) -> Response<TestBody> {
+    let user = user_of(req);
+    let mut s = inbox.lock().unwrap();
+    *s.fetches.entry(user.clone()).or_default() += 1;
+    let scripted = s.scripted.get_mut(&user).and_then(|list| {
+        if list.is_empty() {
+            None
+        } else {
+            Some(list.remove(0))
+        }
+    });
+    if s.forbidden.contains(&user) {
+        return text(403, "forbidden");
+    }
+    if let Some(status) = scripted.filter(|s| *s != 200) {
+        return text(status, "scripted failure");
+    }
+    let v = s.versions.get(&user).copied().unwrap_or(0);
+    let mut resp = text(200, format!("{{\"user\":\"{user}\",\"v\":{v}}}\n"));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    resp
+}
+
+/// The app: `GET /inbox` (the polled endpoint) and `POST /send?to=NAME` (a mutation that
+/// changes NAME's inbox).
+async fn app() -> (Upstream, Shared) {
+    let inbox: Shared = Shared::default();
+    let (a, b) = (inbox.clone(), inbox.clone());
+    let upstream = Upstream::builder()
+        .handler("/inbox", move |req| {
+            let inbox = a.clone();
+            async move { inbox_response(&inbox, &req) }
+        })
+        .handler("/send", move |req| {
+            let inbox = b.clone();
+            async move {
+                let to = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("to="))
+                    .unwrap_or("")
+                    .to_string();
+                *inbox.lock().unwrap().versions.entry(to).or_default() += 1;
+                text(200, "sent")
+            }
+        })
+        .run()
+        .await;
+    (upstream, inbox)
+}
+
+fn config(watch: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n\n\
+         [[tap]]\nmethod = \"POST\"\npath = \"/send\"\nchannel = \"sent\"\npurge = [\"inbox\"]\n\n\
+         [[watch]]\npath = \"/inbox\"\ntags = [\"inbox\"]\nmin_interval = \"10ms\"\n{watch}\n"
+    )
+}
+
+async fn watch(unpoll: &Unpoll, user: &str) -> SseClient {
+    watch_with(unpoll, user, None).await
+}
+
+async fn watch_with(unpoll: &Unpoll, user: &str, last_event_id: Option<&str>) -> SseClient {
+    let mut req = client()
+        .get(unpoll.url("/inbox"))
+        .header("accept", "text/event-stream")
+        .header("cookie", format!("user={user}"));
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    SseClient::send(req).await
+}
+
+/// The `v` of an event's JSON body, checking it is `user`'s.
+fn version_for(event: &eventsource_stream::Event, user: &str) -> u64 {
+    let body: serde_json::Value = serde_json::from_str(&event.data)
+        .unwrap_or_else(|e| panic!("event data {:?}: {e}", event.data));
+    assert_eq!(body["user"], user, "another user's body: {}", event.data);
+    body["v"].as_u64().unwrap()
+}
+
+fn fetches(inbox: &Shared, user: &str) -> usize {
+    inbox
+        .lock()
+        .unwrap()
+        .fetches
+        .get(user)
+        .copied()
+        .unwrap_or(0)
+}
+
+fn change(inbox: &Shared, user: &str) {
+    *inbox
+        .lock()
+        .unwrap()
+        .versions
+        .entry(user.to_string())
+        .or_default() += 1;
+}
+
+async fn purge(unpoll: &Unpoll, tag: &str) {
+    let resp = client()
+        .post(unpoll.admin_url("/purge"))
+        .bearer_auth("t0ken")
+        .json(&serde_json::json!({ "tags": [tag] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "purge: {}", resp.status());
+}
+
+#[tokio::test]
+async fn ten_users_with_ten_tabs_share_one_fetch_per_user_and_see_each_change_once() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"500ms\"")).await;
+    let started = Instant::now();
+    let users: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
+    let mut tabs = Vec::new();
+    for user in &users {
+        for _ in 0..10 {
+            tabs.push((user.clone(), watch(&unpoll, user)));
+        }
+    }
+    let mut tabs: Vec<(String, SseClient)> =
+        futures::future::join_all(tabs.into_iter().map(|(u, t)| async move { (u, t.await) })).await;
+    for (user, tab) in &mut tabs {
+        assert_eq!(tab.status, 200);
+        assert_eq!(version_for(&tab.next(WAIT).await, user), 0);
+    }
+    // Three changes per user, each signalled by a purge of the watched tag.
+    for round in 1..=3u64 {
+        for user in &users {
+            change(&inbox, user);
+        }
+        purge(&unpoll, "inbox").await;
+        for (user, tab) in &mut tabs {
+            // Interval refetches of an unchanged body in between send nothing: the next
+            // event is exactly this change.
+            assert_eq!(version_for(&tab.next(WAIT).await, user), round, "{user}");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    for user in &users {
+        // At most: the first fetch, one per purge, one per interval elapsed.
+        let bound = 1 + 3 + (elapsed / 0.5).ceil() as usize;
+        let n = fetches(&inbox, user);
+        assert!(
+            n <= bound,
+            "{user}: {n} fetches in {elapsed:.1}s (bound {bound})"
+        );
+    }
+    let stats = unpoll.stats().await;
+    assert_eq!(stats["watch"]["keys"], 10, "{stats}");
+    assert_eq!(stats["watch"]["subscribers"], 100, "{stats}");
+    assert_eq!(stats["watch"]["pushes"], 400, "{stats}");
+    drop(tabs);
+    eventually(WAIT, "watchers stop with their last subscriber", || async {
+        unpoll.app.handles.watch.watches.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unchanged_body_sends_no_event() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"50ms\"")).await;
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    eventually(WAIT, "five interval refetches", || async {
+        fetches(&inbox, "ann") >= 6
+    })
+    .await;
+    change(&inbox, "ann");
+    // The next event is the change: none of the refetches of the same body sent one.
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    let m = unpoll.metrics().await;
+    assert!(
+        metric(&m, "unpoll_watch_results_total{result=\"unchanged\"}") >= 4.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_tap_purging_the_tag_pushes_the_new_body_without_waiting_for_the_interval() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    let mut ann = watch(&unpoll, "ann").await;
+    let mut bob = watch(&unpoll, "bob").await;
+    assert_eq!(version_for(&ann.next(WAIT).await, "ann"), 0);
+    assert_eq!(version_for(&bob.next(WAIT).await, "bob"), 0);
+    let sent = client()
+        .post(unpoll.url("/send?to=ann"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    assert_eq!(version_for(&ann.next(WAIT).await, "ann"), 1);
+    // Bob's watcher carries the tag too: it refetched, found the same body, sent nothing.
+    eventually(WAIT, "bob's watcher refetched", || async {
+        fetches(&inbox, "bob") == 2
+    })
+    .await;
+    let sent = client()
+        .post(unpoll.url("/send?to=bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    assert_eq!(version_for(&bob.next(WAIT).await, "bob"), 1);
+    let stats = unpoll.stats().await;
+    assert_eq!(stats["watch"]["fetches"]["tag"], 4, "{stats}");
+}
+
+#[tokio::test]
+async fn a_403_first_answers_403_and_a_403_later_ends_the_stream_with_access_ended() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    inbox.lock().unwrap().forbidden.insert("eve".into());
+    let eve = watch(&unpoll, "eve").await;
+    assert_eq!(eve.status, 403);
+
+    let mut bob = watch(&unpoll, "bob").await;
+    assert_eq!(bob.status, 200);
+    assert_eq!(version_for(&bob.next(WAIT).await, "bob"), 0);
+    inbox.lock().unwrap().forbidden.insert("bob".into());
+    purge(&unpoll, "inbox").await;
+    let last = bob.next(WAIT).await;
+    assert_eq!(last.event, "access_ended");
+    assert!(last.data.contains("\"status\":403"), "{}", last.data);
+    assert!(bob.next_or_end(WAIT).await.is_none(), "the stream ends");
+    eventually(WAIT, "the watcher is gone", || async {
+        unpoll.app.handles.watch.watches.is_empty()
+    })
+    .await;
+    // A new stream asks the app again, and is refused at once.
+    assert_eq!(watch(&unpoll, "bob").await.status, 403);
+}
+
+#[tokio::test]
+async fn a_last_event_id_of_the_current_version_sends_no_duplicate() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    let mut first = watch(&unpoll, "ann").await;
+    let seen = first.next(WAIT).await;
+    assert!(!seen.id.is_empty());
+    let mut resumed = watch_with(&unpoll, "ann", Some(&seen.id)).await;
+    let mut stale = watch_with(&unpoll, "ann", Some("an-older-version")).await;
+    assert_eq!(version_for(&stale.next(WAIT).await, "ann"), 0);
+    // The cursor of a poll, given in the URL: same key as the poll, same rule.
+    let mut by_query = SseClient::send(
+        client()
+            .get(unpoll.url(&format!("/inbox?last_event_id={}", seen.id)))
+            .header("accept", "text/event-stream")
+            .header("cookie", "user=ann"),
+    )
+    .await;
+    change(&inbox, "ann");
+    purge(&unpoll, "inbox").await;
+    // The first event the resumed streams send is the change, not the body they had.
+    let next = resumed.next(WAIT).await;
+    assert_eq!(version_for(&next, "ann"), 1);
+    assert_ne!(next.id, seen.id);
+    assert_eq!(version_for(&by_query.next(WAIT).await, "ann"), 1);
+    assert_eq!(version_for(&first.next(WAIT).await, "ann"), 1);
+    assert_eq!(fetches(&inbox, "ann"), 2, "one key, one watcher");
+    assert!(upstream.recorded().iter().all(|r| r.uri.query().is_none()));
+}
+
+#[tokio::test]
+async fn two_users_bodies_never_cross() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    // One user by cookie, one by bearer token, interleaved, on the same URL.
+    let mut streams = Vec::new();
+    for i in 0..6 {
+        let req = client()
+            .get(unpoll.url("/inbox"))
+            .header("accept", "text/event-stream");
+        let (user, req) = if i % 2 == 0 {
+            ("ann", req.header("cookie", "user=ann"))
+        } else {
+            ("bob", req.header("authorization", "Bearer bob"))
+        };
+        streams.push((user, SseClient::send(req).await));
+    }
+    for (user, s) in &mut streams {
+        assert_eq!(version_for(&s.next(WAIT).await, user), 0);
+    }
+    change(&inbox, "ann");
+    purge(&unpoll, "inbox").await;
+    for (user, s) in &mut streams {
+        if *user == "ann" {
+            assert_eq!(version_for(&s.next(WAIT).await, user), 1);
+        }
+    }
+    // Each user's fetches carried their own credentials only.
+    for r in upstream.recorded() {
+        let cookie = r.headers.get("cookie").is_some();
+        let bearer = r.headers.get("authorization").is_some();
+        assert!(
+            cookie != bearer,
+            "one credential per fetch: {:?}",
+            r.headers
+        );
+    }
+    assert_eq!(fetches(&inbox, "ann"), 2);
+    assert_eq!(fetches(&inbox, "bob"), 2);
+}
+
+#[tokio::test]
+async fn a_500_sends_nothing_and_the_next_change_is_sent() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    inbox
+        .lock()
+        .unwrap()
+        .scripted
+        .insert("ann".into(), vec![200, 500]);
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    change(&inbox, "ann");
+    purge(&unpoll, "inbox").await; // answered 500: the last body stays
+    eventually(WAIT, "the 500 was fetched", || async {
+        fetches(&inbox, "ann") == 2
+    })
+    .await;
+    purge(&unpoll, "inbox").await; // 200 with the change
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    let stats = unpoll.stats().await;
+    assert_eq!(stats["watch"]["failed"], 1, "{stats}");
+    assert_eq!(stats["watch"]["pushes"], 2, "{stats}");
+}
+
+#[tokio::test]
+async fn a_plain_poll_of_a_watched_url_still_works_and_is_cached() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    let poll = || async {
+        client()
+            .get(unpoll.url("/inbox"))
+            .header("cookie", "user=ann")
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = poll().await;
+    assert_eq!(first.status(), 200);
+    assert!(
+        first.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let vary: Vec<_> = first.headers().get_all("vary").iter().collect();
+    assert!(vary.iter().any(|v| *v == "accept"), "{vary:?}");
+    assert_eq!(first.text().await.unwrap(), "{\"user\":\"ann\",\"v\":0}\n");
+    let second = poll().await;
+    assert!(
+        second.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("hit"),
+        "{:?}",
+        second.headers()
+    );
+    // The stream of the same key starts from the same entry: still one fetch.
+    let mut tab = watch(&unpoll, "ann").await;
+    assert!(tab.headers.get_all("vary").iter().any(|v| v == "accept"));
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    assert_eq!(fetches(&inbox, "ann"), 1);
+    // The watcher's refetch after a purge refreshes the poll's entry too.
+    change(&inbox, "ann");
+    purge(&unpoll, "inbox").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    assert_eq!(
+        poll().await.text().await.unwrap(),
+        "{\"user\":\"ann\",\"v\":1}\n"
+    );
+    assert_eq!(fetches(&inbox, "ann"), 2);
+}
+
+#[tokio::test]
+async fn past_max_watch_keys_a_new_key_gets_429() {
+    let (upstream, _inbox) = app().await;
+    let extra = format!("[hub]\nmax_watch_keys = 1\n{}", config("interval = \"1h\""));
+    let unpoll = Unpoll::start(&upstream.url(), &extra).await;
+    let mut ann = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&ann.next(WAIT).await, "ann"), 0);
+    let bob = watch(&unpoll, "bob").await;
+    assert_eq!(bob.status, 429);
+    assert_eq!(bob.headers["retry-after"], "5");
+    // Another tab of a key already watched still joins.
+    let mut ann2 = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&ann2.next(WAIT).await, "ann"), 0);
+}
+
+#[tokio::test]
+async fn a_source_gap_refetches_and_watching_tabs_count_the_polls_they_saved() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"50ms\"")).await;
+    let mut tabs = Vec::new();
+    for _ in 0..10 {
+        tabs.push(watch(&unpoll, "ann").await);
+    }
+    for tab in &mut tabs {
+        assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    }
+    // Ten tabs, one watcher: every interval is one fetch instead of ten polls.
+    eventually(WAIT, "interval refetches", || async {
+        fetches(&inbox, "ann") >= 6
+    })
+    .await;
+    let stats = unpoll.stats().await;
+    assert!(
+        stats["watch"]["polls_saved"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        stats["cache"]["upstream_requests_saved"].as_u64().unwrap()
+            >= stats["watch"]["polls_saved"].as_u64().unwrap(),
+        "{stats}"
+    );
+    // What a source does when it lost notifications (a Postgres reconnect).
+    change(&inbox, "ann");
+    unpoll.app.sink().purge_glob("inb*");
+    for tab in &mut tabs {
+        assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    }
+    eventually(WAIT, "a gap refetch counted", || async {
+        unpoll.stats().await["watch"]["fetches"]["gap"] == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_open_watch_streams_and_shutdown_ends_them() {
+    let (upstream, inbox) = app().await;
+    let watch_config = config("interval = \"1h\"");
+    let unpoll = Unpoll::start(&upstream.url(), &watch_config).await;
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    let warnings = unpoll.reload(&upstream.url(), &watch_config);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    change(&inbox, "ann");
+    purge(&unpoll, "inbox").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    unpoll.stop().await;
+    assert!(tab.next_or_end(WAIT).await.is_none(), "the stream ends");
+}
+
+#[tokio::test]
+async fn with_interval_zero_only_purges_refetch_and_polls_stay_cached_until_then() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"0s\"")).await;
+    let poll = || async {
+        client()
+            .get(unpoll.url("/inbox"))
+            .header("cookie", "user=ann")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    change(&inbox, "ann");
+    // No interval: the change is not seen, by the stream or the cached poll, until a purge.
+    for _ in 0..5 {
+        assert_eq!(poll().await, "{\"user\":\"ann\",\"v\":0}\n");
+    }
+    assert_eq!(fetches(&inbox, "ann"), 1);
+    purge(&unpoll, "inbox").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    assert_eq!(poll().await, "{\"user\":\"ann\",\"v\":1}\n");
+    assert_eq!(fetches(&inbox, "ann"), 2);
+}
+
+#[tokio::test]
+async fn a_failing_app_on_the_first_fetch_answers_its_status() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    inbox
+        .lock()
+        .unwrap()
+        .scripted
+        .insert("ann".into(), vec![503]);
+    assert_eq!(watch(&unpoll, "ann").await.status, 503);
+    assert!(unpoll.app.handles.watch.watches.is_empty());
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+}
+
+#[tokio::test]
+async fn a_burst_of_purges_is_one_refetch_per_min_interval() {
+    let (upstream, inbox) = app().await;
+    // min_interval is long, so the whole burst lands within one debounce window.
+    let rule = "interval = \"1h\"\n".to_string();
+    let text = config(&rule).replace("min_interval = \"10ms\"", "min_interval = \"2s\"");
+    let unpoll = Unpoll::start(&upstream.url(), &text).await;
+    let mut tab = watch(&unpoll, "ann").await;
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
+    change(&inbox, "ann");
+    for _ in 0..20 {
+        purge(&unpoll, "inbox").await;
+    }
+    assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
+    // One fetch for the burst, and at most one more for the purges that came while it
+    // waited or ran (they may postdate the body it read): never one per purge.
+    eventually(WAIT, "the burst's refetches are done", || async {
+        unpoll.stats().await["watch"]["fetches"]["tag"] == 2
+    })
+    .await;
+    // The second refetch found the entry the first one stored, unpurged since: the app saw
+    // the first fetch and the burst's one (a third only if the burst outlasted 2 s).
+    let n = fetches(&inbox, "ann");
+    assert!(
+        (2..=3).contains(&n),
+        "{n} upstream fetches for a burst of 20 purges"
+    );
+}
