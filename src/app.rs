@@ -229,33 +229,14 @@ impl App {
     }
 
     /// Swap in a new config without touching open connections. Settings that only take
-    /// effect at start (listen addresses, workers, log format) are reported in the returned
-    /// list of warnings.
+    /// effect at start (`config::reload`) are reported, by key path, in the returned list
+    /// of warnings.
     pub fn reload(&self, config: Config) -> Vec<String> {
         let old = self.snapshot();
-        let mut warnings = Vec::new();
-        if old.config.listen != config.listen {
-            warnings.push(format!(
-                "listen changed ({} → {}): restart unpoll to apply it",
-                old.config.listen, config.listen
-            ));
-        }
-        if old.config.admin.listen != config.admin.listen {
-            warnings.push(format!(
-                "admin.listen changed ({} → {}): restart unpoll to apply it",
-                old.config.admin.listen, config.admin.listen
-            ));
-        }
-        if old.config.workers != config.workers {
-            warnings.push("workers changed: restart unpoll to apply it".to_string());
-        }
-        if old.config.postgres != config.postgres || old.config.notify != config.notify {
-            warnings
-                .push("[postgres] or [[notify]] changed: restart unpoll to apply it".to_string());
-        }
-        if old.config.mqtt != config.mqtt {
-            warnings.push("[mqtt] changed: restart unpoll to apply it".to_string());
-        }
+        let warnings = crate::config::reload::start_only_changes(&old.config, &config)
+            .iter()
+            .map(|key| crate::config::reload::restart_warning(key))
+            .collect();
         // [[topic]] rules apply at once: the MQTT source subscribes the difference.
         self.topic_rules.send_if_modified(|rules| {
             let changed = **rules != *config.topics;
@@ -264,18 +245,6 @@ impl App {
             }
             changed
         });
-        if old.config.cache_size != config.cache_size {
-            warnings.push("cache_size changed: restart unpoll to apply it".to_string());
-        }
-        if old.config.cluster != config.cluster {
-            warnings.push("[cluster] changed: restart unpoll to apply it".to_string());
-        }
-        if old.config.hub != config.hub {
-            warnings.push("[hub] changed: restart unpoll to apply it".to_string());
-        }
-        if old.config.log.format != config.log.format {
-            warnings.push("log.format changed: restart unpoll to apply it".to_string());
-        }
         self.snapshot.store(Arc::new(Snapshot::build(
             config,
             &self.handles.metrics,

@@ -128,22 +128,29 @@ async fn slow_header_senders_are_cut_off() {
     assert_eq!(upstream.total(), 0);
 }
 
+/// A kept-alive connection answers a second request after a pause shorter than
+/// `idle_timeout` (so it was not closed after the first response), then closes on its own
+/// once idle.
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let upstream = Upstream::builder().route("/", "ok").run().await;
-    let unpoll = Unpoll::start(&upstream.url(), "[proxy]\nidle_timeout = \"300ms\"").await;
+    let unpoll = Unpoll::start(&upstream.url(), "[proxy]\nidle_timeout = \"2s\"").await;
     let mut stream = TcpStream::connect(unpoll.addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    // Keep-alive: the connection stays open, then idles out.
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    let first = common::read_until(&mut stream, "\r\n\r\nok", Duration::from_secs(5)).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // A pause well inside idle_timeout: the connection must still be there.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(request).await.unwrap();
+    let second = common::read_until(&mut stream, "\r\n\r\nok", Duration::from_secs(5)).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(upstream.total(), 2, "both requests were proxied");
+    // Then nothing: unpoll closes the idle connection (EOF, no more bytes).
     let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "idle connection was not closed");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
 }
 
 #[tokio::test]

@@ -418,13 +418,13 @@ async fn reloaded_rules_subscribe_and_unsubscribe_the_difference() {
     );
     let m = unpoll.metrics().await;
     assert_eq!(metric(&m, "unpoll_mqtt_messages_total{topic=\"\"}"), 0.0);
-    // A changed [mqtt] needs a restart, and says so.
+    // A changed [mqtt] needs a restart, and says so by key path.
     let warnings = unpoll.reload(
         &upstream.url(),
         &format!("{}{new_rule}", mqtt_section(&broker_url(), "other")),
     );
     assert!(
-        warnings.iter().any(|w| w.contains("[mqtt] changed")),
+        warnings.contains(&"mqtt.client_id changed; takes effect on restart".to_string()),
         "{warnings:?}"
     );
 }

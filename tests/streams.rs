@@ -309,9 +309,9 @@ async fn open_streams_and_history_survive_a_reload() {
     .await;
     assert_eq!(s.next(T).await.data, "\"before\"");
     let warnings = unpoll.reload(&up.url(), &config("history_max_events = 5"));
-    assert!(
-        warnings.iter().any(|w| w.contains("[hub] changed")),
-        "{warnings:?}"
+    assert_eq!(
+        warnings,
+        ["hub.history_max_events changed; takes effect on restart"]
     );
     publish(
         &http,
@@ -330,28 +330,59 @@ async fn open_streams_and_history_survive_a_reload() {
 /// end cleanly on shutdown.
 #[tokio::test]
 async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() {
-    let (_up, unpoll) = start("").await;
+    fresh_and_reused_streams(true).await;
+}
+
+/// `[proxy] direct_streams = false`: every stream stays in hyper, chunked, the first
+/// request's too, and delivers the same frames.
+#[tokio::test]
+async fn streams_stay_in_hyper_when_direct_streams_is_off() {
+    fresh_and_reused_streams(false).await;
+}
+
+async fn fresh_and_reused_streams(direct_streams: bool) {
+    let upstream = Upstream::builder()
+        .route("/bots/events", "proxied")
+        .run()
+        .await;
+    let unpoll = Unpoll::start(
+        &upstream.url(),
+        &format!(
+            "{}\n[proxy]\ndirect_streams = {direct_streams}\n",
+            config("")
+        ),
+    )
+    .await;
     let mut fresh = TcpStream::connect(unpoll.addr).await.unwrap();
     fresh
         .write_all(b"GET /bots/events?botId=7 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let fresh_head = read_until(&mut fresh, "retry: 2000\n\n", T).await;
+    // A chunk ends with a CRLF after its data.
+    let retry = if direct_streams {
+        "retry: 2000\n\n"
+    } else {
+        "retry: 2000\n\n\r\n"
+    };
+    let fresh_head = read_until(&mut fresh, retry, T).await;
     assert!(
         fresh_head.starts_with("HTTP/1.1 200 OK\r\n"),
         "{fresh_head}"
     );
-    assert!(
-        fresh_head.contains("\r\nconnection: close\r\n"),
-        "{fresh_head}"
-    );
     assert!(fresh_head.contains("\r\ncontent-type: text/event-stream"));
     assert!(fresh_head.contains("\r\ndate: "), "{fresh_head}");
-    assert!(!fresh_head.contains("transfer-encoding"), "{fresh_head}");
-    assert!(
-        fresh_head.ends_with("\r\n\r\nretry: 2000\n\n"),
+    // Served by unpoll: delimited by the connection's end; by hyper: chunked.
+    assert_eq!(
+        fresh_head.contains("\r\nconnection: close\r\n"),
+        direct_streams,
         "{fresh_head}"
     );
+    assert_eq!(
+        fresh_head.contains("transfer-encoding: chunked"),
+        !direct_streams,
+        "{fresh_head}"
+    );
+    assert!(fresh_head.ends_with(retry), "{fresh_head}");
 
     // No botId: the rule does not apply, the upstream answers, the connection stays open.
     let mut reused = TcpStream::connect(unpoll.addr).await.unwrap();
@@ -365,7 +396,7 @@ async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() {
         .write_all(b"GET /bots/events?botId=7 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let reused_head = read_until(&mut reused, "retry: 2000\n\n", T).await;
+    let reused_head = read_until(&mut reused, "retry: 2000\n\n\r\n", T).await;
     assert!(
         reused_head.contains("transfer-encoding: chunked"),
         "{reused_head}"
@@ -387,17 +418,20 @@ async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() {
         .unwrap()
         .to_owned();
     let frame = format!("id: {id}\ndata: \"hi\"\n\n");
-    assert_eq!(read_until(&mut fresh, "\n\n", T).await, frame);
-    let chunk = read_until(&mut reused, "\n\n\r\n", T).await;
-    assert_eq!(chunk, format!("{:X}\r\n{frame}\r\n", frame.len()));
+    let chunk = format!("{:X}\r\n{frame}\r\n", frame.len());
+    let fresh_frame = if direct_streams { &frame } else { &chunk };
+    let fresh_end = if direct_streams { "\n\n" } else { "\n\n\r\n" };
+    assert_eq!(&read_until(&mut fresh, fresh_end, T).await, fresh_frame);
+    assert_eq!(read_until(&mut reused, "\n\n\r\n", T).await, chunk);
 
     let stop = tokio::spawn(unpoll.stop());
     let mut rest = Vec::new();
     tokio::time::timeout(T, fresh.read_to_end(&mut rest))
         .await
-        .expect("the direct stream ends on shutdown")
+        .expect("the fresh stream ends on shutdown")
         .unwrap();
-    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let fresh_rest = if direct_streams { "" } else { "0\r\n\r\n" };
+    assert_eq!(String::from_utf8_lossy(&rest), fresh_rest);
     let end = read_until(&mut reused, "0\r\n\r\n", T).await;
     assert_eq!(end, "0\r\n\r\n");
     stop.await.unwrap();

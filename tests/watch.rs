@@ -569,3 +569,44 @@ async fn a_burst_of_purges_is_one_refetch_per_min_interval() {
         "{n} upstream fetches for a burst of 20 purges"
     );
 }
+
+/// Issue 16 item 2 on `[[watch]]`: an EventSource cannot send headers, so a JWT app's token
+/// comes in the query. With `token_query`, it is the fetches' Bearer and the key's, and the
+/// app never sees it in a URL, neither from the stream nor from a plain poll.
+#[tokio::test]
+async fn token_query_is_the_fetches_bearer_and_never_reaches_the_app_in_a_url() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(
+        &upstream.url(),
+        &config("interval = \"1h\"\ntoken_query = \"token\""),
+    )
+    .await;
+    let open = |token: &'static str| {
+        SseClient::send(
+            client()
+                .get(unpoll.url(&format!("/inbox?token={token}")))
+                .header("accept", "text/event-stream"),
+        )
+    };
+    let (mut ann, mut bob) = (open("ann").await, open("bob").await);
+    assert_eq!(version_for(&ann.next(WAIT).await, "ann"), 0);
+    assert_eq!(version_for(&bob.next(WAIT).await, "bob"), 0);
+    change(&inbox, "bob");
+    purge(&unpoll, "inbox").await;
+    assert_eq!(version_for(&bob.next(WAIT).await, "bob"), 1);
+    // A plain poll with the same token is the same key: served from the watcher's entry.
+    let poll = client()
+        .get(unpoll.url("/inbox?token=bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.text().await.unwrap(), "{\"user\":\"bob\",\"v\":1}\n");
+    assert_eq!((fetches(&inbox, "ann"), fetches(&inbox, "bob")), (2, 2));
+    let recorded = upstream.recorded();
+    assert!(!recorded.is_empty());
+    for r in recorded {
+        assert_eq!(r.uri.query(), None, "the token reached the app: {}", r.uri);
+        let auth = r.headers["authorization"].to_str().unwrap();
+        assert!(auth == "Bearer ann" || auth == "Bearer bob", "{auth}");
+    }
+}

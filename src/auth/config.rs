@@ -154,21 +154,9 @@ impl RawRuleAuth {
                 .map_err(|e| errors.push(&key, e))
                 .ok(),
         };
-        let token_query = self.token_query.filter(|name| {
-            // The value is matched against decoded parameter names; keep the name to
-            // characters a URL carries as they are, so what is written is what is matched.
-            let plain = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
-            if !plain {
-                errors.push(
-                    join(path, "token_query"),
-                    format!("{name:?}: a query parameter name (letters, digits, - _ . ~)"),
-                );
-            }
-            plain
-        });
+        let token_query = self
+            .token_query
+            .filter(|name| token_query_name_ok(name, &join(path, "token_query"), errors));
         if let Some(t) = &template {
             for (source, name) in t.variables() {
                 if source == Source::Path && !params.contains(&name) {
@@ -475,4 +463,21 @@ impl RawStreamLimits {
             retry_after,
         }
     }
+}
+
+/// Is `name` usable as a `token_query` (of a stream or a watch rule)? The value is matched
+/// against decoded parameter names; keep the name to characters a URL carries as they are,
+/// so what is written is what is matched. Records the error under `key` when not.
+pub fn token_query_name_ok(name: &str, key: &str, errors: &mut ConfigErrors) -> bool {
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+    if !plain {
+        errors.push(
+            key,
+            format!("{name:?}: a query parameter name (letters, digits, - _ . ~)"),
+        );
+    }
+    plain
 }

@@ -35,7 +35,7 @@ pub use body::{ACCESS_ENDED_EVENT, GrantedBody, access_ended_data, access_ended_
 pub use config::{
     DEFAULT_AUTH_CACHE, DEFAULT_MAX_AUTH_PATHS, DEFAULT_REAUTH, GenericStreamConfig, JwtConfig,
     RawGenericStream, RawJwtConfig, RawRuleAuth, RawStreamLimits, RuleAuthConfig, StreamLimits,
-    UpstreamAuthConfig,
+    UpstreamAuthConfig, token_query_name_ok,
 };
 pub use error::{AuthError, Limit, UpstreamFailure};
 pub use generic::{GENERIC_STREAM_PATH, MAX_CHANNEL_NAME, requested_channels};

@@ -6,6 +6,7 @@
 //! `admin::config`, ...); this module only assembles them.
 
 mod errors;
+pub mod reload;
 mod sections;
 mod units;
 

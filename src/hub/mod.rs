@@ -8,6 +8,8 @@
 //! - [`Subscription`] unregisters itself on drop.
 //!
 //! One mutex guards the state; see `state.rs` for why that is the design, not a shortcut.
+//! `model_tests.rs` checks the promise (each event once, in order, or one `reset`; never a
+//! silent gap) on random sequences of operations against a model.
 
 pub mod config;
 mod error;
@@ -268,5 +270,7 @@ impl Inner {
     }
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

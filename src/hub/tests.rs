@@ -16,7 +16,7 @@ fn chans(names: &[&str]) -> Vec<String> {
 }
 
 /// `(id, event, data)` of one frame.
-fn parse(frame: &Bytes) -> (String, Option<String>, String) {
+pub(super) fn parse(frame: &Bytes) -> (String, Option<String>, String) {
     let text = std::str::from_utf8(frame).expect("utf-8 frame");
     let (mut id, mut event, mut data) = (String::new(), None, Vec::new());
     for line in text.lines() {
@@ -40,7 +40,7 @@ fn id_of(frame: &Bytes) -> String {
 }
 
 /// Drain what is ready now without waiting.
-fn ready(sub: &mut Subscription) -> Vec<Bytes> {
+pub(super) fn ready(sub: &mut Subscription) -> Vec<Bytes> {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     let mut out = Vec::new();

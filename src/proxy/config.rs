@@ -29,6 +29,7 @@ pub struct RawProxyConfig {
     shutdown_grace: Option<String>,
     trusted_proxies: Option<Vec<String>>,
     client: Option<bool>,
+    direct_streams: Option<bool>,
 }
 
 /// Validated `[proxy]` settings. Defaults are documented in `config.toml.example`.
@@ -72,6 +73,11 @@ pub struct ProxyConfig {
     /// Serve the browser client (`/_unpoll/client.js`, `.mjs`, `.d.ts`) before any rule.
     /// Off: those paths are proxied.
     pub client: bool,
+    /// HTTP/1.1 event streams leave hyper once their head is out and are written by
+    /// `server::handoff` (a few KiB per idle subscriber instead of hyper's 16 KiB of
+    /// buffers). Off: every stream stays in hyper, the fallback should a hyper upgrade break
+    /// the hand-off's assumptions. Read as each connection starts.
+    pub direct_streams: bool,
 }
 
 impl Default for ProxyConfig {
@@ -93,6 +99,7 @@ impl Default for ProxyConfig {
             shutdown_grace: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             client: true,
+            direct_streams: true,
         }
     }
 }
@@ -197,6 +204,7 @@ impl RawProxyConfig {
             shutdown_grace,
             trusted_proxies,
             client: self.client.unwrap_or(d.client),
+            direct_streams: self.direct_streams.unwrap_or(d.direct_streams),
         }
     }
 }

@@ -43,7 +43,9 @@ pub enum PoolError {
     /// Name resolution or TCP connect failed (refused, unreachable).
     #[error("connect to {authority}: {source}")]
     Connect {
+        /// The upstream's `host:port`.
         authority: String,
+        /// What the connect reported.
         #[source]
         source: std::io::Error,
     },

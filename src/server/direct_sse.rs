@@ -14,8 +14,8 @@
 //! A stream requested later on a keep-alive connection that hyper serves (what browsers
 //! behind a pooling proxy, and browsers reusing an idle connection, send) starts in hyper:
 //! hyper writes the head, with chunked framing, and then the connection leaves hyper
-//! ([`handoff_body`], [`Handoff`]) and the frames are written here, chunked. HTTP/2 streams
-//! stay with hyper: their connection carries other requests.
+//! ([`super::handoff`]) and the frames are written here, chunked. HTTP/2 streams stay with
+//! hyper: their connection carries other requests.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -89,55 +89,11 @@ pub(super) enum Framing {
     Chunked,
 }
 
-/// A stream whose head hyper wrote: its body and connection, taken from hyper.
-pub(super) struct Handoff<S> {
-    pub(super) streaming: Streaming,
-    pub(super) io: S,
-}
-
 impl Streaming {
-    /// The parked body of `activity`'s connection.
-    pub(super) fn parked(activity: Arc<Activity>) -> Option<Streaming> {
-        let body = activity.take_parked()?;
-        Some(Streaming { body, activity })
+    /// A body whose head is already out (hyper wrote it: [`super::handoff`]).
+    pub(super) fn new(body: TrackedBody, activity: Arc<Activity>) -> Streaming {
+        Streaming { body, activity }
     }
-}
-
-/// The body hyper gets in place of a stream's: it tells the connection that hyper has
-/// encoded the head, then never yields; the connection leaves hyper once the head is
-/// flushed.
-pub(super) fn handoff_body(activity: Arc<Activity>) -> crate::body::Body {
-    crate::body::boxed(HandoffBody {
-        activity: Some(activity),
-    })
-}
-
-struct HandoffBody {
-    activity: Option<Arc<Activity>>,
-}
-
-impl http_body::Body for HandoffBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if let Some(activity) = self.activity.take() {
-            activity.head_encoded();
-        }
-        std::task::Poll::Pending
-    }
-}
-
-/// Write the rest of a stream that hyper started (its head, with chunked framing).
-pub(super) async fn stream_handed_off<S>(handoff: Box<Handoff<S>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let Handoff { streaming, mut io } = *handoff;
-    stream_body(streaming, Framing::Chunked, &mut io).await;
 }
 
 /// Write the body frame by frame until it ends (the stream closed, shutdown), the client

@@ -8,7 +8,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -16,8 +15,6 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-
-use super::activity::Activity;
 
 /// The client's opening bytes of an h2c connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -159,34 +156,15 @@ fn direct_parts(
     Some(parts)
 }
 
-/// A client socket as hyper gets it: the bytes already read from it put back in front,
-/// and, once watched, a record in the connection's [`Activity`] of whether everything
-/// written was flushed (an event stream leaves hyper only when hyper holds no unsent
-/// byte).
+/// A client socket as hyper gets it: the bytes already read from it put back in front.
 pub(super) struct Rewind<S> {
     prefix: Bytes,
     inner: S,
-    watcher: Option<Arc<Activity>>,
 }
 
 impl<S> Rewind<S> {
     pub(super) fn new(prefix: Bytes, inner: S) -> Self {
-        Rewind {
-            prefix,
-            inner,
-            watcher: None,
-        }
-    }
-
-    /// Record writes and completed flushes in `activity`.
-    pub(super) fn watch_flushes(&mut self, activity: Arc<Activity>) {
-        self.watcher = Some(activity);
-    }
-
-    fn wrote(&self) {
-        if let Some(activity) = &self.watcher {
-            activity.set_unflushed(true);
-        }
+        Rewind { prefix, inner }
     }
 }
 
@@ -216,7 +194,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.wrote();
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -225,7 +202,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.wrote();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -234,11 +210,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        if let (Poll::Ready(Ok(())), Some(activity)) = (&polled, &self.watcher) {
-            activity.set_unflushed(false);
-        }
-        polled
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -315,7 +287,7 @@ mod tests {
     /// and no body. Whatever the direct path does not take goes to hyper, which decides.
     mod against_hyper {
         use std::convert::Infallible;
-        use std::sync::Mutex;
+        use std::sync::{Arc, Mutex};
         use std::time::Duration;
 
         use http_body::Body as _;

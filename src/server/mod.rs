@@ -2,11 +2,14 @@
 //! a cap on concurrent connections, header-read and idle timeouts, graceful shutdown.
 //!
 //! Each connection's first request head is read here ([`first_request`]) to pick HTTP/1 or
-//! HTTP/2 and to serve event streams without hyper ([`direct_sse`]); all else is hyper's.
+//! HTTP/2 and to serve event streams without hyper ([`direct_sse`]); all else is hyper's,
+//! until an HTTP/1.1 event stream leaves it. The connection's life and the hand-off are in
+//! [`handoff`].
 
 mod activity;
 mod direct_sse;
 mod first_request;
+mod handoff;
 mod observe;
 mod send_timeout;
 pub mod signals;
@@ -16,7 +19,6 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, Request, Response, Uri};
@@ -37,8 +39,9 @@ use crate::app::App;
 use crate::body::Body;
 use crate::proxy::forward::UpstreamTime;
 use crate::sse::ConnectionAbort;
-use direct_sse::{Framing, Handoff, Streaming};
+use direct_sse::Framing;
 use first_request::{FirstRequest, Rewind};
+use handoff::{FlushWatch, Life};
 use observe::{AccessLog, TrackedBody};
 
 /// Which listener a connection arrived on.
@@ -100,107 +103,127 @@ pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, tasks: 
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, app: &Arc<App>) {
     let _ = stream.set_nodelay(true);
-    let (header_read_timeout, limit, send_timeout) = {
+    let send_timeout = app.snapshot().config.proxy.send_timeout;
+    let mut life = Life::FirstHead(SendTimeout::new(stream, send_timeout));
+    // Each state's work is boxed (bound by `let`, so no temporary outlives it): what stays
+    // for the life of a stream is only the last one, and hyper's state is freed before a
+    // handed-off stream starts.
+    loop {
+        tracing::trace!(peer = %peer, state = life.as_str(), "connection");
+        let next = match life {
+            Life::FirstHead(io) => {
+                let step = Box::pin(first_head(io, kind, app));
+                step.await
+            }
+            Life::Hyper { io, http2 } => {
+                let step = Box::pin(serve_hyper(io, http2, peer, kind, app));
+                step.await
+            }
+            Life::Direct { parts, prefix, io } => {
+                let step = Box::pin(direct(parts, prefix, io, peer, app));
+                step.await
+            }
+            Life::HandedOff(handoff) => {
+                let step = Box::pin(handoff::stream(handoff));
+                step.await;
+                None
+            }
+            Life::Upgraded(task) => {
+                task.await;
+                None
+            }
+        };
+        let Some(next) = next else { return };
+        life = next;
+    }
+}
+
+/// Read the first request head: the connection goes to hyper or, for an event stream
+/// that `proxy.direct_streams` lets unpoll serve, to [`direct`]. `None`: the client went
+/// away, was too slow (`header_read_timeout`) or unpoll is shutting down.
+async fn first_head<S>(mut io: S, kind: Listener, app: &Arc<App>) -> Option<Life<S>>
+where
+    S: AsyncRead + Unpin,
+{
+    let (header_read_timeout, limit, direct_streams) = {
         let config = &app.snapshot().config.proxy;
         (
             config.header_read_timeout,
             config.max_header_bytes,
-            config.send_timeout,
+            config.direct_streams,
         )
     };
-    let mut stream = SendTimeout::new(stream, send_timeout);
-    let first = {
-        // Only the main listener has streams; the snapshot is not held across the read.
-        let direct = |method: &http::Method, path: &str| {
-            kind == Listener::Main && crate::routing::is_stream(&app.snapshot(), method, path)
-        };
-        // Boxed: the read's state is needed only until the head is in.
-        let read = Box::pin(tokio::time::timeout(
-            header_read_timeout,
-            first_request::read(&mut stream, limit, direct),
-        ));
-        // A connection that has sent nothing yet has nothing to drain: it closes at once
-        // on shutdown, as hyper closes its idle ones.
-        tokio::select! {
-            first = read => match first {
-                Ok(first) => first,
-                Err(_) => return,
-            },
-            _ = app.handles.shutdown.cancelled() => return,
-        }
+    // Only the main listener has streams; the snapshot is not held across the read.
+    let direct = |method: &http::Method, path: &str| {
+        direct_streams
+            && kind == Listener::Main
+            && crate::routing::is_stream(&app.snapshot(), method, path)
     };
-    // The long-lived halves are boxed so this task's future stays small for idle streams.
+    let read = tokio::time::timeout(
+        header_read_timeout,
+        first_request::read(&mut io, limit, direct),
+    );
+    // A connection that has sent nothing yet has nothing to drain: it closes at once on
+    // shutdown, as hyper closes its idle ones.
+    let first = tokio::select! {
+        first = read => first.ok()?,
+        _ = app.handles.shutdown.cancelled() => return None,
+    };
     match first {
-        FirstRequest::Gone => {}
-        FirstRequest::Hyper { prefix, http2 } => {
-            hyper_then_stream(Rewind::new(prefix, stream), http2, peer, kind, app).await;
-        }
-        FirstRequest::Direct { parts, prefix } => {
-            // Each step is its own box (bound by `let`, so no temporary outlives it): what
-            // stays for the life of the stream is only the last one.
-            let open = Box::pin(direct_sse::open(app, parts, peer));
-            let Some(opened) = open.await else {
-                hyper_then_stream(Rewind::new(prefix, stream), false, peer, kind, app).await;
-                return;
-            };
-            drop(prefix);
-            let head = Box::pin(direct_sse::write_head(opened, &mut stream));
-            let Some(streaming) = head.await else {
-                return;
-            };
-            let body = Box::pin(direct_sse::stream_body(
-                streaming,
-                Framing::Close,
-                &mut stream,
-            ));
-            body.await;
-        }
+        FirstRequest::Gone => None,
+        FirstRequest::Hyper { prefix, http2 } => Some(Life::Hyper {
+            io: Rewind::new(prefix, io),
+            http2,
+        }),
+        FirstRequest::Direct { parts, prefix } => Some(Life::Direct { parts, prefix, io }),
     }
 }
 
-/// hyper's part of a connection, then the event stream it handed off, if any: each in a
-/// box of its own, hyper's freed before the stream starts.
-async fn hyper_then_stream<S>(
+/// Serve an event stream without hyper: open it, write its head, then its body until it
+/// ends. When the stream rule does not apply after all (a template value is missing) the
+/// connection goes to hyper, which proxies the request.
+async fn direct<S>(
+    parts: Box<http::request::Parts>,
+    prefix: bytes::Bytes,
+    mut io: S,
+    peer: SocketAddr,
+    app: &Arc<App>,
+) -> Option<Life<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let open = Box::pin(direct_sse::open(app, parts, peer));
+    let Some(opened) = open.await else {
+        return Some(Life::Hyper {
+            io: Rewind::new(prefix, io),
+            http2: false,
+        });
+    };
+    drop(prefix);
+    let head = Box::pin(direct_sse::write_head(opened, &mut io));
+    let streaming = head.await?;
+    let body = Box::pin(direct_sse::stream_body(streaming, Framing::Close, &mut io));
+    body.await;
+    None
+}
+
+/// Serve a connection with hyper: HTTP/1.1 (with upgrades) or HTTP/2, with the idle
+/// timeout, graceful shutdown and response-initiated aborts. An HTTP/1.1 event stream
+/// ends hyper's part ([`handoff`]): the connection is returned with the stream's body.
+/// After an upgrade, the task that serves the upgraded connection is returned (U4).
+async fn serve_hyper<S>(
     io: Rewind<S>,
     http2: bool,
     peer: SocketAddr,
     kind: Listener,
     app: &Arc<App>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    match Box::pin(serve_hyper(io, http2, peer, kind, app)).await {
-        Some(AfterHyper::Stream(handoff)) => {
-            Box::pin(direct_sse::stream_handed_off(handoff)).await;
-        }
-        Some(AfterHyper::Upgraded(task)) => task.await,
-        None => {}
-    }
-}
-
-/// What a connection does once hyper is done with it.
-enum AfterHyper<S> {
-    /// Write the event stream whose head hyper wrote.
-    Stream(Box<Handoff<S>>),
-    /// Serve the upgraded connection (a WebSocket stream).
-    Upgraded(crate::sse::UpgradedTask),
-}
-
-/// Serve a connection with hyper: HTTP/1.1 (with upgrades) or HTTP/2, with the idle
-/// timeout, graceful shutdown and response-initiated aborts. An HTTP/1.1 event stream
-/// ends hyper's part: the connection is returned with the stream's body, for
-/// [`direct_sse`] to write.
-async fn serve_hyper<S>(
-    mut io: Rewind<S>,
-    http2: bool,
-    peer: SocketAddr,
-    kind: Listener,
-    app: &Arc<App>,
-) -> Option<AfterHyper<Rewind<S>>>
+) -> Option<Life<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
+    let config = &app.snapshot().config.proxy;
+    let direct_streams = config.direct_streams;
     let service = {
         let app = app.clone();
         let activity = activity.clone();
@@ -208,20 +231,21 @@ where
             // On HTTP/2 the other streams of the connection are innocent: no abort.
             let abort = (req.version() <= http::Version::HTTP_11)
                 .then(|| ConnectionAbort::new(activity.clone()));
-            // hyper frames a body of unknown length with chunks only for HTTP/1.1 clients.
-            let hand_off = (req.version() == http::Version::HTTP_11).then(|| activity.clone());
+            // hyper frames a body of unknown length with chunks only for HTTP/1.1 clients
+            // (handoff U1).
+            let hand_off = (direct_streams && req.version() == http::Version::HTTP_11)
+                .then(|| activity.clone());
             let app = app.clone();
             let guard = RequestGuard::begin(activity.clone());
             async move {
                 let resp = respond(&app, kind, req, peer, guard, abort).await;
                 Ok::<_, Infallible>(match hand_off {
-                    Some(activity) => park_event_stream(resp, activity),
+                    Some(activity) => handoff::park(resp, activity),
                     None => resp,
                 })
             }
         })
     };
-    let config = &app.snapshot().config.proxy;
     let idle_timeout = config.idle_timeout;
     if http2 {
         let conn = http2::Builder::new(TokioExecutor::new())
@@ -233,12 +257,11 @@ where
         drive(conn, drain, &activity, idle_timeout, peer, app).await;
         return None;
     }
-    io.watch_flushes(activity.clone());
     let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(TokioIo::new(FlushWatch::new(io, activity.clone())), service)
         .with_upgrades();
     let drain = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
     let driven = drive(
@@ -250,39 +273,20 @@ where
         app,
     )
     .await;
-    let handoff = match driven {
-        // After a `101` hyper hands the socket to the upgrade's waiter and ends.
-        Driven::Ended => activity.take_upgraded().map(AfterHyper::Upgraded),
-        // Dropping hyper's side of the connection frees its buffers; bytes a client sent
-        // after the stream's request (nothing, from an event source) go with them.
-        Driven::HandOff => conn.into_parts().and_then(|parts| {
-            let io = parts.io.into_inner();
-            let streaming = Streaming::parked(activity.clone())?;
-            Some(AfterHyper::Stream(Box::new(Handoff { streaming, io })))
-        }),
+    let next = match driven {
+        // After a `101` hyper hands the socket to the upgrade's waiter and ends (handoff U4).
+        Driven::Ended => activity.handoff.take_upgraded().map(Life::Upgraded),
+        // Dropping hyper's side of the connection frees its buffers (handoff U2).
+        Driven::HandOff => conn
+            .into_parts()
+            .and_then(|parts| handoff::take(parts.io.into_inner(), activity.clone()))
+            .map(Life::HandedOff),
     };
-    // A stream parked by a connection that ended first holds the connection's activity, as
-    // does an upgrade's task when the connection did not upgrade.
-    drop(activity.take_parked());
-    drop(activity.take_upgraded());
-    handoff
-}
-
-/// An HTTP/1.1 event stream leaves hyper once its head is written: its body is parked in
-/// the connection's `activity` and hyper gets a stand-in that never yields.
-fn park_event_stream(
-    resp: Response<TrackedBody>,
-    activity: Arc<Activity>,
-) -> Response<TrackedBody> {
-    if resp.status() != http::StatusCode::OK
-        || resp.extensions().get::<crate::sse::EventStream>().is_none()
-    {
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    activity.park(body);
-    let stand_in = TrackedBody::untracked(direct_sse::handoff_body(activity));
-    Response::from_parts(parts, stand_in)
+    // A stream parked by a connection that ended first holds the connection's activity
+    // (handoff U3), as does an upgrade's task when the connection handed off instead (U4).
+    drop(activity.handoff.take());
+    drop(activity.handoff.take_upgraded());
+    next
 }
 
 /// How a hyper connection's run ended.
@@ -308,13 +312,7 @@ where
 {
     let mut draining = false;
     loop {
-        // hyper encodes and flushes a parked stream's head within one poll of the
-        // connection; checked after each poll.
-        let polled = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
-            Poll::Ready(res) => Poll::Ready(Some(res)),
-            Poll::Pending if activity.ready_for_handoff() => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        });
+        let polled = handoff::until_handoff(conn.as_mut(), activity);
         tokio::select! {
             res = polled => {
                 return match res {

@@ -28,6 +28,7 @@ pub struct RawWatchRule {
     vary: Option<Vec<String>>,
     event: Option<String>,
     max_body: Option<String>,
+    token_query: Option<String>,
 }
 
 /// A validated `[[watch]]` rule.
@@ -46,6 +47,10 @@ pub struct WatchRule {
     /// and `max_body` the watchers use: `ttl` is the rule's `ttl`, else `interval`, else
     /// [`UNTIL_PURGE`].
     pub cache: CacheRule,
+    /// `token_query`: this query parameter, when present, is the fetches' (and the key's)
+    /// `Authorization: Bearer`, and never reaches the app (an EventSource cannot send
+    /// headers).
+    pub token_query: Option<String>,
 }
 
 /// Default `interval`.
@@ -103,6 +108,26 @@ impl RawWatchRule {
                 "must be a non-empty name on one line (omit it for unnamed events)",
             );
         }
+        let token_query = self.token_query.clone().filter(|name| {
+            let key = join(path, "token_query");
+            if !crate::auth::token_query_name_ok(name, &key, errors) {
+                return false;
+            }
+            // The token becomes the Authorization header: unless that header splits the
+            // key, one user's token would fetch the body every other user is served.
+            let keyed = self
+                .vary
+                .as_ref()
+                .is_none_or(|vary| vary.iter().any(|h| h.eq_ignore_ascii_case("authorization")));
+            if !keyed {
+                errors.push(
+                    key,
+                    "needs Authorization in vary: the token is sent as Authorization, and \
+                     the key must tell users apart",
+                );
+            }
+            keyed
+        });
         let cache_ttl = ttl
             .or(interval.filter(|i| !i.is_zero()))
             .unwrap_or(UNTIL_PURGE);
@@ -116,6 +141,7 @@ impl RawWatchRule {
             min_interval: min_interval?,
             event: self.event.clone(),
             cache: cache?,
+            token_query,
         })
     }
 
@@ -179,6 +205,21 @@ mod tests {
         assert_eq!(r.cache.ttl, UNTIL_PURGE);
         let r = rule("path = \"/inbox\"\ninterval = \"0s\"\nttl = \"30s\"").unwrap();
         assert_eq!(r.cache.ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn token_query_needs_a_plain_name_and_authorization_in_the_key() {
+        let r = rule("path = \"/inbox\"\ntoken_query = \"token\"").unwrap();
+        assert_eq!(r.token_query.as_deref(), Some("token"));
+        let r = rule("path = \"/inbox\"\nvary = [\"authorization\"]\ntoken_query = \"t\"");
+        assert!(r.is_ok(), "{r:?}");
+        let err = rule("path = \"/inbox\"\nvary = []\ntoken_query = \"token\"").unwrap_err();
+        assert!(
+            err.contains("watch[1].token_query: needs Authorization in vary"),
+            "{err}"
+        );
+        let err = rule("path = \"/inbox\"\ntoken_query = \"a b\"").unwrap_err();
+        assert!(err.contains("watch[1].token_query: \"a b\""), "{err}");
     }
 
     #[test]

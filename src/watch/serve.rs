@@ -39,6 +39,10 @@ pub async fn serve(
     req: Request<Incoming>,
     client_ip: IpAddr,
 ) -> Result<Response<Body>, ProxyError> {
+    let req = match &rule.token_query {
+        Some(name) => token_to_header(req, name)?,
+        None => req,
+    };
     let mut resp = if req.method() == Method::GET && wants_stream(req.headers()) {
         let (head, _) = req.into_parts();
         Box::pin(open(parts, snapshot, rule, params, &head, client_ip)).await
@@ -51,6 +55,18 @@ pub async fn serve(
     resp.headers_mut()
         .append(header::VARY, HeaderValue::from_static("accept"));
     Ok(resp)
+}
+
+/// The rule's `token_query` parameter becomes the request's `Authorization: Bearer` (for
+/// the key and every fetch, stream or poll) and leaves its URL, so the app never sees it
+/// in a query. A request without it keeps its own Authorization.
+fn token_to_header(req: Request<Incoming>, name: &str) -> Result<Request<Incoming>, ProxyError> {
+    let (mut head, body) = req.into_parts();
+    if let Some(bearer) = crate::auth::query_bearer(name, head.uri.query())? {
+        head.headers.insert(header::AUTHORIZATION, bearer);
+    }
+    crate::auth::strip_query_param(&mut head.uri, name);
+    Ok(Request::from_parts(head, body))
 }
 
 /// Does the client ask for an event stream (EventSource always sends this)?
