@@ -17,6 +17,7 @@ use crate::admin::live::Live;
 use crate::admin::readiness::Readiness;
 use crate::auth::AuthMetrics;
 use crate::cache::{Cache, CacheMetrics};
+use crate::cluster::{Cluster, ClusterSink};
 use crate::config::{Config, ConfigErrors};
 use crate::handles::Handles;
 use crate::hub::{Hub, HubMetrics};
@@ -47,6 +48,9 @@ pub struct App {
     pub topic_rules: tokio::sync::watch::Sender<Arc<[TopicRule]>>,
     /// Metrics of subscribe auth and limits.
     pub auth_metrics: AuthMetrics,
+    /// Membership of a cluster of instances sharing Redis (`[cluster]`), if configured.
+    /// Read at start only.
+    pub cluster: Option<Arc<Cluster>>,
     /// Not-ready components; `/readyz` is 200 only when there is none.
     pub readiness: Arc<Readiness>,
     /// Process start, for `/stats`.
@@ -90,7 +94,16 @@ impl App {
         // Lives as long as the instance, so a reload keeps open watch streams
         // (`hub.max_watch_keys` applies at start only).
         let watches = Arc::new(Watches::new(config.hub.max_watch_keys, watch_metrics));
-        let sink = Arc::new(HubSink::new(hub.clone(), cache.clone(), watches.clone()));
+        let local = HubSink::new(hub.clone(), cache.clone(), watches.clone());
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|c| Cluster::new(c, hub.clone(), cache.clone(), readiness.clone()));
+        // In a cluster every publisher delivers through it; alone, to the hub and cache.
+        let sink: Arc<dyn Sink> = match &cluster {
+            Some(cluster) => Arc::new(ClusterSink::new(cluster.clone(), local)),
+            None => Arc::new(local),
+        };
         let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
         let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
         let watch = WatchHandles {
@@ -116,6 +129,7 @@ impl App {
             mqtt,
             topic_rules,
             auth_metrics,
+            cluster,
             readiness,
             started: Instant::now(),
             live: Default::default(),
@@ -136,22 +150,60 @@ impl App {
             readiness: self.readiness.clone(),
             sink,
         };
-        let mut tasks = match &config.postgres {
-            Some(pg) if !config.notify.is_empty() => postgres::spawn(
+        let mut tasks = Vec::new();
+        if let Some(pg) = config
+            .postgres
+            .clone()
+            .filter(|_| !config.notify.is_empty())
+        {
+            let (handles, metrics, rules) = (
                 handles.clone(),
                 self.postgres.clone(),
-                pg.clone(),
                 config.notify.clone(),
-            ),
-            _ => Vec::new(),
-        };
+            );
+            let start = move || {
+                postgres::spawn(handles.clone(), metrics.clone(), pg.clone(), rules.clone())
+            };
+            tasks.extend(self.consume("notify", postgres::READINESS, start));
+        }
         // Started whenever [mqtt] is configured, even with no [[topic]] rule yet: rules
         // reload, the connection does not.
-        if let Some(mqtt) = &config.mqtt {
-            let rules = self.topic_rules.subscribe();
-            tasks.push(mqtt::spawn(handles, self.mqtt.clone(), mqtt.clone(), rules));
+        if let Some(mqtt) = config.mqtt.clone() {
+            let (metrics, topic_rules) = (self.mqtt.clone(), self.topic_rules.clone());
+            let start = move || {
+                let rules = topic_rules.subscribe();
+                vec![mqtt::spawn(
+                    handles.clone(),
+                    metrics.clone(),
+                    mqtt.clone(),
+                    rules,
+                )]
+            };
+            tasks.extend(self.consume("mqtt", mqtt::READINESS, start));
         }
         tasks
+    }
+
+    /// Run a consumer `start` starts: at once alone; in a cluster only on the instance
+    /// holding lease `name` (each notification or message is then published once, to every
+    /// instance, through Redis), reporting as readiness component `readiness`.
+    fn consume<F>(
+        &self,
+        name: &'static str,
+        readiness: &'static str,
+        start: F,
+    ) -> Vec<JoinHandle<()>>
+    where
+        F: Fn() -> Vec<JoinHandle<()>> + Send + 'static,
+    {
+        match &self.cluster {
+            None => start(),
+            Some(cluster) => {
+                let shutdown = self.handles.shutdown.clone();
+                let lease = cluster.clone().leased(shutdown, name, readiness, start);
+                vec![tokio::spawn(lease)]
+            }
+        }
     }
 
     /// The current snapshot.

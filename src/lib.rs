@@ -25,6 +25,9 @@
 //!   action, each arm taking the narrow handles it uses.
 //! - [`sources`]: event sources (Postgres LISTEN/NOTIFY and outbox, MQTT), given
 //!   [`sources::SourceHandles`].
+//! - [`cluster`]: `[cluster]`: several instances share channels, ids, history and purges
+//!   through Redis (pub/sub for the live path, streams for history); publishers reach it
+//!   through its sink ([`cluster::ClusterSink`]), consumers run under its leases.
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints, and WebSockets at the same paths:
 //!   `stream/websocket.rs`) and `/_unpoll/multi` (several streams, each gated as if alone,
 //!   on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx
@@ -62,6 +65,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod handles;
@@ -157,6 +161,10 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
     let handles = &app.handles;
     let sweeper = tokio::spawn(handles.hub.clone().run_sweeper(handles.shutdown.clone()));
     let sampler = tokio::spawn(admin::live::run_sampler(app.admin()));
+    let cluster = app
+        .cluster
+        .clone()
+        .map(|cluster| tokio::spawn(cluster.run(handles.shutdown.clone())));
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         server::Listener::Admin,
@@ -167,6 +175,9 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
     let _ = tokio::join!(main, admin, sweeper, sampler);
+    if let Some(cluster) = cluster {
+        let _ = cluster.await;
+    }
     // Sources stop on the same cancellation; wait so none publishes after run returns.
     for source in sources {
         let _ = source.await;

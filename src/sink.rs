@@ -6,7 +6,10 @@
 //! sink and wired to the hub and the cache in one place. It sits below the sources, taps
 //! and admin endpoints that use it, so none of them depends on another.
 
+use std::any::Any;
 use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 use crate::cache::Cache;
 use crate::hub::{EventData, EventId, Hub};
@@ -26,6 +29,34 @@ pub trait Sink: Send + Sync + 'static {
     /// when it lost events and cannot tell which tags they concerned. Watched keys with
     /// such a tag are refetched.
     fn purge_glob(&self, glob: &str);
+
+    /// [`Sink::publish`], waiting for the id the event gets where ids are assigned
+    /// elsewhere (a cluster numbers events in Redis): what `POST /publish` answers with.
+    fn publish_confirmed<'a>(
+        &'a self,
+        channel: &'a str,
+        event: Option<&'a str>,
+        data: EventData,
+    ) -> BoxFuture<'a, Option<EventId>> {
+        Box::pin(std::future::ready(self.publish(channel, event, data)))
+    }
+
+    /// A subscriber is about to subscribe to `channels` (resuming after `last_event_id`):
+    /// where events reach the hub from elsewhere (a cluster), start receiving them. The
+    /// subscription keeps what this returns as long as it lives. Nothing by default.
+    fn follow<'a>(
+        &'a self,
+        _channels: &'a [String],
+        _last_event_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Option<Box<dyn Any + Send + Sync>>> {
+        Box::pin(std::future::ready(None))
+    }
+
+    /// What `/stats` shows of the sink beyond the hub and the cache (a cluster: its
+    /// membership); nothing by default.
+    fn stats(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The sink of a running instance: its hub, its cache and its watchers. Every purge (taps,

@@ -6,7 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::pg::{Delivered, RecordingSink, TcpProxy, exec, pool, unique, url_via};
+use common::pg::{
+    Delivered, RecordingSink, TcpProxy, exec, insert_rows, make_outbox, pool, sql_trigger, unique,
+    url_via,
+};
 use common::{Unpoll, Upstream, client, eventually, metric};
 use serde_json::json;
 use sqlx::AssertSqlSafe;
@@ -19,21 +22,6 @@ fn postgres_section(url: &str) -> String {
         "[postgres]\nurl = \"{url}\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n\
          connect_timeout = \"2s\"\noutbox_poll = \"200ms\"\n"
     )
-}
-
-async fn sql_trigger(args: &[&str]) -> String {
-    let out = tokio::process::Command::new(common::process::binary())
-        .arg("sql-trigger")
-        .args(args)
-        .output()
-        .await
-        .expect("run unpoll sql-trigger");
-    assert!(
-        out.status.success(),
-        "sql-trigger failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 SQL")
 }
 
 async fn readyz(unpoll: &Unpoll) -> (u16, String) {
@@ -388,27 +376,6 @@ async fn starts_without_postgres_keeps_proxying_and_connects_later() {
     sink.wait(WAIT, "the first event", |log| {
         log.iter().any(|d| matches!(d, Delivered::Event { .. }))
     })
-    .await;
-}
-
-/// Outbox helpers: a table made by `sql-trigger --outbox`, on a throwaway source table.
-async fn make_outbox(db: &sqlx::PgPool, listen: &str) -> String {
-    let table = unique("src");
-    let outbox = unique("outbox");
-    exec(db, &format!("CREATE TABLE {table} (id serial PRIMARY KEY)")).await;
-    let sql = sql_trigger(&["--table", &table, "--notify", listen, "--outbox", &outbox]).await;
-    exec(db, &sql).await;
-    outbox
-}
-
-async fn insert_rows(db: &sqlx::PgPool, outbox: &str, from: i64, to: i64) {
-    exec(
-        db,
-        &format!(
-            "INSERT INTO {outbox} (channel, event, data) \
-             SELECT 'ob', 'row', jsonb_build_object('n', n) FROM generate_series({from}, {to}) n"
-        ),
-    )
     .await;
 }
 

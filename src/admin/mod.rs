@@ -132,6 +132,7 @@ pub fn stats_value(parts: &AdminHandles) -> serde_json::Value {
         "upstream": snapshot.config.upstream.to_string(),
         "ready": parts.readiness.is_ready(),
         "hub": handles.hub.stats(STATS_TOP_CHANNELS),
+        "cluster": handles.sink.stats(),
         "cache": handles.cache.stats(),
         "watch": handles.watch.watches.metrics.stats(),
         "streams": snapshot.routes.streams.iter().map(|s| serde_json::json!({

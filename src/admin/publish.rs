@@ -97,16 +97,16 @@ where
             }
         }
     }
-    let ids: Vec<String> = checked
-        .into_iter()
-        .map(|(e, tags)| {
-            if !tags.is_empty() {
-                sink.purge(&tags);
-            }
-            let id = sink.publish(&e.channel, e.event.as_deref(), EventData::Json(e.data));
-            id.map_or_else(String::new, |id| id.to_string())
-        })
-        .collect();
+    let mut ids: Vec<String> = Vec::with_capacity(checked.len());
+    for (e, tags) in checked {
+        if !tags.is_empty() {
+            sink.purge(&tags);
+        }
+        let id = sink
+            .publish_confirmed(&e.channel, e.event.as_deref(), EventData::Json(e.data))
+            .await;
+        ids.push(id.map_or_else(String::new, |id| id.to_string()));
+    }
     let body = if batch {
         serde_json::json!({ "ids": ids })
     } else {

@@ -24,6 +24,7 @@ pub use units::{parse_duration, parse_size};
 use crate::admin::config::{AdminConfig, RawAdminConfig};
 use crate::auth::{GenericStreamConfig, JwtConfig, RawGenericStream, RawJwtConfig};
 use crate::cache::{CacheRule, RawCacheRule};
+use crate::cluster::config::{ClusterConfig, RawClusterConfig};
 use crate::hub::config::{HubConfig, RawHubConfig};
 use crate::logging::{LogConfig, RawLogConfig};
 use crate::proxy::config::{ProxyConfig, RawProxyConfig};
@@ -74,6 +75,8 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// `[generic_stream]`: `/_unpoll/sse?channel=…`.
     pub generic_stream: GenericStreamConfig,
+    /// `[cluster]`: the Redis shared with other instances. Read at start only.
+    pub cluster: Option<ClusterConfig>,
     /// The file this came from, re-read on SIGHUP; `None` when built from a string.
     pub source: Option<PathBuf>,
 }
@@ -174,6 +177,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let taps = s.take_rules::<RawTapRule>("tap");
     let watches = s.take_rules::<RawWatchRule>("watch");
     let jwt = s.take::<RawJwtConfig>("jwt");
+    let cluster = s.take::<RawClusterConfig>("cluster");
     let generic_stream = s
         .take::<RawGenericStream>("generic_stream")
         .unwrap_or_default();
@@ -218,6 +222,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         .filter_map(|(path, raw)| raw.validate(&path, &mut errors))
         .collect();
     let hub = hub.validate("hub", &mut errors);
+    let cluster = cluster.and_then(|c| c.validate("cluster", &mut errors));
     // Present but invalid still counts as present: its own errors say what is wrong.
     let jwt_section = jwt.is_some();
     let jwt = jwt.and_then(|j| j.validate("jwt", &mut errors));
@@ -255,6 +260,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             watches,
             jwt,
             generic_stream,
+            cluster,
             source: None,
         }),
         _ => Err(errors),
@@ -292,6 +298,14 @@ impl Config {
                 rule.channel
                     .as_ref()
                     .map_or("<row channel>", |c| c.as_str())
+            );
+        }
+        if let Some(cluster) = &self.cluster {
+            let _ = writeln!(
+                out,
+                "cluster   {} as {}",
+                crate::cluster::config::redact(&cluster.redis),
+                cluster.node_id
             );
         }
         if let Some(mqtt) = &self.mqtt {

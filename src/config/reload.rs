@@ -58,6 +58,7 @@ pub fn start_only_changes(old: &Config, new: &Config) -> Vec<String> {
     );
     top("log.format", old.log.format != new.log.format);
     top("cache_size", old.cache_size != new.cache_size);
+    top("cluster", old.cluster != new.cluster);
     hub(&mut out, &old.hub, &new.hub);
     match (&old.postgres, &new.postgres) {
         (Some(old), Some(new)) => postgres(&mut out, old, new),

@@ -37,6 +37,32 @@ impl Boot {
     }
 }
 
+impl Boot {
+    /// Its bits, for storing it in an atomic.
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// From [`Boot::raw`].
+    pub(crate) fn from_raw(raw: u64) -> Boot {
+        Boot(raw & BOOT_MASK)
+    }
+}
+
+impl std::str::FromStr for Boot {
+    type Err = ParseIdError;
+
+    /// The `<boot>` part of an id: 12 hex digits (a cluster epoch is stored this way).
+    fn from_str(s: &str) -> Result<Boot, ParseIdError> {
+        if s.len() != BOOT_HEX_DIGITS || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ParseIdError);
+        }
+        u64::from_str_radix(s, 16)
+            .map(Boot)
+            .map_err(|_| ParseIdError)
+    }
+}
+
 impl fmt::Display for Boot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:0width$x}", self.0, width = BOOT_HEX_DIGITS)

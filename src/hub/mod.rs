@@ -17,6 +17,7 @@ mod event;
 pub mod glob;
 mod id;
 mod metrics;
+mod mirror;
 mod state;
 mod stats;
 mod subscriber;
@@ -33,6 +34,7 @@ pub use error::SubscribeError;
 pub use event::{EventData, RESET_EVENT, ResetReason};
 pub use id::{Boot, EventId, ParseIdError};
 pub use metrics::{HubMetrics, ReasonLabels, SkipLabels};
+pub use mirror::Backfill;
 pub use stats::{ChannelStats, HubStats};
 pub use subscriber::CloseReason;
 pub use subscription::Subscription;
@@ -49,7 +51,10 @@ pub struct Hub {
 
 #[derive(Debug)]
 struct Inner {
-    boot: Boot,
+    /// The id space of `seq`: fixed for a lone instance; in a cluster the shared epoch, or
+    /// a fresh local boot while Redis is unreachable (see `mirror.rs`). Written under the
+    /// state lock, read without it.
+    boot: AtomicU64,
     config: HubConfig,
     /// All channels, histories and subscriber registrations. Held while publishing (seq
     /// assignment + history + fan-out) so every subscriber receives events in seq order and
@@ -70,7 +75,7 @@ impl Hub {
     pub fn with_metrics(config: HubConfig, metrics: HubMetrics) -> Hub {
         Hub {
             inner: Arc::new(Inner {
-                boot: Boot::generate(),
+                boot: AtomicU64::new(Boot::generate().raw()),
                 config,
                 state: Mutex::new(State::default()),
                 cursor: AtomicU64::new(0),
@@ -91,7 +96,7 @@ impl Hub {
 
     /// This hub's boot id.
     pub fn boot(&self) -> Boot {
-        self.inner.boot
+        self.inner.boot()
     }
 
     /// The hub position now: the id of the last event published (`<boot>-0` before any).
@@ -99,60 +104,21 @@ impl Hub {
     /// the events published after this call.
     pub fn cursor(&self) -> EventId {
         EventId {
-            boot: self.inner.boot,
+            boot: self.inner.boot(),
             seq: self.inner.cursor.load(Ordering::Acquire),
         }
     }
 
     /// Publish an event on `channel` and return its id.
     pub fn publish(&self, channel: &str, event: Option<&str>, data: EventData) -> EventId {
-        let inner = &*self.inner;
         let text = data.as_text();
-        let now = Instant::now();
-        let bounds = inner.bounds();
-        let mut state = inner.lock();
+        let mut state = self.inner.lock();
         state.seq += 1;
         let id = EventId {
-            boot: inner.boot,
+            boot: self.inner.boot(),
             seq: state.seq,
         };
-        let frame = encode::event(&id.to_string(), event, &text);
-        let has_room = state.channels.contains_key(channel)
-            || state.channels.len() < inner.config.max_channels
-            || {
-                state.forced_sweep(now, &inner.config);
-                state.channels.len() < inner.config.max_channels
-            };
-        let (mut queued, mut dropped) = (0u64, 0u64);
-        if has_room {
-            let ch = state.channel_mut(channel, now);
-            ch.last_active = now;
-            let floor = ch.gap_floor;
-            for (_, sub) in ch.subscribers.iter() {
-                match sub.push(&frame, id.seq, floor, bounds) {
-                    Push::Queued => queued += 1,
-                    // Counted as delivered when the subscriber reads it from history.
-                    Push::Deferred => {}
-                    // Counted as a disconnect when its subscription is dropped.
-                    Push::Overflowed(n) => dropped += n as u64,
-                    Push::Closed => {}
-                }
-            }
-            let entry = Entry { seq: id.seq, frame };
-            state.store(channel, entry, now, &inner.config);
-        } else {
-            // Nobody watches this channel (it would exist otherwise) and there is no room
-            // to remember it: resumes from before this event must get a reset.
-            state.dropped_floor = id.seq;
-            inner.metrics.unstored.inc();
-        }
-        inner.cursor.store(id.seq, Ordering::Release);
-        inner.update_gauges(&state);
-        drop(state);
-        let m = &inner.metrics;
-        m.published.inc();
-        m.delivered.inc_by(queued);
-        m.dropped.inc_by(dropped);
+        self.inner.publish_locked(state, id, channel, event, &text);
         id
     }
 
@@ -161,35 +127,15 @@ impl Hub {
     /// too. For a source that lost events. The loss takes one position of the sequence (the
     /// reset's id), so the cursor advances. Returns the subscribers reset.
     pub fn reset_matching(&self, pattern: &str, reason: &str) -> usize {
-        let inner = &*self.inner;
-        let reason = ResetReason::SourceLost(reason.to_owned());
-        let mut state = inner.lock();
+        let mut state = self.inner.lock();
         // The loss takes a position of its own: a client holding the previous position
         // (a cursor, or its last event) has not seen it and must get a reset on resume.
         state.seq += 1;
-        let seq = state.seq;
-        inner.cursor.store(seq, Ordering::Release);
         let id = EventId {
-            boot: inner.boot,
-            seq,
+            boot: self.inner.boot(),
+            seq: state.seq,
         };
-        let frame = encode::event(&id.to_string(), Some(RESET_EVENT), &reason.data());
-        let mut count = 0;
-        for (name, ch) in state.channels.iter_mut() {
-            if !glob::matches(pattern, name) {
-                continue;
-            }
-            ch.gap_floor = ch.gap_floor.max(seq);
-            for (_, sub) in ch.subscribers.iter() {
-                if sub.push_reset(&frame, seq) {
-                    count += 1;
-                }
-            }
-        }
-        state.mark_lost(pattern, seq);
-        drop(state);
-        inner.metrics.reset(reason.as_str(), count as u64);
-        count
+        self.inner.reset_locked(state, id, pattern, reason)
     }
 
     /// Expire old history and drop idle channels now (normally done by
@@ -217,6 +163,91 @@ impl Hub {
 }
 
 impl Inner {
+    fn boot(&self) -> Boot {
+        Boot::from_raw(self.boot.load(Ordering::Acquire))
+    }
+
+    /// Store and fan out event `id` (its seq already taken in `state`), then release the lock.
+    fn publish_locked(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        id: EventId,
+        channel: &str,
+        event: Option<&str>,
+        text: &str,
+    ) {
+        let now = Instant::now();
+        let bounds = self.bounds();
+        let frame = encode::event(&id.to_string(), event, text);
+        let has_room = state.channels.contains_key(channel)
+            || state.channels.len() < self.config.max_channels
+            || {
+                state.forced_sweep(now, &self.config);
+                state.channels.len() < self.config.max_channels
+            };
+        let (mut queued, mut dropped) = (0u64, 0u64);
+        if has_room {
+            let ch = state.channel_mut(channel, now);
+            ch.last_active = now;
+            let floor = ch.gap_floor;
+            for (_, sub) in ch.subscribers.iter() {
+                match sub.push(&frame, id.seq, floor, bounds) {
+                    Push::Queued => queued += 1,
+                    // Counted as delivered when the subscriber reads it from history.
+                    Push::Deferred => {}
+                    // Counted as a disconnect when its subscription is dropped.
+                    Push::Overflowed(n) => dropped += n as u64,
+                    Push::Closed => {}
+                }
+            }
+            let entry = Entry { seq: id.seq, frame };
+            state.store(channel, entry, now, &self.config);
+        } else {
+            // Nobody watches this channel (it would exist otherwise) and there is no room
+            // to remember it: resumes from before this event must get a reset.
+            state.dropped_floor = id.seq;
+            self.metrics.unstored.inc();
+        }
+        self.cursor.store(id.seq, Ordering::Release);
+        self.update_gauges(&state);
+        drop(state);
+        let m = &self.metrics;
+        m.published.inc();
+        m.delivered.inc_by(queued);
+        m.dropped.inc_by(dropped);
+    }
+
+    /// Reset the subscribers of channels matching `pattern` at position `id` (its seq
+    /// already taken in `state`), then release the lock.
+    fn reset_locked(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        id: EventId,
+        pattern: &str,
+        reason: &str,
+    ) -> usize {
+        let reason = ResetReason::SourceLost(reason.to_owned());
+        let seq = id.seq;
+        self.cursor.store(seq, Ordering::Release);
+        let frame = encode::event(&id.to_string(), Some(RESET_EVENT), &reason.data());
+        let mut count = 0;
+        for (name, ch) in state.channels.iter_mut() {
+            if !glob::matches(pattern, name) {
+                continue;
+            }
+            ch.gap_floor = ch.gap_floor.max(seq);
+            for (_, sub) in ch.subscribers.iter() {
+                if sub.push_reset(&frame, seq) {
+                    count += 1;
+                }
+            }
+        }
+        state.mark_lost(pattern, seq);
+        drop(state);
+        self.metrics.reset(reason.as_str(), count as u64);
+        count
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every mutation of State leaves it consistent between statements that can panic
         // (none of them allocate-and-fail in practice); keep serving after a panic.

@@ -239,6 +239,79 @@ impl State {
         self.sweep(now, config);
     }
 
+    /// Forget all history: the sequence starts over in another id space (see
+    /// `Hub::rebase`). Every resume from before `floor` resets.
+    pub fn clear_history(&mut self, floor: u64) {
+        for ch in self.channels.values_mut() {
+            ch.history = VecDeque::new();
+            ch.gap_floor = floor;
+        }
+        self.fifo = VecDeque::new();
+        self.history_events = 0;
+        self.history_bytes = 0;
+        self.dropped_floor = floor;
+        self.lost_marks.clear();
+    }
+
+    /// Make `entries` (ascending, all at or below `upto`) the history of `name` up to
+    /// `upto`, keeping what it holds after `upto`, complete after `floor`: a channel's
+    /// history read from the cluster's shared store. Every bound is enforced after.
+    pub fn replace_history(
+        &mut self,
+        name: &str,
+        entries: Vec<Entry>,
+        (upto, floor): (u64, u64),
+        now: Instant,
+        config: &HubConfig,
+    ) {
+        self.channel_mut(name, now);
+        let Some(key) = self.channels.get_key_value(name).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        let Some(ch) = self.channels.get_mut(name) else {
+            return;
+        };
+        // Entries it already had up to `upto` are replaced; their fifo positions go stale
+        // and are skipped when they reach the front.
+        let keep_from = ch.history.partition_point(|e| e.seq <= upto);
+        let removed: Vec<Entry> = ch.history.drain(..keep_from).collect();
+        let removed_bytes: usize = removed.iter().map(|e| e.frame.len()).sum();
+        let added = entries.len();
+        let added_bytes: usize = entries.iter().map(|e| e.frame.len()).sum();
+        for entry in entries.into_iter().rev() {
+            let at = self.fifo.partition_point(|f| f.seq < entry.seq);
+            self.fifo.insert(
+                at,
+                FifoEntry {
+                    seq: entry.seq,
+                    channel: key.clone(),
+                    at: now,
+                },
+            );
+            ch.history.push_front(entry);
+        }
+        ch.gap_floor = floor;
+        ch.last_active = now;
+        let mut evicted = 0;
+        let mut evicted_bytes = 0;
+        while ch.history.len() > config.history_max_events {
+            if let Some(old) = ch.history.pop_front() {
+                ch.gap_floor = ch.gap_floor.max(old.seq);
+                evicted += 1;
+                evicted_bytes += old.frame.len();
+            }
+        }
+        self.history_events = self.history_events + added - removed.len() - evicted;
+        self.history_bytes = self.history_bytes + added_bytes - removed_bytes - evicted_bytes;
+        while self.fifo.len() > config.history_max_total
+            || self.history_bytes > config.history_max_bytes
+        {
+            if !self.evict_oldest() {
+                break;
+            }
+        }
+    }
+
     /// Record that a source lost events on channels matching `pattern` up to `seq`.
     pub fn mark_lost(&mut self, pattern: &str, seq: u64) {
         if self.lost_marks.len() >= MAX_LOST_MARKS

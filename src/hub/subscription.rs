@@ -41,6 +41,17 @@ pub struct Subscription {
     start: EventId,
     /// Why it began with a reset, if it did.
     reset: Option<&'static str>,
+    /// Whatever must live as long as the subscription (the cluster's hold on its channels).
+    held: Option<Held>,
+}
+
+/// See [`Subscription::hold`].
+struct Held(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
 }
 
 impl Hub {
@@ -74,7 +85,7 @@ impl Hub {
             return Err(e);
         }
         let start = EventId {
-            boot: inner.boot,
+            boot: inner.boot(),
             seq: state.seq,
         };
         let replay = match decide(&state, inner, &names, last_event_id) {
@@ -120,6 +131,7 @@ impl Hub {
             replay: replay.into_iter(),
             start,
             reset,
+            held: None,
         })
     }
 }
@@ -171,7 +183,7 @@ fn decide(state: &State, inner: &Inner, names: &[&str], last_event_id: Option<&s
     let Ok(id) = text.parse::<EventId>() else {
         return Start::Reset(ResetReason::Unparsable);
     };
-    if id.boot != inner.boot {
+    if id.boot != inner.boot() {
         return Start::Reset(ResetReason::OtherBoot);
     }
     if id.seq > state.seq {
@@ -308,6 +320,12 @@ impl Subscription {
     /// a connection that is blocked writing to a client that stopped reading.
     pub fn on_overflow(&self, hook: impl FnOnce() + Send + 'static) {
         self.shared.set_on_overflow(Box::new(hook));
+    }
+
+    /// Keep `value` until this subscription is dropped: the cluster's hold on its channels
+    /// (they are read from Redis while someone here subscribes to them).
+    pub fn hold(&mut self, value: impl std::any::Any + Send + Sync) {
+        self.held = Some(Held(Box::new(value)));
     }
 
     /// Why it ended, if it did.

@@ -268,13 +268,21 @@ impl Gate<'_> {
             }
         };
         let last_event_id = crate::sse::last_event_id(&parts.headers, parts.uri.query());
-        let sub = match handles
+        // In a cluster: the channels are read from Redis while this subscription lives.
+        let follow = handles
+            .sink
+            .follow(&channels, last_event_id.as_deref())
+            .await;
+        let mut sub = match handles
             .hub
             .subscribe(&channels, last_event_id.as_deref(), Some(client))
         {
             Ok(sub) => sub,
             Err(e) => return Err(refused(self.name, &e)),
         };
+        if let Some(follow) = follow {
+            sub.hold(follow);
+        }
         if let Some(abort) = parts.extensions.get::<ConnectionAbort>() {
             let abort = abort.clone();
             sub.on_overflow(move || abort.abort());

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod mqtt;
 pub mod pg;
 pub mod process;
+pub mod redis;
 pub mod sse;
 pub mod upstream;
 

@@ -281,3 +281,41 @@ pub fn url_via(addr: SocketAddr, application_name: &str) -> String {
     let sep = if path.contains('?') { '&' } else { '?' };
     format!("{scheme_user}@{addr}{path}{sep}application_name={application_name}")
 }
+
+/// The SQL `unpoll sql-trigger` prints for `args`.
+pub async fn sql_trigger(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(super::process::binary())
+        .arg("sql-trigger")
+        .args(args)
+        .output()
+        .await
+        .expect("run unpoll sql-trigger");
+    assert!(
+        out.status.success(),
+        "sql-trigger failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 SQL")
+}
+
+/// Outbox helpers: a table made by `sql-trigger --outbox`, on a throwaway source table.
+pub async fn make_outbox(db: &sqlx::PgPool, listen: &str) -> String {
+    let table = unique("src");
+    let outbox = unique("outbox");
+    exec(db, &format!("CREATE TABLE {table} (id serial PRIMARY KEY)")).await;
+    let sql = sql_trigger(&["--table", &table, "--notify", listen, "--outbox", &outbox]).await;
+    exec(db, &sql).await;
+    outbox
+}
+
+/// Insert outbox rows `{"n": from..=to}` on channel `ob`.
+pub async fn insert_rows(db: &sqlx::PgPool, outbox: &str, from: i64, to: i64) {
+    exec(
+        db,
+        &format!(
+            "INSERT INTO {outbox} (channel, event, data) \
+             SELECT 'ob', 'row', jsonb_build_object('n', n) FROM generate_series({from}, {to}) n"
+        ),
+    )
+    .await;
+}

@@ -1,0 +1,193 @@
+//! One instance at a time runs a consumer (the `[[notify]]` listener and outbox readers):
+//! a lease in Redis (`SET NX PX`, renewed by its holder).
+//!
+//! The holder stops consuming when it has not renewed within the lease time minus a
+//! margin, by its own clock, so it has stopped before any other instance can take the
+//! lease over: two consumers never run at once even when the holder loses Redis but not
+//! Postgres. A holder that shuts down releases the lease at once; one that dies is replaced
+//! within [`LEASE_TTL`] plus a renew period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Cluster, failure};
+
+/// How long a lease lasts without renewal: the takeover time after a holder dies.
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// The holder stops this long before its lease could expire (clock drift, a slow renew).
+const MARGIN: Duration = Duration::from_secs(1);
+
+/// Renew (or try to acquire) this often.
+const PERIOD: Duration = Duration::from_millis(1500);
+
+/// Extend the lease if this node holds it. KEYS: lease. ARGV: node id, ttl (ms).
+static RENEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+",
+    )
+});
+
+/// Release the lease if this node holds it. KEYS: lease. ARGV: node id.
+static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+impl Cluster {
+    /// Run what `start` starts only while this instance holds lease `name`, until
+    /// `shutdown`. A standby is ready (component `readiness` cleared): it has nothing
+    /// to consume.
+    pub async fn leased<F>(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        name: &str,
+        readiness: &'static str,
+        start: F,
+    ) where
+        F: Fn() -> Vec<JoinHandle<()>> + Send,
+    {
+        let key = format!("{}lease:{name}", self.config.prefix);
+        let ttl_ms = LEASE_TTL.as_millis() as u64;
+        let mut conn: Option<MultiplexedConnection> = None;
+        loop {
+            self.readiness.set(readiness, None);
+            // Standby: try to take the lease every period.
+            let mut deadline = loop {
+                let sent = Instant::now();
+                match self.acquire(&mut conn, &key, ttl_ms).await {
+                    Ok(true) => break sent + LEASE_TTL - MARGIN,
+                    Ok(false) => {}
+                    Err(e) => {
+                        conn = None;
+                        tracing::debug!(cause = %e, lease = name, "cannot reach Redis for the lease");
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(PERIOD) => {}
+                }
+            };
+            tracing::info!(lease = name, node_id = %self.config.node_id, "holding the lease: consuming");
+            // Not ready until the consumer says it is connected.
+            self.readiness.set(
+                readiness,
+                Some("starting: holding the lease, not connected yet".into()),
+            );
+            self.lock().leases.insert(name.to_string());
+            let tasks = start();
+            let why = loop {
+                let next = (Instant::now() + PERIOD).min(deadline);
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        // The consumers stop on the same signal; release once they have.
+                        for task in tasks {
+                            let _ = task.await;
+                        }
+                        if let Some(c) = conn.as_mut() {
+                            let mut release = RELEASE.key(&key);
+                            release.arg(&self.config.node_id);
+                            let released = release.invoke_async::<i64>(c);
+                            let _ = tokio::time::timeout(self.config.timeout, released).await;
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+                if Instant::now() >= deadline {
+                    break "not renewed in time";
+                }
+                let sent = Instant::now();
+                match self.renew(&mut conn, &key, ttl_ms).await {
+                    Ok(true) => deadline = sent + LEASE_TTL - MARGIN,
+                    Ok(false) => break "taken over by another instance",
+                    Err(e) => {
+                        conn = None;
+                        tracing::warn!(cause = %e, lease = name, "cannot renew the lease");
+                    }
+                }
+            };
+            tracing::warn!(
+                lease = name,
+                cause = why,
+                "lost the lease: stopping the consumers"
+            );
+            for task in &tasks {
+                task.abort();
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+    }
+
+    async fn connection<'a>(
+        &self,
+        conn: &'a mut Option<MultiplexedConnection>,
+    ) -> Result<&'a mut MultiplexedConnection, String> {
+        if conn.is_none() {
+            let t = self.config.timeout;
+            let client =
+                redis::Client::open(self.config.redis.as_str()).map_err(|e| failure("URL", e))?;
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(t))
+                .set_response_timeout(Some(t.min(PERIOD)));
+            let c = client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+                .map_err(|e| failure("connect", e))?;
+            *conn = Some(c);
+        }
+        conn.as_mut().ok_or_else(|| "no connection".to_string())
+    }
+
+    async fn acquire(
+        &self,
+        conn: &mut Option<MultiplexedConnection>,
+        key: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, String> {
+        let c = self.connection(conn).await?;
+        let answer: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(&self.config.node_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(c)
+            .await
+            .map_err(|e| failure("SET NX", e))?;
+        Ok(answer.is_some())
+    }
+
+    async fn renew(
+        &self,
+        conn: &mut Option<MultiplexedConnection>,
+        key: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, String> {
+        let c = self.connection(conn).await?;
+        let renewed: i64 = RENEW
+            .key(key)
+            .arg(&self.config.node_id)
+            .arg(ttl_ms)
+            .invoke_async(c)
+            .await
+            .map_err(|e| failure("renew", e))?;
+        Ok(renewed == 1)
+    }
+}

@@ -1,0 +1,412 @@
+//! `[cluster]`: several real unpoll instances in front of real upstreams, sharing the real
+//! Redis of this machine (or a private one the test kills).
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{PrivateRedis, redis_url, unique_prefix};
+use common::sse::{SseClient, publish};
+use common::{Unpoll, Upstream, client, eventually, get_text};
+use serde_json::json;
+
+const TOKEN: &str = "t0ken";
+const T: Duration = Duration::from_secs(10);
+
+fn config(redis: &str, prefix: &str, node: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+token = "{TOKEN}"
+
+[cluster]
+redis = "{redis}"
+prefix = "{prefix}"
+node_id = "{node}"
+reconnect_min = "50ms"
+reconnect_max = "300ms"
+
+[[stream]]
+path = "/events/{{chan}}"
+channels = ["{{path.chan}}"]
+auth = "none"
+
+[[cache]]
+path = "/messages"
+ttl = "60s"
+vary = []
+tags = ["messages"]
+
+[[tap]]
+path = "/send"
+channel = "chat"
+purge = ["messages"]
+"#
+    )
+}
+
+/// Start `n` instances of one cluster and wait until each has joined it.
+async fn cluster(upstream: &Upstream, redis: &str, prefix: &str, n: usize) -> Vec<Unpoll> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let node = Unpoll::start(&upstream.url(), &config(redis, prefix, &format!("n{i}"))).await;
+        nodes.push(node);
+    }
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    nodes
+}
+
+async fn wait_ready(node: &Unpoll) {
+    eventually(T, "the instance joins the cluster", || async {
+        node.app.readiness.is_ready()
+    })
+    .await;
+}
+
+async fn publish_on(node: &Unpoll, channel: &str, data: serde_json::Value) -> String {
+    let answer = publish(
+        &client(),
+        &node.admin_url("/publish"),
+        TOKEN,
+        json!({ "channel": channel, "event": "e", "data": data }),
+    )
+    .await;
+    answer["id"].as_str().expect("an id").to_string()
+}
+
+#[tokio::test]
+async fn an_event_published_on_one_instance_reaches_all_with_one_id() {
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("fanout");
+    let nodes = cluster(&upstream, &redis_url(), &prefix, 3).await;
+    let http = client();
+    let mut subs = Vec::new();
+    for node in &nodes {
+        subs.push(SseClient::open(&http, &node.url("/events/room"), None).await);
+    }
+    let id = publish_on(&nodes[0], "room", json!({"n": 1})).await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let e = sub.next(T).await;
+        assert_eq!(
+            (e.id.as_str(), e.data.as_str()),
+            (id.as_str(), r#"{"n":1}"#),
+            "node {i}"
+        );
+    }
+    // And the other way round, from the last instance, with a name that needs the same
+    // cleaning as on a lone instance.
+    let answer = publish(
+        &client(),
+        &nodes[2].admin_url("/publish"),
+        TOKEN,
+        json!({ "channel": "room", "event": "two\nlines", "data": "x\ny" }),
+    )
+    .await;
+    for sub in &mut subs {
+        let e = sub.next(T).await;
+        assert_eq!(e.id, answer["id"].as_str().unwrap());
+        assert_eq!(
+            (e.event.as_str(), e.data.as_str()),
+            ("two lines", "\"x\\ny\"")
+        );
+    }
+    // /stats names the node.
+    let stats = nodes[1].stats().await;
+    assert_eq!(stats["cluster"]["node_id"], "n1");
+    assert_eq!(stats["cluster"]["connected"], true);
+}
+
+#[tokio::test]
+async fn a_client_moving_to_another_instance_continues_exactly() {
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("move");
+    let nodes = cluster(&upstream, &redis_url(), &prefix, 3).await;
+    let http = client();
+    let mut on_a = SseClient::open(&http, &nodes[0].url("/events/doc"), None).await;
+    let first = publish_on(&nodes[1], "doc", json!(1)).await;
+    assert_eq!(on_a.next(T).await.id, first);
+    drop(on_a);
+    // Published while the client is away, from two instances and interleaved with
+    // another channel's events.
+    let mut missed = Vec::new();
+    for i in 2..=6 {
+        let from = &nodes[i % 2];
+        missed.push(publish_on(from, "doc", json!(i)).await);
+        publish_on(from, "other", json!(i)).await;
+    }
+    // C never had a subscriber of "doc": it reads the channel's history from Redis.
+    let mut on_c = SseClient::open(&http, &nodes[2].url("/events/doc"), Some(&first)).await;
+    for (i, id) in missed.iter().enumerate() {
+        let e = on_c.next(T).await;
+        assert_eq!(e.event, "e", "no reset: {e:?}");
+        assert_eq!((&e.id, e.data.as_str()), (id, (i + 2).to_string().as_str()));
+    }
+    let live = publish_on(&nodes[0], "doc", json!(7)).await;
+    assert_eq!(on_c.next(T).await.id, live, "then live, without a gap");
+
+    // A resume from before what Redis holds is a reset, not a silent gap: an id of another
+    // epoch (another cluster, or Redis lost its data) resets.
+    let mut stale =
+        SseClient::open(&http, &nodes[2].url("/events/doc"), Some("000000000001-1")).await;
+    assert_eq!(stale.next(T).await.event, "reset");
+}
+
+#[tokio::test]
+async fn a_tap_on_one_instance_purges_the_cache_of_another() {
+    let upstream = Upstream::builder()
+        .route("/messages", "[]")
+        .route("/send", "ok")
+        .run()
+        .await;
+    let prefix = unique_prefix("purge");
+    let nodes = cluster(&upstream, &redis_url(), &prefix, 2).await;
+    let http = client();
+    get_text(&nodes[0].url("/messages")).await;
+    get_text(&nodes[0].url("/messages")).await;
+    assert_eq!(upstream.hits("/messages"), 1, "the second read is cached");
+    let resp = http.post(nodes[1].url("/send")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    eventually(T, "A's entry purged by B's tap", || async {
+        get_text(&nodes[0].url("/messages")).await;
+        upstream.hits("/messages") == 2
+    })
+    .await;
+    get_text(&nodes[0].url("/messages")).await;
+    assert_eq!(
+        upstream.hits("/messages"),
+        2,
+        "cached again after the refetch"
+    );
+}
+
+#[tokio::test]
+async fn losing_redis_resets_subscribers_and_local_events_still_flow() {
+    let mut redis = PrivateRedis::start().await;
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("restart");
+    let nodes = cluster(&upstream, &redis.url(), &prefix, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let http = client();
+    let mut sub = SseClient::open(&http, &a.url("/events/x"), None).await;
+    let before = publish_on(b, "x", json!("before")).await;
+    assert_eq!(sub.next(T).await.id, before);
+
+    redis.kill().await;
+    let e = sub.next(T).await;
+    assert_eq!(e.event, "reset", "continuity lost: {e:?}");
+    eventually(T, "readyz says why", || async {
+        let resp = http.get(a.admin_url("/readyz")).send().await.unwrap();
+        resp.status() == 503 && resp.text().await.unwrap().contains("cluster: ")
+    })
+    .await;
+    // Published on A while Redis is down: A's own subscribers still get it.
+    let local = publish_on(a, "x", json!("local")).await;
+    let e = sub.next(T).await;
+    assert_eq!(
+        (e.id.as_str(), e.data.as_str()),
+        (local.as_str(), r#""local""#)
+    );
+
+    redis.restart().await;
+    wait_ready(a).await;
+    wait_ready(b).await;
+    let e = sub.next(T).await;
+    assert_eq!(
+        e.event, "reset",
+        "rejoining: what others published meanwhile was missed"
+    );
+    let after = publish_on(b, "x", json!("after")).await;
+    let e = sub.next(T).await;
+    assert_eq!(
+        (e.id.as_str(), e.data.as_str()),
+        (after.as_str(), r#""after""#)
+    );
+}
+
+/// Measurement, not a check (`cargo test --release --test cluster -- --ignored --nocapture`):
+/// one instance follows 10,000 channels (SUBSCRIBE + history read each), then publishes
+/// events through Redis; prints the time per follow and per publish and Redis's CPU per
+/// script call (INFO commandstats). Numbers are recorded in BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_following_10000_channels() {
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("measure");
+    let nodes = cluster(&upstream, &redis_url(), &prefix, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let ca = a.app.cluster.clone().expect("cluster");
+    let cb = b.app.cluster.clone().expect("cluster");
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let channels: Vec<String> = (0..10_000).map(|i| format!("c{i}")).collect();
+    let started = std::time::Instant::now();
+    let mut holds = Vec::new();
+    for ch in &channels {
+        holds.push(ca.follow(std::slice::from_ref(ch), None).await);
+    }
+    let follow = started.elapsed();
+    let mut subs = Vec::new();
+    for ch in channels.iter().step_by(100) {
+        subs.push(
+            a.app
+                .handles
+                .hub
+                .subscribe(std::slice::from_ref(ch), None, None)
+                .unwrap(),
+        );
+    }
+    let n = 2_000u64;
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let ch = &channels[(i as usize * 37) % channels.len()];
+        cb.publish(ch, None, &unpoll::hub::EventData::Text(i.to_string()))
+            .await;
+    }
+    let publish = started.elapsed();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    println!(
+        "follow: {:?} per channel ({follow:?} for 10,000); publish (sequential, B): {:?} per event",
+        follow / 10_000,
+        publish / n as u32
+    );
+    for line in stats.lines().filter(|l| {
+        [
+            "evalsha",
+            "eval:",
+            "subscribe",
+            "publish",
+            "xadd",
+            "xrevrange",
+            "incr",
+        ]
+        .iter()
+        .any(|c| l.contains(&format!("cmdstat_{c}")))
+    }) {
+        println!("{line}");
+    }
+    println!("a stats: {}", a.stats().await["cluster"]);
+    drop(holds);
+}
+
+/// `[[notify]]` in outbox mode on two instances: one consumes at a time; when it stops,
+/// the other takes over; every row is published exactly once.
+#[tokio::test]
+async fn one_instance_consumes_the_outbox_and_another_takes_over() {
+    use common::pg::{RecordingSink, database_url, insert_rows, make_outbox, pool, unique};
+    let db = pool().await;
+    let listen = unique("cl_wake");
+    let outbox = make_outbox(&db, &listen).await;
+    let prefix = unique_prefix("lease");
+    let extra = |node: &str| {
+        format!(
+            "{}[postgres]\nurl = \"{}\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n\
+             outbox_poll = \"200ms\"\n\n[[notify]]\nlisten = \"{listen}\"\noutbox = \"{outbox}\"\n",
+            config(&redis_url(), &prefix, node),
+            database_url(),
+        )
+    };
+    let upstream = Upstream::builder().run().await;
+    let sinks = [
+        std::sync::Arc::new(RecordingSink::default()),
+        std::sync::Arc::new(RecordingSink::default()),
+    ];
+    let a = Unpoll::start_with_sink(&upstream.url(), &extra("a"), sinks[0].clone()).await;
+    let b = Unpoll::start_with_sink(&upstream.url(), &extra("b"), sinks[1].clone()).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let ns = |sink: &RecordingSink| -> Vec<i64> {
+        sink.events()
+            .iter()
+            .map(|(_, _, d)| d["n"].as_i64().expect("n"))
+            .collect()
+    };
+    let total = || ns(&sinks[0]).len() + ns(&sinks[1]).len();
+    insert_rows(&db, &outbox, 1, 10).await;
+    eventually(Duration::from_secs(20), "10 rows published", || async {
+        total() >= 10
+    })
+    .await;
+    let holder = if ns(&sinks[0]).is_empty() { 1 } else { 0 };
+    assert!(ns(&sinks[1 - holder]).is_empty(), "one consumer at a time");
+    let (stopped, other) = if holder == 0 { (a, b) } else { (b, a) };
+    stopped.stop().await;
+    insert_rows(&db, &outbox, 11, 20).await;
+    eventually(
+        Duration::from_secs(20),
+        "the other instance takes over",
+        || async { total() >= 20 },
+    )
+    .await;
+    let mut all = ns(&sinks[holder]);
+    all.extend(ns(&sinks[1 - holder]));
+    assert_eq!(all, (1..=20).collect::<Vec<_>>(), "each row once, in order");
+    assert_eq!(ns(&sinks[1 - holder]), (11..=20).collect::<Vec<_>>());
+    drop(other);
+}
+
+/// `[mqtt]` on two instances: only the lease holder is connected, so a message becomes one
+/// event, not one per instance.
+#[tokio::test]
+async fn an_mqtt_message_is_published_once_by_the_cluster() {
+    use common::mqtt::{Publisher, broker_url};
+    use common::pg::unique;
+    let prefix = unique_prefix("mqtt");
+    let topic = unique("cl");
+    let client_id = unique("unpoll-cl");
+    let extra = |node: &str| {
+        format!(
+            "{}[mqtt]\nurl = \"{}\"\nclient_id = \"{client_id}\"\nreconnect_min = \"20ms\"\n\
+             reconnect_max = \"200ms\"\n\n[[topic]]\ntopic = \"{topic}/{{id}}\"\n\
+             channel = \"dev:{{topic.id}}\"\n",
+            config(&redis_url(), &prefix, node),
+            broker_url(),
+        )
+    };
+    let upstream = Upstream::builder().run().await;
+    let a = Unpoll::start(&upstream.url(), &extra("a")).await;
+    let b = Unpoll::start(&upstream.url(), &extra("b")).await;
+    let holds_lease = |node: &Unpoll| {
+        let app = node.app.clone();
+        async move {
+            let stats = app.cluster.as_ref().unwrap().stats();
+            stats["leases"].as_array().is_some_and(|l| !l.is_empty())
+        }
+    };
+    eventually(
+        T,
+        "one instance holds the lease and both are ready",
+        || async {
+            (holds_lease(&a).await || holds_lease(&b).await)
+                && a.app.readiness.is_ready()
+                && b.app.readiness.is_ready()
+        },
+    )
+    .await;
+    assert!(
+        !(holds_lease(&a).await && holds_lease(&b).await),
+        "one holder"
+    );
+    let http = client();
+    let mut sub = SseClient::open(&http, &a.url("/events/dev:1"), None).await;
+    let mut publisher = Publisher::shared().await;
+    publisher.publish(&format!("{topic}/1"), r#"{"n":1}"#).await;
+    publisher.publish(&format!("{topic}/1"), r#"{"n":2}"#).await;
+    assert_eq!(sub.next(T).await.data, r#"{"n":1}"#);
+    assert_eq!(sub.next(T).await.data, r#"{"n":2}"#, "not twice");
+    drop(b);
+}
