@@ -288,10 +288,18 @@ mod tests {
     #[test]
     fn only_html_gets_of_a_snapshot_with_inject_rules_and_no_encoded_page() {
         let metrics = WatchMetrics::default();
-        let (_, _, with) = crate::handles::testing::instance(
+        // Built here rather than with `handles::testing`: `handles` imports `watch`.
+        let snapshot = |rules: &str| {
+            let mut registry = prometheus_client::registry::Registry::default();
+            let metrics = crate::metrics::ProxyMetrics::register(&mut registry);
+            let auth = crate::auth::AuthMetrics::register(&mut registry);
+            let config = crate::config::parse_rules(rules).expect("valid rules");
+            std::sync::Arc::new(crate::snapshot::Snapshot::build(config, &metrics, &auth))
+        };
+        let with = snapshot(
             "[[watch]]\npath = \"/a\"\ninject = true\n[[watch]]\npath = \"/b&c\"\ninject = true",
         );
-        let (_, _, without) = crate::handles::testing::instance("[[watch]]\npath = \"/a\"");
+        let without = snapshot("[[watch]]\npath = \"/a\"");
         assert_eq!(
             script_tag(&with).unwrap(),
             "<script src=\"/_unpoll/client.js\" data-unpoll-watch=\"/a /b&amp;c\"></script>"
