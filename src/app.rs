@@ -98,7 +98,7 @@ impl App {
         let cluster = config
             .cluster
             .clone()
-            .map(|c| Cluster::new(c, hub.clone(), cache.clone(), readiness.clone()));
+            .map(|c| Cluster::new(c, hub.clone(), local.clone(), readiness.clone()));
         // In a cluster every publisher delivers through it; alone, to the hub and cache.
         let sink: Arc<dyn Sink> = match &cluster {
             Some(cluster) => Arc::new(ClusterSink::new(cluster.clone(), local)),

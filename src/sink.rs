@@ -62,6 +62,7 @@ pub trait Sink: Send + Sync + 'static {
 /// The sink of a running instance: its hub, its cache and its watchers. Every purge (taps,
 /// `POST /purge`, `/publish` "purge", `[[notify]]` purges, a source's gap) comes through
 /// here, so a watched key is refetched whenever its cache entry is purged.
+#[derive(Clone)]
 pub struct HubSink {
     hub: Hub,
     cache: Arc<Cache>,

@@ -38,6 +38,13 @@ ttl = "60s"
 vary = []
 tags = ["messages"]
 
+[[watch]]
+path = "/inbox"
+interval = "1h"
+min_interval = "10ms"
+vary = []
+tags = ["messages"]
+
 [[tap]]
 path = "/send"
 channel = "chat"
@@ -152,6 +159,33 @@ async fn a_client_moving_to_another_instance_continues_exactly() {
     let mut stale =
         SseClient::open(&http, &nodes[2].url("/events/doc"), Some("000000000001-1")).await;
     assert_eq!(stale.next(T).await.event, "reset");
+}
+
+/// A purge relayed from another instance reaches this one's watchers too, not only its
+/// cache: the watcher of A refetches on B's tap (counted at the app; the interval is 1h).
+#[tokio::test]
+async fn a_tap_on_one_instance_refetches_the_watchers_of_another() {
+    let upstream = Upstream::builder()
+        .route("/inbox", "{}")
+        .route("/send", "ok")
+        .run()
+        .await;
+    let prefix = unique_prefix("watch");
+    let nodes = cluster(&upstream, &redis_url(), &prefix, 2).await;
+    let mut tab = common::sse::SseClient::send(
+        client()
+            .get(nodes[0].url("/inbox"))
+            .header("accept", "text/event-stream"),
+    )
+    .await;
+    tab.next(T).await;
+    assert_eq!(upstream.hits("/inbox"), 1);
+    let resp = client().post(nodes[1].url("/send")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    eventually(T, "A's watcher refetched on B's tap", || async {
+        upstream.hits("/inbox") == 2
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -53,8 +53,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::readiness::Readiness;
-use crate::cache::Cache;
 use crate::hub::{Backfill, Boot, EventData, EventId, Hub, glob};
+use crate::sink::{HubSink, Sink};
 use crate::sources::backoff::Backoff;
 pub use config::ClusterConfig;
 pub use lease::LEASE_TTL;
@@ -70,8 +70,9 @@ const LOST_MARKS: usize = 64;
 pub struct Cluster {
     config: ClusterConfig,
     hub: Hub,
-    /// Purged when another instance purges, and wholly after time away from Redis.
-    cache: Arc<Cache>,
+    /// This instance's cache and watchers, purged (and the watchers concerned refetched)
+    /// when another instance purges, and wholly after time away from Redis.
+    local: HubSink,
     /// Where this membership reports itself not ready (component [`READINESS`]), and the
     /// leased consumers theirs.
     readiness: Arc<Readiness>,
@@ -219,7 +220,7 @@ impl Cluster {
     pub fn new(
         config: ClusterConfig,
         hub: Hub,
-        cache: Arc<Cache>,
+        local: HubSink,
         readiness: Arc<Readiness>,
     ) -> Arc<Cluster> {
         let (jobs, rx) = mpsc::channel(config.queue);
@@ -229,7 +230,7 @@ impl Cluster {
             keys: Keys::new(&config),
             history_count: hub.config().history_max_events.max(1),
             hub,
-            cache,
+            local,
             readiness,
             shared: Mutex::new(Shared {
                 down: Some(down),
@@ -615,7 +616,7 @@ impl Cluster {
         );
         if connected_before {
             // Purges of other instances were missed while away.
-            self.cache.purge_glob("*");
+            self.local.purge_glob("*");
         }
         loop {
             tokio::select! {
@@ -809,9 +810,9 @@ impl Cluster {
             }
             if kind == PurgeKind::Tags.as_str() {
                 let tags: Vec<String> = serde_json::from_str(value).unwrap_or_default();
-                self.cache.purge(&tags);
+                self.local.purge(&tags);
             } else if kind == PurgeKind::Glob.as_str() {
-                self.cache.purge_glob(value);
+                self.local.purge_glob(value);
             }
         }
         Ok(())
