@@ -40,12 +40,12 @@ pub struct App {
     pub handles: Handles,
     /// Metrics of the Postgres source (registered even when unused, so dashboards see
     /// zeros rather than gaps).
-    pub postgres: PostgresMetrics,
+    pub(crate) postgres: PostgresMetrics,
     /// Metrics of the MQTT source (registered even when unused).
-    pub mqtt: MqttMetrics,
+    pub(crate) mqtt: MqttMetrics,
     /// The `[[topic]]` rules, for the MQTT source: [`App::reload`] sends new ones, the
     /// source subscribes and unsubscribes the difference.
-    pub topic_rules: tokio::sync::watch::Sender<Arc<[TopicRule]>>,
+    pub(crate) topic_rules: tokio::sync::watch::Sender<Arc<[TopicRule]>>,
     /// Metrics of subscribe auth and limits.
     pub auth_metrics: AuthMetrics,
     /// Membership of a cluster of instances sharing Redis (`[cluster]`), if configured.
@@ -54,9 +54,9 @@ pub struct App {
     /// Not-ready components; `/readyz` is 200 only when there is none.
     pub readiness: Arc<Readiness>,
     /// Process start, for `/stats`.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// The dashboard's recent samples and its open streams (bounded).
-    pub live: Arc<Live>,
+    pub(crate) live: Arc<Live>,
 }
 
 impl App {
@@ -142,7 +142,7 @@ impl App {
     }
 
     /// Start every configured source, delivering to `sink`; each stops at shutdown.
-    pub fn start_sources(&self, sink: Arc<dyn Sink>) -> Vec<JoinHandle<()>> {
+    pub(crate) fn start_sources(&self, sink: Arc<dyn Sink>) -> Vec<JoinHandle<()>> {
         let snapshot = self.snapshot();
         let config = &snapshot.config;
         let handles = SourceHandles {
@@ -212,7 +212,7 @@ impl App {
     }
 
     /// What the admin endpoints and the dashboard read (shared parts, cloned).
-    pub fn admin(&self) -> AdminHandles {
+    pub(crate) fn admin(&self) -> AdminHandles {
         AdminHandles {
             handles: self.handles.clone(),
             snapshots: self.snapshot.clone(),
@@ -255,7 +255,7 @@ impl App {
     }
 
     /// Record a reload attempt that failed validation (the old config stays).
-    pub fn reload_failed(&self, errors: &ConfigErrors) {
+    pub(crate) fn reload_failed(&self, errors: &ConfigErrors) {
         self.count_reload(false);
         tracing::error!(errors = %errors, "config reload failed; keeping the running config");
     }

@@ -23,7 +23,7 @@ pub struct Handles {
     /// (its `cache_size` applies at start only).
     pub cache: Arc<Cache>,
     /// Where taps and the publish API deliver: the hub and the cache above.
-    pub sink: Arc<dyn Sink>,
+    pub(crate) sink: Arc<dyn Sink>,
     /// Metrics of the proxy core.
     pub metrics: ProxyMetrics,
     /// Cancelled once on SIGTERM/SIGINT (or by a test): every stream and upgraded

@@ -57,33 +57,44 @@
 //!   [`body`], [`metrics`], [`logging`]: response bodies and observability.
 //!
 //! Tests start the real server with [`run`] on port-0 listeners.
+//!
+//! # Visibility
+//!
+//! The library's public face is what `main.rs`, the integration tests in `tests/` and the
+//! benchmark tools name: [`run`], [`Listeners`], [`App`], [`Config`], and the modules
+//! `admin`, `auth`, `config`, `demo`, `hub`, `logging`, `proxy`, `route`, `server`,
+//! `sources`, `sse` and `stream`, each exporting only the parts those name. Everything else
+//! is `pub(crate)`, so the compiler reports code nothing uses. This map links to private
+//! modules: read it with `cargo doc --document-private-items`.
 #![forbid(unsafe_code)]
+// The map above and the module docs are for contributors and link to crate-private items.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
-pub mod app;
+pub(crate) mod app;
 pub mod auth;
-pub mod body;
-pub mod cache;
-pub mod client;
-pub mod cluster;
+pub(crate) mod body;
+pub(crate) mod cache;
+pub(crate) mod client;
+pub(crate) mod cluster;
 pub mod config;
 pub mod demo;
-pub mod handles;
+pub(crate) mod handles;
 pub mod hub;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod proxy;
 pub mod route;
-pub mod routing;
+pub(crate) mod routing;
 pub mod server;
-pub mod sink;
-pub mod snapshot;
+pub(crate) mod sink;
+pub(crate) mod snapshot;
 pub mod sources;
 pub mod sse;
 pub mod stream;
-pub mod tap;
-pub mod template;
-pub mod watch;
+pub(crate) mod tap;
+pub(crate) mod template;
+pub(crate) mod watch;
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,13 +1,13 @@
 //! The admin listener (loopback by default): health, readiness, metrics, stats, the live
 //! dashboard, and the token-protected POST endpoints of later subsystems (publish, purge).
 
-pub mod auth;
-pub mod config;
-pub mod dashboard;
+pub(crate) mod auth;
+pub(crate) mod config;
+pub(crate) mod dashboard;
 pub mod live;
-pub mod publish;
-pub mod purge;
-pub mod readiness;
+pub(crate) mod publish;
+pub(crate) mod purge;
+pub(crate) mod readiness;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,7 +51,7 @@ impl AdminHandles {
 }
 
 /// Handle one request on the admin listener.
-pub async fn handle(parts: &AdminHandles, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(parts: &AdminHandles, req: Request<Incoming>) -> Response<Body> {
     let snapshot = parts.snapshot();
     let admin = &snapshot.config.admin;
     // Off loopback, everything but liveness/readiness needs the token (config validation
@@ -122,7 +122,7 @@ fn metrics(registry: &Registry) -> Response<Body> {
 const STATS_TOP_CHANNELS: usize = 20;
 
 /// The `/stats` document (also in every frame of the dashboard's stream).
-pub fn stats_value(parts: &AdminHandles) -> serde_json::Value {
+pub(crate) fn stats_value(parts: &AdminHandles) -> serde_json::Value {
     let (snapshot, handles) = (parts.snapshot(), &parts.handles);
     let metrics = &handles.metrics;
     serde_json::json!({
@@ -145,7 +145,10 @@ pub fn stats_value(parts: &AdminHandles) -> serde_json::Value {
 
 /// Read a request body of at most `max` bytes: 413 past it (by Content-Length or as it
 /// streams), 400 when it cannot be read.
-pub async fn read_body<B>(req: Request<B>, max: usize) -> Result<bytes::Bytes, Response<Body>>
+pub(crate) async fn read_body<B>(
+    req: Request<B>,
+    max: usize,
+) -> Result<bytes::Bytes, Response<Body>>
 where
     B: http_body::Body<Data = bytes::Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -177,7 +180,7 @@ where
 }
 
 /// A `text/plain` response.
-pub fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -188,7 +191,7 @@ pub fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body>
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

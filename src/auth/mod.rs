@@ -31,20 +31,19 @@ mod upstream;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use body::{ACCESS_ENDED_EVENT, GrantedBody, access_ended_data, access_ended_frame};
-pub use config::{
-    DEFAULT_AUTH_CACHE, DEFAULT_MAX_AUTH_PATHS, DEFAULT_REAUTH, GenericStreamConfig, JwtConfig,
-    RawGenericStream, RawJwtConfig, RawRuleAuth, RawStreamLimits, RuleAuthConfig, StreamLimits,
-    UpstreamAuthConfig, token_query_name_ok,
+pub(crate) use body::{ACCESS_ENDED_EVENT, GrantedBody, access_ended_data, access_ended_frame};
+pub(crate) use config::{
+    GenericStreamConfig, JwtConfig, RawGenericStream, RawJwtConfig, token_query_name_ok,
 };
-pub use error::{AuthError, Limit, UpstreamFailure};
-pub use generic::{GENERIC_STREAM_PATH, MAX_CHANNEL_NAME, requested_channels};
-pub use grant::{AccessEnded, EndedFuture, Grant};
-pub use jwt::JwtAuth;
-pub use limits::{Admission, Limiter};
-pub use metrics::AuthMetrics;
-pub use rate::{MAX_TRACKED_ADDRESSES, Rate};
-pub use upstream::{DECISION_CACHE_BYTES, UpstreamAuth, query_bearer, strip_query_param};
+pub use config::{RawRuleAuth, RawStreamLimits, RuleAuthConfig, StreamLimits};
+pub use error::{AuthError, Limit};
+pub(crate) use generic::{GENERIC_STREAM_PATH, requested_channels};
+pub(crate) use grant::EndedFuture;
+pub use grant::{AccessEnded, Grant};
+pub(crate) use jwt::JwtAuth;
+pub(crate) use limits::Limiter;
+pub(crate) use metrics::AuthMetrics;
+pub(crate) use upstream::{UpstreamAuth, query_bearer, strip_query_param};
 
 use crate::proxy::config::ProxyConfig;
 use crate::proxy::upstream::UpstreamClient;

@@ -1,7 +1,7 @@
 //! `auth = "upstream"`: ask the app, with the client's Cookie and Authorization, whether it
 //! may see `auth_path`. With `token_query`, a token in the query (an EventSource cannot send
-//! headers) is the Authorization, `Bearer <token>`; [`strip_token`] keeps it from the app
-//! everywhere else. Decisions are cached per (credentials, resolved path) and concurrent
+//! headers) is the Authorization, `Bearer <token>`; [`UpstreamAuth::strip_token`] keeps it
+//! from the app everywhere else. Decisions are cached per (credentials, resolved path) and concurrent
 //! checks of one key share one upstream request, so a reconnect storm of one user's tabs
 //! costs one call.
 //!

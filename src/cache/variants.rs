@@ -91,11 +91,6 @@ impl Variants {
         self.entries.len()
     }
 
-    /// True when nothing is stored (never kept in the store).
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Bytes counted against the budget (key excluded).
     pub fn weight(&self) -> usize {
         self.names.len() + self.entries.iter().map(|e| e.weight()).sum::<usize>()

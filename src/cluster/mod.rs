@@ -57,7 +57,6 @@ use crate::hub::{Backfill, Boot, EventData, EventId, Hub, glob};
 use crate::sink::{HubSink, Sink};
 use crate::sources::backoff::Backoff;
 pub use config::ClusterConfig;
-pub use lease::LEASE_TTL;
 pub use sink::ClusterSink;
 
 /// The readiness component name: `/readyz` says `cluster: <reason>`.

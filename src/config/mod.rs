@@ -6,7 +6,7 @@
 //! `admin::config`, ...); this module only assembles them.
 
 mod errors;
-pub mod reload;
+pub(crate) mod reload;
 mod sections;
 mod units;
 
@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use http::Uri;
 use http::uri::{Authority, Scheme};
 
-pub use errors::{ConfigError, ConfigErrors, join};
-pub use sections::{Sections, deserialize};
-pub use units::{parse_duration, parse_size};
+pub use errors::ConfigErrors;
+pub(crate) use errors::join;
+pub(crate) use sections::{Sections, deserialize};
+pub(crate) use units::{parse_duration, parse_size};
 
 use crate::admin::config::{AdminConfig, RawAdminConfig};
 use crate::auth::{GenericStreamConfig, JwtConfig, RawGenericStream, RawJwtConfig};
@@ -269,7 +270,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
 
 /// Parse `rules` after a minimal `listen`/`upstream` header, for the rule modules' tests.
 #[cfg(test)]
-pub fn parse_rules(rules: &str) -> Result<Config, String> {
+pub(crate) fn parse_rules(rules: &str) -> Result<Config, String> {
     let text = format!("listen = \"127.0.0.1:1\"\nupstream = \"http://a\"\n{rules}");
     parse(&text, &|_| None).map_err(|e| e.to_string())
 }

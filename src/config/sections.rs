@@ -19,11 +19,6 @@ impl<'e> Sections<'e> {
         Sections { table, errors }
     }
 
-    /// The error collector, for validation that follows deserialization.
-    pub fn errors(&mut self) -> &mut ConfigErrors {
-        self.errors
-    }
-
     /// Take the top-level key `key` and deserialize it as `T`; `None` when absent or invalid
     /// (the error is recorded).
     pub fn take<T: DeserializeOwned>(&mut self, key: &str) -> Option<T> {

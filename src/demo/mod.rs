@@ -2,7 +2,7 @@
 //! configured from one TOML text ([`CONFIG`], what `unpoll demo --print-config` prints), so
 //! a newcomer sees polling turn into push with no app and no config file of their own.
 
-pub mod legacy;
+pub(crate) mod legacy;
 
 use std::io;
 use std::net::SocketAddr;

@@ -11,10 +11,10 @@
 //! `model_tests.rs` checks the promise (each event once, in order, or one `reset`; never a
 //! silent gap) on random sequences of operations against a model.
 
-pub mod config;
+pub(crate) mod config;
 mod error;
 mod event;
-pub mod glob;
+pub(crate) mod glob;
 mod id;
 mod metrics;
 mod mirror;
@@ -29,15 +29,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{HubConfig, RawHubConfig};
-pub use error::SubscribeError;
-pub use event::{EventData, RESET_EVENT, ResetReason};
-pub use id::{Boot, EventId, ParseIdError};
-pub use metrics::{HubMetrics, ReasonLabels, SkipLabels};
-pub use mirror::Backfill;
-pub use stats::{ChannelStats, HubStats};
-pub use subscriber::CloseReason;
-pub use subscription::Subscription;
+pub use config::HubConfig;
+pub(crate) use error::SubscribeError;
+pub use event::EventData;
+pub(crate) use event::{RESET_EVENT, ResetReason};
+pub(crate) use id::Boot;
+pub use id::EventId;
+#[cfg(test)]
+pub(crate) use metrics::SkipLabels;
+pub(crate) use metrics::{HubMetrics, ReasonLabels};
+pub(crate) use mirror::Backfill;
+pub(crate) use subscriber::CloseReason;
+pub(crate) use subscription::Subscription;
 
 use crate::sse::encode;
 use state::{Entry, State};

@@ -31,8 +31,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-pub use activity::{Activity, RequestGuard};
-pub use send_timeout::SendTimeout;
+pub(crate) use activity::{Activity, RequestGuard};
+pub(crate) use send_timeout::SendTimeout;
 
 use crate::admin;
 use crate::app::App;
@@ -46,7 +46,7 @@ use observe::{AccessLog, TrackedBody};
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
+pub(crate) enum Listener {
     /// App traffic: rules and proxying.
     Main,
     /// Metrics, health, stats, publish, purge.
@@ -65,7 +65,12 @@ impl Listener {
 
 /// Accept connections on `listener` until shutdown, serving each on its own task tracked by
 /// `tasks` (so shutdown can wait for them).
-pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, tasks: TaskTracker) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    kind: Listener,
+    app: Arc<App>,
+    tasks: TaskTracker,
+) {
     // Past the cap we stop calling accept(): new connections wait in the kernel's listen
     // backlog until a slot frees (and are refused by the kernel once the backlog is full),
     // which sheds load without unpoll spending memory on them.

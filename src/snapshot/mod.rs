@@ -24,18 +24,18 @@ pub struct Snapshot {
     /// The validated config.
     pub config: Config,
     /// Compiled rules.
-    pub routes: Routes,
+    pub(crate) routes: Routes,
     /// Pooled client to the upstream.
     pub upstream: UpstreamClient,
     /// The `[jwt]` verifier shared by every `auth = "jwt"` rule, if configured.
     pub jwt: Option<Arc<JwtAuth>>,
     /// The gate of `/_unpoll/sse`, when `[generic_stream] enabled` (always JWT).
-    pub generic_stream: Option<Authorizer>,
+    pub(crate) generic_stream: Option<Authorizer>,
 }
 
 impl Snapshot {
     /// Forward `req` to the upstream unchanged under this snapshot's settings.
-    pub async fn proxy(
+    pub(crate) async fn proxy(
         &self,
         req: Request<Incoming>,
         client_ip: IpAddr,
@@ -54,7 +54,11 @@ impl Snapshot {
     }
 
     /// Compile `config`: its routes, its upstream client and its JWT verifier.
-    pub fn build(config: Config, metrics: &ProxyMetrics, auth_metrics: &AuthMetrics) -> Snapshot {
+    pub(crate) fn build(
+        config: Config,
+        metrics: &ProxyMetrics,
+        auth_metrics: &AuthMetrics,
+    ) -> Snapshot {
         let jwt = config.jwt.as_ref().map(|j| Arc::new(JwtAuth::new(j)));
         let routes = Routes::build(&config, metrics, auth_metrics, jwt.as_ref());
         let upstream = UpstreamClient::new(config.upstream.clone(), &config.proxy, metrics.clone());

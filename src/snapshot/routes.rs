@@ -33,19 +33,6 @@ pub enum Action<'a> {
     Watch(&'a WatchRoute),
 }
 
-impl Action<'_> {
-    /// Label for logs.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Action::Proxy => "proxy",
-            Action::Stream(_) => "stream",
-            Action::Tap(_) => "tap",
-            Action::Cache(_) => "cache",
-            Action::Watch(_) => "watch",
-        }
-    }
-}
-
 /// The outcome of routing one request.
 pub struct Route<'a> {
     /// What to do.

@@ -38,6 +38,7 @@ impl Backoff {
     }
 
     /// Failed attempts since the last [`Backoff::reset`].
+    #[cfg(test)]
     pub fn attempts(&self) -> u32 {
         self.attempt
     }

@@ -9,9 +9,9 @@
 //! that events were lost, purge cache tags. It reports readiness and watches shutdown
 //! through its [`SourceHandles`].
 
-pub mod backoff;
-pub mod mapping;
-pub mod mqtt;
+pub(crate) mod backoff;
+pub(crate) mod mapping;
+pub(crate) mod mqtt;
 pub mod postgres;
 
 use std::sync::Arc;

@@ -4,12 +4,11 @@
 
 mod abort;
 mod body;
-pub mod encode;
+pub(crate) mod encode;
 mod request;
 
-pub use abort::{CloseConnection, ConnectionAbort, UpgradedTask};
+pub(crate) use abort::{CloseConnection, ConnectionAbort, UpgradedTask};
 pub use body::{SseBody, SseOptions};
-pub use request::{
-    EventStream, LAST_EVENT_ID, LAST_EVENT_ID_PARAM, X_ACCEL_BUFFERING, last_event_id, response,
-    set_headers,
+pub(crate) use request::{
+    EventStream, LAST_EVENT_ID, LAST_EVENT_ID_PARAM, last_event_id, response, set_headers,
 };

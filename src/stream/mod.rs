@@ -3,8 +3,8 @@
 //! `Last-Event-ID`), answer with an SSE body that ends when access does, or upgrade to a
 //! WebSocket carrying the same subscription ([`websocket`]).
 
-pub mod config;
-pub mod multi;
+pub(crate) mod config;
+pub(crate) mod multi;
 pub mod websocket;
 
 use std::net::IpAddr;
@@ -15,7 +15,7 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 use prometheus_client::metrics::gauge::Gauge;
 
-pub use config::{RawStreamRule, StreamRule, Transports};
+pub(crate) use config::{RawStreamRule, StreamRule};
 
 use crate::auth::{Authorizer, Grant, GrantedBody, SubscribeRequest, requested_channels};
 use crate::body::{Body, boxed};
@@ -30,7 +30,7 @@ use crate::sse::{SseBody, SseOptions};
 use crate::template::{Missing, RenderEachError, RequestVars, Template, Vars};
 
 /// What the Stream arm decided.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Answer with this (the stream, or 400/401/403/429/502/504).
     Respond(Response<Body>),
     /// A template variable had no value: the rule does not apply and the request is
@@ -50,7 +50,7 @@ const GENERIC_SSE: SseOptions = SseOptions {
 /// Open a stream for the request `parts` under `rule`, whose gate is `authorizer`;
 /// `subscribers` counts the rule's open streams. `peer` is the TCP peer.
 #[allow(clippy::too_many_arguments)]
-pub async fn open(
+pub(crate) async fn open(
     handles: &Handles,
     snapshot: &Snapshot,
     rule: &StreamRule,
@@ -176,7 +176,7 @@ pub(crate) async fn admit(
 /// list-valued variables ([`crate::template::Template::render_each`]), at most `cap` in
 /// all. Upstream auth renders `auth_path` from the same variables the same way, so each
 /// value here is a value the app was asked about.
-pub fn channels(
+pub(crate) fn channels(
     templates: &[Template],
     vars: &dyn Vars,
     cap: usize,
@@ -192,7 +192,7 @@ pub fn channels(
 }
 
 /// `/_unpoll/sse?channel=a&channel=b`: the client names the channels, its JWT limits them.
-pub async fn open_generic(
+pub(crate) async fn open_generic(
     handles: &Handles,
     snapshot: &Snapshot,
     authorizer: &Authorizer,

@@ -18,15 +18,15 @@ pub struct WatchHandles {
     /// The registry of watchers (purges reach it through the sink).
     pub watches: Arc<Watches>,
     /// The cache whose coalescing fill every refetch goes through, and that serves polls.
-    pub cache: Arc<Cache>,
+    pub(crate) cache: Arc<Cache>,
     /// Its cursor goes into `Unpoll-Cursor` of the entries a refetch fills; its
     /// `retry_after` into a 429.
-    pub hub: Hub,
+    pub(crate) hub: Hub,
     /// The current config snapshot: a reload since a watcher started applies to its
     /// fetches.
-    pub snapshots: Arc<ArcSwap<Snapshot>>,
+    pub(crate) snapshots: Arc<ArcSwap<Snapshot>>,
     /// `unpoll_stream_connections`: a watch stream is one.
-    pub stream_connections: Gauge,
+    pub(crate) stream_connections: Gauge,
     /// Ends every watcher and watch stream.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }

@@ -9,11 +9,11 @@
 //! - [`trigger`]: the SQL `unpoll sql-trigger` prints.
 //! - [`metrics`]; reconnect delays come from [`crate::sources::backoff`].
 
-pub mod config;
-pub mod listener;
-pub mod metrics;
-pub mod outbox;
-pub mod rules;
+pub(crate) mod config;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod outbox;
+pub(crate) mod rules;
 pub mod trigger;
 
 use std::collections::HashMap;
@@ -23,18 +23,18 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-pub use config::PostgresConfig;
-pub use metrics::PostgresMetrics;
-pub use rules::NotifyRule;
+pub(crate) use config::PostgresConfig;
+pub(crate) use metrics::PostgresMetrics;
+pub(crate) use rules::NotifyRule;
 
 use crate::sources::SourceHandles;
 
 /// The readiness component name (see [`readiness::POSTGRES`](crate::admin::readiness::POSTGRES)).
-pub const READINESS: &str = crate::admin::readiness::POSTGRES;
+pub(crate) const READINESS: &str = crate::admin::readiness::POSTGRES;
 
 /// Why the listener connection failed or ended.
 #[derive(Debug, thiserror::Error)]
-pub enum PostgresError {
+pub(crate) enum PostgresError {
     /// The server closed the connection (e.g. `pg_terminate_backend`, restart).
     #[error("the server closed the connection")]
     Closed,
@@ -52,7 +52,7 @@ pub enum PostgresError {
 /// Start the listener and one reader per outbox rule; all stop at shutdown. Until the
 /// listener is connected `/readyz` reports `postgres` as not ready (from the instance's start on);
 /// unpoll keeps serving and proxying meanwhile.
-pub fn spawn(
+pub(crate) fn spawn(
     handles: SourceHandles,
     metrics: PostgresMetrics,
     config: PostgresConfig,
