@@ -180,6 +180,16 @@ fn demo(args: DemoArgs) -> ExitCode {
             }
         };
         unpoll::logging::init(&demo.app.snapshot().config.log);
+        // Before the banner: Ctrl-C from then on drains rather than kills.
+        let signals = match unpoll::server::signals::Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                err(format_args!(
+                    "unpoll demo: cannot install the signal handlers: {e}"
+                ));
+                return ExitCode::FAILURE;
+            }
+        };
         out(format_args!(
             "unpoll demo: a polling chat app with unpoll in front of it\n\
              \x20 the chat, through unpoll:  http://{main}/   (open it in two windows)\n\
@@ -191,7 +201,7 @@ fn demo(args: DemoArgs) -> ExitCode {
             upstream = demo.upstream,
         ));
         let app = demo.app.clone();
-        let signals = tokio::spawn(unpoll::server::signals::handle(app, None));
+        let signals = tokio::spawn(signals.handle(app, None));
         demo.run().await;
         signals.abort();
         ExitCode::SUCCESS
@@ -221,6 +231,14 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Before the `listening` line: a SIGHUP sent on reading it must find its handler.
+        let signals = match unpoll::server::signals::Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                tracing::error!("cannot install the signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         tracing::info!(
             main = %main_addr,
             admin = %admin_addr,
@@ -229,7 +247,7 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
             "listening"
         );
         let app = unpoll::App::new(config, CancellationToken::new());
-        let signals = tokio::spawn(unpoll::server::signals::handle(app.clone(), Some(path)));
+        let signals = tokio::spawn(signals.handle(app.clone(), Some(path)));
         unpoll::run(listeners, app).await;
         signals.abort();
         tracing::info!("unpoll stopped");

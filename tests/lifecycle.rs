@@ -141,6 +141,30 @@ async fn sighup_reloads_a_valid_file_and_keeps_the_old_on_a_bad_one() {
     );
 }
 
+/// The signal handlers are installed before the `listening` line: a SIGHUP sent the moment
+/// it appears reloads the file. Installed by a task spawned after that line, they could come
+/// too late under load, and SIGHUP's default action killed the process (a later request then
+/// failed with "error sending request"). Several starts, as a lost race is not certain.
+#[tokio::test]
+async fn a_sighup_sent_as_soon_as_it_is_listening_reloads() {
+    let upstream = Upstream::builder().route("/who", "a").run().await;
+    for _ in 0..5 {
+        let mut unpoll = Spawned::start(&config(&upstream.url())).await;
+        unpoll.signal("HUP");
+        let log = unpoll.log.clone();
+        let child = &mut unpoll.child;
+        eventually(Duration::from_secs(10), "the reload", || {
+            let exited = child.try_wait().unwrap();
+            let reloaded = log.lock().unwrap().contains("config reloaded");
+            async move {
+                assert_eq!(exited, None, "SIGHUP killed unpoll");
+                reloaded
+            }
+        })
+        .await;
+    }
+}
+
 /// A reload applies what it can and names, by key path, each start-only setting it
 /// changed (they take effect on restart); a reloadable one changed alongside is not named.
 #[tokio::test]
