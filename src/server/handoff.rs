@@ -78,11 +78,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::Response;
 use http::request::Parts;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::activity::Activity;
 use super::direct_sse::{self, Framing, Streaming};
 use super::first_request::Rewind;
+use super::forward_io::forward_io;
 use super::observe::TrackedBody;
 use crate::sse::UpgradedTask;
 
@@ -267,13 +268,7 @@ impl<S> FlushWatch<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FlushWatch<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
+    forward_io!(poll_read);
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for FlushWatch<S> {
@@ -295,10 +290,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FlushWatch<S> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = polled {
@@ -310,9 +301,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FlushWatch<S> {
         polled
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    forward_io!(is_write_vectored, poll_shutdown);
 }
 
 #[cfg(test)]

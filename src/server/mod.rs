@@ -9,6 +9,7 @@
 mod activity;
 mod direct_sse;
 mod first_request;
+mod forward_io;
 mod handoff;
 mod observe;
 mod send_timeout;

@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::forward_io::forward_io;
 
 /// A client socket whose writes fail once the client has accepted nothing for `timeout`.
 ///
@@ -58,13 +60,7 @@ impl<S> SendTimeout<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
+    forward_io!(poll_read);
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
@@ -86,16 +82,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
         self.on_write(cx, polled)
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
         self.on_write(cx, polled)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    forward_io!(is_write_vectored, poll_shutdown);
 }
