@@ -4,11 +4,12 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::sse::{SseClient, publish};
+use common::inbox::{self, Shared, change, fetches, forbid};
+use common::sse::SseClient;
 use common::upstream::text;
 use common::{Unpoll, Upstream, client, eventually, metric};
 use serde_json::{Value, json};
@@ -118,17 +119,6 @@ async fn next_or_end(s: &mut SseClient) -> Option<Value> {
     }
 }
 
-async fn publish_one(unpoll: &Unpoll, channel: &str, event: Option<&str>, data: Value) -> String {
-    let mut body = json!({"channel": channel, "data": data});
-    if let Some(name) = event {
-        body["event"] = json!(name);
-    }
-    publish(&client(), &unpoll.admin_url("/publish"), ADMIN, body).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_subs_of_two_rules_get_their_events_tagged() {
     let (_app, unpoll) = start("", Arc::default()).await;
@@ -142,9 +132,13 @@ async fn two_subs_of_two_rules_get_their_events_tagged() {
     // First a heartbeat naming the interval (news: 100 ms) and the hub position.
     let cursor = unpoll.app.handles.hub.cursor().to_string();
     assert_eq!(next_any(&mut s).await, json!({"hb": 100, "pos": cursor}));
-    let bot = publish_one(&unpoll, "bot:1", Some("status"), json!({"up": true})).await;
-    publish_one(&unpoll, "news:other", None, json!(0)).await;
-    let news = publish_one(&unpoll, "news:x", None, json!("headline")).await;
+    let bot = unpoll
+        .publish(ADMIN, "bot:1", Some("status"), json!({"up": true}))
+        .await;
+    unpoll.publish(ADMIN, "news:other", None, json!(0)).await;
+    let news = unpoll
+        .publish(ADMIN, "news:x", None, json!("headline"))
+        .await;
     // Order is kept within a sub, not across subs (they are served round robin), so the
     // two frames may come either way round.
     let mut got = vec![next(&mut s).await, next(&mut s).await];
@@ -161,11 +155,11 @@ async fn two_subs_of_two_rules_get_their_events_tagged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_sub_resumes_from_its_own_last_event_id() {
     let (_app, unpoll) = start("", Arc::default()).await;
-    let a1 = publish_one(&unpoll, "news:a", None, json!("a1")).await;
-    publish_one(&unpoll, "news:b", None, json!("b1")).await;
-    let a2 = publish_one(&unpoll, "news:a", None, json!("a2")).await;
-    publish_one(&unpoll, "news:b", None, json!("b2")).await;
-    let a3 = publish_one(&unpoll, "news:a", None, json!("a3")).await;
+    let a1 = unpoll.publish(ADMIN, "news:a", None, json!("a1")).await;
+    unpoll.publish(ADMIN, "news:b", None, json!("b1")).await;
+    let a2 = unpoll.publish(ADMIN, "news:a", None, json!("a2")).await;
+    unpoll.publish(ADMIN, "news:b", None, json!("b2")).await;
+    let a3 = unpoll.publish(ADMIN, "news:a", None, json!("a3")).await;
     let cursor = unpoll.app.handles.hub.cursor().to_string();
     let url = multi_url(
         &unpoll,
@@ -194,12 +188,12 @@ async fn each_sub_resumes_from_its_own_last_event_id() {
     assert_eq!(reset["id"], cursor.as_str());
     assert_eq!(reset["data"]["reason"], "other_boot");
     // Both live afterwards.
-    let b3 = publish_one(&unpoll, "news:b", None, json!("b3")).await;
+    let b3 = unpoll.publish(ADMIN, "news:b", None, json!("b3")).await;
     assert_eq!(
         next(&mut s).await,
         json!({"s": 1, "id": b3, "event": null, "data": "b3"})
     );
-    let a4 = publish_one(&unpoll, "news:a", None, json!("a4")).await;
+    let a4 = unpoll.publish(ADMIN, "news:a", None, json!("a4")).await;
     assert_eq!(
         next(&mut s).await,
         json!({"s": 0, "id": a4, "event": null, "data": "a4"})
@@ -216,8 +210,8 @@ async fn a_denied_sub_gets_an_error_message_and_the_others_stream() {
     assert_eq!(error["s"], 0);
     assert_eq!(error["error"], 403);
     assert!(error["reason"].is_string(), "{error}");
-    publish_one(&unpoll, "bot:2", None, json!("secret")).await;
-    let id = publish_one(&unpoll, "bot:1", None, json!("mine")).await;
+    unpoll.publish(ADMIN, "bot:2", None, json!("secret")).await;
+    let id = unpoll.publish(ADMIN, "bot:1", None, json!("mine")).await;
     assert_eq!(
         next(&mut s).await,
         json!({"s": 1, "id": id, "event": null, "data": "mine"}),
@@ -326,9 +320,13 @@ async fn access_ended_closes_one_sub_and_the_stream_ends_with_the_last() {
         ended,
         json!({"s": 0, "event": "access_ended", "data": {"reason": "revoked", "status": 403}})
     );
-    let id = publish_one(&unpoll, "news:x", None, json!("still here")).await;
-    publish_one(&unpoll, "bot:1", None, json!("gone")).await;
-    let id2 = publish_one(&unpoll, "news:x", None, json!("and here")).await;
+    let id = unpoll
+        .publish(ADMIN, "news:x", None, json!("still here"))
+        .await;
+    unpoll.publish(ADMIN, "bot:1", None, json!("gone")).await;
+    let id2 = unpoll
+        .publish(ADMIN, "news:x", None, json!("and here"))
+        .await;
     assert_eq!(next(&mut s).await["id"], id.as_str());
     assert_eq!(
         next(&mut s).await["id"],
@@ -369,7 +367,7 @@ async fn stats_show_one_connection_for_ten_subs() {
     assert_eq!(per_rule["/bots/events"], 9, "{stats}");
     assert_eq!(per_rule["/news/events"], 1, "{stats}");
     // One event on a channel nine subs share: nine messages, one per sub.
-    publish_one(&unpoll, "bot:1", None, json!(1)).await;
+    unpoll.publish(ADMIN, "bot:1", None, json!(1)).await;
     let mut seen: Vec<u64> = Vec::new();
     for _ in 0..9 {
         seen.push(next(&mut s).await["s"].as_u64().unwrap());
@@ -432,12 +430,12 @@ async fn retry_first_then_visible_heartbeats_at_the_shortest_rules_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sub_without_events_resumes_from_the_first_heartbeats_position() {
     let (_app, unpoll) = start("", Arc::default()).await;
-    publish_one(&unpoll, "news:x", None, json!("before")).await;
+    unpoll.publish(ADMIN, "news:x", None, json!("before")).await;
     let mut s = open(&multi_url(&unpoll, &["/news/events?topic=x"])).await;
     let pos = next_any(&mut s).await["pos"].as_str().unwrap().to_string();
     drop(s);
     // Published while the client was away: it resumes from `pos` and misses nothing.
-    let missed = publish_one(&unpoll, "news:x", None, json!("missed")).await;
+    let missed = unpoll.publish(ADMIN, "news:x", None, json!("missed")).await;
     let resume = format!("/news/events?topic=x&last_event_id={pos}");
     let mut s = open(&multi_url(&unpoll, &[&resume])).await;
     assert_eq!(
@@ -476,7 +474,7 @@ async fn a_slow_multi_client_is_disconnected_with_all_its_subs() {
     let data = "x".repeat(64 * 1024);
     let mut published = 0;
     while unpoll.app.handles.hub.stats(0).subscribers == 3 {
-        publish_one(&unpoll, "news:x", None, json!(data)).await;
+        unpoll.publish(ADMIN, "news:x", None, json!(data)).await;
         published += 1;
         assert_eq!(fast.next(T).await.data.len(), data.len() + 2);
         assert!(published < 500, "the slow client was never disconnected");
@@ -497,7 +495,7 @@ async fn a_slow_multi_client_is_disconnected_with_all_its_subs() {
     })
     .await
     .expect("the server closed the slow connection");
-    let id = publish_one(&unpoll, "news:x", None, json!("after")).await;
+    let id = unpoll.publish(ADMIN, "news:x", None, json!("after")).await;
     assert_eq!(fast.next(T).await.id, id);
 }
 
@@ -525,7 +523,7 @@ async fn a_multi_stream_on_a_reused_connection() {
         unpoll.app.handles.hub.stats(0).subscribers == 1
     })
     .await;
-    let id = publish_one(&unpoll, "bot:1", None, json!("hi")).await;
+    let id = unpoll.publish(ADMIN, "bot:1", None, json!("hi")).await;
     let message = format!("data: {{\"s\":0,\"id\":\"{id}\",\"event\":null,\"data\":\"hi\"}}\n\n");
     // Chunk framing around it: `<hex size>\r\n<message>\r\n`.
     let framed = format!("{:X}\r\n{message}\r\n", message.len());
@@ -559,7 +557,7 @@ async fn jwt_subs_use_their_own_token_and_expire_alone() {
         (error["s"].clone(), error["error"].clone()),
         (json!(2), json!(403))
     );
-    let id = publish_one(&unpoll, "bot:1", None, json!(1)).await;
+    let id = unpoll.publish(ADMIN, "bot:1", None, json!(1)).await;
     let mut first: Vec<u64> = Vec::new();
     for _ in 0..2 {
         let m = next(&mut s).await;
@@ -573,7 +571,7 @@ async fn jwt_subs_use_their_own_token_and_expire_alone() {
         next(&mut s).await,
         json!({"s": 1, "event": "access_ended", "data": {"reason": "expired", "status": 401}})
     );
-    let id = publish_one(&unpoll, "bot:1", None, json!(2)).await;
+    let id = unpoll.publish(ADMIN, "bot:1", None, json!(2)).await;
     assert_eq!(
         next(&mut s).await,
         json!({"s": 0, "id": id, "event": null, "data": 2})
@@ -583,42 +581,11 @@ async fn jwt_subs_use_their_own_token_and_expire_alone() {
 
 // ---- `[[watch]]` subscriptions on a multiplexed stream ----------------------------------
 
-/// The watched app: `GET /inbox` answers each user's inbox version (`Cookie: user=NAME`),
-/// 403 for users in `forbidden`, and counts its fetches per user.
-#[derive(Default)]
-struct Inbox {
-    versions: HashMap<String, u64>,
-    forbidden: Vec<String>,
-    fetches: HashMap<String, usize>,
-}
-
-type SharedInbox = Arc<Mutex<Inbox>>;
-
 /// unpoll with [`config`]'s streams and a `/inbox` watch refetched only when its tag
-/// `inbox` is purged, in front of an [`Inbox`].
-async fn start_watching(hub: &str) -> (Upstream, Unpoll, SharedInbox) {
-    let inbox = SharedInbox::default();
-    let state = inbox.clone();
-    let app = Upstream::builder()
-        .handler("/inbox", move |req| {
-            let state = state.clone();
-            async move {
-                let cookie = req.headers().get("cookie").and_then(|v| v.to_str().ok());
-                let user = cookie.and_then(|c| c.strip_prefix("user=")).unwrap_or("");
-                let mut s = state.lock().unwrap();
-                *s.fetches.entry(user.to_string()).or_default() += 1;
-                if s.forbidden.iter().any(|f| f == user) {
-                    return text(403, "forbidden");
-                }
-                let v = s.versions.get(user).copied().unwrap_or(0);
-                let mut resp = text(200, format!("{{\"user\":\"{user}\",\"v\":{v}}}"));
-                resp.headers_mut()
-                    .insert("content-type", "application/json".parse().unwrap());
-                resp
-            }
-        })
-        .run()
-        .await;
+/// `inbox` is purged, in front of the inbox app
+/// ([`inbox::app`]).
+async fn start_watching(hub: &str) -> (Upstream, Unpoll, Shared) {
+    let (app, inbox) = inbox::app().await;
     let watch = "\n[[watch]]\npath = \"/inbox\"\ninterval = \"0s\"\ntags = [\"inbox\"]\n\
                  min_interval = \"10ms\"\n";
     let unpoll = Unpoll::start(&app.url(), &(config(hub) + watch)).await;
@@ -629,27 +596,6 @@ async fn start_watching(hub: &str) -> (Upstream, Unpoll, SharedInbox) {
 async fn open_as(url: &str, user: &str) -> SseClient {
     let req = client().get(url).header("cookie", format!("user={user}"));
     SseClient::send(req).await
-}
-
-async fn purge_inbox(unpoll: &Unpoll) {
-    let resp = client()
-        .post(unpoll.admin_url("/purge"))
-        .bearer_auth(ADMIN)
-        .json(&json!({ "tags": ["inbox"] }))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "purge: {}", resp.status());
-}
-
-fn inbox_fetches(inbox: &SharedInbox, user: &str) -> usize {
-    inbox
-        .lock()
-        .unwrap()
-        .fetches
-        .get(user)
-        .copied()
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,23 +609,21 @@ async fn a_watch_and_a_stream_share_one_multi_stream() {
     assert_eq!(first["s"], 1, "{first}");
     assert_eq!(first["data"], json!({"user": "a", "v": 0}));
     let v0 = first["id"].as_str().expect("a version").to_string();
-    let news = publish_one(&unpoll, "news:x", None, json!("headline")).await;
+    let news = unpoll
+        .publish(ADMIN, "news:x", None, json!("headline"))
+        .await;
     assert_eq!(
         next(&mut s).await,
         json!({"s": 0, "id": news, "event": null, "data": "headline"})
     );
     // A change the app makes, signalled by a purge of the watch's tag, is pushed.
-    inbox.lock().unwrap().versions.insert("a".into(), 1);
-    purge_inbox(&unpoll).await;
+    change(&inbox, "a");
+    unpoll.purge(ADMIN, &["inbox"]).await;
     let second = next(&mut s).await;
     assert_eq!(second["s"], 1, "{second}");
     assert_eq!(second["data"], json!({"user": "a", "v": 1}));
     assert_ne!(second["id"], v0.as_str(), "a new version");
-    assert_eq!(
-        inbox_fetches(&inbox, "a"),
-        2,
-        "the first fetch and the purge's"
-    );
+    assert_eq!(fetches(&inbox, "a"), 2, "the first fetch and the purge's");
     let stats = unpoll.metrics().await;
     assert_eq!(metric(&stats, "unpoll_watch_subscribers"), 1.0);
     assert_eq!(metric(&stats, "unpoll_stream_connections"), 1.0);
@@ -697,10 +641,10 @@ async fn a_watch_sub_resumes_by_its_version_and_an_equal_one_sends_nothing_at_fi
     let url = multi_url(&unpoll, &["/news/events?topic=y", &current]);
     let mut s = open_as(&url, "a").await;
     assert_eq!(s.status, 200);
-    let news = publish_one(&unpoll, "news:y", None, json!("n")).await;
+    let news = unpoll.publish(ADMIN, "news:y", None, json!("n")).await;
     assert_eq!(next(&mut s).await["id"], news.as_str(), "no body first");
-    inbox.lock().unwrap().versions.insert("a".into(), 1);
-    purge_inbox(&unpoll).await;
+    change(&inbox, "a");
+    unpoll.purge(ADMIN, &["inbox"]).await;
     let pushed = next(&mut s).await;
     assert_eq!(
         (pushed["s"].clone(), pushed["data"]["v"].clone()),
@@ -714,13 +658,13 @@ async fn a_watch_sub_resumes_by_its_version_and_an_equal_one_sends_nothing_at_fi
     assert_eq!(caught_up["id"], pushed["id"]);
     // The resume parameter is not the app's: every sub watched one key, fetched once per
     // trigger (the first open's fetch and the purge's).
-    assert_eq!(inbox_fetches(&inbox, "a"), 2);
+    assert_eq!(fetches(&inbox, "a"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_sub_is_checked_as_if_opened_alone() {
     let (_app, unpoll, inbox) = start_watching("max_watch_keys = 2").await;
-    inbox.lock().unwrap().forbidden.push("b".into());
+    forbid(&inbox, "b");
     let url = multi_url(&unpoll, &["/inbox", "/news/events?topic=x"]);
     // The app's 403 on the first fetch is the sub's answer; the other sub streams.
     let mut denied = open_as(&url, "b").await;
@@ -730,7 +674,7 @@ async fn a_watch_sub_is_checked_as_if_opened_alone() {
         (error["s"].clone(), error["error"].clone()),
         (json!(0), json!(403))
     );
-    let news = publish_one(&unpoll, "news:x", None, json!(1)).await;
+    let news = unpoll.publish(ADMIN, "news:x", None, json!(1)).await;
     assert_eq!(next(&mut denied).await["id"], news.as_str());
     // Alone, a 403 on the first fetch is the whole answer.
     let alone = open_as(&multi_url(&unpoll, &["/inbox"]), "b").await;
@@ -749,12 +693,12 @@ async fn a_watch_sub_is_checked_as_if_opened_alone() {
         "429 says when to retry"
     );
     // Access ending on a later fetch closes that sub with `access_ended`; the other stays.
-    inbox.lock().unwrap().forbidden.push("a".into());
-    purge_inbox(&unpoll).await;
+    forbid(&inbox, "a");
+    unpoll.purge(ADMIN, &["inbox"]).await;
     assert_eq!(
         next(&mut a).await,
         json!({"s": 0, "event": "access_ended", "data": {"reason": "revoked", "status": 403}})
     );
-    let later = publish_one(&unpoll, "news:x", None, json!(2)).await;
+    let later = unpoll.publish(ADMIN, "news:x", None, json!(2)).await;
     assert_eq!(next(&mut a).await["id"], later.as_str());
 }

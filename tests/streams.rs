@@ -4,34 +4,20 @@ mod common;
 
 use std::time::Duration;
 
-use common::sse::{SseClient, publish};
-use common::{Unpoll, Upstream, client, eventually, metric, read_until};
+use common::sse::{SseClient, TOKEN, publish, streams_config};
+use common::{Unpoll, Upstream, client, eventually, metric, read_until, start_in_front_of};
 use futures::future::join_all;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const TOKEN: &str = "t0ken";
 const T: Duration = Duration::from_secs(10);
 
-fn config(hub: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-token = "{TOKEN}"
-
-[hub]
-{hub}
-
-[[stream]]
-path = "/bots/events"
-channels = ["bot:{{query.botId}}"]
-auth = "none"
-
+/// The streams after `/bots/events`: list-valued channels, and two fixed ones.
+const RULES: &str = r#"
 [[stream]]
 path = "/devices/events"
-channels = ["device:{{query.device_ids}}"]
+channels = ["device:{query.device_ids}"]
 auth = "none"
 max_channels = 4
 
@@ -40,17 +26,14 @@ path = "/multi/events"
 channels = ["a", "b"]
 auth = "none"
 heartbeat = "100ms"
-"#
-    )
+"#;
+
+fn config(hub: &str) -> String {
+    streams_config(hub, RULES)
 }
 
 async fn start(hub: &str) -> (Upstream, Unpoll) {
-    let upstream = Upstream::builder()
-        .route("/bots/events", "proxied")
-        .run()
-        .await;
-    let unpoll = Unpoll::start(&upstream.url(), &config(hub)).await;
-    (upstream, unpoll)
+    start_in_front_of(&[("/bots/events", "proxied")], &config(hub)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

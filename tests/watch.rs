@@ -4,102 +4,27 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::inbox::{Shared, app, change, fetches, forbid, script};
 use common::sse::SseClient;
-use common::upstream::{TestBody, text};
 use common::{Unpoll, Upstream, client, eventually, metric};
-use http::{Request, Response};
-use hyper::body::Incoming;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The app behind unpoll: each user's inbox has a version; the app is the auth.
-#[derive(Default)]
-struct Inbox {
-    versions: HashMap<String, u64>,
-    /// Users the app answers 403.
-    forbidden: HashSet<String>,
-    /// Fetches of `/inbox` per user.
-    fetches: HashMap<String, usize>,
-    /// Status answered to each fetch of a user, in order, before falling back to 200.
-    scripted: HashMap<String, Vec<u16>>,
-}
+/// The admin token of [`config`].
+const TOKEN: &str = "t0ken";
 
-type Shared = Arc<Mutex<Inbox>>;
-
-/// The user a request is from: `Cookie: user=NAME` or `Authorization: Bearer NAME`.
-fn user_of(req: &Request<Incoming>) -> String {
-    let h = req.headers();
-    if let Some(c) = h.get("cookie").and_then(|v| v.to_str().ok())
-        && let Some(name) = c.strip_prefix("user=")
-    {
-        return name.to_string();
-    }
-    h.get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("anonymous")
-        .to_string()
-}
-
-fn inbox_response(inbox: &Shared, req: &Request<Incoming>) -> Response<TestBody> {
-    let user = user_of(req);
-    let mut s = inbox.lock().unwrap();
-    *s.fetches.entry(user.clone()).or_default() += 1;
-    let scripted = s.scripted.get_mut(&user).and_then(|list| {
-        if list.is_empty() {
-            None
-        } else {
-            Some(list.remove(0))
-        }
-    });
-    if s.forbidden.contains(&user) {
-        return text(403, "forbidden");
-    }
-    if let Some(status) = scripted.filter(|s| *s != 200) {
-        return text(status, "scripted failure");
-    }
-    let v = s.versions.get(&user).copied().unwrap_or(0);
-    let mut resp = text(200, format!("{{\"user\":\"{user}\",\"v\":{v}}}\n"));
-    resp.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    resp
-}
-
-/// The app: `GET /inbox` (the polled endpoint) and `POST /send?to=NAME` (a mutation that
-/// changes NAME's inbox).
-async fn app() -> (Upstream, Shared) {
-    let inbox: Shared = Shared::default();
-    let (a, b) = (inbox.clone(), inbox.clone());
-    let upstream = Upstream::builder()
-        .handler("/inbox", move |req| {
-            let inbox = a.clone();
-            async move { inbox_response(&inbox, &req) }
-        })
-        .handler("/send", move |req| {
-            let inbox = b.clone();
-            async move {
-                let to = req
-                    .uri()
-                    .query()
-                    .and_then(|q| q.strip_prefix("to="))
-                    .unwrap_or("")
-                    .to_string();
-                *inbox.lock().unwrap().versions.entry(to).or_default() += 1;
-                text(200, "sent")
-            }
-        })
-        .run()
-        .await;
-    (upstream, inbox)
+/// unpoll in front of the inbox [`app`], watching `/inbox` with `watch` settings.
+async fn start(watch: &str) -> (Upstream, Shared, Unpoll) {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(&upstream.url(), &config(watch)).await;
+    (upstream, inbox, unpoll)
 }
 
 fn config(watch: &str) -> String {
     format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n\
          [[tap]]\nmethod = \"POST\"\npath = \"/send\"\nchannel = \"sent\"\npurge = [\"inbox\"]\n\n\
          [[watch]]\npath = \"/inbox\"\ntags = [\"inbox\"]\nmin_interval = \"10ms\"\n{watch}\n"
     )
@@ -120,6 +45,16 @@ async fn watch_with(unpoll: &Unpoll, user: &str, last_event_id: Option<&str>) ->
     SseClient::send(req).await
 }
 
+/// A plain poll of `/inbox` as `user` (no `Accept: text/event-stream`).
+async fn poll(unpoll: &Unpoll, user: &str) -> reqwest::Response {
+    client()
+        .get(unpoll.url("/inbox"))
+        .header("cookie", format!("user={user}"))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The `v` of an event's JSON body, checking it is `user`'s.
 fn version_for(event: &eventsource_stream::Event, user: &str) -> u64 {
     let body: serde_json::Value = serde_json::from_str(&event.data)
@@ -128,40 +63,9 @@ fn version_for(event: &eventsource_stream::Event, user: &str) -> u64 {
     body["v"].as_u64().unwrap()
 }
 
-fn fetches(inbox: &Shared, user: &str) -> usize {
-    inbox
-        .lock()
-        .unwrap()
-        .fetches
-        .get(user)
-        .copied()
-        .unwrap_or(0)
-}
-
-fn change(inbox: &Shared, user: &str) {
-    *inbox
-        .lock()
-        .unwrap()
-        .versions
-        .entry(user.to_string())
-        .or_default() += 1;
-}
-
-async fn purge(unpoll: &Unpoll, tag: &str) {
-    let resp = client()
-        .post(unpoll.admin_url("/purge"))
-        .bearer_auth("t0ken")
-        .json(&serde_json::json!({ "tags": [tag] }))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "purge: {}", resp.status());
-}
-
 #[tokio::test]
 async fn ten_users_with_ten_tabs_share_one_fetch_per_user_and_see_each_change_once() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"500ms\"")).await;
+    let (_upstream, inbox, unpoll) = start("interval = \"500ms\"").await;
     let started = Instant::now();
     let users: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
     let mut tabs = Vec::new();
@@ -181,7 +85,7 @@ async fn ten_users_with_ten_tabs_share_one_fetch_per_user_and_see_each_change_on
         for user in &users {
             change(&inbox, user);
         }
-        purge(&unpoll, "inbox").await;
+        unpoll.purge(TOKEN, &["inbox"]).await;
         for (user, tab) in &mut tabs {
             // Interval refetches of an unchanged body in between send nothing: the next
             // event is exactly this change.
@@ -211,8 +115,7 @@ async fn ten_users_with_ten_tabs_share_one_fetch_per_user_and_see_each_change_on
 
 #[tokio::test]
 async fn an_unchanged_body_sends_no_event() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"50ms\"")).await;
+    let (_upstream, inbox, unpoll) = start("interval = \"50ms\"").await;
     let mut tab = watch(&unpoll, "ann").await;
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
     eventually(WAIT, "five interval refetches", || async {
@@ -231,8 +134,7 @@ async fn an_unchanged_body_sends_no_event() {
 
 #[tokio::test]
 async fn a_tap_purging_the_tag_pushes_the_new_body_without_waiting_for_the_interval() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    let (_upstream, inbox, unpoll) = start("interval = \"1h\"").await;
     let mut ann = watch(&unpoll, "ann").await;
     let mut bob = watch(&unpoll, "bob").await;
     assert_eq!(version_for(&ann.next(WAIT).await, "ann"), 0);
@@ -262,17 +164,16 @@ async fn a_tap_purging_the_tag_pushes_the_new_body_without_waiting_for_the_inter
 
 #[tokio::test]
 async fn a_403_first_answers_403_and_a_403_later_ends_the_stream_with_access_ended() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
-    inbox.lock().unwrap().forbidden.insert("eve".into());
+    let (_upstream, inbox, unpoll) = start("interval = \"1h\"").await;
+    forbid(&inbox, "eve");
     let eve = watch(&unpoll, "eve").await;
     assert_eq!(eve.status, 403);
 
     let mut bob = watch(&unpoll, "bob").await;
     assert_eq!(bob.status, 200);
     assert_eq!(version_for(&bob.next(WAIT).await, "bob"), 0);
-    inbox.lock().unwrap().forbidden.insert("bob".into());
-    purge(&unpoll, "inbox").await;
+    forbid(&inbox, "bob");
+    unpoll.purge(TOKEN, &["inbox"]).await;
     let last = bob.next(WAIT).await;
     assert_eq!(last.event, "access_ended");
     assert!(last.data.contains("\"status\":403"), "{}", last.data);
@@ -287,8 +188,7 @@ async fn a_403_first_answers_403_and_a_403_later_ends_the_stream_with_access_end
 
 #[tokio::test]
 async fn a_last_event_id_of_the_current_version_sends_no_duplicate() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    let (upstream, inbox, unpoll) = start("interval = \"1h\"").await;
     let mut first = watch(&unpoll, "ann").await;
     let seen = first.next(WAIT).await;
     assert!(!seen.id.is_empty());
@@ -304,7 +204,7 @@ async fn a_last_event_id_of_the_current_version_sends_no_duplicate() {
     )
     .await;
     change(&inbox, "ann");
-    purge(&unpoll, "inbox").await;
+    unpoll.purge(TOKEN, &["inbox"]).await;
     // The first event the resumed streams send is the change, not the body they had.
     let next = resumed.next(WAIT).await;
     assert_eq!(version_for(&next, "ann"), 1);
@@ -317,8 +217,7 @@ async fn a_last_event_id_of_the_current_version_sends_no_duplicate() {
 
 #[tokio::test]
 async fn two_users_bodies_never_cross() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
+    let (upstream, inbox, unpoll) = start("interval = \"1h\"").await;
     // One user by cookie, one by bearer token, interleaved, on the same URL.
     let mut streams = Vec::new();
     for i in 0..6 {
@@ -336,7 +235,7 @@ async fn two_users_bodies_never_cross() {
         assert_eq!(version_for(&s.next(WAIT).await, user), 0);
     }
     change(&inbox, "ann");
-    purge(&unpoll, "inbox").await;
+    unpoll.purge(TOKEN, &["inbox"]).await;
     for (user, s) in &mut streams {
         if *user == "ann" {
             assert_eq!(version_for(&s.next(WAIT).await, user), 1);
@@ -358,22 +257,17 @@ async fn two_users_bodies_never_cross() {
 
 #[tokio::test]
 async fn a_500_sends_nothing_and_the_next_change_is_sent() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
-    inbox
-        .lock()
-        .unwrap()
-        .scripted
-        .insert("ann".into(), vec![200, 500]);
+    let (_upstream, inbox, unpoll) = start("interval = \"1h\"").await;
+    script(&inbox, "ann", &[200, 500]);
     let mut tab = watch(&unpoll, "ann").await;
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
     change(&inbox, "ann");
-    purge(&unpoll, "inbox").await; // answered 500: the last body stays
+    unpoll.purge(TOKEN, &["inbox"]).await; // answered 500: the last body stays
     eventually(WAIT, "the 500 was fetched", || async {
         fetches(&inbox, "ann") == 2
     })
     .await;
-    purge(&unpoll, "inbox").await; // 200 with the change
+    unpoll.purge(TOKEN, &["inbox"]).await; // 200 with the change
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
     let stats = unpoll.stats().await;
     assert_eq!(stats["watch"]["failed"], 1, "{stats}");
@@ -382,17 +276,8 @@ async fn a_500_sends_nothing_and_the_next_change_is_sent() {
 
 #[tokio::test]
 async fn a_plain_poll_of_a_watched_url_still_works_and_is_cached() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
-    let poll = || async {
-        client()
-            .get(unpoll.url("/inbox"))
-            .header("cookie", "user=ann")
-            .send()
-            .await
-            .unwrap()
-    };
-    let first = poll().await;
+    let (_upstream, inbox, unpoll) = start("interval = \"1h\"").await;
+    let first = poll(&unpoll, "ann").await;
     assert_eq!(first.status(), 200);
     assert!(
         first.headers()["content-type"]
@@ -403,7 +288,7 @@ async fn a_plain_poll_of_a_watched_url_still_works_and_is_cached() {
     let vary: Vec<_> = first.headers().get_all("vary").iter().collect();
     assert!(vary.iter().any(|v| *v == "accept"), "{vary:?}");
     assert_eq!(first.text().await.unwrap(), "{\"user\":\"ann\",\"v\":0}\n");
-    let second = poll().await;
+    let second = poll(&unpoll, "ann").await;
     assert!(
         second.headers()["cache-status"]
             .to_str()
@@ -419,10 +304,10 @@ async fn a_plain_poll_of_a_watched_url_still_works_and_is_cached() {
     assert_eq!(fetches(&inbox, "ann"), 1);
     // The watcher's refetch after a purge refreshes the poll's entry too.
     change(&inbox, "ann");
-    purge(&unpoll, "inbox").await;
+    unpoll.purge(TOKEN, &["inbox"]).await;
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
     assert_eq!(
-        poll().await.text().await.unwrap(),
+        poll(&unpoll, "ann").await.text().await.unwrap(),
         "{\"user\":\"ann\",\"v\":1}\n"
     );
     assert_eq!(fetches(&inbox, "ann"), 2);
@@ -445,8 +330,7 @@ async fn past_max_watch_keys_a_new_key_gets_429() {
 
 #[tokio::test]
 async fn a_source_gap_refetches_and_watching_tabs_count_the_polls_they_saved() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"50ms\"")).await;
+    let (_upstream, inbox, unpoll) = start("interval = \"50ms\"").await;
     let mut tabs = Vec::new();
     for _ in 0..10 {
         tabs.push(watch(&unpoll, "ann").await);
@@ -491,7 +375,7 @@ async fn a_reload_keeps_open_watch_streams_and_shutdown_ends_them() {
     let warnings = unpoll.reload(&upstream.url(), &watch_config);
     assert!(warnings.is_empty(), "{warnings:?}");
     change(&inbox, "ann");
-    purge(&unpoll, "inbox").await;
+    unpoll.purge(TOKEN, &["inbox"]).await;
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
     unpoll.stop().await;
     assert!(tab.next_or_end(WAIT).await.is_none(), "the stream ends");
@@ -499,42 +383,31 @@ async fn a_reload_keeps_open_watch_streams_and_shutdown_ends_them() {
 
 #[tokio::test]
 async fn with_interval_zero_only_purges_refetch_and_polls_stay_cached_until_then() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"0s\"")).await;
-    let poll = || async {
-        client()
-            .get(unpoll.url("/inbox"))
-            .header("cookie", "user=ann")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let (_upstream, inbox, unpoll) = start("interval = \"0s\"").await;
     let mut tab = watch(&unpoll, "ann").await;
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
     change(&inbox, "ann");
     // No interval: the change is not seen, by the stream or the cached poll, until a purge.
     for _ in 0..5 {
-        assert_eq!(poll().await, "{\"user\":\"ann\",\"v\":0}\n");
+        assert_eq!(
+            poll(&unpoll, "ann").await.text().await.unwrap(),
+            "{\"user\":\"ann\",\"v\":0}\n"
+        );
     }
     assert_eq!(fetches(&inbox, "ann"), 1);
-    purge(&unpoll, "inbox").await;
+    unpoll.purge(TOKEN, &["inbox"]).await;
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
-    assert_eq!(poll().await, "{\"user\":\"ann\",\"v\":1}\n");
+    assert_eq!(
+        poll(&unpoll, "ann").await.text().await.unwrap(),
+        "{\"user\":\"ann\",\"v\":1}\n"
+    );
     assert_eq!(fetches(&inbox, "ann"), 2);
 }
 
 #[tokio::test]
 async fn a_failing_app_on_the_first_fetch_answers_its_status() {
-    let (upstream, inbox) = app().await;
-    let unpoll = Unpoll::start(&upstream.url(), &config("interval = \"1h\"")).await;
-    inbox
-        .lock()
-        .unwrap()
-        .scripted
-        .insert("ann".into(), vec![503]);
+    let (_upstream, inbox, unpoll) = start("interval = \"1h\"").await;
+    script(&inbox, "ann", &[503]);
     assert_eq!(watch(&unpoll, "ann").await.status, 503);
     assert!(unpoll.app.handles.watch.watches.is_empty());
     let mut tab = watch(&unpoll, "ann").await;
@@ -552,7 +425,7 @@ async fn a_burst_of_purges_is_one_refetch_per_min_interval() {
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 0);
     change(&inbox, "ann");
     for _ in 0..20 {
-        purge(&unpoll, "inbox").await;
+        unpoll.purge(TOKEN, &["inbox"]).await;
     }
     assert_eq!(version_for(&tab.next(WAIT).await, "ann"), 1);
     // One fetch for the burst, and at most one more for the purges that came while it
@@ -592,7 +465,7 @@ async fn token_query_is_the_fetches_bearer_and_never_reaches_the_app_in_a_url() 
     assert_eq!(version_for(&ann.next(WAIT).await, "ann"), 0);
     assert_eq!(version_for(&bob.next(WAIT).await, "bob"), 0);
     change(&inbox, "bob");
-    purge(&unpoll, "inbox").await;
+    unpoll.purge(TOKEN, &["inbox"]).await;
     assert_eq!(version_for(&bob.next(WAIT).await, "bob"), 1);
     // A plain poll with the same token is the same key: served from the watcher's entry.
     let poll = client()

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::auth::{SECRET, hs256, now};
-use common::sse::{SseClient, publish};
-use common::{Unpoll, Upstream, client, eventually};
+use common::sse::{SseClient, TOKEN, publish, streams_config};
+use common::{Unpoll, Upstream, client, eventually, start_in_front_of};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -15,65 +15,51 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const TOKEN: &str = "t0ken";
 const T: Duration = Duration::from_secs(10);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-fn config(hub: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-token = "{TOKEN}"
-
+/// The streams after `/bots/events`: a fast heartbeat, JWT auth, and one transport each.
+const RULES: &str = r#"
 [jwt]
 secret = "{SECRET}"
 leeway = "0s"
 
-[hub]
-{hub}
-
-[[stream]]
-path = "/bots/events"
-channels = ["bot:{{query.botId}}"]
-auth = "none"
-
 [[stream]]
 path = "/fast-ping/events"
-channels = ["bot:{{query.botId}}"]
+channels = ["bot:{query.botId}"]
 auth = "none"
 heartbeat = "100ms"
 
 [[stream]]
 path = "/secure/events"
-channels = ["bot:{{query.botId}}"]
+channels = ["bot:{query.botId}"]
 auth = "jwt"
 
 [[stream]]
 path = "/sse-only/events"
-channels = ["bot:{{query.botId}}"]
+channels = ["bot:{query.botId}"]
 auth = "none"
 transports = ["sse"]
 
 [[stream]]
 path = "/ws-only/events"
-channels = ["bot:{{query.botId}}"]
+channels = ["bot:{query.botId}"]
 auth = "none"
 transports = ["websocket"]
 origins = ["https://partner.example"]
-"#
-    )
+"#;
+
+fn config(hub: &str) -> String {
+    streams_config(hub, &RULES.replace("{SECRET}", SECRET))
 }
 
 async fn start(hub: &str) -> (Upstream, Unpoll) {
-    let upstream = Upstream::builder()
-        .route("/sse-only/events", "the app's own")
-        .route("/ws-only/events", "the app's own")
-        .run()
-        .await;
-    let unpoll = Unpoll::start(&upstream.url(), &config(hub)).await;
-    (upstream, unpoll)
+    let routes = [
+        ("/sse-only/events", "the app's own"),
+        ("/ws-only/events", "the app's own"),
+    ];
+    start_in_front_of(&routes, &config(hub)).await
 }
 
 fn ws_url(unpoll: &Unpoll, path: &str) -> String {
@@ -131,18 +117,6 @@ async fn close_code(ws: &mut Ws) -> (CloseCode, String) {
     }
 }
 
-async fn publish_one(unpoll: &Unpoll, channel: &str, data: Value) -> String {
-    let admin = unpoll.admin_url("/publish");
-    let answer = publish(
-        &client(),
-        &admin,
-        TOKEN,
-        json!({"channel": channel, "event": "e", "data": data}),
-    )
-    .await;
-    answer["id"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn events_arrive_as_json_text_frames_on_their_channels_only() {
     let (_up, unpoll) = start("").await;
@@ -153,9 +127,13 @@ async fn events_arrive_as_json_text_frames_on_their_channels_only() {
         unpoll.app.handles.hub.stats(0).subscribers == 3
     })
     .await;
-    let a = publish_one(&unpoll, "bot:1", json!({"n": 1})).await;
-    let b = publish_one(&unpoll, "bot:1", json!("two\nlines")).await;
-    let c = publish_one(&unpoll, "bot:2", json!(3)).await;
+    let a = unpoll
+        .publish(TOKEN, "bot:1", Some("e"), json!({"n": 1}))
+        .await;
+    let b = unpoll
+        .publish(TOKEN, "bot:1", Some("e"), json!("two\nlines"))
+        .await;
+    let c = unpoll.publish(TOKEN, "bot:2", Some("e"), json!(3)).await;
     assert_eq!(
         next_event(&mut one).await,
         json!({"id": a, "event": "e", "data": {"n": 1}})
@@ -186,9 +164,9 @@ async fn events_arrive_as_json_text_frames_on_their_channels_only() {
 #[tokio::test]
 async fn last_event_id_resumes_and_a_foreign_id_resets() {
     let (_up, unpoll) = start("").await;
-    let first = publish_one(&unpoll, "bot:1", json!(1)).await;
-    let second = publish_one(&unpoll, "bot:1", json!(2)).await;
-    let third = publish_one(&unpoll, "bot:1", json!(3)).await;
+    let first = unpoll.publish(TOKEN, "bot:1", Some("e"), json!(1)).await;
+    let second = unpoll.publish(TOKEN, "bot:1", Some("e"), json!(2)).await;
+    let third = unpoll.publish(TOKEN, "bot:1", Some("e"), json!(3)).await;
     let mut ws = connect(
         &unpoll,
         &format!("/bots/events?botId=1&last_event_id={first}"),
@@ -196,7 +174,7 @@ async fn last_event_id_resumes_and_a_foreign_id_resets() {
     .await;
     assert_eq!(next_event(&mut ws).await["id"], second);
     assert_eq!(next_event(&mut ws).await["id"], third);
-    let live = publish_one(&unpoll, "bot:1", json!(4)).await;
+    let live = unpoll.publish(TOKEN, "bot:1", Some("e"), json!(4)).await;
     assert_eq!(
         next_event(&mut ws).await["id"],
         live,
@@ -256,7 +234,7 @@ async fn auth_is_decided_before_the_upgrade() {
     // The query-string token opens it.
     let ok = hs256(json!({"exp": now() + 3600, "unpoll.subscribe": ["bot:1"]}));
     let mut ws = connect(&unpoll, &format!("/secure/events?botId=1&token={ok}")).await;
-    let id = publish_one(&unpoll, "bot:1", json!("hi")).await;
+    let id = unpoll.publish(TOKEN, "bot:1", Some("e"), json!("hi")).await;
     assert_eq!(next_event(&mut ws).await["id"], id);
 }
 
@@ -290,7 +268,7 @@ async fn client_messages_are_ignored_but_an_oversized_one_closes_with_1009() {
     let (_up, unpoll) = start("").await;
     let mut ws = connect(&unpoll, "/bots/events?botId=1").await;
     ws.send(Message::text("hello")).await.unwrap();
-    let id = publish_one(&unpoll, "bot:1", json!(1)).await;
+    let id = unpoll.publish(TOKEN, "bot:1", Some("e"), json!(1)).await;
     assert_eq!(
         next_event(&mut ws).await["id"],
         id,
@@ -360,7 +338,7 @@ async fn transports_not_listed_are_the_apps() {
     assert_eq!(body, "the app's own");
     assert_eq!(up.hits("/ws-only/events"), 1);
     let mut ws = connect(&unpoll, "/ws-only/events?botId=1").await;
-    let id = publish_one(&unpoll, "bot:1", json!(1)).await;
+    let id = unpoll.publish(TOKEN, "bot:1", Some("e"), json!(1)).await;
     assert_eq!(next_event(&mut ws).await["id"], id);
 }
 
@@ -389,7 +367,7 @@ async fn a_slow_socket_is_cut_off_while_others_keep_receiving() {
     let data = "x".repeat(64 * 1024);
     let mut published = 0;
     while unpoll.app.handles.hub.stats(0).subscribers == 2 {
-        let id = publish_one(&unpoll, "bot:1", json!(data)).await;
+        let id = unpoll.publish(TOKEN, "bot:1", Some("e"), json!(data)).await;
         published += 1;
         // Sent as several frames (64 KiB > 16 KiB), read back as one message.
         let event = next_event(&mut fast).await;
@@ -405,7 +383,9 @@ async fn a_slow_socket_is_cut_off_while_others_keep_receiving() {
     let drained =
         tokio::time::timeout(T, async { while let Some(Ok(_)) = slow.next().await {} }).await;
     assert!(drained.is_ok(), "the server closed the slow connection");
-    let id = publish_one(&unpoll, "bot:1", json!("after")).await;
+    let id = unpoll
+        .publish(TOKEN, "bot:1", Some("e"), json!("after"))
+        .await;
     assert_eq!(next_event(&mut fast).await["id"], id);
 }
 
@@ -467,7 +447,7 @@ async fn mqtt_positions_reach_sockets_of_their_device_lists_only() {
 async fn a_subscriber_behind_the_history_is_closed_with_1013() {
     let (_up, unpoll) = start("subscriber_queue = 1\nhistory_max_events = 2").await;
     let mut ws = connect(&unpoll, "/bots/events?botId=1").await;
-    let before = publish_one(&unpoll, "bot:1", json!(0)).await;
+    let before = unpoll.publish(TOKEN, "bot:1", Some("e"), json!(0)).await;
     assert_eq!(next_event(&mut ws).await["id"], before);
     // One array: published back to back, before the socket's task runs again.
     let burst: Vec<Value> = (1..=10)
@@ -501,7 +481,9 @@ async fn open_sockets_survive_a_reload_that_narrows_transports() {
     let narrowed = config("").replace("transports = [\"websocket\"]", "transports = [\"sse\"]");
     assert_ne!(narrowed, config(""), "the rule was rewritten");
     unpoll.reload(&up.url(), &narrowed);
-    let id = publish_one(&unpoll, "bot:1", json!("after")).await;
+    let id = unpoll
+        .publish(TOKEN, "bot:1", Some("e"), json!("after"))
+        .await;
     assert_eq!(next_event(&mut ws).await["id"], id);
     assert_eq!(refused(&unpoll, "/ws-only/events?botId=1").await, 200);
     assert_eq!(up.hits("/ws-only/events"), 1);

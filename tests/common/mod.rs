@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses its own part of the harness
 
 pub mod auth;
+pub mod inbox;
 pub mod mqtt;
 pub mod pg;
 pub mod process;
@@ -114,6 +115,34 @@ impl Unpoll {
         get_text(&self.admin_url("/metrics")).await
     }
 
+    /// `POST /purge` of `tags` with the admin `token`; panics unless it succeeds.
+    pub async fn purge(&self, token: &str, tags: &[&str]) {
+        let resp = client()
+            .post(self.admin_url("/purge"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "tags": tags }))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /purge: {e}"));
+        assert!(resp.status().is_success(), "purge: {}", resp.status());
+    }
+
+    /// `POST /publish` of one event (`event` names it) with the admin `token`; its id.
+    pub async fn publish(
+        &self,
+        token: &str,
+        channel: &str,
+        event: Option<&str>,
+        data: serde_json::Value,
+    ) -> String {
+        let mut body = serde_json::json!({ "channel": channel, "data": data });
+        if let Some(name) = event {
+            body["event"] = name.into();
+        }
+        let answer = sse::publish(&client(), &self.admin_url("/publish"), token, body).await;
+        answer["id"].as_str().expect("an event id").to_string()
+    }
+
     /// The admin `/stats` JSON.
     pub async fn stats(&self) -> serde_json::Value {
         serde_json::from_str(&get_text(&self.admin_url("/stats")).await).expect("stats JSON")
@@ -151,6 +180,21 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// unpoll with `config` (as [`Unpoll::start`] takes it) in front of an app answering
+/// each `(path, body)` of `routes` with 200.
+pub async fn start_in_front_of(
+    routes: &[(&str, &'static str)],
+    config: &str,
+) -> (Upstream, Unpoll) {
+    let upstream = routes
+        .iter()
+        .fold(Upstream::builder(), |b, (path, body)| b.route(path, body))
+        .run()
+        .await;
+    let unpoll = Unpoll::start(&upstream.url(), config).await;
+    (upstream, unpoll)
 }
 
 /// A reqwest client without a proxy from the environment and without connection reuse

@@ -94,3 +94,26 @@ pub async fn publish(
     assert_eq!(resp.status(), 200, "publish failed");
     resp.json().await.expect("publish answer")
 }
+
+/// The admin token of [`streams_config`].
+pub const TOKEN: &str = "t0ken";
+
+/// A config for stream tests: the admin API with [`TOKEN`], `[hub]` settings `hub`, the
+/// stream `/bots/events` (channel `bot:{query.botId}`, no auth), then `rules` (TOML tables).
+pub fn streams_config(hub: &str, rules: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+token = "{TOKEN}"
+
+[hub]
+{hub}
+
+[[stream]]
+path = "/bots/events"
+channels = ["bot:{{query.botId}}"]
+auth = "none"
+{rules}"#
+    )
+}
