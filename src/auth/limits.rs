@@ -102,7 +102,8 @@ impl Limiter {
         })
     }
 
-    /// Open streams of this rule from `ip` (for tests and stats).
+    /// Open streams of this rule from `ip`.
+    #[cfg(test)]
     pub fn streams_from(&self, ip: IpAddr) -> usize {
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.ips.get(&ip).copied().unwrap_or(0)
@@ -111,6 +112,7 @@ impl Limiter {
 
 impl Admission {
     /// An admission that counts nothing (a stream with no limiter).
+    #[cfg(test)]
     pub fn unlimited(ip: IpAddr) -> Admission {
         Admission {
             limiter: None,

@@ -122,21 +122,11 @@ impl Authorizer {
         }
     }
 
-    /// The auth mode (`none`, `upstream`, `jwt`).
-    pub fn mode(&self) -> &'static str {
-        self.mode.as_str()
-    }
-
     /// Take the rule's `token_query` parameter out of a request that goes on to the app.
     pub fn strip_token(&self, uri: &mut http::Uri) {
         if let Mode::Upstream(auth) = &self.mode {
             auth.strip_token(uri);
         }
-    }
-
-    /// The rule's limit counters.
-    pub fn limiter(&self) -> &Arc<Limiter> {
-        &self.limiter
     }
 
     /// May this request subscribe to `channels`? Limits are checked first (they are cheap

@@ -92,11 +92,6 @@ impl SseBody {
         }
         self
     }
-
-    /// The subscription streamed.
-    pub fn subscription(&self) -> &Subscription {
-        &self.sub
-    }
 }
 
 impl Body for SseBody {
