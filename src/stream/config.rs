@@ -280,7 +280,7 @@ mod tests {
         assert_eq!((s.name.as_str(), s.auth.as_str()), ("stream[0]", "none"));
         assert_eq!(s.heartbeat, std::time::Duration::from_secs(15));
         assert_eq!(s.max_channels, 16);
-        assert_eq!(s.transports, crate::stream::config::Transports::default());
+        assert_eq!(s.transports, super::Transports::default());
         assert!(s.transports.sse && s.transports.websocket);
     }
 
