@@ -14,7 +14,7 @@ use crate::body::{Body, empty, full};
 use crate::cache::entry::{body_etag, etag_matches};
 
 /// Where the client is served.
-pub const PREFIX: &str = "/_unpoll/";
+pub use crate::proxy::config::CLIENT_PREFIX as PREFIX;
 
 /// The classic script.
 const SCRIPT: &str = include_str!("../client/client.js");

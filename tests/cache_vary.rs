@@ -230,6 +230,74 @@ async fn variants_past_the_bound_are_refused_and_counted() {
     assert_eq!(unpoll.stats().await["cache"]["variants_refused"], 2);
 }
 
+/// A shared key (`vary = []`: one entry for every client) is filled by anyone: a client
+/// sending eight made-up router states must not stop its caching for everyone. Full, it
+/// evicts its least recently hit variant: junk nobody hits goes, the polled one stays.
+#[tokio::test]
+async fn a_full_shared_key_evicts_junk_variants_and_keeps_the_one_clients_hit() {
+    let upstream = next_upstream(Duration::ZERO).await;
+    let unpoll = Unpoll::start(
+        &upstream.url(),
+        "[[cache]]\npath = \"/reservations\"\nttl = \"60s\"\nvary = []",
+    )
+    .await;
+    let legit: Variant = &[("rsc", "1"), ("next-router-state-tree", "%5B%22%22%5D")];
+    let (status, _) = get(&unpoll, "session=a", legit).await;
+    assert!(status.contains("stored"), "{status}");
+    // Polled by everyone: the same shared entry.
+    for user in ["session=a", "session=b", "session=c"] {
+        let (status, _) = get(&unpoll, user, legit).await;
+        assert!(status.contains("; hit"), "{user}: {status}");
+    }
+    // An attacker's eight made-up router states: the seven free slots, then one more that
+    // evicts the first junk (never hit), not the polled variant.
+    let junk: Vec<String> = (0..8).map(|i| format!("junk-{i}")).collect();
+    let junk_variant = |i: usize| [("rsc", "1"), ("next-router-state-tree", junk[i].as_str())];
+    for i in 0..8 {
+        let (status, _) = get(&unpoll, "session=evil", &junk_variant(i)).await;
+        assert!(status.contains("stored"), "junk {i}: {status}");
+    }
+    let stats = unpoll.stats().await;
+    assert_eq!(stats["cache"]["variants_evicted"], 1, "{stats}");
+    assert_eq!(stats["cache"]["variants_refused"], 0, "{stats}");
+    let hits_before = upstream.hits("/reservations");
+    let (status, _) = get(&unpoll, "session=b", legit).await;
+    assert!(
+        status.contains("; hit"),
+        "the polled variant stayed: {status}"
+    );
+    // A new legitimate variant is cached, by evicting the oldest junk left.
+    let prefetch: Variant = &[
+        ("rsc", "1"),
+        ("next-router-state-tree", "%5B%22%22%5D"),
+        ("next-router-prefetch", "1"),
+    ];
+    let (status, _) = get(&unpoll, "session=a", prefetch).await;
+    assert!(status.contains("stored"), "{status}");
+    let (status, _) = get(&unpoll, "session=c", prefetch).await;
+    assert!(status.contains("; hit"), "{status}");
+    let (status, _) = get(&unpoll, "session=a", legit).await;
+    assert!(status.contains("; hit"), "{status}");
+    assert_eq!(upstream.hits("/reservations"), hits_before + 1);
+    // The junk that gave way is gone (a miss), the newer junk is still there.
+    let (status, _) = get(&unpoll, "session=evil", &junk_variant(1)).await;
+    assert!(status.contains("fwd=miss"), "evicted: {status}");
+    let (status, _) = get(&unpoll, "session=evil", &junk_variant(7)).await;
+    assert!(status.contains("; hit"), "{status}");
+    let metrics = unpoll.metrics().await;
+    // junk 0 (for junk 7), junk 1 (for the prefetch), junk 2 (for junk 1 refetched).
+    assert_eq!(
+        metric(&metrics, "unpoll_cache_variants_evicted_total"),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "unpoll_cache_variants_refused_total"),
+        0.0,
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn a_purge_reaches_every_variant_of_a_key() {
     let upstream = next_upstream(Duration::ZERO).await;

@@ -1,6 +1,6 @@
 //! `unpoll demo`: the built-in chat app behind unpoll answers the page, the stream and the
-//! dashboard; a posted message reaches a stream subscriber; polls are answered once; the
-//! dashboard's stream counts what was saved; its token rules.
+//! dashboard; a posted message reaches a stream subscriber and every watcher of the list;
+//! polls are answered once; the dashboard's stream counts what was saved; its token rules.
 
 mod common;
 
@@ -62,7 +62,10 @@ async fn the_demo_answers_the_page_the_stream_and_the_dashboard() {
         page.contains("<script src=\"/_unpoll/client.js\">"),
         "{page}"
     );
-    assert!(page.contains("/api/messages/events"));
+    assert!(
+        page.contains("client.watch(\"/api/messages\""),
+        "the page watches the list: {page}"
+    );
     let client_js = http
         .get(format!("{}/_unpoll/client.js", demo.main))
         .send()
@@ -190,6 +193,71 @@ async fn a_post_is_pushed_to_a_stream_subscriber_and_the_list_is_fetched_once() 
     assert_eq!(body["messages"].as_array().unwrap().len(), 3);
     assert_eq!(demo.chat.list_requests() - before, 2);
     sub.assert_quiet(Duration::from_millis(200)).await;
+    demo.stop().await;
+}
+
+/// A watch stream of the list (what the page's `unpoll.watch` opens).
+async fn watch_list(http: &reqwest::Client, url: &str) -> SseClient {
+    SseClient::send(http.get(url).header("accept", "text/event-stream")).await
+}
+
+fn texts_of(event: &eventsource_stream::Event) -> Vec<String> {
+    let body: Value = serde_json::from_str(&event.data).unwrap();
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_page_watching_the_list_gets_each_new_list_from_one_fetch() {
+    let demo = Running::start().await;
+    let http = client();
+    let messages = format!("{}/api/messages", demo.main);
+    let before = demo.chat.list_requests();
+    let mut pages = Vec::new();
+    for _ in 0..3 {
+        let mut page = watch_list(&http, &messages).await;
+        assert_eq!(page.status, 200);
+        assert!(
+            texts_of(&page.next(WAIT).await).is_empty(),
+            "the list first"
+        );
+        pages.push(page);
+    }
+    // One watcher for the shared key: one fetch for the three pages.
+    assert_eq!(demo.chat.list_requests() - before, 1);
+
+    let created = post_json(&messages, json!({"text": "hello, watchers"})).await;
+    assert_eq!(created.status(), 201);
+    for page in &mut pages {
+        assert_eq!(texts_of(&page.next(WAIT).await), ["hello, watchers"]);
+    }
+    // The tap's purge made the watcher refetch once for everyone; a plain poll is answered
+    // from the entry it stored.
+    assert_eq!(demo.chat.list_requests() - before, 2);
+    let poll: Value = http
+        .get(&messages)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(poll["messages"][0]["text"], "hello, watchers");
+    assert_eq!(demo.chat.list_requests() - before, 2);
+    let stats: Value = http
+        .get(format!("{}/stats", demo.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["watch"]["subscribers"], 3, "{stats}");
+    assert_eq!(stats["watch"]["keys"], 1, "{stats}");
     demo.stop().await;
 }
 

@@ -483,3 +483,66 @@ async fn token_query_is_the_fetches_bearer_and_never_reaches_the_app_in_a_url() 
         assert!(auth == "Bearer ann" || auth == "Bearer bob", "{auth}");
     }
 }
+
+/// The next message of a multiplexed stream that is not a heartbeat, as JSON.
+async fn next_multi(stream: &mut SseClient) -> serde_json::Value {
+    loop {
+        let event = stream.next(WAIT).await;
+        let message: serde_json::Value = serde_json::from_str(&event.data)
+            .unwrap_or_else(|e| panic!("message {:?}: {e}", event.data));
+        if message.get("hb").is_none() {
+            return message;
+        }
+    }
+}
+
+/// A `[[watch]]` with `token_query` inside `/_unpoll/multi` (what the browser client opens):
+/// the `s` URL is checked as if opened alone, so its token is the fetches' Bearer and the
+/// key's, and never reaches the app. The multi request itself carries no credentials.
+#[tokio::test]
+async fn token_query_authorises_a_watch_inside_a_multi_stream() {
+    let (upstream, inbox) = app().await;
+    let unpoll = Unpoll::start(
+        &upstream.url(),
+        &config("interval = \"1h\"\ntoken_query = \"token\""),
+    )
+    .await;
+    let multi = |token: &str| {
+        let s = format!("/inbox?token={token}");
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("s", &s)
+            .finish();
+        SseClient::send(client().get(unpoll.url(&format!("/_unpoll/multi?{query}"))))
+    };
+    let mut ann = multi("ann").await;
+    assert_eq!(ann.status, 200);
+    let first = next_multi(&mut ann).await;
+    assert_eq!(
+        (first["s"].clone(), first["data"].clone()),
+        (
+            serde_json::json!(0),
+            serde_json::json!({"user": "ann", "v": 0})
+        ),
+        "the token is the fetch's Bearer: {first}"
+    );
+    change(&inbox, "ann");
+    purge(&unpoll, "inbox").await;
+    assert_eq!(
+        next_multi(&mut ann).await["data"],
+        serde_json::json!({"user": "ann", "v": 1})
+    );
+    // A single stream with the same token is the same key: it joins the running watcher.
+    let mut alone = SseClient::send(
+        client()
+            .get(unpoll.url("/inbox?token=ann"))
+            .header("accept", "text/event-stream"),
+    )
+    .await;
+    assert_eq!(version_for(&alone.next(WAIT).await, "ann"), 1);
+    assert_eq!(fetches(&inbox, "ann"), 2, "the first fetch and the purge's");
+    assert_eq!(fetches(&inbox, "anonymous"), 0);
+    for r in upstream.recorded() {
+        assert_eq!(r.uri.query(), None, "the token reached the app: {}", r.uri);
+        assert_eq!(r.headers["authorization"], "Bearer ann");
+    }
+}

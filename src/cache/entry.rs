@@ -1,6 +1,7 @@
 //! A stored response, its freshness, and the rules for what may be stored or shared.
 
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -49,6 +50,14 @@ pub struct Entry {
     pub stale_while_revalidate: Duration,
     /// Copied from the rule at fill time.
     pub stale_if_error: Duration,
+    /// Copied from the rule at fill time: the key is shared by every client (the rule's key
+    /// does not vary on Cookie or Authorization), so anyone can add variants to it. Decides
+    /// what a full key does (see `variants::MAX_VARIANTS`).
+    pub shared_key: bool,
+    /// When a lookup last found this entry usable: the cache's clock in milliseconds
+    /// ([`Entry::hit`]), 0 while never. On a full shared key the least recently hit
+    /// variant gives way.
+    last_hit: AtomicU64,
 }
 
 /// The secondary key of an entry (RFC 9111 §4.1).
@@ -134,7 +143,22 @@ impl Entry {
             ttl: rule.ttl,
             stale_while_revalidate: rule.stale_while_revalidate,
             stale_if_error: rule.stale_if_error,
+            shared_key: !rule.varies_on_credentials(),
+            last_hit: AtomicU64::new(0),
         }
+    }
+
+    /// Record a hit at `now_ms` (the cache's clock, from 1). Written only when the
+    /// millisecond changed, so a hot entry's many hits do not all write the shared line.
+    pub fn hit(&self, now_ms: u64) {
+        if self.last_hit.load(Ordering::Relaxed) != now_ms {
+            self.last_hit.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// When it was last hit (the cache's clock in milliseconds), 0 if never.
+    pub fn last_hit(&self) -> u64 {
+        self.last_hit.load(Ordering::Relaxed)
     }
 
     /// Age now.

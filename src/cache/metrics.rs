@@ -24,8 +24,11 @@ pub struct CacheMetrics {
     pub evictions: Counter,
     /// Tags and tag patterns purged.
     pub purges: Counter,
-    /// Responses not stored because their key already held `MAX_VARIANTS` usable variants.
+    /// Responses not stored because their per-user key already held `MAX_VARIANTS` usable
+    /// variants.
     pub variants_refused: Counter,
+    /// Variants evicted from a full shared key for a new one (the least recently hit).
+    pub variants_evicted: Counter,
     /// Requests answered without an upstream request: the number users came for.
     pub upstream_requests_saved: Counter,
     /// Bytes held, entry overhead included (approximate between maintenance runs).
@@ -68,8 +71,13 @@ impl CacheMetrics {
         );
         r.register(
             "variants_refused",
-            "Responses not stored: their key's variants were full",
+            "Responses not stored: their per-user key's variants were full",
             self.variants_refused.clone(),
+        );
+        r.register(
+            "variants_evicted",
+            "Least recently hit variants evicted from a full shared key",
+            self.variants_evicted.clone(),
         );
         r.register(
             "stored_bytes",

@@ -46,6 +46,8 @@ pub struct Cache {
     pub metrics: CacheMetrics,
     /// `cache_size` in bytes.
     budget: u64,
+    /// The clock of [`Entry::hit`]: milliseconds since the cache was made.
+    started: std::time::Instant,
 }
 
 /// Entries live this long past their last useful moment, so a slightly late request still
@@ -84,7 +86,7 @@ pub enum NotStored {
     Purged,
     /// Larger than the whole budget.
     TooLarge,
-    /// Its key already holds [`variants::MAX_VARIANTS`] usable variants.
+    /// Its key is per-user and already holds [`variants::MAX_VARIANTS`] usable variants.
     VariantsFull,
 }
 
@@ -110,15 +112,25 @@ impl Cache {
             locks: Locks::default(),
             metrics,
             budget,
+            started: std::time::Instant::now(),
         }
     }
 
+    /// Now on the clock of [`Entry::hit`]: from 1, so 0 stays "never hit".
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
     /// The entry that a request with `headers` selects among the variants of `key`, unless
-    /// a purge of one of its tags made it invalid.
+    /// a purge of one of its tags made it invalid. Finding it is a hit for the full policy
+    /// of a shared key (see [`variants::MAX_VARIANTS`]).
     pub fn get(&self, key: &CacheKey, headers: &HeaderMap) -> Option<Arc<Entry>> {
         let variants = self.store.get(key)?;
         let entry = variants.select(headers)?;
         if self.tags.valid(&entry.tags, entry.generation) {
+            entry.hit(self.now_ms());
             return Some(entry.clone());
         }
         // Drop the purged variant now rather than weigh it until the key expires; the
@@ -150,7 +162,8 @@ impl Cache {
 
     /// Store `entry` as a variant of `key`, unless one of its tags was purged since its
     /// fill started (the generation check), it exceeds the budget, or the key's variants
-    /// are full (counted).
+    /// are full and it is per-user (counted); a full shared key evicts its least recently
+    /// hit variant instead (counted).
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) -> Result<(), NotStored> {
         if !self.tags.valid(&entry.tags, entry.generation) {
             return Err(NotStored::Purged);
@@ -159,15 +172,17 @@ impl Cache {
             return Err(NotStored::TooLarge);
         }
         let mut result = Err(NotStored::VariantsFull);
+        let mut evicted = false;
         let usable = |e: &Entry| {
             e.freshness() != Freshness::Expired && self.tags.valid(&e.tags, e.generation)
         };
         self.store.entry(key).and_compute_with(|current| {
             let current = current.map(|c| c.into_value());
             match Variants::with(current.as_deref(), entry, usable) {
-                Ok(variants) => {
+                Ok(added) => {
                     result = Ok(());
-                    Op::Put(Arc::new(variants))
+                    evicted = added.evicted.is_some();
+                    Op::Put(Arc::new(added.variants))
                 }
                 Err(variants::Full) => Op::Nop,
             }
@@ -175,6 +190,9 @@ impl Cache {
         match result {
             Ok(()) => {
                 self.metrics.stored.inc();
+                if evicted {
+                    self.metrics.variants_evicted.inc();
+                }
                 self.refresh_gauges();
             }
             Err(NotStored::VariantsFull) => {
@@ -242,6 +260,7 @@ impl Cache {
             "passes": m.passes.get(),
             "evictions": m.evictions.get(),
             "variants_refused": m.variants_refused.get(),
+            "variants_evicted": m.variants_evicted.get(),
             "purges": m.purges.get(),
             "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
             "upstream_requests_saved": m.upstream_requests_saved.get(),

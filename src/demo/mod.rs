@@ -132,9 +132,17 @@ mod tests {
         assert_eq!(config.admin.listen, admin);
         assert_eq!(config.upstream.to_string(), "http://127.0.0.1:3");
         assert_eq!(
-            (config.caches.len(), config.taps.len(), config.streams.len()),
-            (1, 1, 1)
+            (
+                config.watches.len(),
+                config.caches.len(),
+                config.taps.len(),
+                config.streams.len()
+            ),
+            (1, 0, 1, 1)
         );
+        let watch = &config.watches[0];
+        assert_eq!(watch.interval, std::time::Duration::from_secs(30));
+        assert!(watch.cache.vary.is_empty(), "one shared entry for the chat");
     }
 
     #[test]

@@ -9,6 +9,11 @@ use serde::Deserialize;
 
 use crate::config::{ConfigErrors, join, parse_duration, parse_size};
 
+/// Where the browser client is served when `client = true` (`/_unpoll/client.js`). Defined
+/// with the option rather than in `client`, so the config layer (a `[[watch]]` rule's
+/// injected tag) can name it without importing the serving code.
+pub const CLIENT_PREFIX: &str = "/_unpoll/";
+
 /// The `[proxy]` section as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

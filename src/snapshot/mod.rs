@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub jwt: Option<Arc<JwtAuth>>,
     /// The gate of `/_unpoll/sse`, when `[generic_stream] enabled` (always JWT).
     pub(crate) generic_stream: Option<Authorizer>,
+    /// The `<script>` tag added to the app's HTML pages for `inject = true` watch rules
+    /// (`None`: no page is rewritten); built here once, read by every HTML response.
+    pub(crate) inject_tag: Option<Arc<str>>,
 }
 
 impl Snapshot {
@@ -71,12 +74,14 @@ impl Snapshot {
                 auth_metrics,
             )
         });
+        let inject_tag = crate::watch::config::inject_tag(&config.watches, config.proxy.client);
         Snapshot {
             config,
             routes,
             upstream,
             jwt,
             generic_stream,
+            inject_tag,
         }
     }
 }

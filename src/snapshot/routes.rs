@@ -161,7 +161,8 @@ impl Routes {
     pub fn responses(&self) -> u64 {
         let rules = (self.streams.iter().map(|s| &s.counters))
             .chain(self.taps.iter().map(|t| &t.counters))
-            .chain(self.caches.iter().map(|c| &c.counters));
+            .chain(self.caches.iter().map(|c| &c.counters))
+            .chain(self.watches.iter().map(|w| &w.counters));
         self.proxy.total() + rules.map(RuleCounters::total).sum::<u64>()
     }
 

@@ -5,6 +5,7 @@
 //! own validation: its `path`, `vary`, `tags` and `max_body` errors carry this rule's key
 //! paths (`watch[0].tags[1]`) and no check is written twice.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -184,6 +185,34 @@ impl RawWatchRule {
     }
 }
 
+/// The tag `inject = true` rules add to the app's HTML pages:
+/// `<script src="/_unpoll/client.js" data-unpoll-watch="/a /b">`, the paths in file order;
+/// `None` when no rule injects or the client is not served (`[proxy] client = false`).
+/// Built once per config snapshot (`Snapshot::build`), never per response.
+pub fn inject_tag(rules: &[WatchRule], client_served: bool) -> Option<Arc<str>> {
+    if !client_served {
+        return None;
+    }
+    let paths: Vec<&str> = rules.iter().filter_map(|w| w.inject.as_deref()).collect();
+    if paths.is_empty() {
+        return None;
+    }
+    let watched = escape_attribute(&paths.join(" "));
+    let prefix = crate::proxy::config::CLIENT_PREFIX;
+    Some(
+        format!("<script src=\"{prefix}client.js\" data-unpoll-watch=\"{watched}\"></script>")
+            .into(),
+    )
+}
+
+fn escape_attribute(value: &str) -> String {
+    value
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +302,24 @@ mod tests {
                 .unwrap_err()
                 .contains("bogus")
         );
+    }
+
+    #[test]
+    fn the_inject_tag_lists_the_injecting_paths_escaped() {
+        let rules: Vec<WatchRule> = [
+            "path = \"/a\"\ninject = true",
+            "path = \"/quiet\"",
+            "path = \"/b&c\"\ninject = true",
+        ]
+        .iter()
+        .map(|text| rule(text).unwrap())
+        .collect();
+        assert_eq!(
+            inject_tag(&rules, true).as_deref(),
+            Some("<script src=\"/_unpoll/client.js\" data-unpoll-watch=\"/a /b&amp;c\"></script>")
+        );
+        assert_eq!(inject_tag(&rules, false), None, "the client is not served");
+        assert_eq!(inject_tag(&rules[1..2], true), None, "no rule injects");
+        assert_eq!(escape_attribute("/a?x=\"1\"&b"), "/a?x=&quot;1&quot;&amp;b");
     }
 }

@@ -28,52 +28,23 @@ use crate::snapshot::Snapshot;
 /// Past it, the rest of the page goes out unchanged (lol_html's graceful bail-out).
 const MAX_REWRITER_MEMORY: usize = 256 * 1024;
 
-/// The script tag for the snapshot's `inject = true` rules; `None` when there are none.
-pub fn script_tag(snapshot: &Snapshot) -> Option<String> {
-    let paths: Vec<&str> = snapshot
-        .routes
-        .watches
-        .iter()
-        .filter_map(|w| w.rule.inject.as_deref())
-        .collect();
-    if paths.is_empty() {
-        return None;
-    }
-    let watched = escape_attribute(&paths.join(" "));
-    Some(format!(
-        "<script src=\"{}client.js\" data-unpoll-watch=\"{watched}\"></script>",
-        crate::client::PREFIX
-    ))
-}
-
-fn escape_attribute(value: &str) -> String {
-    value
-        .replace('&', "&amp;")
-        .replace('"', "&quot;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// `resp` with the snapshot's [`script_tag`] added when it is an HTML page answering a GET
-/// and the client is served (`[proxy] client`); a page with a `Content-Encoding` is
-/// returned unchanged and counted in `metrics.inject_skipped`.
+/// `resp` with the snapshot's `inject_tag` added when it is an HTML page answering a GET
+/// (the snapshot has a tag only when a rule injects and the client is served); a page with
+/// a `Content-Encoding` is returned unchanged and counted in `metrics.inject_skipped`.
 pub fn inject_page(
     method: &Method,
     resp: Response<Body>,
     snapshot: &Snapshot,
     metrics: &WatchMetrics,
 ) -> Response<Body> {
-    if method != Method::GET || !is_html(resp.headers()) || !snapshot.config.proxy.client {
-        return resp;
-    }
-    match script_tag(snapshot) {
-        Some(tag) => inject(resp, &tag, metrics),
-        None => resp,
+    match &snapshot.inject_tag {
+        Some(tag) if method == Method::GET && is_html(resp.headers()) => inject(resp, tag, metrics),
+        _ => resp,
     }
 }
 
 /// `resp`, an HTML page, with `tag` added, unless it has a `Content-Encoding` (counted).
-fn inject(resp: Response<Body>, tag: &str, metrics: &WatchMetrics) -> Response<Body> {
+fn inject(resp: Response<Body>, tag: &Arc<str>, metrics: &WatchMetrics) -> Response<Body> {
     if resp.headers().contains_key(header::CONTENT_ENCODING) {
         metrics.inject_skipped.inc();
         return resp;
@@ -108,7 +79,7 @@ struct Injecting {
 }
 
 impl Injecting {
-    fn new(inner: Body, tag: &str) -> Injecting {
+    fn new(inner: Body, tag: &Arc<str>) -> Injecting {
         let output = Output::default();
         let sink_output = output.clone();
         let sink: Sink = Box::new(move |chunk: &[u8]| {
@@ -136,16 +107,12 @@ fn lock(output: &Output) -> std::sync::MutexGuard<'_, Vec<u8>> {
 }
 
 /// Handlers adding `tag` once: first in `<head>`, else first in `<body>`, else before the
-/// first `<script>`, else at the end of the document.
-fn settings(tag: &str) -> Settings<'static, 'static> {
+/// first `<script>`, else at the end of the document. The handlers share the snapshot's
+/// tag: a page costs no copy of it.
+fn settings(tag: &Arc<str>) -> Settings<'static, 'static> {
     let done = Arc::new(AtomicBool::new(false));
     let (d1, d2, d3, d4) = (done.clone(), done.clone(), done.clone(), done);
-    let (t1, t2, t3, t4) = (
-        tag.to_owned(),
-        tag.to_owned(),
-        tag.to_owned(),
-        tag.to_owned(),
-    );
+    let (t1, t2, t3, t4) = (tag.clone(), tag.clone(), tag.clone(), tag.clone());
     Settings::new_send()
         .append_element_content_handler(element!("head", move |el| {
             if !d1.swap(true, Ordering::Relaxed) {
@@ -249,7 +216,7 @@ mod tests {
         let body = boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
             frames,
         )));
-        let out = Injecting::new(body, "<script x></script>")
+        let out = Injecting::new(body, &Arc::from("<script x></script>"))
             .collect()
             .await
             .unwrap()
@@ -301,10 +268,10 @@ mod tests {
         );
         let without = snapshot("[[watch]]\npath = \"/a\"");
         assert_eq!(
-            script_tag(&with).unwrap(),
-            "<script src=\"/_unpoll/client.js\" data-unpoll-watch=\"/a /b&amp;c\"></script>"
+            with.inject_tag.as_deref(),
+            Some("<script src=\"/_unpoll/client.js\" data-unpoll-watch=\"/a /b&amp;c\"></script>")
         );
-        assert_eq!(script_tag(&without), None);
+        assert_eq!(without.inject_tag, None);
         let page = |ct: &str, encoding: Option<&str>| {
             let mut b = Response::builder().header("content-type", ct);
             if let Some(e) = encoding {
@@ -338,10 +305,5 @@ mod tests {
             (metrics.injected.get(), metrics.inject_skipped.get()),
             (1, 1)
         );
-    }
-
-    #[test]
-    fn the_attribute_is_escaped() {
-        assert_eq!(escape_attribute("/a?x=\"1\"&b"), "/a?x=&quot;1&quot;&amp;b");
     }
 }

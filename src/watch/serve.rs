@@ -39,14 +39,15 @@ pub async fn serve(
     req: Request<Incoming>,
     client_ip: IpAddr,
 ) -> Result<Response<Body>, ProxyError> {
-    let req = match &rule.token_query {
-        Some(name) => token_to_header(req, name)?,
-        None => req,
-    };
+    // A stream applies the rule's `token_query` in `subscribe` (which `/_unpoll/multi`
+    // calls too); a poll here.
     let mut resp = if req.method() == Method::GET && wants_stream(req.headers()) {
         let (head, _) = req.into_parts();
         Box::pin(open(parts, snapshot, rule, params, &head, client_ip)).await
     } else {
+        let (mut head, body) = req.into_parts();
+        token_to_header(rule, &mut head.uri, &mut head.headers)?;
+        let req = Request::from_parts(head, body);
         let (cache, hub, shutdown) = (&parts.cache, &parts.hub, &parts.shutdown);
         let rule = &rule.cache;
         crate::cache::serve::serve(cache, hub, shutdown, snapshot, rule, params, req, client_ip)
@@ -59,14 +60,21 @@ pub async fn serve(
 
 /// The rule's `token_query` parameter becomes the request's `Authorization: Bearer` (for
 /// the key and every fetch, stream or poll) and leaves its URL, so the app never sees it
-/// in a query. A request without it keeps its own Authorization.
-fn token_to_header(req: Request<Incoming>, name: &str) -> Result<Request<Incoming>, ProxyError> {
-    let (mut head, body) = req.into_parts();
-    if let Some(bearer) = crate::auth::query_bearer(name, head.uri.query())? {
-        head.headers.insert(header::AUTHORIZATION, bearer);
+/// in a query. A request without it keeps its own Authorization. The one step every way in
+/// applies: a poll ([`serve`]) and every stream, single or multiplexed ([`subscribe`]).
+fn token_to_header(
+    rule: &WatchRule,
+    uri: &mut Uri,
+    headers: &mut HeaderMap,
+) -> Result<(), ProxyError> {
+    let Some(name) = &rule.token_query else {
+        return Ok(());
+    };
+    if let Some(bearer) = crate::auth::query_bearer(name, uri.query())? {
+        headers.insert(header::AUTHORIZATION, bearer);
     }
-    crate::auth::strip_query_param(&mut head.uri, name);
-    Ok(Request::from_parts(head, body))
+    crate::auth::strip_query_param(uri, name);
+    Ok(())
 }
 
 /// Does the client ask for an event stream (EventSource always sends this)?
@@ -126,7 +134,9 @@ pub struct WatchSubscription {
 /// starting it (one fetch, or the cache's fresh entry) when none runs. `Err` is the answer
 /// a single stream gives instead: the upstream's own 401/403/404 (or other non-2xx) on the
 /// first fetch, 502/504 when it failed, 429 at `hub.max_watch_keys`, 400 when a tag of the
-/// rule has no value in the request.
+/// rule has no value in the request or its `token_query` is not a valid header value. The
+/// rule's `token_query` is applied here, so a stream opened alone and one inside
+/// `/_unpoll/multi` are authorised alike.
 ///
 /// This is what a multiplexed stream (`/_unpoll/multi`) calls for a watch subscription,
 /// then [`WatchSubscription::frames`] for its events.
@@ -140,8 +150,9 @@ pub async fn subscribe(
     client_ip: IpAddr,
 ) -> Result<WatchSubscription, Response<Body>> {
     let watches = &parts.watches;
-    let headers = fetch_headers(headers);
-    let uri = fetch_uri(uri);
+    let mut headers = fetch_headers(headers);
+    let mut uri = fetch_uri(uri);
+    token_to_header(rule, &mut uri, &mut headers).map_err(ProxyError::into_response)?;
     let Some(refresh) = Refresh::new(
         &parts.cache,
         &parts.hub,

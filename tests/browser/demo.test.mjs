@@ -1,6 +1,7 @@
 // `unpoll demo` in the system Chromium: two windows (two browser profiles) of the chat and
-// the dashboard. A message posted in one window appears in the other without a poll, the
-// dashboard's "saved" counter rises, and a screenshot of it is written to docs/dashboard.png.
+// the dashboard. Each window watches the list through /_unpoll/client.js; a message posted
+// in one window appears in the other without a request for the list, the dashboard's
+// "saved" counter rises, and a screenshot of it is written to docs/dashboard.png.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -78,26 +79,34 @@ test("a message posted in one window appears in the other without a poll; the da
   const dashboard = await open(demo.dashboard, errors);
   await dashboard.setViewportSize({ width: 1100, height: 640 });
 
-  // Both windows hold their stream (each profile has its own connection).
-  await eventually("two subscribers on the messages stream", async () => {
-    const stats = await demo.stats();
-    return stats.streams[0].subscribers === 2;
-  });
+  // Both windows watch the list (each profile has its own connection), and have it.
+  await eventually("two watchers of the list", async () => (await demo.stats()).watch.subscribers === 2);
   await eventually("the dashboard shows both subscribers", async () =>
     (await dashboard.textContent("#subscribers")) === "2");
+  for (const page of [alice, bob]) {
+    await eventually("the page has the list from unpoll", async () => (await counts(page)).pushes >= 1);
+  }
   const savedBefore = await savedOn(dashboard);
+  // From here on Bob's page must not ask for the list: the new one is pushed.
+  const bobAsked = [];
+  bob.on("request", (r) => r.url().endsWith("/api/messages") && bobAsked.push(r.method()));
 
   await alice.fill("input[name=text]", "hello from Alice");
   await alice.click("button");
   await eventually("Bob sees Alice's message", async () =>
     (await texts(bob)).includes("hello from Alice"), 10000, async () => JSON.stringify(await counts(bob)));
   const bobs = await counts(bob);
-  assert.equal(bobs.polls, 0, "Bob's page never polled on its timer");
-  assert.ok(bobs.pushes >= 1, "Bob's page refetched because of a push");
+  assert.deepEqual(bobAsked, [], "Bob's page sent no request for the list");
+  assert.equal(bobs.polls + bobs.fetches, 0, "Bob's page never polled on its timer");
+  assert.ok(bobs.pushes >= 2, "Bob's page got the list, then the new one pushed");
   assert.equal(await bob.textContent("#mode"), "push");
   await eventually("Alice sees her own message too", async () => (await texts(alice)).includes("hello from Alice"));
 
-  // Both windows refetched the list after the push: one upstream request served both.
+  // One upstream request (the watcher's refetch after the tap's purge) served both windows,
+  // and a page without the client that polls the list is answered from the entry it stored.
+  const poll = await fetch(demo.chat + "api/messages");
+  assert.match(poll.headers.get("cache-status") || "", /; hit/);
+  assert.ok((await poll.json()).messages.some((m) => m.text === "hello from Alice"));
   await eventually("the dashboard's saved counter rises", async () =>
     (await savedOn(dashboard)) > savedBefore, 10000, async () => `${savedBefore} → ${await savedOn(dashboard)}`);
 
