@@ -119,12 +119,13 @@ impl Listeners {
                 format!("admin.listen {}: {e}", config.admin.listen),
             )
         })?;
-        let redirect = match config.tls.as_ref().and_then(|t| t.redirect_http) {
-            None => None,
-            Some(addr) => Some(listen(addr).map_err(|e| {
-                io::Error::new(e.kind(), format!("tls.redirect_http {addr}: {e}"))
-            })?),
-        };
+        let redirect =
+            match config.tls.as_ref().and_then(|t| t.redirect_http) {
+                None => None,
+                Some(addr) => Some(listen(addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("tls.redirect_http {addr}: {e}"))
+                })?),
+            };
         Ok(Listeners {
             main,
             admin,
@@ -172,6 +173,11 @@ pub async fn run(listeners: Listeners, app: Arc<App>) {
 pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn sources::Sink>) {
     let sources = app.start_sources(sink);
     let tasks = TaskTracker::new();
+    // Redirects name the port the main listener is bound to (port 0 resolved).
+    let https_port = listeners
+        .main
+        .local_addr()
+        .map_or(app.snapshot().config.listen.port(), |a| a.port());
     let main = tokio::spawn(server::serve(
         listeners.main,
         server::Listener::Main,
@@ -191,9 +197,10 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
         app.clone(),
         tasks.clone(),
     ));
-    let redirect = listeners
-        .redirect
-        .map(|listener| tokio::spawn(server::serve_redirects(listener, app.clone(), tasks.clone())));
+    let redirect = listeners.redirect.map(|listener| {
+        let serve = server::serve_redirects(listener, https_port, app.clone(), tasks.clone());
+        tokio::spawn(serve)
+    });
     app.handles.shutdown.cancelled().await;
     if let Some(redirect) = redirect {
         let _ = redirect.await;

@@ -216,7 +216,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             .ok(),
     };
     let admin = admin.validate("admin", &mut errors);
-    let proxy = proxy.validate("proxy", &mut errors);
+    let mut proxy = proxy.validate("proxy", &mut errors);
     let log = log.validate("log", &mut errors);
     let (postgres, notify) =
         crate::sources::postgres::config::validate(postgres, notify, &mut errors);
@@ -228,6 +228,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         .collect();
     let hub = hub.validate("hub", &mut errors);
     let cluster = cluster.and_then(|c| c.validate("cluster", &mut errors));
+    // Present but invalid still counts: its own errors say what is wrong.
+    proxy.client_tls = tls.is_some();
     let tls = tls.and_then(|t| t.validate("tls", &mut errors));
     // Present but invalid still counts as present: its own errors say what is wrong.
     let jwt_section = jwt.is_some();

@@ -339,10 +339,12 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// hyper's HTTP/2 settings for unpoll: many cheap, mostly idle event streams per
 /// connection (BENCHMARKS.md, "TLS and HTTP/2").
 fn h2_tuning(builder: &mut http2::Builder<TokioExecutor>, config: &crate::Config) {
-    let max_streams = config.tls.as_ref().map_or(
-        crate::tls::config::DEFAULT_MAX_CONCURRENT_STREAMS,
-        |t| t.max_concurrent_streams,
-    );
+    let max_streams = config
+        .tls
+        .as_ref()
+        .map_or(crate::tls::config::DEFAULT_MAX_CONCURRENT_STREAMS, |t| {
+            t.max_concurrent_streams
+        });
     builder
         .max_concurrent_streams(max_streams)
         .initial_stream_window_size(H2_STREAM_WINDOW)

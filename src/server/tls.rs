@@ -86,9 +86,14 @@ where
 /// backlog. Each answers one request and closes, so few are open at any time.
 const MAX_REDIRECT_CONNECTIONS: usize = 1024;
 
-/// Answer every request on `listener` with `308` to the same host and path over https,
-/// one request per connection, until shutdown.
-pub async fn serve_redirects(listener: TcpListener, app: Arc<App>, tasks: TaskTracker) {
+/// Answer every request on `listener` with `308` to the same host and path over https on
+/// `https_port` (the main listener's), one request per connection, until shutdown.
+pub async fn serve_redirects(
+    listener: TcpListener,
+    https_port: u16,
+    app: Arc<App>,
+    tasks: TaskTracker,
+) {
     let slots = Arc::new(Semaphore::new(MAX_REDIRECT_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -109,13 +114,7 @@ pub async fn serve_redirects(listener: TcpListener, app: Arc<App>, tasks: TaskTr
             },
             _ = app.handles.shutdown.cancelled() => return,
         };
-        let (header_read_timeout, https_port) = {
-            let snapshot = app.snapshot();
-            (
-                snapshot.config.proxy.header_read_timeout,
-                snapshot.config.listen.port(),
-            )
-        };
+        let header_read_timeout = app.snapshot().config.proxy.header_read_timeout;
         let shutdown = app.handles.shutdown.clone();
         tasks.spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| async move {

@@ -74,10 +74,7 @@ impl RawTlsConfig {
             .max_concurrent_streams
             .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS);
         if max_concurrent_streams == 0 {
-            errors.push(
-                join(path, "max_concurrent_streams"),
-                "must be at least 1",
-            );
+            errors.push(join(path, "max_concurrent_streams"), "must be at least 1");
         }
         let handshake_timeout = match self.handshake_timeout.as_deref() {
             None => DEFAULT_HANDSHAKE_TIMEOUT,
@@ -113,7 +110,12 @@ impl TlsConfig {
     pub fn warnings(&self, now: SystemTime) -> Vec<(String, String)> {
         self.pair
             .expiry_warning(now)
-            .map(|w| ("tls.cert".to_string(), format!("{}: {w}", self.cert.display())))
+            .map(|w| {
+                (
+                    "tls.cert".to_string(),
+                    format!("{}: {w}", self.cert.display()),
+                )
+            })
             .into_iter()
             .collect()
     }
