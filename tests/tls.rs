@@ -500,3 +500,102 @@ async fn sighup_swaps_the_certificate_and_open_streams_keep_receiving() {
     let m = unpoll.metrics().await;
     assert_eq!(handshakes(&m, "h2"), 4.0, "{m}");
 }
+
+/// Open `per_connection` event streams on each of `connections` h2 connections over TLS
+/// and read each one's first frame (its body is then registered and idle). Returns what
+/// keeps them open.
+async fn open_h2_streams(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    connections: usize,
+    per_connection: usize,
+) -> Vec<(
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    Vec<hyper::body::Incoming>,
+)> {
+    let client = pki.rustls_client(&[b"h2"]);
+    let opens = (0..connections).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = TlsConnector::from(client).connect(name, tcp).await.unwrap();
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let streams = (0..per_connection).map(|_| {
+                let mut send = send.clone();
+                async move {
+                    let req = http::Request::get(format!("https://{addr}/events"))
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    let resp = send.send_request(req).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let mut body = resp.into_body();
+                    let first = body.frame().await.unwrap().unwrap();
+                    assert_eq!(first.into_data().unwrap(), "retry: 2000\n\n");
+                    body
+                }
+            });
+            let bodies = futures::future::join_all(streams).await;
+            (send, bodies)
+        })
+    });
+    futures::future::join_all(opens)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// Idle memory of an h2 event stream over TLS, its share of the connection included:
+/// 10,000 streams over 100 and over 10 connections, in a fresh process each. Prints the
+/// numbers BENCHMARKS.md records (release build: `cargo test --release --test tls --
+/// --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "RSS measurement: run by `benches/run memory` (BENCHMARKS.md)"]
+async fn idle_h2_streams_cost_at_most_4_kib_each() {
+    const STREAMS: usize = 10_000;
+    let pki = Pki::new();
+    pki.install(&pki.issue(1, 90));
+    let upstream = upstream().await;
+    let mut results = Vec::new();
+    for connections in [100, 10] {
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             {}[hub]\nmax_subscribers_per_ip = 20000\nmax_subscribers_per_channel = 20000\n\
+             [[stream]]\npath = \"/events\"\nchannels = [\"fan\"]\nauth = \"none\"\n",
+            upstream.url(),
+            pki.section("max_concurrent_streams = 1000")
+        );
+        let unpoll = Spawned::start(&config).await;
+        let open = || async { metric(&unpoll.metrics().await, "unpoll_stream_connections") };
+        // The first connection and streams pay for one-time allocations (the channel,
+        // runtime and allocator slabs, rustls' and h2's statics).
+        let _warm = open_h2_streams(&pki, unpoll.addr, 2, 50).await;
+        eventually(T, "the warm-up streams", || async { open().await == 100.0 }).await;
+        let before = unpoll.rss();
+        let _streams =
+            open_h2_streams(&pki, unpoll.addr, connections, STREAMS / connections).await;
+        eventually(Duration::from_secs(60), "all streams", || async {
+            open().await == (100 + STREAMS) as f64
+        })
+        .await;
+        let after = unpoll.rss();
+        let per_stream = after.saturating_sub(before) / STREAMS as u64;
+        eprintln!(
+            "{STREAMS} idle h2 streams over {connections} TLS connections: RSS +{} KiB, \
+             {per_stream} bytes per stream",
+            after.saturating_sub(before) / 1024
+        );
+        results.push((connections, per_stream));
+    }
+    for (connections, per_stream) in results {
+        assert!(
+            per_stream <= 4096,
+            "over {connections} connections an idle h2 stream costs {per_stream} bytes"
+        );
+    }
+}
