@@ -178,7 +178,7 @@ async fn redirect_http_answers_308_to_the_https_url() {
     )
     .await;
     let redirect = unpoll.redirect.expect("redirect listener");
-    let http = reqwest::Client::builder()
+    let http = common::reqwest_builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -198,7 +198,7 @@ async fn redirect_http_answers_308_to_the_https_url() {
     assert_eq!(upstream.total(), 0, "a redirect never reaches the app");
 
     // Followed, it lands on the TLS listener.
-    let follow = reqwest::Client::builder()
+    let follow = common::reqwest_builder()
         .no_proxy()
         .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap()])
         .build()
@@ -577,8 +577,7 @@ async fn idle_h2_streams_cost_at_most_4_kib_each() {
         let _warm = open_h2_streams(&pki, unpoll.addr, 2, 50).await;
         eventually(T, "the warm-up streams", || async { open().await == 100.0 }).await;
         let before = unpoll.rss();
-        let _streams =
-            open_h2_streams(&pki, unpoll.addr, connections, STREAMS / connections).await;
+        let _streams = open_h2_streams(&pki, unpoll.addr, connections, STREAMS / connections).await;
         eventually(Duration::from_secs(60), "all streams", || async {
             open().await == (100 + STREAMS) as f64
         })

@@ -120,3 +120,112 @@ impl TlsConfig {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem_pair(dir: &std::path::Path, days: i64) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        let cert = params.self_signed(&key).unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    fn validate(text: &str) -> Result<TlsConfig, String> {
+        let raw: RawTlsConfig = toml::from_str(text).unwrap();
+        let mut errors = ConfigErrors::default();
+        let config = raw.validate("tls", &mut errors);
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(errors.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_matching_pair_loads_with_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_pair(dir.path(), 90);
+        let text = format!("cert = {:?}\nkey = {:?}", cert, key);
+        let config = validate(&text).unwrap();
+        assert_eq!(
+            config.max_concurrent_streams,
+            DEFAULT_MAX_CONCURRENT_STREAMS
+        );
+        assert_eq!(config.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
+        assert_eq!(config.redirect_http, None);
+        assert!(config.warnings(SystemTime::now()).is_empty());
+        // 90 days from now, seen from 80 days on: a warning naming the file.
+        let later = SystemTime::now() + Duration::from_secs(80 * 86_400);
+        let warnings = config.warnings(later);
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].0, "tls.cert");
+        assert!(
+            warnings[0].1.contains("expires in 9 day(s)"),
+            "{warnings:?}"
+        );
+        let expired = SystemTime::now() + Duration::from_secs(91 * 86_400);
+        assert!(config.warnings(expired)[0].1.contains("expired on"));
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_key() {
+        let errors = validate(
+            "max_concurrent_streams = 0\nhandshake_timeout = \"0s\"\n\
+                               redirect_http = \"nowhere\"",
+        )
+        .unwrap_err();
+        for expected in [
+            "tls.cert: required",
+            "tls.key: required",
+            "tls.redirect_http: invalid address \"nowhere\"",
+            "tls.max_concurrent_streams: must be at least 1",
+            "tls.handshake_timeout: must be more than 0s",
+        ] {
+            assert!(errors.contains(expected), "{expected:?} in {errors}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = pem_pair(dir.path(), 90);
+        let other = tempfile::tempdir().unwrap();
+        let (_, other_key) = pem_pair(other.path(), 90);
+        let errors = validate(&format!("cert = {cert:?}\nkey = {other_key:?}")).unwrap_err();
+        assert!(
+            errors.starts_with(&format!("tls.key: {} does not match", other_key.display())),
+            "{errors}"
+        );
+        let errors = validate(&format!("cert = {other_key:?}\nkey = {other_key:?}")).unwrap_err();
+        assert!(
+            errors.contains("tls.cert: ") && errors.contains("no CERTIFICATE"),
+            "{errors}"
+        );
+    }
+
+    /// The commented-out `[tls]` example of `config.toml.example` shows the defaults.
+    #[test]
+    fn example_file_section_shows_the_defaults() {
+        let text = include_str!("../../config.toml.example");
+        let start = text.find("# [tls]\n").expect("[tls] example");
+        let end = start + text[start..].find("[admin]").expect("[admin] follows");
+        let keys: String = text[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let raw: RawTlsConfig = toml::from_str(&keys).unwrap();
+        assert_eq!(
+            raw.max_concurrent_streams,
+            Some(DEFAULT_MAX_CONCURRENT_STREAMS)
+        );
+        assert_eq!(
+            parse_duration(raw.handshake_timeout.as_deref().unwrap()),
+            Ok(DEFAULT_HANDSHAKE_TIMEOUT)
+        );
+        assert!(raw.cert.is_some() && raw.key.is_some() && raw.redirect_http.is_some());
+    }
+}

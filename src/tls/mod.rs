@@ -62,17 +62,6 @@ impl Tls {
     pub fn set_pair(&self, pair: &CertPair) {
         self.resolver.current.store(pair.certified.clone());
     }
-
-    /// The end-entity certificate handshakes present now (DER).
-    pub fn current_cert(&self) -> Vec<u8> {
-        self.resolver
-            .current
-            .load()
-            .cert
-            .first()
-            .map(|c| c.to_vec())
-            .unwrap_or_default()
-    }
 }
 
 /// Answers every handshake with the current pair (one certificate per instance, whatever

@@ -164,10 +164,18 @@ where
     }
 }
 
+/// A reqwest client builder. reqwest's rustls (for `tests/tls.rs`) is built without a
+/// crypto provider, to use ring as unpoll does rather than aws-lc's C build: every client
+/// then needs the process-wide provider installed first, TLS or not.
+pub fn reqwest_builder() -> reqwest::ClientBuilder {
+    tls::install_ring();
+    reqwest::Client::builder()
+}
+
 /// A reqwest client without a proxy from the environment and without connection reuse
 /// surprises.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    reqwest_builder()
         .no_proxy()
         .build()
         .expect("reqwest client")

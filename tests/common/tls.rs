@@ -87,9 +87,8 @@ impl Pki {
     /// A reqwest client trusting only this CA: `h2` (ALPN h2 and http/1.1; h2 chosen) or
     /// HTTP/1.1 only.
     pub fn client(&self, h2: bool) -> reqwest::Client {
-        install_ring();
         let ca = reqwest::Certificate::from_pem(self.ca_pem().as_bytes()).unwrap();
-        let builder = reqwest::Client::builder()
+        let builder = super::reqwest_builder()
             .no_proxy()
             .tls_certs_only([ca])
             .tls_info(true);
