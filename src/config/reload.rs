@@ -169,4 +169,32 @@ mod tests {
         );
         assert_eq!(start_only_changes(&without, &with), ["postgres", "notify"]);
     }
+
+    /// `[tls]` added or removed, or its redirect listener moved, waits for a restart; a new
+    /// certificate, stream limit or handshake timeout does not.
+    #[test]
+    fn tls_presence_and_its_listener_are_start_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let tls = |extra: &str| {
+            parse(&format!(
+                "[tls]\ncert = {cert_path:?}\nkey = {key_path:?}\n{extra}"
+            ))
+        };
+        let without = parse("");
+        let plain = tls("");
+        assert_eq!(start_only_changes(&without, &plain), ["tls"]);
+        assert_eq!(start_only_changes(&plain, &without), ["tls"]);
+        let tuned = tls("max_concurrent_streams = 10\nhandshake_timeout = \"1s\"");
+        assert!(start_only_changes(&plain, &tuned).is_empty());
+        let redirect = tls("redirect_http = \"127.0.0.1:8080\"");
+        assert_eq!(start_only_changes(&plain, &redirect), ["tls.redirect_http"]);
+    }
 }
