@@ -110,6 +110,8 @@ async fn proxies_caches_and_streams_over_tls_with_h1_and_h2() {
         subscribers(&unpoll, 0).await;
     }
     let m = unpoll.metrics().await;
+    // reqwest may open a second HTTP/1.1 connection when a request follows a response
+    // whose connection is not back in its pool yet (hyper-util's pool, client side).
     assert!(handshakes(&m, "http1") >= 1.0, "{m}");
     assert_eq!(handshakes(&m, "h2"), 1.0, "h2 multiplexes all on one: {m}");
     // Plain HTTP to a TLS listener is a failed handshake, not a request.
@@ -597,4 +599,66 @@ async fn idle_h2_streams_cost_at_most_4_kib_each() {
             "over {connections} connections an idle h2 stream costs {per_stream} bytes"
         );
     }
+}
+
+/// For comparison: idle HTTP/1.1 event streams over TLS, one connection each (written
+/// outside hyper, as on plain HTTP): the TLS session's own state is most of their cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "RSS measurement: run by `benches/run memory` (BENCHMARKS.md)"]
+async fn idle_h1_streams_over_tls_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const STREAMS: usize = 2_000;
+    let pki = Pki::new();
+    pki.install(&pki.issue(1, 90));
+    let upstream = upstream().await;
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         {}[hub]\nmax_subscribers_per_ip = 20000\n\
+         [[stream]]\npath = \"/events\"\nchannels = [\"fan\"]\nauth = \"none\"\n",
+        upstream.url(),
+        pki.section("")
+    );
+    let unpoll = Spawned::start(&config).await;
+    let client = pki.rustls_client(&[b"http/1.1"]);
+    let addr = unpoll.addr;
+    let open = |n: usize| {
+        let client = client.clone();
+        async move {
+            let mut streams = Vec::with_capacity(n);
+            for _ in 0..n {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                let mut tls = TlsConnector::from(client.clone())
+                    .connect(name, tcp)
+                    .await
+                    .unwrap();
+                tls.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(13).any(|w| w == b"retry: 2000\n\n") {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "EOF: {}", String::from_utf8_lossy(&head));
+                    head.extend_from_slice(&buf[..n]);
+                }
+                streams.push(tls);
+            }
+            streams
+        }
+    };
+    let _warm = open(50).await;
+    let before = unpoll.rss();
+    let _streams = open(STREAMS).await;
+    let after = unpoll.rss();
+    let per_stream = after.saturating_sub(before) / STREAMS as u64;
+    eprintln!(
+        "{STREAMS} idle HTTP/1.1 streams over TLS, one connection each: {per_stream} bytes per stream"
+    );
+    // The TLS session's buffers dominate; well under what hyper's HTTP/1 connection with
+    // its two 8 KiB buffers would add on top.
+    assert!(
+        per_stream <= 24 * 1024,
+        "an idle HTTP/1.1 stream over TLS costs {per_stream} bytes"
+    );
 }
