@@ -214,6 +214,37 @@ async fn redirect_http_answers_308_to_the_https_url() {
     assert_eq!(resp.text().await.unwrap(), "hi");
 }
 
+/// A client that opens a connection and never completes the handshake is dropped after
+/// `tls.handshake_timeout`, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_closed_after_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    pki.install(&pki.issue(1, 90));
+    let upstream = upstream().await;
+    let unpoll = Unpoll::start(
+        &upstream.url(),
+        &format!(
+            "{}{}",
+            rules(""),
+            pki.section("handshake_timeout = \"200ms\"")
+        ),
+    )
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(unpoll.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(T, silent.read(&mut buf))
+        .await
+        .expect("closed by the server");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let m = unpoll.metrics().await;
+    assert_eq!(handshakes(&m, "timeout"), 1.0, "{m}");
+    eventually(T, "the connection released", || async {
+        metric(&unpoll.metrics().await, "unpoll_open_connections") <= 1.0
+    })
+    .await;
+}
+
 /// An h2 stream whose client stops reading is reset (RST_STREAM) once its subscription
 /// fell behind, while a sibling stream on the same connection keeps receiving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
