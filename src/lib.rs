@@ -17,7 +17,9 @@
 //!   signals (`server/signals.rs`); the first request head of each connection is read here,
 //!   and HTTP/1.1 event streams are written outside hyper (`server/direct_sse.rs`); the
 //!   connection's life (hyper, a stream handed off from it, an upgraded WebSocket) and the
-//!   invariants the hand-off relies on are in `server/handoff.rs`.
+//!   invariants the hand-off relies on are in `server/handoff.rs`; TLS handshakes (ALPN
+//!   picks the connection's first state) and the `tls.redirect_http` listener are in
+//!   `server/tls.rs`.
 //! - [`admin`]: health, readiness ([`admin::readiness`], reported by the sources), metrics,
 //!   stats, publish, purge, and the live dashboard (`admin/dashboard.rs`, its stats stream
 //!   `admin/live.rs`); served from [`admin::AdminHandles`].

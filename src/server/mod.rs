@@ -1,5 +1,8 @@
 //! Accepting client connections: HTTP/1.1 and h2c (prior knowledge) on one port, upgrades,
 //! a cap on concurrent connections, header-read and idle timeouts, graceful shutdown.
+//! With `[tls]` the main listener's connections first complete a TLS handshake
+//! (`tls.rs`): ALPN `h2` goes to hyper's HTTP/2, anything else lives as a plain
+//! connection does, over the TLS stream.
 //!
 //! Each connection's first request head is read here ([`first_request`]) to pick HTTP/1 or
 //! HTTP/2 and to serve event streams without hyper ([`direct_sse`]); all else is hyper's,

@@ -2,9 +2,9 @@
 //! `http/1.1`, TLS 1.2 and 1.3.
 //!
 //! The certificate and key are read and checked while the config is validated
-//! ([`config`], [`pair`]): `unpoll check` and a reload see a broken pair as a config error
+//! ([`config`], `pair.rs`): `unpoll check` and a reload see a broken pair as a config error
 //! naming `tls.cert` or `tls.key`, and a running instance keeps its pair. The pair in use
-//! sits behind an [`ArcSwap`] that every handshake reads ([`CertResolver`]): a reload swaps
+//! sits behind an [`ArcSwap`] that every handshake reads (`CertResolver`): a reload swaps
 //! it, open connections keep theirs.
 
 pub mod config;
