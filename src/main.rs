@@ -218,6 +218,15 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Before the `listening` line: from it on, a SIGHUP reloads (tests and scripts
+        // send one as soon as they see it).
+        let signals = match unpoll::server::signals::Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let (main_addr, admin_addr) = match listeners.local_addrs() {
             Ok(addrs) => addrs,
             Err(e) => {
@@ -236,7 +245,7 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
             tracing::warn!(key = %key, "{warning}");
         }
         let app = unpoll::App::new(config, CancellationToken::new());
-        let signals = tokio::spawn(unpoll::server::signals::handle(app.clone(), Some(path)));
+        let signals = tokio::spawn(signals.handle(app.clone(), Some(path)));
         unpoll::run(listeners, app).await;
         signals.abort();
         tracing::info!("unpoll stopped");

@@ -8,12 +8,50 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::app::App;
 use crate::config;
 
+/// The process's signal handlers, installed: from here on SIGHUP, SIGTERM and SIGINT are
+/// caught (queued until [`Signals::handle`] reads them) instead of killing the process.
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Install the handlers (in a tokio runtime). Do it before announcing that unpoll
+    /// listens: a SIGHUP sent right after that line must reload, not kill the process.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Handle signals until shutdown; see [`handle`].
+    pub async fn handle(self, app: Arc<App>, path: Option<PathBuf>) {
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = self;
+        serve(&mut hup, &mut term, &mut int, app, path).await;
+    }
+}
+
 /// Handle signals until shutdown. `path` is the config file re-read on SIGHUP; without one
 /// (`unpoll demo`, whose config is built in) SIGHUP is logged and ignored.
 pub async fn handle(app: Arc<App>, path: Option<PathBuf>) -> std::io::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    Signals::install()?.handle(app, path).await;
+    Ok(())
+}
+
+async fn serve(
+    hup: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+    app: Arc<App>,
+    path: Option<PathBuf>,
+) {
     loop {
         tokio::select! {
             _ = hup.recv() => match &path {
@@ -23,14 +61,14 @@ pub async fn handle(app: Arc<App>, path: Option<PathBuf>) -> std::io::Result<()>
             _ = term.recv() => {
                 tracing::info!("SIGTERM: draining");
                 app.handles.shutdown.cancel();
-                return Ok(());
+                return;
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: draining");
                 app.handles.shutdown.cancel();
-                return Ok(());
+                return;
             }
-            _ = app.handles.shutdown.cancelled() => return Ok(()),
+            _ = app.handles.shutdown.cancelled() => return,
         }
     }
 }
