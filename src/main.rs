@@ -95,6 +95,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             out(format_args!("{}: ok\n{}", path.display(), config.summary()));
+            // Warnings do not fail the check: the config is valid today.
+            for (key, warning) in config.warnings(std::time::SystemTime::now()) {
+                err(format_args!("warning: {key}: {warning}"));
+            }
             ExitCode::SUCCESS
         }
         Command::Run => run(config, path),
@@ -224,18 +228,19 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Before the `listening` line: from it on, a SIGHUP reloads (tests and scripts
+        // send one as soon as they see it).
+        let signals = match unpoll::server::signals::Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let (main_addr, admin_addr) = match listeners.local_addrs() {
             Ok(addrs) => addrs,
             Err(e) => {
                 tracing::error!("cannot read the bound addresses: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        // Before the `listening` line: a SIGHUP sent on reading it must find its handler.
-        let signals = match unpoll::server::signals::Signals::install() {
-            Ok(signals) => signals,
-            Err(e) => {
-                tracing::error!("cannot install the signal handlers: {e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -246,6 +251,9 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             "listening"
         );
+        for (key, warning) in config.warnings(std::time::SystemTime::now()) {
+            tracing::warn!(key = %key, "{warning}");
+        }
         let app = unpoll::App::new(config, CancellationToken::new());
         let signals = tokio::spawn(signals.handle(app.clone(), Some(path)));
         unpoll::run(listeners, app).await;

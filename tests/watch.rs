@@ -526,7 +526,7 @@ async fn token_query_authorises_a_watch_inside_a_multi_stream() {
         "the token is the fetch's Bearer: {first}"
     );
     change(&inbox, "ann");
-    purge(&unpoll, "inbox").await;
+    unpoll.purge(TOKEN, &["inbox"]).await;
     assert_eq!(
         next_multi(&mut ann).await["data"],
         serde_json::json!({"user": "ann", "v": 1})

@@ -15,6 +15,11 @@
 //! | `hub.*` | the hub built in `App::new` (open streams and history survive reloads) |
 //! | `postgres.*`, `notify` | the Postgres source spawned at start |
 //! | `mqtt.*` | the MQTT connection spawned at start |
+//! | `tls` (present or absent), `tls.redirect_http` | the listeners bound in `Listeners::bind` |
+//!
+//! `tls.cert` and `tls.key` are re-read by every reload and swapped in for new handshakes
+//! (`App::reload`); `tls.max_concurrent_streams` and `tls.handshake_timeout` apply to new
+//! connections.
 //!
 //! [`start_only_changes`] names, by key path, each of those that a reload changed, so the
 //! operator is told instead of the change being silently ignored.
@@ -59,6 +64,11 @@ pub fn start_only_changes(old: &Config, new: &Config) -> Vec<String> {
     top("log.format", old.log.format != new.log.format);
     top("cache_size", old.cache_size != new.cache_size);
     top("cluster", old.cluster != new.cluster);
+    match (&old.tls, &new.tls) {
+        (Some(old), Some(new)) => top("tls.redirect_http", old.redirect_http != new.redirect_http),
+        (None, None) => {}
+        _ => top("tls", true),
+    }
     hub(&mut out, &old.hub, &new.hub);
     match (&old.postgres, &new.postgres) {
         (Some(old), Some(new)) => postgres(&mut out, old, new),
@@ -158,5 +168,33 @@ mod tests {
              [[notify]]\nlisten = \"c\"\nchannel = \"c\"\n",
         );
         assert_eq!(start_only_changes(&without, &with), ["postgres", "notify"]);
+    }
+
+    /// `[tls]` added or removed, or its redirect listener moved, waits for a restart; a new
+    /// certificate, stream limit or handshake timeout does not.
+    #[test]
+    fn tls_presence_and_its_listener_are_start_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let tls = |extra: &str| {
+            parse(&format!(
+                "[tls]\ncert = {cert_path:?}\nkey = {key_path:?}\n{extra}"
+            ))
+        };
+        let without = parse("");
+        let plain = tls("");
+        assert_eq!(start_only_changes(&without, &plain), ["tls"]);
+        assert_eq!(start_only_changes(&plain, &without), ["tls"]);
+        let tuned = tls("max_concurrent_streams = 10\nhandshake_timeout = \"1s\"");
+        assert!(start_only_changes(&plain, &tuned).is_empty());
+        let redirect = tls("redirect_http = \"127.0.0.1:8080\"");
+        assert_eq!(start_only_changes(&plain, &redirect), ["tls.redirect_http"]);
     }
 }

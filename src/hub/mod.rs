@@ -35,9 +35,10 @@ pub use event::EventData;
 pub(crate) use event::{RESET_EVENT, ResetReason};
 pub(crate) use id::Boot;
 pub use id::EventId;
+pub(crate) use metrics::HubMetrics;
+pub use metrics::ReasonLabels;
 #[cfg(test)]
 pub(crate) use metrics::SkipLabels;
-pub(crate) use metrics::{HubMetrics, ReasonLabels};
 pub(crate) use mirror::Backfill;
 pub(crate) use subscriber::CloseReason;
 pub(crate) use subscription::Subscription;

@@ -8,7 +8,7 @@ pub(crate) mod encode;
 mod request;
 
 pub(crate) use abort::{CloseConnection, ConnectionAbort, UpgradedTask};
-pub use body::{SseBody, SseOptions};
+pub use body::{Overflowed, SseBody, SseOptions};
 pub(crate) use request::{
     EventStream, LAST_EVENT_ID, LAST_EVENT_ID_PARAM, last_event_id, response, set_headers,
 };
