@@ -29,7 +29,10 @@ TLS_MAX_STREAMS=${TLS_MAX_STREAMS:-1000}
 # The TLS part of the server blocks, the same for every nginx. No session
 # cache and no tickets: every handshake is a full one (h2load does not resume
 # sessions anyway, and rustls issues no tickets by default). nginx 1.22 (Debian
-# 12) spells h2 as `listen ... ssl http2`; `http2 on;` came in 1.25.1.
+# 12) spells h2 as `listen ... ssl http2`; `http2 on;` came in 1.25.1. nginx
+# closes a connection after keepalive_requests (1,000) requests, an h2 one
+# with GOAWAY that fails h2load's requests in flight and stops that client;
+# unpoll has no such limit.
 NGINX_TLS_COMMON='
     listen 127.0.0.1:PORT ssl http2;
     ssl_certificate CERT;
@@ -37,7 +40,8 @@ NGINX_TLS_COMMON='
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache off;
     ssl_session_tickets off;
-    http2_max_concurrent_streams MAXSTREAMS;'
+    http2_max_concurrent_streams MAXSTREAMS;
+    keepalive_requests 100000000;'
 
 NGINX_TLS_PROXY_CONF='
   upstream app {
@@ -103,14 +107,14 @@ tls_cert() {
   TLS_CERT="$dir/cert.pem" TLS_KEY_FILE="$dir/key.pem"
 }
 
-# tls_fill TEMPLATE: TEMPLATE with the certificate, key, stream cap and the
+# tls_fill TEMPLATE [UPSTREAM]: TEMPLATE with the certificate, key, stream cap and the
 # common nginx TLS block filled in (PORT and ADMIN_PORT are left to start_*).
 tls_fill() {
   local t=${1//TLSCOMMON/$NGINX_TLS_COMMON}
   t=${t//CERT/$TLS_CERT}
   t=${t//KEY/$TLS_KEY_FILE}
   t=${t//MAXSTREAMS/$TLS_MAX_STREAMS}
-  t=${t//UPSTREAM/$2}
+  t=${t//UPSTREAM/${2:-}}
   printf '%s' "$t"
 }
 
@@ -146,14 +150,30 @@ tls_start() {
 
 # h2load_run NAME PG ARGS...: h2load -t1 on LOAD_CPU with ARGS, measuring
 # the CPU time of process group PG over the run. Prints "done rate
-# mean_us cpu_us_per_op errors" and keeps h2load's output in $WORK.
+# mean_us cpu_us_per_op errors" and keeps h2load's output in $WORK. A run that
+# has not ended after 5 minutes is killed (h2load -D never ends when the
+# server closes connections, hence -n for the handshake runs).
 h2load_run() {
   local name=$1 pg=$2 t0 t1 out; shift 2
   t0=$(group_ticks "$pg")
-  out=$(taskset -c "$LOAD_CPU" h2load -t1 "$@" 2>&1) || die "h2load failed ($name): $(tail -3 <<<"$out")"
+  out=$(taskset -c "$LOAD_CPU" timeout 300 h2load -t1 "$@" 2>&1) \
+    || die "h2load failed ($name): $(tail -3 <<<"$out")"
   t1=$(group_ticks "$pg")
   printf '%s\n' "$out" >>"$WORK/h2load-$name.txt"
   h2load_parse "$out" $((t1 - t0))
+}
+
+# tls_handshakes_h1 NAME PG URL SECONDS: new TLS connections (ALPN http/1.1),
+# one request each, for about SECONDS: a calibration run of 50 per client
+# (also the warm-up) sets the count of the measured run. Prints what
+# h2load_run prints.
+tls_handshakes_h1() {
+  local name=$1 pg=$2 url=$3 secs=$4 rate n
+  rate=$(h2load_run "$name-warmup" "$pg" --h1 -c "$TLS_HS_CONNS" -n $((TLS_HS_CONNS * 50)) \
+    -H 'Connection: close' "$url" | cut -d' ' -f2)
+  n=$((rate * secs))
+  ((n >= TLS_HS_CONNS * 50)) || n=$((TLS_HS_CONNS * 50))
+  h2load_run "$name" "$pg" --h1 -c "$TLS_HS_CONNS" -n "$n" -H 'Connection: close' "$url"
 }
 
 # h2load_parse OUTPUT TICKS: the summary of one h2load output (see h2load_run).
@@ -164,8 +184,9 @@ h2load_parse() {
       if (v ~ /s$/) return v * 1e6; return v
     }
     /^finished in/ { secs = $3 + 0; if ($3 ~ /ms,$/) secs /= 1000 }
-    # 2xx responses count as done; failed, errored, timed out, 4xx and 5xx as errors.
-    /^requests:/ { errors += $10 + $12 + $14 }
+    # 2xx responses count as done; failed (which includes errored and timed
+    # out), 4xx and 5xx as errors.
+    /^requests:/ { errors += $10 }
     /^status codes:/ { done = $3; errors += $7 + $9 }
     /^time for request:/ { mean = us($6) }
     END {
@@ -182,7 +203,8 @@ tls_handshakes_h2() {
   t0=$(group_ticks "$pg")
   start=$(date +%s%N)
   while (($(date +%s%N) - start < secs * 1000000000)); do
-    out=$(taskset -c "$LOAD_CPU" h2load -t1 -c "$TLS_HS_CONNS" -n "$TLS_HS_CONNS" "$url" 2>&1) \
+    out=$(taskset -c "$LOAD_CPU" timeout 60 h2load -t1 -c "$TLS_HS_CONNS" -n "$TLS_HS_CONNS" \
+      "$url" 2>&1) \
       || die "h2load failed ($name): $(tail -3 <<<"$out")"
     all+="$out"$'\n'
   done
@@ -193,7 +215,7 @@ tls_handshakes_h2() {
       if (v ~ /ms$/) return v * 1000; if (v ~ /us$/) return v + 0
       if (v ~ /s$/) return v * 1e6; return v
     }
-    /^requests:/ { errors += $10 + $12 + $14 }
+    /^requests:/ { errors += $10 }
     /^status codes:/ { done += $3; errors += $7 + $9 }
     /^time for connect:/ { mean += us($6); runs++ }
     END {
@@ -262,10 +284,7 @@ bench_tls() {
       pg_var="TLS_${sys^^}_PG" url_var="TLS_${sys^^}_URL"
       pg=${!pg_var} url="${!url_var}/api/items"
       log "run $run/$RUNS: $sys (${WARMUP}s warm-up, ${DURATION}s measured per mode)"
-      h2load_run "$sys-warmup" "$pg" --h1 -c "$TLS_HS_CONNS" -D "$WARMUP" \
-        -H 'Connection: close' "$url" >/dev/null
-      h2load_run "$sys-hs-h1" "$pg" --h1 -c "$TLS_HS_CONNS" -D "$DURATION" \
-        -H 'Connection: close' "$url" >>"$WORK/tls-$sys-hs-h1.runs"
+      tls_handshakes_h1 "$sys-hs-h1" "$pg" "$url" "$DURATION" >>"$WORK/tls-$sys-hs-h1.runs"
       tls_handshakes_h2 "$sys-hs-h2" "$pg" "$url" "$DURATION" >>"$WORK/tls-$sys-hs-h2.runs"
       h2load_run "$sys-warmup" "$pg" --h1 -c "$CONNS" -D "$WARMUP" "$url" >/dev/null
       h2load_run "$sys-h1" "$pg" --h1 -c "$CONNS" -D "$DURATION" "$url" >>"$WORK/tls-$sys-h1.runs"
@@ -297,7 +316,8 @@ tls_report() {
   echo "        upstream share CPU $LOAD_CPU; certificate: self-signed $TLS_KEY ($TLS_KEY_DESC), the same file"
   echo "        for both; $(h2load_tls_line)"
   echo "        hs-h1: new TLS connection per request, ALPN http/1.1, h2load --h1 -c$TLS_HS_CONNS"
-  echo "               with 'Connection: close' (h2load reconnects), ${DURATION}s;"
+  echo "               with 'Connection: close' (h2load reconnects), -n sized to ~${DURATION}s by a"
+  echo "               calibration run of 50 per client (the warm-up);"
   echo "        hs-h2: new TLS connection per request, ALPN h2, back-to-back h2load -c$TLS_HS_CONNS"
   echo "               -n$TLS_HS_CONNS runs for ${DURATION}s (latency column: mean connect time);"
   echo "        h1: h2load --h1 -c$CONNS keep-alive; h2: h2load -c$TLS_H2_CONNS -m$TLS_H2_STREAMS;"
@@ -354,6 +374,7 @@ tls_report() {
 h2load_tls_line() {
   local f
   for f in "$WORK"/h2load-*-h2.txt; do
+    [[ -e $f ]] || continue
     awk '/^TLS Protocol:/ {p = $3} /^Cipher:/ {c = $2} /^Server Temp Key:/ {k = $4 " " $5}
       END { if (p != "") printf "%s %s %s; ", FILENAME ~ /unpoll/ ? "unpoll" : "nginx", p, c " " k }' "$f"
   done
