@@ -27,6 +27,7 @@ use crate::snapshot::Snapshot;
 use crate::sources::mqtt::{MqttMetrics, TopicRule};
 use crate::sources::postgres::PostgresMetrics;
 use crate::sources::{SourceHandles, mqtt, postgres};
+use crate::tls::Tls;
 use crate::watch::{WatchHandles, WatchMetrics, Watches};
 
 /// One unpoll instance.
@@ -57,6 +58,9 @@ pub struct App {
     pub started: Instant,
     /// The dashboard's recent samples and its open streams (bounded).
     pub live: Arc<Live>,
+    /// TLS of the main listener (`[tls]`), if configured; present or absent for the life
+    /// of the process, its certificate swapped by [`App::reload`].
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl App {
@@ -104,6 +108,7 @@ impl App {
             Some(cluster) => Arc::new(ClusterSink::new(cluster.clone(), local)),
             None => Arc::new(local),
         };
+        let tls = config.tls.as_ref().map(|c| Arc::new(Tls::new(c)));
         let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
         let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
         let watch = WatchHandles {
@@ -133,6 +138,7 @@ impl App {
             readiness,
             started: Instant::now(),
             live: Default::default(),
+            tls,
         })
     }
 
@@ -233,10 +239,17 @@ impl App {
     /// of warnings.
     pub fn reload(&self, config: Config) -> Vec<String> {
         let old = self.snapshot();
-        let warnings = crate::config::reload::start_only_changes(&old.config, &config)
-            .iter()
-            .map(|key| crate::config::reload::restart_warning(key))
-            .collect();
+        let mut warnings: Vec<String> =
+            crate::config::reload::start_only_changes(&old.config, &config)
+                .iter()
+                .map(|key| crate::config::reload::restart_warning(key))
+                .collect();
+        warnings.extend(
+            config
+                .warnings(std::time::SystemTime::now())
+                .into_iter()
+                .map(|(key, warning)| format!("{key}: {warning}")),
+        );
         // [[topic]] rules apply at once: the MQTT source subscribes the difference.
         self.topic_rules.send_if_modified(|rules| {
             let changed = **rules != *config.topics;
@@ -245,6 +258,12 @@ impl App {
             }
             changed
         });
+        // The pair was read and checked when `config` was validated; a broken one failed
+        // the reload as a whole (`reload_failed`), so handshakes keep the old pair.
+        if let (Some(tls), Some(new)) = (&self.tls, &config.tls) {
+            tls.set_pair(&new.pair);
+            tracing::info!(cert = %new.cert.display(), serial = %new.pair.serial, "TLS certificate loaded");
+        }
         self.snapshot.store(Arc::new(Snapshot::build(
             config,
             &self.handles.metrics,

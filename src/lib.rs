@@ -53,6 +53,8 @@
 //! - [`client`]: the browser client (`/_unpoll/client.js`), served from the binary.
 //! - [`config`]: the TOML file → an immutable, validated [`Config`]; every error with its
 //!   key path. Each concern's own section lives in its `config.rs`.
+//! - [`tls`]: `[tls]`: the certificate pair (read and checked at config validation,
+//!   swapped on reload) and the rustls server config of the main listener.
 //! - [`route`], [`template`]: path patterns and templates shared by every rule kind;
 //!   [`body`], [`metrics`], [`logging`]: response bodies and observability.
 //!
@@ -83,6 +85,7 @@ pub mod sse;
 pub mod stream;
 pub mod tap;
 pub mod template;
+pub mod tls;
 pub mod watch;
 
 use std::io;
@@ -95,12 +98,14 @@ use tokio_util::task::TaskTracker;
 pub use app::App;
 pub use config::Config;
 
-/// The two listening sockets of an instance.
+/// The listening sockets of an instance.
 pub struct Listeners {
-    /// App traffic.
+    /// App traffic (TLS when `[tls]` is configured).
     pub main: TcpListener,
-    /// Admin endpoints.
+    /// Admin endpoints (always plain HTTP: keep it on loopback).
     pub admin: TcpListener,
+    /// `tls.redirect_http`: plain HTTP answered with redirects to https.
+    pub redirect: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -114,7 +119,23 @@ impl Listeners {
                 format!("admin.listen {}: {e}", config.admin.listen),
             )
         })?;
-        Ok(Listeners { main, admin })
+        let redirect =
+            match config.tls.as_ref().and_then(|t| t.redirect_http) {
+                None => None,
+                Some(addr) => Some(listen(addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("tls.redirect_http {addr}: {e}"))
+                })?),
+            };
+        Ok(Listeners {
+            main,
+            admin,
+            redirect,
+        })
+    }
+
+    /// The bound address of `tls.redirect_http`, if configured.
+    pub fn redirect_addr(&self) -> io::Result<Option<SocketAddr>> {
+        self.redirect.as_ref().map(|l| l.local_addr()).transpose()
     }
 
     /// The bound addresses (main, admin): useful with port 0.
@@ -152,6 +173,11 @@ pub async fn run(listeners: Listeners, app: Arc<App>) {
 pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn sources::Sink>) {
     let sources = app.start_sources(sink);
     let tasks = TaskTracker::new();
+    // Redirects name the port the main listener is bound to (port 0 resolved).
+    let https_port = listeners
+        .main
+        .local_addr()
+        .map_or(app.snapshot().config.listen.port(), |a| a.port());
     let main = tokio::spawn(server::serve(
         listeners.main,
         server::Listener::Main,
@@ -171,7 +197,14 @@ pub async fn run_with_sink(listeners: Listeners, app: Arc<App>, sink: Arc<dyn so
         app.clone(),
         tasks.clone(),
     ));
+    let redirect = listeners.redirect.map(|listener| {
+        let serve = server::serve_redirects(listener, https_port, app.clone(), tasks.clone());
+        tokio::spawn(serve)
+    });
     app.handles.shutdown.cancelled().await;
+    if let Some(redirect) = redirect {
+        let _ = redirect.await;
+    }
     // The accept loops return as soon as they see the cancellation; dropping their
     // listeners refuses new connections from here on.
     let _ = tokio::join!(main, admin, sweeper, sampler);

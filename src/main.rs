@@ -95,6 +95,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             out(format_args!("{}: ok\n{}", path.display(), config.summary()));
+            // Warnings do not fail the check: the config is valid today.
+            for (key, warning) in config.warnings(std::time::SystemTime::now()) {
+                err(format_args!("warning: {key}: {warning}"));
+            }
             ExitCode::SUCCESS
         }
         Command::Run => run(config, path),
@@ -228,6 +232,9 @@ fn run(config: unpoll::Config, path: PathBuf) -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             "listening"
         );
+        for (key, warning) in config.warnings(std::time::SystemTime::now()) {
+            tracing::warn!(key = %key, "{warning}");
+        }
         let app = unpoll::App::new(config, CancellationToken::new());
         let signals = tokio::spawn(unpoll::server::signals::handle(app.clone(), Some(path)));
         unpoll::run(listeners, app).await;

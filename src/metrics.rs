@@ -37,6 +37,13 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Labels of `unpoll_tls_handshakes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `h2` or `http1` (the protocol ALPN chose), `failed` or `timeout`.
+    pub result: &'static str,
+}
+
 /// The proxy core's metrics.
 #[derive(Clone)]
 pub struct ProxyMetrics {
@@ -64,6 +71,9 @@ pub struct ProxyMetrics {
     /// SSE responses open now, single or multiplexed: a `/_unpoll/multi` stream carrying ten
     /// subscriptions is one (and ten in `stream_subscribers`).
     pub stream_connections: Gauge,
+    /// TLS handshakes on the main listener by result: each successful one is a client
+    /// connection, so with h2 a browser's tabs of one origin count once.
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
 }
 
 /// Labels of per-rule gauges.
@@ -89,6 +99,7 @@ impl ProxyMetrics {
             reloads: Family::default(),
             stream_subscribers: Family::default(),
             stream_connections: Gauge::default(),
+            tls_handshakes: Family::default(),
         };
         registry.register(
             "unpoll_http_requests",
@@ -134,6 +145,11 @@ impl ProxyMetrics {
             "unpoll_stream_connections",
             "SSE responses open now (a multiplexed stream counts once)",
             m.stream_connections.clone(),
+        );
+        registry.register(
+            "unpoll_tls_handshakes",
+            "TLS handshakes on the main listener, by result (h2, http1, failed, timeout)",
+            m.tls_handshakes.clone(),
         );
         m
     }

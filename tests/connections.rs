@@ -77,7 +77,7 @@ async fn h2c_prior_knowledge_on_the_same_port() {
         .run()
         .await;
     let unpoll = Unpoll::start(&upstream.url(), "").await;
-    let h2 = reqwest::Client::builder()
+    let h2 = common::reqwest_builder()
         .no_proxy()
         .http2_prior_knowledge()
         .build()

@@ -76,7 +76,7 @@ fn multi_url(unpoll: &Unpoll, subs: &[&str]) -> String {
 
 /// Open a multi stream with the cookie of user `a`.
 async fn open(url: &str) -> SseClient {
-    let http = reqwest::Client::builder()
+    let http = common::reqwest_builder()
         .no_proxy()
         .default_headers(
             [(reqwest::header::COOKIE, "user=a".parse().unwrap())]

@@ -443,7 +443,7 @@ async fn fresh_and_reused_streams(direct_streams: bool) {
 #[tokio::test]
 async fn streams_over_h2c_share_the_connection() {
     let (_up, unpoll) = start("").await;
-    let h2 = reqwest::Client::builder()
+    let h2 = common::reqwest_builder()
         .no_proxy()
         .http2_prior_knowledge()
         .build()

@@ -34,6 +34,7 @@ use crate::sources::postgres::config::{RawNotifyRule, RawPostgresConfig};
 use crate::sources::postgres::{NotifyRule, PostgresConfig};
 use crate::stream::{RawStreamRule, StreamRule};
 use crate::tap::{RawTapRule, TapRule};
+use crate::tls::{RawTlsConfig, TlsConfig};
 use crate::watch::{RawWatchRule, WatchRule};
 
 /// The whole validated configuration. Immutable: a reload builds a new one.
@@ -77,6 +78,9 @@ pub struct Config {
     pub generic_stream: GenericStreamConfig,
     /// `[cluster]`: the Redis shared with other instances. Read at start only.
     pub cluster: Option<ClusterConfig>,
+    /// `[tls]`: the main listener speaks TLS. Present or absent: read at start only; the
+    /// certificate and key are re-read on reload.
+    pub tls: Option<TlsConfig>,
     /// The file this came from, re-read on SIGHUP; `None` when built from a string.
     pub source: Option<PathBuf>,
 }
@@ -178,6 +182,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let watches = s.take_rules::<RawWatchRule>("watch");
     let jwt = s.take::<RawJwtConfig>("jwt");
     let cluster = s.take::<RawClusterConfig>("cluster");
+    let tls = s.take::<RawTlsConfig>("tls");
     let generic_stream = s
         .take::<RawGenericStream>("generic_stream")
         .unwrap_or_default();
@@ -211,7 +216,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             .ok(),
     };
     let admin = admin.validate("admin", &mut errors);
-    let proxy = proxy.validate("proxy", &mut errors);
+    let mut proxy = proxy.validate("proxy", &mut errors);
     let log = log.validate("log", &mut errors);
     let (postgres, notify) =
         crate::sources::postgres::config::validate(postgres, notify, &mut errors);
@@ -223,6 +228,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         .collect();
     let hub = hub.validate("hub", &mut errors);
     let cluster = cluster.and_then(|c| c.validate("cluster", &mut errors));
+    // Present but invalid still counts: its own errors say what is wrong.
+    proxy.client_tls = tls.is_some();
+    let tls = tls.and_then(|t| t.validate("tls", &mut errors));
     // Present but invalid still counts as present: its own errors say what is wrong.
     let jwt_section = jwt.is_some();
     let jwt = jwt.and_then(|j| j.validate("jwt", &mut errors));
@@ -261,6 +269,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             jwt,
             generic_stream,
             cluster,
+            tls,
             source: None,
         }),
         _ => Err(errors),
@@ -275,10 +284,35 @@ pub fn parse_rules(rules: &str) -> Result<Config, String> {
 }
 
 impl Config {
+    /// Problems that do not stop unpoll but need the operator soon, as (key path, message):
+    /// a certificate that expires within 14 days.
+    pub fn warnings(&self, now: std::time::SystemTime) -> Vec<(String, String)> {
+        self.tls
+            .as_ref()
+            .map(|tls| tls.warnings(now))
+            .unwrap_or_default()
+    }
+
     /// The short summary `unpoll check` prints: listeners, upstream and rules.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "listen    {}", self.listen);
+        match &self.tls {
+            Some(tls) => {
+                let _ = writeln!(
+                    out,
+                    "listen    {} (TLS, h2 and http/1.1; certificate {}, serial {})",
+                    self.listen,
+                    tls.cert.display(),
+                    tls.pair.serial
+                );
+                if let Some(redirect) = tls.redirect_http {
+                    let _ = writeln!(out, "redirect  {redirect} → https");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "listen    {}", self.listen);
+            }
+        }
         let _ = writeln!(out, "admin     {}", self.admin.listen);
         let _ = writeln!(out, "upstream  {}", self.upstream);
         if let Some(pg) = &self.postgres {

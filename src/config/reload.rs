@@ -15,6 +15,11 @@
 //! | `hub.*` | the hub built in `App::new` (open streams and history survive reloads) |
 //! | `postgres.*`, `notify` | the Postgres source spawned at start |
 //! | `mqtt.*` | the MQTT connection spawned at start |
+//! | `tls` (present or absent), `tls.redirect_http` | the listeners bound in `Listeners::bind` |
+//!
+//! `tls.cert` and `tls.key` are re-read by every reload and swapped in for new handshakes
+//! (`App::reload`); `tls.max_concurrent_streams` and `tls.handshake_timeout` apply to new
+//! connections.
 //!
 //! [`start_only_changes`] names, by key path, each of those that a reload changed, so the
 //! operator is told instead of the change being silently ignored.
@@ -59,6 +64,11 @@ pub fn start_only_changes(old: &Config, new: &Config) -> Vec<String> {
     top("log.format", old.log.format != new.log.format);
     top("cache_size", old.cache_size != new.cache_size);
     top("cluster", old.cluster != new.cluster);
+    match (&old.tls, &new.tls) {
+        (Some(old), Some(new)) => top("tls.redirect_http", old.redirect_http != new.redirect_http),
+        (None, None) => {}
+        _ => top("tls", true),
+    }
     hub(&mut out, &old.hub, &new.hub);
     match (&old.postgres, &new.postgres) {
         (Some(old), Some(new)) => postgres(&mut out, old, new),

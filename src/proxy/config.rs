@@ -78,6 +78,9 @@ pub struct ProxyConfig {
     /// buffers). Off: every stream stays in hyper, the fallback should a hyper upgrade break
     /// the hand-off's assumptions. Read as each connection starts.
     pub direct_streams: bool,
+    /// Clients reach the main listener over TLS (`[tls]` is present): forwarded requests
+    /// say `X-Forwarded-Proto: https`. Not a key of `[proxy]`; set from `[tls]`.
+    pub client_tls: bool,
 }
 
 impl Default for ProxyConfig {
@@ -100,6 +103,7 @@ impl Default for ProxyConfig {
             trusted_proxies: Vec::new(),
             client: true,
             direct_streams: true,
+            client_tls: false,
         }
     }
 }
@@ -205,6 +209,7 @@ impl RawProxyConfig {
             trusted_proxies,
             client: self.client.unwrap_or(d.client),
             direct_streams: self.direct_streams.unwrap_or(d.direct_streams),
+            client_tls: false,
         }
     }
 }

@@ -39,7 +39,12 @@ pub fn upstream_request(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    add_forwarded(&mut parts.headers, client_ip, host.as_ref());
+    add_forwarded(
+        &mut parts.headers,
+        client_ip,
+        host.as_ref(),
+        config.client_tls,
+    );
     let host = if config.preserve_host { host } else { None };
     let host = host.or_else(|| HeaderValue::from_str(client.authority().as_str()).ok());
     if let Some(host) = host {

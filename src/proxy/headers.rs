@@ -89,8 +89,14 @@ pub fn normalize_host(headers: &mut HeaderMap, uri: &http::Uri) -> Result<(), &'
 }
 
 /// Append the client address to `X-Forwarded-For` (one header, comma-separated) and set
-/// `X-Forwarded-Proto` and, when the request named a host, `X-Forwarded-Host`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+/// `X-Forwarded-Proto` (`https` when the client came over TLS) and, when the request named
+/// a host, `X-Forwarded-Host`.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    host: Option<&HeaderValue>,
+    tls: bool,
+) {
     // Format the address on the stack: this runs on every proxied request.
     let mut buf = [0u8; 64];
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
@@ -123,7 +129,8 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
     if let Ok(value) = value {
         headers.insert(&X_FORWARDED_FOR, value);
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(&X_FORWARDED_HOST, host.clone());
     }
@@ -176,7 +183,7 @@ mod tests {
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
         let host = HeaderValue::from_static("app.example");
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), Some(&host));
+        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), Some(&host), false);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example");

@@ -123,7 +123,10 @@ where
                 Ok(data) if !data.is_empty() => data,
                 _ => continue,
             },
-            Some(Err(_)) | None => break,
+            // An overflow: its connection was aborted; no clean end that would look like
+            // a finished response.
+            Some(Err(_)) => return,
+            None => break,
         };
         let chunked;
         let bytes: &[u8] = match framing {

@@ -13,6 +13,7 @@ mod handoff;
 mod observe;
 mod send_timeout;
 pub mod signals;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,12 +28,13 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 pub use activity::{Activity, RequestGuard};
 pub use send_timeout::SendTimeout;
+pub use tls::serve_redirects;
 
 use crate::admin;
 use crate::app::App;
@@ -92,19 +94,40 @@ pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, tasks: 
             _ = app.handles.shutdown.cancelled() => return,
         };
         let app = app.clone();
+        // The admin listener stays plain HTTP (on loopback).
+        let tls = match kind {
+            Listener::Main => app.tls.clone(),
+            Listener::Admin => None,
+        };
         tasks.spawn(async move {
             app.handles.metrics.open_connections.inc();
-            serve_connection(stream, peer, kind, &app).await;
+            let _ = stream.set_nodelay(true);
+            let send_timeout = app.snapshot().config.proxy.send_timeout;
+            // Under TLS too the timeout watches the socket: a client that accepts no
+            // encrypted byte for `send_timeout` is gone whatever rustls buffers.
+            let io = SendTimeout::new(stream, send_timeout);
+            match tls {
+                None => serve_connection(Life::FirstHead(io), peer, kind, app.clone()).await,
+                Some(tls) => {
+                    let handshake = Box::pin(tls::handshake(io, &tls, peer, &app));
+                    if let Some(life) = handshake.await {
+                        serve_connection(life, peer, kind, app.clone()).await;
+                    }
+                }
+            }
             app.handles.metrics.open_connections.dec();
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, kind: Listener, app: &Arc<App>) {
-    let _ = stream.set_nodelay(true);
-    let send_timeout = app.snapshot().config.proxy.send_timeout;
-    let mut life = Life::FirstHead(SendTimeout::new(stream, send_timeout));
+/// Run a connection's [`Life`] from `life` to its end; `S` is the plain socket or its TLS
+/// stream.
+async fn serve_connection<S>(mut life: Life<S>, peer: SocketAddr, kind: Listener, app: Arc<App>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = &app;
     // Each state's work is boxed (bound by `let`, so no temporary outlives it): what stays
     // for the life of a stream is only the last one, and hyper's state is freed before a
     // handed-off stream starts.
@@ -238,7 +261,11 @@ where
             let app = app.clone();
             let guard = RequestGuard::begin(activity.clone());
             async move {
-                let resp = respond(&app, kind, req, peer, guard, abort).await;
+                // Boxed: on HTTP/2 hyper keeps this future's allocation (its task) for as
+                // long as the response body streams, sized for its largest state; boxed,
+                // the handler's state is freed once the head is out and an idle h2 event
+                // stream keeps a pointer, not the handler's whole stack.
+                let resp = Box::pin(respond(&app, kind, req, peer, guard, abort)).await;
                 Ok::<_, Infallible>(match hand_off {
                     Some(activity) => handoff::park(resp, activity),
                     None => resp,
@@ -248,10 +275,13 @@ where
     };
     let idle_timeout = config.idle_timeout;
     if http2 {
-        let conn = http2::Builder::new(TokioExecutor::new())
+        let snapshot = app.snapshot();
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-            .serve_connection(TokioIo::new(io), service);
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        h2_tuning(&mut builder, &snapshot.config);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let drain = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
         drive(conn, drain, &activity, idle_timeout, peer, app).await;
@@ -287,6 +317,42 @@ where
     drop(activity.handoff.take());
     drop(activity.handoff.take_upgraded());
     next
+}
+
+/// Per-stream send buffer of an HTTP/2 connection: what hyper may queue for a stream
+/// beyond what the client's flow-control window lets out. Event frames are small; a
+/// stream whose client stops reading stops being polled once this is queued, its hub
+/// queue overflows, and it is reset (RST_STREAM) when next polled. Bounds a connection's
+/// worst case at `max_concurrent_streams` × this.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+/// Per-stream receive window we advertise: request bodies (uploads through the proxy) may
+/// run this far ahead of the upstream. Windows are credit, not allocations: an idle
+/// stream costs nothing for them.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// Connection receive window: several uploads at once at full speed.
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// PING interval on an HTTP/2 connection, and how long the answer may take: finds clients
+/// gone without a FIN while all their streams are idle (TCP would not notice for hours).
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// hyper's HTTP/2 settings for unpoll: many cheap, mostly idle event streams per
+/// connection (BENCHMARKS.md, "TLS and HTTP/2").
+fn h2_tuning(builder: &mut http2::Builder<TokioExecutor>, config: &crate::Config) {
+    let max_streams = config
+        .tls
+        .as_ref()
+        .map_or(crate::tls::config::DEFAULT_MAX_CONCURRENT_STREAMS, |t| {
+            t.max_concurrent_streams
+        });
+    builder
+        .max_concurrent_streams(max_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .adaptive_window(false)
+        .max_send_buf_size(H2_MAX_SEND_BUF)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
 }
 
 /// How a hyper connection's run ended.

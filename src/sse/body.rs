@@ -3,10 +3,13 @@
 //! closed (overflow) or when the shutdown token fires, and unsubscribes when dropped (the
 //! client went away).
 //!
+//! A subscriber that fell behind (closed as overflow) ends its body with [`Overflowed`]:
+//! on HTTP/2 hyper then resets just that stream (`RST_STREAM`), where a clean end would
+//! look like a finished response; on HTTP/1 its connection was already aborted.
+//!
 //! Nothing runs for an idle stream except its heartbeat timer: no task per subscriber, the
 //! connection task is woken only by a publish, the timer or shutdown.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,6 +23,13 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::encode;
 use crate::hub::{CloseReason, Subscription};
+
+/// The error an event stream's body ends with when its subscriber fell behind (its queue
+/// overflowed and history no longer holds what it missed). The client reconnects with
+/// `Last-Event-ID` and gets a `reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the subscriber fell behind its stream (slow consumer)")]
+pub struct Overflowed;
 
 /// Per-stream settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,12 +111,12 @@ impl SseBody {
 
 impl Body for SseBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = Overflowed;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Overflowed>>> {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
@@ -123,6 +133,9 @@ impl Body for SseBody {
             Poll::Ready(Some(frame)) => return Poll::Ready(Some(Ok(Frame::data(frame)))),
             Poll::Ready(None) => {
                 this.done = true;
+                if this.sub.closed() == Some(CloseReason::Overflow) {
+                    return Poll::Ready(Some(Err(Overflowed)));
+                }
                 return Poll::Ready(None);
             }
             Poll::Pending => {}
@@ -239,7 +252,11 @@ mod tests {
         for i in 1..=4 {
             hub.publish("a", None, i.to_string().into());
         }
-        assert_eq!(next(&mut b).await, None);
+        // An error, not a clean end: on HTTP/2 hyper resets the stream for it.
+        let end = b.frame().await.expect("a last frame").unwrap_err();
+        assert_eq!(end, Overflowed);
+        assert!(b.is_end_stream());
+        assert!(b.frame().await.is_none());
     }
 }
 

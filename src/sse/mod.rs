@@ -8,7 +8,7 @@ pub mod encode;
 mod request;
 
 pub use abort::{CloseConnection, ConnectionAbort, UpgradedTask};
-pub use body::{SseBody, SseOptions};
+pub use body::{Overflowed, SseBody, SseOptions};
 pub use request::{
     EventStream, LAST_EVENT_ID, LAST_EVENT_ID_PARAM, X_ACCEL_BUFFERING, last_event_id, response,
     set_headers,

@@ -16,7 +16,6 @@
 //! single streams pay nothing for this one.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -45,7 +44,7 @@ use crate::proxy::error_response;
 use crate::snapshot::Snapshot;
 use crate::snapshot::routes::Action;
 use crate::sse::ConnectionAbort;
-use crate::sse::{LAST_EVENT_ID, SseOptions, encode};
+use crate::sse::{LAST_EVENT_ID, Overflowed, SseOptions, encode};
 use crate::watch::WatchSubscription;
 use crate::watch::version::State;
 
@@ -555,12 +554,12 @@ impl MultiBody {
 
 impl http_body::Body for MultiBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = Overflowed;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Overflowed>>> {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
@@ -607,7 +606,8 @@ impl http_body::Body for MultiBody {
                     tracing::debug!(s = slot.index, "multiplexed stream ends: slow client");
                     this.close_all(CloseReason::Overflow);
                     this.done = true;
-                    return Poll::Ready(None);
+                    // On HTTP/2 hyper resets just this stream for the error.
+                    return Poll::Ready(Some(Err(Overflowed)));
                 }
             }
         }

@@ -1,7 +1,7 @@
 // The browser tests' harness: the real unpoll binary (target/debug/unpoll) in front of a
 // real upstream written here, driven by the system Chromium through playwright-core.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
 import fs from "node:fs";
 import http from "node:http";
@@ -54,6 +54,17 @@ const MODULE_PAGE = `<!doctype html><meta charset="utf-8"><title>unpoll module t
   window.exports = { same: unpoll === window.unpoll, status: status() };
 </script>`;
 
+/** A page with its own EventSource on `/events?room=a` (no shared client): each tab holds
+ * a stream of its own, as a plain SSE app's tabs do. */
+const EVENTSOURCE_PAGE = `<!doctype html><meta charset="utf-8"><title>eventsource</title>
+<script>
+  window.got = []; window.opened = false;
+  const es = new EventSource("/events?room=a");
+  es.onopen = () => { window.opened = true; };
+  es.onmessage = (e) => got.push(e.data);
+</script>
+<p>ok</p>`;
+
 /** A legacy page polling `/data` with both XHR and fetch, through the injected client. */
 const LEGACY_PAGE = `<!doctype html><meta charset="utf-8"><title>legacy</title>
 <script src="/_unpoll/client.js" data-unpoll-watch="/data"></script>
@@ -72,7 +83,7 @@ const LEGACY_PAGE = `<!doctype html><meta charset="utf-8"><title>legacy</title>
  * (`inject = true`). */
 const PLAIN_LEGACY_PAGE = LEGACY_PAGE.replace(/<script src="\/_unpoll\/client.js"[^>]*><\/script>\n/, "");
 
-/** The app behind unpoll: `/page` (above), `/module` (the same as a module), `/legacy`, `/data` (a JSON body that `version` changes),
+/** The app behind unpoll: `/page` (above), `/eventsource`, `/module` (the same as a module), `/legacy`, `/data` (a JSON body that `version` changes),
  * anything else 404. Counts requests by path. */
 export async function startUpstream() {
   const hits = new Map();
@@ -83,6 +94,9 @@ export async function startUpstream() {
     if (pathname === "/page") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(PAGE);
+    } else if (pathname === "/eventsource") {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(EVENTSOURCE_PAGE);
     } else if (pathname === "/module") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(MODULE_PAGE);
@@ -129,8 +143,10 @@ export const WATCH_DATA_INJECTED = WATCH_DATA + `inject = true
 `;
 
 /** unpoll's config for the tests: one `[[stream]]` rule, `/events?room=NAME`, with a 1 s
- * heartbeat, then the rules in `extra`. */
-export function config({ port, adminPort, upstream, extra = "" }) {
+ * heartbeat, then the rules in `extra`; with `tls` ({cert, key} PEM paths) the main
+ * listener speaks TLS. */
+export function config({ port, adminPort, upstream, extra = "", tls = null }) {
+  const tlsSection = tls ? `\n[tls]\ncert = "${tls.cert}"\nkey = "${tls.key}"\n` : "";
   return `listen = "127.0.0.1:${port}"
 upstream = "${upstream}"
 workers = 1
@@ -148,7 +164,7 @@ channels = ["room:{query.room}"]
 auth = "none"
 heartbeat = "1s"
 retry = "1s"
-${extra}`;
+${extra}${tlsSection}`;
 }
 
 /** Start `target/debug/unpoll --config FILE` and wait for its `listening` line. */
@@ -173,7 +189,7 @@ export async function startUnpoll(opts) {
     });
     exited.then(() => reject(new Error("unpoll exited:\n" + log)));
   });
-  const base = `http://127.0.0.1:${opts.port}`;
+  const base = `${opts.tls ? "https" : "http"}://127.0.0.1:${opts.port}`;
   const admin = `http://127.0.0.1:${opts.adminPort}`;
   return {
     base,
@@ -213,24 +229,42 @@ export async function startUnpoll(opts) {
   };
 }
 
-/** unpoll on fresh ports in front of a fresh upstream, with the rules in `extra`. */
-export async function startAll(extra = "") {
+/** unpoll on fresh ports in front of a fresh upstream, with the rules in `extra` (and
+ * `tls`, see [`config`]). */
+export async function startAll(extra = "", tls = null) {
   const upstream = await startUpstream();
   const opts = {
     port: await freePort(),
     adminPort: await freePort(),
     upstream: upstream.url,
     extra,
+    tls,
   };
   const unpoll = await startUnpoll(opts);
   return { upstream, unpoll, opts };
 }
 
-/** The system Chromium, headless, without a network of its own beyond loopback. */
-export function launch() {
+/** A self-signed certificate for 127.0.0.1 and localhost (ECDSA P-256, openssl), in a
+ * temp dir: `{ cert, key }` PEM paths. */
+export function selfSignedCert() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "unpoll-cert-"));
+  const cert = path.join(dir, "cert.pem");
+  const key = path.join(dir, "key.pem");
+  execFileSync("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+    "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=127.0.0.1",
+    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+  ], { stdio: "ignore" });
+  return { cert, key };
+}
+
+/** The system Chromium, headless, without a network of its own beyond loopback; `args`
+ * are added (e.g. `--ignore-certificate-errors` for a self-signed certificate). */
+export function launch(args = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: [
+      ...args,
       "--no-sandbox",
       "--headless",
       "--disable-gpu",

@@ -13,6 +13,7 @@ pub mod pg;
 pub mod process;
 pub mod redis;
 pub mod sse;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -31,6 +32,8 @@ pub struct Unpoll {
     pub addr: SocketAddr,
     /// Admin listener address.
     pub admin: SocketAddr,
+    /// The `tls.redirect_http` listener's address, when configured.
+    pub redirect: Option<SocketAddr>,
     /// The instance, for reloads and direct inspection.
     pub app: Arc<unpoll::App>,
     task: Option<JoinHandle<()>>,
@@ -51,11 +54,13 @@ impl Unpoll {
     pub async fn start_config(config: unpoll::Config) -> Unpoll {
         let listeners = unpoll::Listeners::bind(&config).await.expect("bind port 0");
         let (addr, admin) = listeners.local_addrs().expect("local addrs");
+        let redirect = listeners.redirect_addr().expect("redirect addr");
         let app = unpoll::App::new(config, CancellationToken::new());
         let task = tokio::spawn(unpoll::run(listeners, app.clone()));
         Unpoll {
             addr,
             admin,
+            redirect,
             app,
             task: Some(task),
         }
@@ -78,6 +83,7 @@ impl Unpoll {
         Unpoll {
             addr,
             admin,
+            redirect: None,
             app,
             task: Some(task),
         }
@@ -86,6 +92,11 @@ impl Unpoll {
     /// `http://127.0.0.1:PORT{path}` on the main listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `https://127.0.0.1:PORT{path}` on the main listener (with `[tls]`).
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
     }
 
     /// `http://127.0.0.1:PORT{path}` on the admin listener.
@@ -153,10 +164,18 @@ where
     }
 }
 
+/// A reqwest client builder. reqwest's rustls (for `tests/tls.rs`) is built without a
+/// crypto provider, to use ring as unpoll does rather than aws-lc's C build: every client
+/// then needs the process-wide provider installed first, TLS or not.
+pub fn reqwest_builder() -> reqwest::ClientBuilder {
+    tls::install_ring();
+    reqwest::Client::builder()
+}
+
 /// A reqwest client without a proxy from the environment and without connection reuse
 /// surprises.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    reqwest_builder()
         .no_proxy()
         .build()
         .expect("reqwest client")
