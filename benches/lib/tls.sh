@@ -50,6 +50,7 @@ NGINX_TLS_PROXY_CONF='
   }
   server {
 TLSCOMMON
+    location = /_nginx_status { stub_status; }
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -61,6 +62,7 @@ NCHAN_TLS_CONF='
   server {
 TLSCOMMON
     location = /_count { return 200 "ok"; }
+    location = /_nginx_status { stub_status; }
     location ~ ^/sub/(\w+)$ {
       nchan_subscriber eventsource;
       nchan_channel_id $1;
@@ -146,6 +148,30 @@ tls_start() {
       }
       ;;
   esac
+}
+
+# tls_server_conns SYSTEM: connections the server has accepted so far, by its
+# own count: unpoll's successful handshakes (unpoll_tls_handshakes_total, h2
+# and http1), nginx's stub_status accepts (which count this request too).
+# Compared with the requests of a handshake run, it shows that each request
+# had a new TLS connection.
+tls_server_conns() {
+  case $1 in
+    nginx) curl -kfsS --max-time 5 "$TLS_NGINX_URL/_nginx_status" | awk 'NR == 3 {print $1}' ;;
+    unpoll)
+      curl -fsS --max-time 5 "$UNPOLL_ADMIN/metrics" | awk '
+        /^unpoll_tls_handshakes_total\{result="(h2|http1)"\}/ {n += $2} END {print n + 0}' ;;
+  esac
+}
+
+# tls_counted SYSTEM CMD...: CMD's output line (see h2load_run) with the
+# server's new connections per 2xx response appended.
+tls_counted() {
+  local sys=$1 c0 c1 line; shift
+  c0=$(tls_server_conns "$sys")
+  line=$("$@")
+  c1=$(tls_server_conns "$sys")
+  awk -v c=$((c1 - c0)) '{printf "%s %.3f\n", $0, ($1 > 0 ? c / $1 : 0)}' <<<"$line"
 }
 
 # h2load_run NAME PG ARGS...: h2load -t1 on LOAD_CPU with ARGS, measuring
@@ -284,8 +310,10 @@ bench_tls() {
       pg_var="TLS_${sys^^}_PG" url_var="TLS_${sys^^}_URL"
       pg=${!pg_var} url="${!url_var}/api/items"
       log "run $run/$RUNS: $sys (${WARMUP}s warm-up, ${DURATION}s measured per mode)"
-      tls_handshakes_h1 "$sys-hs-h1" "$pg" "$url" "$DURATION" >>"$WORK/tls-$sys-hs-h1.runs"
-      tls_handshakes_h2 "$sys-hs-h2" "$pg" "$url" "$DURATION" >>"$WORK/tls-$sys-hs-h2.runs"
+      tls_counted "$sys" tls_handshakes_h1 "$sys-hs-h1" "$pg" "$url" "$DURATION" \
+        >>"$WORK/tls-$sys-hs-h1.runs"
+      tls_counted "$sys" tls_handshakes_h2 "$sys-hs-h2" "$pg" "$url" "$DURATION" \
+        >>"$WORK/tls-$sys-hs-h2.runs"
       h2load_run "$sys-warmup" "$pg" --h1 -c "$CONNS" -D "$WARMUP" "$url" >/dev/null
       h2load_run "$sys-h1" "$pg" --h1 -c "$CONNS" -D "$DURATION" "$url" >>"$WORK/tls-$sys-h1.runs"
       h2load_run "$sys-warmup" "$pg" -c "$TLS_H2_CONNS" -m "$TLS_H2_STREAMS" -D "$WARMUP" \
@@ -323,20 +351,22 @@ tls_report() {
   echo "        h1: h2load --h1 -c$CONNS keep-alive; h2: h2load -c$TLS_H2_CONNS -m$TLS_H2_STREAMS;"
   echo "        ${WARMUP}s warm-up then ${DURATION}s measured, median of $RUNS runs; 1 KiB JSON GET proxied"
   echo "        to bench-upstream over plain HTTP/1.1 keep-alive;"
-  echo "        CPU us/op = server utime+stime over the run / requests (handshakes in hs-*)"
-  printf '%-7s %-6s %9s %10s %11s %10s %7s\n' system mode 'ops/s' 'mean us' 'CPU us/op' \
-    'ops/s/core' errors
+  echo "        CPU us/op = server utime+stime over the run / requests (handshakes in hs-*);"
+  echo "        conns/req (hs-*) = connections the server counted (unpoll_tls_handshakes_total,"
+  echo "        nginx stub_status accepts) / requests: 1.0 when each request had its own handshake"
+  printf '%-7s %-6s %9s %10s %11s %10s %7s %10s\n' system mode 'ops/s' 'mean us' 'CPU us/op' \
+    'ops/s/core' errors 'conns/req'
   for mode in hs-h1 hs-h2 h1 h2; do
     for sys in "$@"; do
       local -a m=()
-      for col in 2 3 4 5; do
-        m+=("$(awk -v c=$col '$c != "-" {print $c}' "$WORK/tls-$sys-$mode.runs" | median)")
+      for col in 2 3 4 5 6; do
+        m+=("$(awk -v c=$col '$c != "-" && $c != "" {print $c}' "$WORK/tls-$sys-$mode.runs" | median)")
       done
       local cap=-
       [[ ${m[2]} == - ]] || cap=$(awk -v c="${m[2]}" 'BEGIN {printf "%.0f", 1e6 / c}')
-      printf '%-7s %-6s %9.0f %10s %11s %10s %7s\n' "$sys" "$mode" "${m[0]}" "${m[1]}" "${m[2]}" \
-        "$cap" "${m[3]}"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$mode" "${m[@]}" >>"$RESULTS/tls.tsv"
+      printf '%-7s %-6s %9.0f %10s %11s %10s %7s %10s\n' "$sys" "$mode" "${m[0]}" "${m[1]}" \
+        "${m[2]}" "$cap" "${m[3]}" "${m[4]}"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$mode" "${m[@]}" >>"$RESULTS/tls.tsv"
     done
   done
   if [[ " $* " == *" unpoll "* ]]; then
