@@ -94,6 +94,8 @@ auth = \"none\""
 
 # tls_cert: a self-signed certificate for localhost and 127.0.0.1 in
 # $WORK/tls/{cert,key}.pem, ECDSA P-256 (TLS_KEY=ec) or RSA 2048 (TLS_KEY=rsa).
+# A leaf, not a CA (openssl req -x509 makes a CA by default, which webpki, the
+# verifier of rustls clients, refuses as a server certificate).
 tls_cert() {
   local dir="$WORK/tls" alg
   mkdir -p "$dir"
@@ -104,6 +106,7 @@ tls_cert() {
   esac
   openssl req -x509 "${alg[@]}" -nodes -days 7 -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth \
     -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>"$WORK/openssl.log" \
     || die "openssl req failed: $(tail -3 "$WORK/openssl.log")"
   TLS_CERT="$dir/cert.pem" TLS_KEY_FILE="$dir/key.pem"
@@ -189,17 +192,18 @@ h2load_run() {
   h2load_parse "$out" $((t1 - t0))
 }
 
-# tls_handshakes_h1 NAME PG URL SECONDS: new TLS connections (ALPN http/1.1),
-# one request each, for about SECONDS: a calibration run of 50 per client
-# (also the warm-up) sets the count of the measured run. Prints what
-# h2load_run prints.
+# tls_handshakes_h1 SYSTEM NAME PG URL SECONDS: new TLS connections (ALPN
+# http/1.1), one request each, for about SECONDS: a calibration run of 50 per
+# client (also the warm-up) sets the count of the measured run. Prints what
+# tls_counted prints for the measured run.
 tls_handshakes_h1() {
-  local name=$1 pg=$2 url=$3 secs=$4 rate n
+  local sys=$1 name=$2 pg=$3 url=$4 secs=$5 rate n
   rate=$(h2load_run "$name-warmup" "$pg" --h1 -c "$TLS_HS_CONNS" -n $((TLS_HS_CONNS * 50)) \
     -H 'Connection: close' "$url" | cut -d' ' -f2)
   n=$((rate * secs))
   ((n >= TLS_HS_CONNS * 50)) || n=$((TLS_HS_CONNS * 50))
-  h2load_run "$name" "$pg" --h1 -c "$TLS_HS_CONNS" -n "$n" -H 'Connection: close' "$url"
+  tls_counted "$sys" h2load_run "$name" "$pg" --h1 -c "$TLS_HS_CONNS" -n "$n" \
+    -H 'Connection: close' "$url"
 }
 
 # h2load_parse OUTPUT TICKS: the summary of one h2load output (see h2load_run).
@@ -276,7 +280,10 @@ tls_idle_run() {
   done
   sleep 1.5 # mid-hold: every stream open and idle
   rss1=$(group_rss_kib "$SYS_PG")
-  line=$(grep '^opened' "$WORK/h2idle-$sys-$conns.log") || line="opened 0 $TLS_IDLE_STREAMS"
+  line=$(grep '^opened' "$WORK/h2idle-$sys-$conns.log") || {
+    log "bench-h2-idle against $sys opened nothing: $(grep -m1 -A2 '^Error' "$WORK/h2idle-$sys-$conns.log" | tr '\n' ' ')"
+    line="opened 0 $TLS_IDLE_STREAMS"
+  }
   stop "$client"
   stop "$SYS_PG"
   awk -v sys="$sys" -v c="$conns" -v d=$((rss1 - rss0)) '{
@@ -310,8 +317,7 @@ bench_tls() {
       pg_var="TLS_${sys^^}_PG" url_var="TLS_${sys^^}_URL"
       pg=${!pg_var} url="${!url_var}/api/items"
       log "run $run/$RUNS: $sys (${WARMUP}s warm-up, ${DURATION}s measured per mode)"
-      tls_counted "$sys" tls_handshakes_h1 "$sys-hs-h1" "$pg" "$url" "$DURATION" \
-        >>"$WORK/tls-$sys-hs-h1.runs"
+      tls_handshakes_h1 "$sys" "$sys-hs-h1" "$pg" "$url" "$DURATION" >>"$WORK/tls-$sys-hs-h1.runs"
       tls_counted "$sys" tls_handshakes_h2 "$sys-hs-h2" "$pg" "$url" "$DURATION" \
         >>"$WORK/tls-$sys-hs-h2.runs"
       h2load_run "$sys-warmup" "$pg" --h1 -c "$CONNS" -D "$WARMUP" "$url" >/dev/null
@@ -399,14 +405,15 @@ tls_report() {
   [[ -z $TLS_MISSING ]] || echo "$TLS_MISSING"
 }
 
-# h2load_tls_line: the protocol, cipher and key exchange h2load negotiated (from
-# its first h2 output), so the two servers are seen to do the same work.
+# h2load_tls_line: the protocol, cipher and key exchange h2load negotiated with
+# each server (from its h2 proxy runs), so both are seen to do the same work.
 h2load_tls_line() {
-  local f
-  for f in "$WORK"/h2load-*-h2.txt; do
+  local sys f
+  for sys in nginx unpoll; do
+    f="$WORK/h2load-$sys-h2.txt"
     [[ -e $f ]] || continue
-    awk '/^TLS Protocol:/ {p = $3} /^Cipher:/ {c = $2} /^Server Temp Key:/ {k = $4 " " $5}
-      END { if (p != "") printf "%s %s %s; ", FILENAME ~ /unpoll/ ? "unpoll" : "nginx", p, c " " k }' "$f"
+    awk -v sys="$sys" '/^TLS Protocol:/ {p = $3} /^Cipher:/ {c = $2}
+      /^Server Temp Key:/ {k = $4 " " $5} END { printf "%s: %s %s %s; ", sys, p, c, k }' "$f"
   done
   echo
 }
