@@ -50,6 +50,7 @@ NGINX_TLS_PROXY_CONF='
   }
   server {
 TLSCOMMON
+    listen 127.0.0.1:PLAINPORT;
     location = /_nginx_status { stub_status; }
     location / {
       proxy_pass http://app;
@@ -76,6 +77,14 @@ workers = 1
 cert = "CERT"
 key = "KEY"
 max_concurrent_streams = MAXSTREAMS
+[admin]
+listen = "127.0.0.1:ADMIN_PORT"
+[log]
+access = false'
+
+UNPOLL_PLAIN_PROXY_CONF='listen = "127.0.0.1:PORT"
+upstream = "UPSTREAM"
+workers = 1
 [admin]
 listen = "127.0.0.1:ADMIN_PORT"
 [log]
@@ -120,6 +129,7 @@ tls_fill() {
   t=${t//KEY/$TLS_KEY_FILE}
   t=${t//MAXSTREAMS/$TLS_MAX_STREAMS}
   t=${t//UPSTREAM/${2:-}}
+  t=${t//PLAINPORT/${TLS_PLAIN_PORT:-}}
   printf '%s' "$t"
 }
 
@@ -129,9 +139,11 @@ tls_fill() {
 tls_start() {
   case $1 in
     nginx)
+      TLS_PLAIN_PORT=$(free_port)
       NGINX_SCHEME=https start_nginx nginx "$(tls_fill "$NGINX_TLS_PROXY_CONF" \
         "${UPSTREAM_URL#http://}")"
       SYS_PG=$NGINX_PG SYS_URL=$NGINX_URL
+      SYS_PLAIN_PG=$NGINX_PG SYS_PLAIN_URL="http://127.0.0.1:$TLS_PLAIN_PORT"
       ;;
     nchan)
       NGINX_SCHEME=https NGINX_LOAD_MODULES="load_module $NCHAN_MODULE;" \
@@ -149,6 +161,14 @@ tls_start() {
         stop "$SYS_PG"
         return 1
       }
+      # The plain-HTTP baseline: a second unpoll without [tls] (the main
+      # listener is either TLS or plain).
+      if [[ $1 == unpoll ]]; then
+        local pg=$SYS_PG url=$SYS_URL
+        start_unpoll unpollplain "$(tls_fill "$UNPOLL_PLAIN_PROXY_CONF" "$UPSTREAM_URL")" \
+          || die "plain unpoll did not start: $UNPOLL_WHY"
+        SYS_PLAIN_PG=$UNPOLLPLAIN_PG SYS_PLAIN_URL=$UNPOLLPLAIN_URL SYS_PG=$pg SYS_URL=$url
+      fi
       ;;
   esac
 }
@@ -309,6 +329,8 @@ bench_tls() {
     fi
     printf -v "TLS_${sys^^}_PG" '%s' "$SYS_PG"
     printf -v "TLS_${sys^^}_URL" '%s' "$SYS_URL"
+    printf -v "TLS_${sys^^}_PLAIN_PG" '%s' "$SYS_PLAIN_PG"
+    printf -v "TLS_${sys^^}_PLAIN_URL" '%s' "$SYS_PLAIN_URL"
   done
 
   local pg_var url_var pg
@@ -326,10 +348,17 @@ bench_tls() {
         "$url" >/dev/null
       h2load_run "$sys-h2" "$pg" -c "$TLS_H2_CONNS" -m "$TLS_H2_STREAMS" -D "$DURATION" \
         "$url" >>"$WORK/tls-$sys-h2.runs"
+      pg_var="TLS_${sys^^}_PLAIN_PG" url_var="TLS_${sys^^}_PLAIN_URL"
+      pg=${!pg_var} url="${!url_var}/api/items"
+      h2load_run "$sys-warmup" "$pg" --h1 -c "$CONNS" -D "$WARMUP" "$url" >/dev/null
+      h2load_run "$sys-h1-plain" "$pg" --h1 -c "$CONNS" -D "$DURATION" "$url" \
+        >>"$WORK/tls-$sys-h1-plain.runs"
     done
   done
   for sys in "${systems[@]}"; do
     pg_var="TLS_${sys^^}_PG"
+    stop "${!pg_var}"
+    pg_var="TLS_${sys^^}_PLAIN_PG"
     stop "${!pg_var}"
   done
 
@@ -355,14 +384,16 @@ tls_report() {
   echo "        hs-h2: new TLS connection per request, ALPN h2, back-to-back h2load -c$TLS_HS_CONNS"
   echo "               -n$TLS_HS_CONNS runs for ${DURATION}s (latency column: mean connect time);"
   echo "        h1: h2load --h1 -c$CONNS keep-alive; h2: h2load -c$TLS_H2_CONNS -m$TLS_H2_STREAMS;"
+  echo "        h1-plain: as h1 without TLS (nginx: a plain listen in the same server; unpoll: a"
+  echo "                  second instance without [tls]), the baseline that isolates TLS's cost;"
   echo "        ${WARMUP}s warm-up then ${DURATION}s measured, median of $RUNS runs; 1 KiB JSON GET proxied"
   echo "        to bench-upstream over plain HTTP/1.1 keep-alive;"
   echo "        CPU us/op = server utime+stime over the run / requests (handshakes in hs-*);"
   echo "        conns/req (hs-*) = connections the server counted (unpoll_tls_handshakes_total,"
   echo "        nginx stub_status accepts) / requests: 1.0 when each request had its own handshake"
-  printf '%-7s %-6s %9s %10s %11s %10s %7s %10s\n' system mode 'ops/s' 'mean us' 'CPU us/op' \
+  printf '%-7s %-8s %9s %10s %11s %10s %7s %10s\n' system mode 'ops/s' 'mean us' 'CPU us/op' \
     'ops/s/core' errors 'conns/req'
-  for mode in hs-h1 hs-h2 h1 h2; do
+  for mode in hs-h1 hs-h2 h1 h2 h1-plain; do
     for sys in "$@"; do
       local -a m=()
       for col in 2 3 4 5 6; do
@@ -370,7 +401,7 @@ tls_report() {
       done
       local cap=-
       [[ ${m[2]} == - ]] || cap=$(awk -v c="${m[2]}" 'BEGIN {printf "%.0f", 1e6 / c}')
-      printf '%-7s %-6s %9.0f %10s %11s %10s %7s %10s\n' "$sys" "$mode" "${m[0]}" "${m[1]}" \
+      printf '%-7s %-8s %9.0f %10s %11s %10s %7s %10s\n' "$sys" "$mode" "${m[0]}" "${m[1]}" \
         "${m[2]}" "$cap" "${m[3]}" "${m[4]}"
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$mode" "${m[@]}" >>"$RESULTS/tls.tsv"
     done
@@ -385,6 +416,10 @@ tls_report() {
             m, cpu["unpoll", m] / cpu["nginx", m], rate["unpoll", m] / rate["nginx", m],
             cpu["unpoll", m], cpu["nginx", m]
         }
+        printf "TLS cost per h1 request (h1 - h1-plain CPU us/req): unpoll %.1f, nginx %.1f\n",
+          cpu["unpoll", "h1"] - cpu["unpoll", "h1-plain"], cpu["nginx", "h1"] - cpu["nginx", "h1-plain"]
+        printf "unpoll/nginx h1-plain: CPU/op %.2fx (plain HTTP, same run)\n",
+          cpu["unpoll", "h1-plain"] / cpu["nginx", "h1-plain"]
       }' "$RESULTS/tls.tsv"
   fi
   echo

@@ -147,7 +147,11 @@ async fn main() -> anyhow::Result<()> {
             .await;
             drop(permit);
             let ok = matches!(&head, Ok(Ok(r)) if r.status() == StatusCode::OK);
-            let done = if ok { &counters.opened } else { &counters.failed };
+            let done = if ok {
+                &counters.opened
+            } else {
+                &counters.failed
+            };
             done.fetch_add(1, Ordering::Relaxed);
             if counters.opened.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed)
                 == total
@@ -163,7 +167,9 @@ async fn main() -> anyhow::Result<()> {
                 match frame {
                     Ok(f) => {
                         if let Some(d) = f.data_ref() {
-                            counters.body_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                            counters
+                                .body_bytes
+                                .fetch_add(d.len() as u64, Ordering::Relaxed);
                         }
                     }
                     Err(_) => break,
