@@ -89,11 +89,12 @@ free_port() {
 }
 
 # wait_http URL PGID [SECONDS]: wait until URL answers 2xx, failing early if
-# the process group PGID has died. Returns 1 on timeout or death.
+# the process group PGID has died. Returns 1 on timeout or death. https URLs are
+# the benchmarks' own self-signed certificate (-k).
 wait_http() {
   local url=$1 pg=$2 deadline=$((SECONDS + ${3:-15}))
   while ((SECONDS < deadline)); do
-    curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+    curl -kfsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
     kill -0 "$pg" 2>/dev/null || return 1
     sleep 0.05
   done

@@ -15,8 +15,9 @@ start_upstream() {
 
 # start_nginx NAME HTTP_BLOCK_BODY [READY_PATH]: nginx, one worker, on PROXY_CPU. The body
 # goes inside `http { }`; the literal PORT in it is replaced by the chosen port.
+# NGINX_SCHEME=https when the body's server listens with ssl.
 start_nginx() {
-  local name=$1 body=$2 ready=${3:-/_count} port dir
+  local name=$1 body=$2 ready=${3:-/_count} port dir scheme=${NGINX_SCHEME:-http}
   port=$(free_port)
   dir="$WORK/$name"
   mkdir -p "$dir/logs"
@@ -39,10 +40,10 @@ ${body//PORT/$port}
 CONF
   start "$name" "$PROXY_CPU" nginx -p "$dir" -e "$dir/logs/error.log" \
     -c "$dir/nginx.conf" -g 'daemon off;'
-  wait_http "http://127.0.0.1:$port$ready" "$START_PID" \
+  wait_http "$scheme://127.0.0.1:$port$ready" "$START_PID" \
     || die "$name did not start: $(tail -n 3 "$dir/logs/error.log" "$WORK/$name.log")"
   printf -v "${name^^}_PG" '%s' "$START_PID"
-  printf -v "${name^^}_URL" '%s' "http://127.0.0.1:$port"
+  printf -v "${name^^}_URL" '%s' "$scheme://127.0.0.1:$port"
 }
 
 # start_unpoll NAME TOML: unpoll on PROXY_CPU. In TOML, the literal PORT and
