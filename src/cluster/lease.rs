@@ -26,6 +26,17 @@ const MARGIN: Duration = Duration::from_secs(1);
 /// Renew (or try to acquire) this often.
 const PERIOD: Duration = Duration::from_millis(1500);
 
+/// Take the lease if nobody holds it. KEYS: lease. ARGV: node id, ttl (ms). A script like
+/// the others so both go through one helper (`SET NX` answers nil in Lua when taken).
+static ACQUIRE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+",
+    )
+});
+
 /// Extend the lease if this node holds it. KEYS: lease. ARGV: node id, ttl (ms).
 static RENEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
@@ -155,39 +166,45 @@ impl Cluster {
         conn.as_mut().ok_or_else(|| "no connection".to_string())
     }
 
+    /// Take the lease if it is free.
     async fn acquire(
         &self,
         conn: &mut Option<MultiplexedConnection>,
         key: &str,
         ttl_ms: u64,
     ) -> Result<bool, String> {
-        let c = self.connection(conn).await?;
-        let answer: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(&self.config.node_id)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async(c)
+        self.lease_script(conn, &ACQUIRE, key, ttl_ms, "SET NX")
             .await
-            .map_err(|e| failure("SET NX", e))?;
-        Ok(answer.is_some())
     }
 
+    /// Extend the lease if this node still holds it.
     async fn renew(
         &self,
         conn: &mut Option<MultiplexedConnection>,
         key: &str,
         ttl_ms: u64,
     ) -> Result<bool, String> {
+        self.lease_script(conn, &RENEW, key, ttl_ms, "renew").await
+    }
+
+    /// Run `script` (KEYS: lease. ARGV: node id, ttl in ms; answers 1 or 0) on the lease
+    /// connection, opening it if needed: `Ok(true)` when this node holds the lease after it.
+    async fn lease_script(
+        &self,
+        conn: &mut Option<MultiplexedConnection>,
+        script: &redis::Script,
+        key: &str,
+        ttl_ms: u64,
+        what: &str,
+    ) -> Result<bool, String> {
         let c = self.connection(conn).await?;
-        let renewed: i64 = RENEW
+        let held: i64 = script
             .key(key)
             .arg(&self.config.node_id)
             .arg(ttl_ms)
             .invoke_async(c)
             .await
-            .map_err(|e| failure("renew", e))?;
-        Ok(renewed == 1)
+            .map_err(|e| failure(what, e))?;
+        Ok(held == 1)
     }
 }

@@ -154,6 +154,20 @@ struct Link {
     lost: CancellationToken,
 }
 
+impl Link {
+    /// The id `<epoch>` `<seq>` of a message or script answer, which must be in this link's
+    /// epoch: anything else means Redis lost its data (the epoch key was created anew), and
+    /// the link must be left.
+    fn checked_id(&self, epoch: &str, seq: &str) -> Result<EventId, Failure> {
+        let boot: Boot = epoch.parse().map_err(|_| LOST_DATA.to_string())?;
+        let seq: u64 = seq.parse().map_err(|_| LOST_DATA.to_string())?;
+        if boot != self.epoch {
+            return Err(LOST_DATA.to_string());
+        }
+        Ok(EventId { boot, seq })
+    }
+}
+
 /// Work for the writer, in publish order.
 enum Job {
     Event {
@@ -474,7 +488,7 @@ impl Cluster {
             .await
             .map_err(|e| failure("barrier", e))?;
         if epoch != link.epoch.to_string() {
-            return Err("Redis lost its data (a new epoch)".to_string());
+            return Err(LOST_DATA.to_string());
         }
         self.wait_barrier(token, rx).await
     }
@@ -505,7 +519,7 @@ impl Cluster {
             .await
             .map_err(|e| failure("reading a channel's history", e))?;
         if epoch != link.epoch.to_string() {
-            return Err("Redis lost its data (a new epoch)".to_string());
+            return Err(LOST_DATA.to_string());
         }
         self.wait_barrier(token, rx).await?;
         let mut floor = stream_seq(&deleted).max(lost_floor.parse().unwrap_or(0));
@@ -755,31 +769,18 @@ impl Cluster {
     fn on_message(&self, link: &Link, msg: &redis::Msg) -> Result<(), Failure> {
         let channel = msg.get_channel_name();
         let payload = String::from_utf8_lossy(msg.get_payload_bytes());
-        let lost_data = || "Redis lost its data (a new epoch)".to_string();
         if let Some(name) = channel.strip_prefix(&self.keys.events) {
-            let mut parts = payload.splitn(4, '\n');
-            let (Some(ep), Some(seq), Some(event), Some(data)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
+            let Some([ep, seq, event, data]) = fields(&payload) else {
                 return Ok(());
             };
-            let id = parse_id(ep, seq).ok_or_else(lost_data)?;
-            if id.boot != link.epoch {
-                return Err(lost_data());
-            }
+            let id = link.checked_id(ep, seq)?;
             let event = (!event.is_empty()).then_some(event);
             self.hub.apply(id, name, event, data);
         } else if channel == self.keys.node {
-            let mut parts = payload.splitn(3, '\n');
-            let (Some(token), Some(ep), Some(seq)) = (parts.next(), parts.next(), parts.next())
-            else {
+            let Some([token, ep, seq]) = fields(&payload) else {
                 return Ok(());
             };
-            let id = parse_id(ep, seq).ok_or_else(lost_data)?;
-            if id.boot != link.epoch {
-                return Err(lost_data());
-            }
-            self.hub.advance(id);
+            self.hub.advance(link.checked_id(ep, seq)?);
             let waiter = token
                 .parse::<u64>()
                 .ok()
@@ -788,21 +789,13 @@ impl Cluster {
                 let _ = waiter.send(());
             }
         } else if channel == self.keys.reset {
-            let mut parts = payload.splitn(4, '\n');
-            let (Some(ep), Some(seq), Some(pattern), Some(reason)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
+            let Some([ep, seq, pattern, reason]) = fields(&payload) else {
                 return Ok(());
             };
-            let id = parse_id(ep, seq).ok_or_else(lost_data)?;
-            if id.boot != link.epoch {
-                return Err(lost_data());
-            }
-            self.hub.apply_reset(id, pattern, reason);
+            self.hub
+                .apply_reset(link.checked_id(ep, seq)?, pattern, reason);
         } else if channel == self.keys.purge {
-            let mut parts = payload.splitn(3, '\n');
-            let (Some(node), Some(kind), Some(value)) = (parts.next(), parts.next(), parts.next())
-            else {
+            let Some([node, kind, value]) = fields(&payload) else {
                 return Ok(());
             };
             if node == self.config.node_id {
@@ -870,7 +863,7 @@ impl Cluster {
                     seq,
                 }))
             } else {
-                Err("Redis lost its data (a new epoch)".to_string())
+                Err(LOST_DATA.to_string())
             }
         };
         match job {
@@ -1007,13 +1000,18 @@ fn one_line(event: &str) -> String {
     event.replace(['\r', '\n'], " ")
 }
 
-/// `<epoch>` and `<seq>` of a message.
-fn parse_id(epoch: &str, seq: &str) -> Option<EventId> {
-    Some(EventId {
-        boot: epoch.parse().ok()?,
-        seq: seq.parse().ok()?,
-    })
+/// The `N` line-separated fields of a relayed message (the last one keeps any further line
+/// breaks); `None` for a message with fewer, which is ignored (not one of ours).
+fn fields<const N: usize>(payload: &str) -> Option<[&str; N]> {
+    let mut parts = payload.splitn(N, '\n');
+    let fields: [Option<&str>; N] = std::array::from_fn(|_| parts.next());
+    if fields.iter().any(Option::is_none) {
+        return None;
+    }
+    Some(fields.map(|f| f.unwrap_or_default()))
 }
+
+const LOST_DATA: &str = "Redis lost its data (a new epoch)";
 
 /// The seq of a stream entry id `<seq>-0` (0 for anything else).
 fn stream_seq(id: &str) -> u64 {
