@@ -57,7 +57,6 @@ use crate::hub::{Backfill, Boot, EventData, EventId, Hub, glob};
 use crate::sink::{HubSink, Sink};
 use crate::sources::backoff::Backoff;
 pub use config::ClusterConfig;
-pub use lease::LEASE_TTL;
 pub use sink::ClusterSink;
 
 /// The readiness component name: `/readyz` says `cluster: <reason>`.
@@ -98,6 +97,8 @@ struct Keys {
     node: String,
     events: String,
     stream: String,
+    /// Followed by `<outbox>/<consumer>`: the last outbox row published.
+    outbox: String,
 }
 
 impl Keys {
@@ -113,6 +114,7 @@ impl Keys {
             node: format!("{p}node:{}", config.node_id),
             events: format!("{p}ev:"),
             stream: format!("{p}h:"),
+            outbox: format!("{p}outbox:"),
         }
     }
 }
@@ -174,8 +176,12 @@ enum Job {
         channel: String,
         event: Option<String>,
         data: String,
+        /// An outbox row (`<outbox>/<consumer>`, row id): skipped if published already.
+        once: Option<(String, i64)>,
         reply: Option<oneshot::Sender<EventId>>,
     },
+    /// Answered when every job queued before it is done.
+    Flush(oneshot::Sender<()>),
     Reset {
         pattern: String,
         reason: String,
@@ -302,6 +308,7 @@ impl Cluster {
             channel: channel.to_owned(),
             event: event.map(one_line),
             data: data.as_text().into_owned(),
+            once: None,
             reply: Some(reply),
         };
         if self.jobs.send(job).await.is_ok()
@@ -317,10 +324,23 @@ impl Cluster {
     /// (sources, taps). A full queue means Redis cannot keep up: the event is published
     /// locally only (other instances miss it; counted in `/stats`).
     pub fn publish_nowait(&self, channel: &str, event: Option<&str>, data: EventData) {
+        self.publish_nowait_once(None, channel, event, data);
+    }
+
+    /// [`Cluster::publish_nowait`] of outbox row `once` (`<outbox>/<consumer>`, row id):
+    /// skipped in Redis if that row was published already.
+    pub fn publish_nowait_once(
+        &self,
+        once: Option<(&str, i64)>,
+        channel: &str,
+        event: Option<&str>,
+        data: EventData,
+    ) {
         let job = Job::Event {
             channel: channel.to_owned(),
             event: event.map(one_line),
             data: data.as_text().into_owned(),
+            once: once.map(|(outbox, row)| (outbox.to_owned(), row)),
             reply: None,
         };
         if let Err(e) = self.jobs.try_send(job) {
@@ -332,6 +352,16 @@ impl Cluster {
                 );
             }
             self.hub.publish(channel, event, data);
+        }
+    }
+
+    /// Wait until every job queued before has been written to Redis (or, Redis being
+    /// unreachable, applied here).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.jobs.send(Job::Flush(done)).await.is_ok() {
+            // An error: the writer is gone (shutting down), nothing more will be written.
+            let _ = wait.await;
         }
     }
 
@@ -821,6 +851,13 @@ impl Cluster {
                     None => return,
                 },
             };
+            let job = match job {
+                Job::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+                job => job,
+            };
             let link = self.link();
             let mut outcome = Err(None);
             if let Some(link) = &link {
@@ -871,22 +908,38 @@ impl Cluster {
                 channel,
                 event,
                 data,
+                once,
                 ..
             } => {
                 let ttl = u64::try_from(self.config.stream_ttl.as_millis()).unwrap_or(u64::MAX);
+                let (mark, row) = match once {
+                    Some((outbox, row)) => (format!("{}{outbox}", keys.outbox), row.to_string()),
+                    // Unused by the script; a key of ours all the same.
+                    None => (keys.seq.clone(), String::new()),
+                };
                 let (ep, seq): (String, u64) = scripts::PUBLISH
                     .key(&keys.epoch)
                     .key(&keys.seq)
                     .key(format!("{}{channel}", keys.stream))
+                    .key(mark)
                     .arg(Boot::generate().to_string())
                     .arg(format!("{}{channel}", keys.events))
                     .arg(event.as_deref().unwrap_or(""))
                     .arg(data)
                     .arg(self.history_count)
                     .arg(ttl)
+                    .arg(row)
                     .invoke_async(&mut cmd)
                     .await
                     .map_err(|e| failure("publish", e))?;
+                if seq == 0 {
+                    tracing::debug!(channel, "outbox row published already: skipped");
+                    return if ep == link.epoch.to_string() {
+                        Ok(None)
+                    } else {
+                        Err(LOST_DATA.to_string())
+                    };
+                }
                 check(ep, seq)
             }
             Job::Reset { pattern, reason } => {
@@ -915,6 +968,8 @@ impl Cluster {
                     .map_err(|e| failure("purge", e))?;
                 Ok(None)
             }
+            // Answered by the writer before it gets here.
+            Job::Flush(_) => Ok(None),
         }
     }
 
@@ -936,6 +991,7 @@ impl Cluster {
             }
             // This instance purged already; the others will purge everything on rejoining.
             Job::Purge { .. } => None,
+            Job::Flush(_) => None,
         }
     }
 
