@@ -566,3 +566,123 @@ async fn read_rows(sub: &mut SseClient, seen: &mut Vec<(String, i64)>, n: usize)
         seen.push((e.id, v["n"].as_i64().expect("n")));
     }
 }
+
+/// `limits.per_channel` counts the subscribers of every instance: 2 on A and 1 on B fill a
+/// limit of 3 for both; when one leaves, either admits again; an instance that stops
+/// stops counting once its entries expire.
+#[tokio::test]
+async fn per_channel_limits_count_the_whole_cluster() {
+    // Rules are named by their place in the file.
+    const RULE: &str = "stream[1]";
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("limits");
+    let a = Unpoll::start(&upstream.url(), &limited(&redis_url(), &prefix, "a")).await;
+    let b = Unpoll::start(&upstream.url(), &limited(&redis_url(), &prefix, "b")).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let http = client();
+    let open = |node: &Unpoll| {
+        let req = http.get(node.url("/limited/room"));
+        async move { SseClient::send(req).await }
+    };
+    let counts = |node: &Unpoll| {
+        node.app
+            .cluster
+            .as_ref()
+            .unwrap()
+            .cluster_count(RULE, "room")
+    };
+    let a1 = open(&a).await;
+    let a2 = open(&a).await;
+    let b1 = open(&b).await;
+    assert_eq!((a1.status, a2.status, b1.status), (200, 200, 200));
+    eventually(T, "both instances know the cluster's 3", || async {
+        counts(&a) == Some((2, 1)) && counts(&b) == Some((1, 2))
+    })
+    .await;
+    assert_eq!(open(&a).await.status, 429, "a 4th on A");
+    assert_eq!(open(&b).await.status, 429, "a 4th on B");
+    // A channel nobody holds yet is admitted: the limit is per channel.
+    assert_eq!(
+        SseClient::send(http.get(b.url("/limited/other")))
+            .await
+            .status,
+        200
+    );
+
+    drop(a1);
+    eventually(T, "B learns that A has one left", || async {
+        counts(&b) == Some((1, 1))
+    })
+    .await;
+    let b2 = open(&b).await;
+    assert_eq!(b2.status, 200, "room again, on B");
+    eventually(T, "A learns of B's second", || async {
+        counts(&a) == Some((1, 2))
+    })
+    .await;
+    assert_eq!(open(&a).await.status, 429, "full again, seen from A");
+
+    // A stops without a word: its count expires (3 × limit_sync) and B has room again.
+    drop(a2);
+    drop(a);
+    eventually(T, "A's count expires", || async {
+        counts(&b) == Some((2, 0))
+    })
+    .await;
+    let b3 = open(&b).await;
+    assert_eq!(b3.status, 200);
+    assert_eq!(open(&b).await.status, 429, "B alone holds 3");
+    let stats = b.stats().await;
+    assert_eq!(stats["cluster"]["limits"]["local_only"], false);
+    drop((b1, b2, b3));
+}
+
+/// [`config`] plus `/limited/{chan}` (rule `stream[1]`) with `per_channel = 3`, counts
+/// exchanged every 100 ms.
+fn limited(redis: &str, prefix: &str, node: &str) -> String {
+    config(redis, prefix, node).replace(
+        "reconnect_max = \"300ms\"\n",
+        "reconnect_max = \"300ms\"\nlimit_sync = \"100ms\"\n",
+    ) + "\n[[stream]]\npath = \"/limited/{chan}\"\nchannels = [\"{path.chan}\"]\n\
+         auth = \"none\"\nlimits = { per_channel = 3 }\n"
+}
+
+/// Redis down: per-channel limits fall back to each instance's own count, and say so.
+#[tokio::test]
+async fn per_channel_limits_fall_back_to_local_counts_without_redis() {
+    let mut redis = PrivateRedis::start().await;
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("limits_down");
+    let a = Unpoll::start(&upstream.url(), &limited(&redis.url(), &prefix, "a")).await;
+    let b = Unpoll::start(&upstream.url(), &limited(&redis.url(), &prefix, "b")).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let http = client();
+    let open = |node: &Unpoll| {
+        let req = http.get(node.url("/limited/room"));
+        async move { SseClient::send(req).await }
+    };
+    let held = [open(&a).await, open(&a).await, open(&b).await];
+    assert!(held.iter().all(|s| s.status == 200));
+    eventually(T, "A knows B's subscriber", || async {
+        a.app
+            .cluster
+            .as_ref()
+            .unwrap()
+            .cluster_count("stream[1]", "room")
+            == Some((2, 1))
+    })
+    .await;
+    assert_eq!(open(&a).await.status, 429);
+    redis.kill().await;
+    eventually(T, "A says its limits are local only", || async {
+        a.stats().await["cluster"]["limits"]["local_only"] == true
+    })
+    .await;
+    assert_eq!(
+        open(&a).await.status,
+        200,
+        "2 here < 3: B's one is not known any more"
+    );
+}

@@ -41,7 +41,7 @@ pub use error::{AuthError, Limit, UpstreamFailure};
 pub use generic::{GENERIC_STREAM_PATH, MAX_CHANNEL_NAME, requested_channels};
 pub use grant::{AccessEnded, EndedFuture, Grant};
 pub use jwt::JwtAuth;
-pub use limits::{Admission, Limiter};
+pub use limits::{Admission, Limiter, SharedCounts};
 pub use metrics::AuthMetrics;
 pub use rate::{MAX_TRACKED_ADDRESSES, Rate};
 pub use upstream::{DECISION_CACHE_BYTES, UpstreamAuth, query_bearer, strip_query_param};
@@ -106,6 +106,7 @@ impl Authorizer {
         limits: &StreamLimits,
         jwt: Option<&Arc<JwtAuth>>,
         metrics: &AuthMetrics,
+        shared: Option<&Arc<dyn SharedCounts>>,
     ) -> Authorizer {
         let mode = match auth {
             RuleAuthConfig::None => Mode::None,
@@ -118,7 +119,11 @@ impl Authorizer {
         };
         Authorizer {
             mode,
-            limiter: Limiter::new(limits.clone(), metrics.clone()),
+            limiter: Limiter::new(
+                limits.clone(),
+                metrics.clone(),
+                shared.map(|s| (rule, s.clone())),
+            ),
             metrics: metrics.clone(),
         }
     }
@@ -165,6 +170,7 @@ impl Authorizer {
         let mut distinct = channels.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
+        self.limiter.prepare(&distinct).await;
         let admission = self.limiter.admit(req.client_ip, &distinct)?;
         let metrics = self.metrics.clone();
         match &self.mode {

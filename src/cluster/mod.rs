@@ -38,6 +38,7 @@
 //! missed) and purges its tagged cache entries (purges of other instances were missed).
 
 pub mod config;
+mod counts;
 mod lease;
 mod scripts;
 mod sink;
@@ -84,6 +85,10 @@ pub struct Cluster {
     subscribing: tokio::sync::Mutex<()>,
     jobs: mpsc::Sender<Job>,
     jobs_rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// Per-channel limit counts (see `counts.rs`), apart from `shared`: admissions take it.
+    counts: Mutex<counts::Table>,
+    /// This process's life in the cluster: counts written under an older one do not count.
+    incarnation: String,
 }
 
 /// Redis names, from the prefix.
@@ -99,6 +104,10 @@ struct Keys {
     stream: String,
     /// Followed by `<outbox>/<consumer>`: the last outbox row published.
     outbox: String,
+    /// Followed by `<rule> <channel>`: per-node subscriber counts.
+    limit: String,
+    /// Followed by a node id: its incarnation while it is alive.
+    alive: String,
 }
 
 impl Keys {
@@ -115,6 +124,8 @@ impl Keys {
             events: format!("{p}ev:"),
             stream: format!("{p}h:"),
             outbox: format!("{p}outbox:"),
+            limit: format!("{p}limit:"),
+            alive: format!("{p}alive:"),
         }
     }
 }
@@ -259,6 +270,8 @@ impl Cluster {
             subscribing: tokio::sync::Mutex::new(()),
             jobs,
             jobs_rx: Mutex::new(Some(rx)),
+            counts: Mutex::default(),
+            incarnation: Boot::generate().to_string(),
             config,
         })
     }
@@ -297,6 +310,7 @@ impl Cluster {
             "followed_channels": shared.follows.len(),
             "published_locally_queue_full": shared.overflowed,
             "leases": shared.leases,
+            "limits": self.limit_stats(),
         })
     }
 
@@ -613,6 +627,7 @@ impl Cluster {
         };
         let writer = tokio::spawn(self.clone().write(jobs, shutdown.clone()));
         let unfollower = tokio::spawn(self.clone().unfollow_idle(shutdown.clone()));
+        let limits = tokio::spawn(self.clone().sync_limits(shutdown.clone()));
         let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
         let mut connected_before = false;
         loop {
@@ -640,7 +655,7 @@ impl Cluster {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        let _ = tokio::join!(writer, unfollower);
+        let _ = tokio::join!(writer, unfollower, limits);
     }
 
     /// One connection's life. `Err` carries the link (if it was established) and why it
