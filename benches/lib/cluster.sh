@@ -36,11 +36,14 @@ redis_cpu_us() {
     END { printf "%.0f\n", s * 1e6 }'
 }
 
-# redis_cmd_us: microseconds Redis spent executing commands so far (commandstats).
+# redis_cmd_us: microseconds Redis spent executing commands so far (commandstats),
+# leaving out the INFO calls of this measurement itself.
 redis_cmd_us() {
   redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'usec=' '
-    /^cmdstat_/ { split($2, f, ","); s += f[1] } END { printf "%.0f\n", s }'
+    /^cmdstat_/ && !/^cmdstat_info:/ { split($2, f, ","); s += f[1] } END { printf "%.0f\n", s }'
 }
+
+now_us() { echo $(($(date +%s%N) / 1000)); }
 
 # cluster_run SYSTEM: start SYSTEM's instances, load them, append one row to
 # $WORK/cluster.rows: system instances subscribers connected delivered p50 p99 max
@@ -72,6 +75,13 @@ node_id = \"n$i\""
     urls+=(--url "${!url_var}/sub/$chan")
     pubs+=(--publish-url "${!admin_var}/publish")
   done
+  # Redis's own idle CPU (its timers, the instances' connections), subtracted below: at a
+  # few messages per second it would otherwise be most of the per-message figure.
+  local idle_per_s=0 b0 b1
+  if ((use_redis)); then
+    b0=$(redis_cpu_us); sleep 2; b1=$(redis_cpu_us)
+    idle_per_s=$(((b1 - b0) / 2))
+  fi
   n=$CLUSTER_SUBSCRIBERS
   log "cluster: $sys, $instances instance(s), $n subscribers, $msgs messages at $CLUSTER_RATE/s"
   local name="sse-$sys" interval_us=$((1000000 / CLUSTER_RATE))
@@ -86,21 +96,24 @@ node_id = \"n$i\""
     sleep 0.1
   done
   sleep 1.5 # mid-hold: every subscriber connected and idle
-  local t0=0 t1=0 pg r0=0 r1=0 c0=0 c1=0
+  local t0=0 t1=0 pg r0=0 r1=0 c0=0 c1=0 w0 w1
   for pg in "${pgs[@]}"; do t0=$((t0 + $(group_ticks "$pg"))); done
   if ((use_redis)); then r0=$(redis_cpu_us); c0=$(redis_cmd_us); fi
+  w0=$(now_us)
   for ((i = 0; i < 3000; i++)); do
     kill -0 "$client" 2>/dev/null || break
     sleep 0.1
   done
   for pg in "${pgs[@]}"; do t1=$((t1 + $(group_ticks "$pg"))); done
   if ((use_redis)); then r1=$(redis_cpu_us); c1=$(redis_cmd_us); fi
+  w1=$(now_us)
   stop "$client"
   cp "$WORK/$name.log" "$WORK/$name.txt"
   local res
   res=$(grep '^RESULT ' "$WORK/$name.txt") || res=""
   awk -v sys="$sys" -v k="$instances" -v n="$n" -v res="$res" -v redis="$use_redis" \
-    -v cpu_us=$(((t1 - t0) * 1000000 / CLK_TCK)) -v rcpu=$((r1 - r0)) -v rcmd=$((c1 - c0)) '
+    -v cpu_us=$(((t1 - t0) * 1000000 / CLK_TCK)) -v rcmd=$((c1 - c0)) \
+    -v rcpu=$((r1 - r0 - idle_per_s * (w1 - w0) / 1000000)) '
   BEGIN {
     if (res == "") { printf "%s %d %d failed\n", sys, k, n; exit }
     split(res, f, " ")
@@ -144,8 +157,9 @@ cluster_report() {
   echo "        at $CLUSTER_RATE/s through the instances' POST /publish in turn, each carrying its"
   echo "        publish time; unpoll instances and Redis share CPU $PROXY_CPU; CPU us/ev = unpoll"
   echo "        CPU (all instances) from the idle hold to the end / events delivered; Redis"
-  echo "        us/msg = INFO cpu (used_cpu_user+sys) delta / messages published, cmd us/msg ="
-  echo "        INFO commandstats usec delta / messages; pub s = time the publisher took for"
+  echo "        us/msg = INFO cpu (used_cpu_user+sys) delta, minus Redis's idle rate measured"
+  echo "        2 s before the load, / messages published; cmd us/msg = INFO commandstats usec"
+  echo "        delta (without INFO itself) / messages; pub s = time the publisher took for"
   echo "        what should take ${CLUSTER_SECONDS}s (longer: the client could not keep pace)"
   printf '%-9s %2s %6s %9s %9s %8s %8s %8s %9s %9s %9s %6s\n' system k N connected delivered \
     'p50 ms' 'p99 ms' 'max ms' 'CPU us/ev' 'Redis us' 'cmd us' 'pub s'

@@ -109,6 +109,10 @@ struct Entry {
     others: usize,
     /// `others` has been read (since the last connection).
     known: bool,
+    /// A first read is under way: concurrent first subscribers do not each start one (a
+    /// burst of them on a new channel would be a burst of Redis calls); they are checked
+    /// against what is known meanwhile.
+    reading: bool,
     /// `local` was 0 at the last sync already: dropped at the next if still 0.
     idle: bool,
 }
@@ -263,6 +267,7 @@ impl SharedCounts for Cluster {
                     local: 1,
                     others: 0,
                     known: false,
+                    reading: false,
                     idle: false,
                 },
             );
@@ -286,11 +291,13 @@ impl SharedCounts for Cluster {
                             local: 0,
                             others: 0,
                             known: false,
+                            reading: false,
                             idle: false,
                         }),
                         None => continue,
                     };
-                    if !e.known {
+                    if !e.known && !e.reading {
+                        e.reading = true;
                         keys.push((key, e.local));
                     }
                 }
@@ -299,14 +306,20 @@ impl SharedCounts for Cluster {
             if keys.is_empty() {
                 return;
             }
-            let Some(link) = self.link() else {
-                return;
+            let sums = match self.link() {
+                Some(link) => self.sync_counts(&link, &keys).await,
+                None => Err("not connected".to_string()),
             };
-            let sums = self.sync_counts(&link, &keys).await;
             // A failed first read leaves the channel unknown (counted locally) until the
             // next sync says whether Redis is gone.
             if let Ok(sums) = sums {
                 self.record_sums(&keys, Ok(sums));
+            }
+            let mut table = self.table();
+            for (key, _) in &keys {
+                if let Some(e) = table.entries.get_mut(key) {
+                    e.reading = false;
+                }
             }
         })
     }
