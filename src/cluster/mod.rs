@@ -27,7 +27,14 @@
 //!
 //! # Consumers
 //!
-//! `[[notify]]` consumers run only on the instance holding a lease (`lease.rs`).
+//! `[[notify]]` consumers run only on the instance holding a lease (`lease.rs`). In outbox
+//! mode the publish script remembers the last row published per outbox, so a new holder
+//! resuming from an older saved position publishes no row twice.
+//!
+//! # Per-channel limits
+//!
+//! `[[stream]] limits.per_channel` counts the subscribers of every instance: each
+//! publishes its counts and reads the others' every `limit_sync` (`counts.rs`).
 //!
 //! # Losing Redis
 //!
