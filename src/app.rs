@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::AdminHandles;
 use crate::admin::live::Live;
 use crate::admin::readiness::Readiness;
-use crate::auth::AuthMetrics;
+use crate::auth::{AuthMetrics, SharedCounts};
 use crate::cache::{Cache, CacheMetrics};
 use crate::cluster::{Cluster, ClusterSink};
 use crate::config::{Config, ConfigErrors};
@@ -109,7 +109,8 @@ impl App {
             None => Arc::new(local),
         };
         let tls = config.tls.as_ref().map(|c| Arc::new(Tls::new(c)));
-        let snapshot = Snapshot::build(config, &metrics, &auth_metrics);
+        let shared = shared_counts(&cluster);
+        let snapshot = Snapshot::build(config, &metrics, &auth_metrics, shared.as_ref());
         let snapshots = Arc::new(ArcSwap::from_pointee(snapshot));
         let watch = WatchHandles {
             watches,
@@ -268,6 +269,7 @@ impl App {
             config,
             &self.handles.metrics,
             &self.auth_metrics,
+            shared_counts(&self.cluster).as_ref(),
         )));
         self.count_reload(true);
         warnings
@@ -287,4 +289,9 @@ impl App {
             .get_or_create(&ReloadLabels { result })
             .inc();
     }
+}
+
+/// Where per-channel limits count other instances' subscribers: the cluster, if any.
+fn shared_counts(cluster: &Option<Arc<Cluster>>) -> Option<Arc<dyn SharedCounts>> {
+    cluster.clone().map(|c| c as Arc<dyn SharedCounts>)
 }

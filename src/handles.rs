@@ -57,7 +57,7 @@ pub(crate) mod testing {
         let metrics = ProxyMetrics::register(&mut registry);
         let auth_metrics = AuthMetrics::register(&mut registry);
         let config = crate::config::parse_rules(rules).expect("valid rules");
-        let snapshot = Arc::new(Snapshot::build(config, &metrics, &auth_metrics));
+        let snapshot = Arc::new(Snapshot::build(config, &metrics, &auth_metrics, None));
         let recorder = Recorder::new();
         let shutdown = CancellationToken::new();
         let watch = WatchHandles {

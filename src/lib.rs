@@ -29,7 +29,9 @@
 //!   [`sources::SourceHandles`].
 //! - [`cluster`]: `[cluster]`: several instances share channels, ids, history and purges
 //!   through Redis (pub/sub for the live path, streams for history); publishers reach it
-//!   through its sink ([`cluster::ClusterSink`]), consumers run under its leases.
+//!   through its sink ([`cluster::ClusterSink`]), consumers run under its leases, and
+//!   `[[stream]] limits.per_channel` counts every instance's subscribers through it
+//!   (`auth::SharedCounts`).
 //! - [`stream`]: `[[stream]]` rules (SSE endpoints, and WebSockets at the same paths:
 //!   `stream/websocket.rs`) and `/_unpoll/multi` (several streams, each gated as if alone,
 //!   on one response); [`tap`]: `[[tap]]` rules (publish on a 2xx

@@ -41,6 +41,29 @@ pub trait Sink: Send + Sync + 'static {
         Box::pin(std::future::ready(self.publish(channel, event, data)))
     }
 
+    /// Publish row `row` of an outbox read by one consumer (`outbox` names both): where
+    /// several instances may read that outbox in turn (a cluster, under a lease), a row
+    /// that one of them already published is skipped, so a new reader that resumes from a
+    /// saved position older than what its predecessor published publishes nothing twice.
+    /// [`Sink::publish`] by default: one process never re-reads a row in a run.
+    fn publish_row(
+        &self,
+        _outbox: &str,
+        _row: i64,
+        channel: &str,
+        event: Option<&str>,
+        data: EventData,
+    ) -> Option<EventId> {
+        self.publish(channel, event, data)
+    }
+
+    /// Wait until everything published before has reached its destination (a cluster
+    /// queues events for Redis): an outbox reader saves its position only after it, so a
+    /// crash never loses a queued row. At once by default.
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// A subscriber is about to subscribe to `channels` (resuming after `last_event_id`):
     /// where events reach the hub from elsewhere (a cluster), start receiving them. The
     /// subscription keeps what this returns as long as it lives. Nothing by default.

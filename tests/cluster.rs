@@ -444,3 +444,245 @@ async fn an_mqtt_message_is_published_once_by_the_cluster() {
     assert_eq!(sub.next(T).await.data, r#"{"n":2}"#, "not twice");
     drop(b);
 }
+
+/// `[[notify]]` in outbox mode on two instances that are real processes: the lease holder
+/// is killed with SIGKILL (no release, no last cursor save) while rows keep coming; the
+/// other takes over within `lease_ttl` plus a renew period, and a subscriber on a third
+/// instance sees every row exactly once, in order: before, during and after the kill.
+#[tokio::test]
+async fn killing_the_lease_holder_loses_and_duplicates_no_outbox_row() {
+    use common::pg::{database_url, exec, insert_rows, make_outbox, pool, unique};
+    use common::process::Spawned;
+    use std::collections::HashSet;
+    let db = pool().await;
+    let listen = unique("cl_kill");
+    let outbox = make_outbox(&db, &listen).await;
+    let prefix = unique_prefix("kill");
+    let upstream = Upstream::builder().run().await;
+    let consumer = |node: &str| {
+        // A short lease for a fast takeover, in the template's [cluster] section.
+        let cluster = config(&redis_url(), &prefix, node).replace(
+            "reconnect_max = \"300ms\"\n",
+            "reconnect_max = \"300ms\"\nlease_ttl = \"1s\"\n",
+        );
+        format!(
+            "listen = \"127.0.0.1:0\"\nupstream = \"{}\"\n{cluster}\
+             [postgres]\nurl = \"{}\"\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n\
+             outbox_poll = \"100ms\"\n\n[[notify]]\nlisten = \"{listen}\"\noutbox = \"{outbox}\"\n",
+            upstream.url(),
+            database_url(),
+        )
+    };
+    let mut procs = vec![
+        Spawned::start(&consumer("a")).await,
+        Spawned::start(&consumer("b")).await,
+    ];
+    // The subscriber's instance consumes nothing: it only follows the channel.
+    let watcher = Unpoll::start(&upstream.url(), &config(&redis_url(), &prefix, "c")).await;
+    wait_ready(&watcher).await;
+    let http = client();
+    let lease_of = |stats: &serde_json::Value| {
+        stats["cluster"]["leases"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|n| n == "notify"))
+    };
+    let holder = |procs: &[Spawned]| {
+        let urls: Vec<String> = procs
+            .iter()
+            .map(|p| format!("http://{}/stats", p.admin))
+            .collect();
+        async move {
+            let mut holders = Vec::new();
+            for (i, url) in urls.iter().enumerate() {
+                let stats: serde_json::Value = serde_json::from_str(&get_text(url).await).unwrap();
+                if lease_of(&stats) {
+                    holders.push(i);
+                }
+            }
+            holders
+        }
+    };
+    eventually(T, "one process holds the notify lease", || async {
+        holder(&procs).await.len() == 1
+    })
+    .await;
+    let mut sub = SseClient::open(&http, &watcher.url("/events/ob"), None).await;
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    // Before: rows 1..=30.
+    insert_rows(&db, &outbox, 1, 30).await;
+    read_rows(&mut sub, &mut seen, 30).await;
+    let killed = holder(&procs).await[0];
+
+    // During: rows 31..=150, one transaction each, while the holder is killed.
+    let inserter = {
+        let db = db.clone();
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            for n in 31..=150 {
+                insert_rows(&db, &outbox, n, n).await;
+                // Spread over the kill and the takeover (about 1.3 s), not a wait for a
+                // condition: a paced writer.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    read_rows(&mut sub, &mut seen, 40).await;
+    let mut dead = procs.remove(killed);
+    dead.signal("KILL");
+    let _ = dead.child.wait().await;
+    // Also as if the kill had landed between publishing a batch and saving the position:
+    // the saved position goes back to row 10, so the new holder reads rows 11.. again and
+    // must skip those already published.
+    exec(
+        &db,
+        &format!(
+            "UPDATE unpoll_outbox_cursors SET last_id = least(last_id, 10) WHERE outbox = '{outbox}'"
+        ),
+    )
+    .await;
+    inserter.await.unwrap();
+
+    // After: the survivor holds the lease; rows up to 150, then a last one (151). Events of
+    // one channel arrive in order, so a duplicate of any row would come before 151.
+    eventually(T, "the other process takes the lease over", || async {
+        holder(&procs).await == vec![0]
+    })
+    .await;
+    insert_rows(&db, &outbox, 151, 151).await;
+    read_rows(&mut sub, &mut seen, 151).await;
+    let ns: Vec<i64> = seen.iter().map(|(_, n)| *n).collect();
+    assert_eq!(ns, (1..=151).collect::<Vec<_>>(), "each row once, in order");
+    let ids: HashSet<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), 151, "distinct ids");
+    drop(procs);
+}
+
+/// Read `row` events into `seen` (id, n) until it holds `n`; anything else fails the test.
+async fn read_rows(sub: &mut SseClient, seen: &mut Vec<(String, i64)>, n: usize) {
+    while seen.len() < n {
+        let e = sub.next(Duration::from_secs(20)).await;
+        assert_eq!(e.event, "row", "only rows, no reset: {e:?}");
+        let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+        seen.push((e.id, v["n"].as_i64().expect("n")));
+    }
+}
+
+/// `limits.per_channel` counts the subscribers of every instance: 2 on A and 1 on B fill a
+/// limit of 3 for both; when one leaves, either admits again; an instance that stops
+/// stops counting once its entries expire.
+#[tokio::test]
+async fn per_channel_limits_count_the_whole_cluster() {
+    // Rules are named by their place in the file.
+    const RULE: &str = "stream[1]";
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("limits");
+    let a = Unpoll::start(&upstream.url(), &limited(&redis_url(), &prefix, "a")).await;
+    let b = Unpoll::start(&upstream.url(), &limited(&redis_url(), &prefix, "b")).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let http = client();
+    let open = |node: &Unpoll| {
+        let req = http.get(node.url("/limited/room"));
+        async move { SseClient::send(req).await }
+    };
+    let counts = |node: &Unpoll| {
+        node.app
+            .cluster
+            .as_ref()
+            .unwrap()
+            .cluster_count(RULE, "room")
+    };
+    let a1 = open(&a).await;
+    let a2 = open(&a).await;
+    let b1 = open(&b).await;
+    assert_eq!((a1.status, a2.status, b1.status), (200, 200, 200));
+    eventually(T, "both instances know the cluster's 3", || async {
+        counts(&a) == Some((2, 1)) && counts(&b) == Some((1, 2))
+    })
+    .await;
+    assert_eq!(open(&a).await.status, 429, "a 4th on A");
+    assert_eq!(open(&b).await.status, 429, "a 4th on B");
+    // A channel nobody holds yet is admitted: the limit is per channel.
+    assert_eq!(
+        SseClient::send(http.get(b.url("/limited/other")))
+            .await
+            .status,
+        200
+    );
+
+    drop(a1);
+    eventually(T, "B learns that A has one left", || async {
+        counts(&b) == Some((1, 1))
+    })
+    .await;
+    let b2 = open(&b).await;
+    assert_eq!(b2.status, 200, "room again, on B");
+    eventually(T, "A learns of B's second", || async {
+        counts(&a) == Some((1, 2))
+    })
+    .await;
+    assert_eq!(open(&a).await.status, 429, "full again, seen from A");
+
+    // A stops without a word: its count expires (3 × limit_sync) and B has room again.
+    drop(a2);
+    drop(a);
+    eventually(T, "A's count expires", || async {
+        counts(&b) == Some((2, 0))
+    })
+    .await;
+    let b3 = open(&b).await;
+    assert_eq!(b3.status, 200);
+    assert_eq!(open(&b).await.status, 429, "B alone holds 3");
+    let stats = b.stats().await;
+    assert_eq!(stats["cluster"]["limits"]["local_only"], false);
+    drop((b1, b2, b3));
+}
+
+/// [`config`] plus `/limited/{chan}` (rule `stream[1]`) with `per_channel = 3`, counts
+/// exchanged every 100 ms.
+fn limited(redis: &str, prefix: &str, node: &str) -> String {
+    config(redis, prefix, node).replace(
+        "reconnect_max = \"300ms\"\n",
+        "reconnect_max = \"300ms\"\nlimit_sync = \"100ms\"\n",
+    ) + "\n[[stream]]\npath = \"/limited/{chan}\"\nchannels = [\"{path.chan}\"]\n\
+         auth = \"none\"\nlimits = { per_channel = 3 }\n"
+}
+
+/// Redis down: per-channel limits fall back to each instance's own count, and say so.
+#[tokio::test]
+async fn per_channel_limits_fall_back_to_local_counts_without_redis() {
+    let mut redis = PrivateRedis::start().await;
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("limits_down");
+    let a = Unpoll::start(&upstream.url(), &limited(&redis.url(), &prefix, "a")).await;
+    let b = Unpoll::start(&upstream.url(), &limited(&redis.url(), &prefix, "b")).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let http = client();
+    let open = |node: &Unpoll| {
+        let req = http.get(node.url("/limited/room"));
+        async move { SseClient::send(req).await }
+    };
+    let held = [open(&a).await, open(&a).await, open(&b).await];
+    assert!(held.iter().all(|s| s.status == 200));
+    eventually(T, "A knows B's subscriber", || async {
+        a.app
+            .cluster
+            .as_ref()
+            .unwrap()
+            .cluster_count("stream[1]", "room")
+            == Some((2, 1))
+    })
+    .await;
+    assert_eq!(open(&a).await.status, 429);
+    redis.kill().await;
+    eventually(T, "A says its limits are local only", || async {
+        a.stats().await["cluster"]["limits"]["local_only"] == true
+    })
+    .await;
+    assert_eq!(
+        open(&a).await.status,
+        200,
+        "2 here < 3: B's one is not known any more"
+    );
+}

@@ -2,7 +2,10 @@
 //! subscribers on one channel, M published messages, delivery latency and
 //! fraction delivered.
 //!
-//! Run by `benches/run fanout` against unpoll, Pushpin and Nchan. Steps:
+//! Run by `benches/run fanout` against unpoll, Pushpin and Nchan, and by `benches/run
+//! cluster` against several unpoll instances sharing Redis: `--url` and `--publish-url`
+//! may be given several times, subscribers are spread over the URLs in turn and
+//! messages published through the publish URLs in turn. Steps:
 //! 1. open `--subscribers` streams to `--url` (at most `--connect-concurrency`
 //!    connecting at once, so the server's listen backlog never overflows), and
 //!    print `connected OK FAILED` once every attempt is settled;
@@ -39,9 +42,9 @@ const RETRY_DELAY: Duration = Duration::from_millis(200);
 #[derive(Parser)]
 #[command(about = "SSE fan-out load client")]
 struct Args {
-    /// Subscriber URL (http, loopback).
-    #[arg(long)]
-    url: Uri,
+    /// Subscriber URL (http, loopback); several: subscribers spread over them in turn.
+    #[arg(long, required = true)]
+    url: Vec<Uri>,
     /// Number of subscribers.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -63,9 +66,9 @@ struct Args {
     /// How long to wait for deliveries after the last publish.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     drain: Duration,
-    /// Publish endpoint.
+    /// Publish endpoint; several: messages published through them in turn.
     #[arg(long)]
-    publish_url: Option<Uri>,
+    publish_url: Vec<Uri>,
     /// Publish API flavour.
     #[arg(long, value_enum, default_value = "unpoll")]
     publish: Flavour,
@@ -284,9 +287,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tally = Arc::new(Tally::default());
     let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let settled = Arc::new(AtomicUsize::new(0));
-    for _ in 0..args.subscribers {
+    for i in 0..args.subscribers {
         tokio::spawn(subscribe(
-            args.url.clone(),
+            args.url[i % args.url.len()].clone(),
             tally.clone(),
             connecting.clone(),
             settled.clone(),
@@ -308,19 +311,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let expected = connected as u64 * args.messages;
     let mut publish_errors = 0u64;
+    let mut publish_secs = 0.0;
     if args.messages > 0 {
-        let url = args
-            .publish_url
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("--publish-url is required with --messages"))?;
+        anyhow::ensure!(
+            !args.publish_url.is_empty(),
+            "--publish-url is required with --messages"
+        );
         let mut tick = tokio::time::interval(args.interval);
+        let first = tokio::time::Instant::now();
         for seq in 0..args.messages {
             tick.tick().await;
-            if let Err(e) = publish(&args, &url, seq).await {
+            let url = &args.publish_url[seq as usize % args.publish_url.len()];
+            if let Err(e) = publish(&args, url, seq).await {
                 eprintln!("{e}");
                 publish_errors += 1;
             }
         }
+        // Whether the publisher kept its pace (a saturated client falls behind).
+        publish_secs = first.elapsed().as_secs_f64();
         let deadline = tokio::time::Instant::now() + args.drain;
         while tally.received.load(Ordering::Relaxed) < expected
             && tokio::time::Instant::now() < deadline
@@ -337,7 +345,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     println!(
         "RESULT subscribers={} connected={connected} messages={} received={} delivered={delivered:.4} \
-         p50_us={} p99_us={} max_us={} publish_errors={publish_errors} retries={}",
+         p50_us={} p99_us={} max_us={} publish_errors={publish_errors} retries={} \
+         publish_secs={publish_secs:.2}",
         args.subscribers,
         args.messages,
         lat.len(),

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::config::StreamLimits;
@@ -15,10 +16,41 @@ use super::error::{AuthError, Limit};
 use super::metrics::AuthMetrics;
 use super::rate::RateTable;
 
+/// Subscribers counted on other instances (a cluster): `limits.per_channel` is then a
+/// cluster-wide limit, checked against this instance's exact count plus the others' last
+/// published counts.
+pub trait SharedCounts: Send + Sync + 'static {
+    /// Subscribers of `channel` under rule `rule` on the other instances, as last known (0
+    /// when unknown, for instance while the shared store is unreachable).
+    fn others(&self, rule: &str, channel: &str) -> usize;
+    /// One more (`up`) or one less stream of (`rule`, `channel`) here. Counted apart from
+    /// the limiter's own table, which a config reload starts afresh while the streams it
+    /// admitted stay open.
+    fn add_local(&self, rule: &str, channel: &str, up: bool);
+    /// Before admitting on `channels`: learn the others' counts of those not known yet (a
+    /// round trip to the shared store the first time a channel is seen here, bounded in
+    /// time), so the first subscribers of a channel on an instance are checked too.
+    fn prepare<'a>(&'a self, rule: &'a str, channels: &'a [String]) -> BoxFuture<'a, ()>;
+}
+
+/// A [`SharedCounts`] with the rule it counts for.
+struct Shared {
+    rule: String,
+    counts: Arc<dyn SharedCounts>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("rule", &self.rule).finish()
+    }
+}
+
 /// The live counters of one rule's limits.
 #[derive(Debug)]
 pub struct Limiter {
     limits: StreamLimits,
+    /// Where per-channel counts are shared with other instances (`[cluster]`), if they are.
+    shared: Option<Shared>,
     rate: Option<RateTable>,
     /// Open streams per channel and per address. Entries are removed when they reach zero,
     /// so the maps are bounded by the open streams (themselves bounded by the hub). Held
@@ -42,14 +74,34 @@ pub struct Admission {
 }
 
 impl Limiter {
-    /// Counters enforcing `limits`.
-    pub fn new(limits: StreamLimits, metrics: AuthMetrics) -> Arc<Limiter> {
+    /// Counters enforcing `limits`; per-channel counts shared through `shared` (as rule
+    /// `rule`) when given.
+    pub fn new(
+        limits: StreamLimits,
+        metrics: AuthMetrics,
+        shared: Option<(&str, Arc<dyn SharedCounts>)>,
+    ) -> Arc<Limiter> {
+        let shared = shared
+            .filter(|_| limits.per_channel.is_some())
+            .map(|(rule, counts)| Shared {
+                rule: rule.to_owned(),
+                counts,
+            });
         Arc::new(Limiter {
             rate: limits.rate.map(RateTable::new),
+            shared,
             limits,
             counts: Mutex::new(Counts::default()),
             metrics,
         })
+    }
+
+    /// Learn what other instances count on `channels` before [`Limiter::admit`] (see
+    /// [`SharedCounts::prepare`]); nothing without a cluster or a per-channel limit.
+    pub async fn prepare(&self, channels: &[String]) {
+        if let Some(shared) = &self.shared {
+            shared.counts.prepare(&shared.rule, channels).await;
+        }
     }
 
     /// Admit one stream from `ip` on `channels` (deduplicated by the caller), or say which
@@ -78,9 +130,13 @@ impl Limiter {
             return Err(refuse(Limit::PerIp, self.limits.retry_after));
         }
         if let Some(max) = self.limits.per_channel
-            && channels
-                .iter()
-                .any(|c| counts.channels.get(c).copied().unwrap_or(0) >= max)
+            && channels.iter().any(|c| {
+                let others = self
+                    .shared
+                    .as_ref()
+                    .map_or(0, |s| s.counts.others(&s.rule, c));
+                counts.channels.get(c).copied().unwrap_or(0) + others >= max
+            })
         {
             return Err(refuse(Limit::PerChannel, self.limits.retry_after));
         }
@@ -88,6 +144,9 @@ impl Limiter {
         if self.limits.per_channel.is_some() {
             for c in channels {
                 *counts.channels.entry(c.clone()).or_default() += 1;
+                if let Some(s) = &self.shared {
+                    s.counts.add_local(&s.rule, c, true);
+                }
             }
         }
         drop(counts);
@@ -134,6 +193,9 @@ impl Drop for Admission {
         decrement(&mut counts.ips, &self.ip);
         for c in &self.channels {
             decrement(&mut counts.channels, c);
+            if let Some(s) = &limiter.shared {
+                s.counts.add_local(&s.rule, c, false);
+            }
         }
     }
 }
@@ -165,7 +227,7 @@ mod tests {
             rate: rate.map(|r| Rate::parse(r).unwrap()),
             ..StreamLimits::default()
         };
-        Limiter::new(limits, AuthMetrics::default())
+        Limiter::new(limits, AuthMetrics::default(), None)
     }
 
     fn ch(names: &[&str]) -> Vec<String> {

@@ -41,7 +41,7 @@ pub(crate) use generic::{GENERIC_STREAM_PATH, requested_channels};
 pub(crate) use grant::EndedFuture;
 pub use grant::{AccessEnded, Grant};
 pub(crate) use jwt::JwtAuth;
-pub(crate) use limits::Limiter;
+pub(crate) use limits::{Limiter, SharedCounts};
 pub(crate) use metrics::AuthMetrics;
 pub(crate) use upstream::{UpstreamAuth, query_bearer, strip_query_param};
 
@@ -105,6 +105,7 @@ impl Authorizer {
         limits: &StreamLimits,
         jwt: Option<&Arc<JwtAuth>>,
         metrics: &AuthMetrics,
+        shared: Option<&Arc<dyn SharedCounts>>,
     ) -> Authorizer {
         let mode = match auth {
             RuleAuthConfig::None => Mode::None,
@@ -117,7 +118,11 @@ impl Authorizer {
         };
         Authorizer {
             mode,
-            limiter: Limiter::new(limits.clone(), metrics.clone()),
+            limiter: Limiter::new(
+                limits.clone(),
+                metrics.clone(),
+                shared.map(|s| (rule, s.clone())),
+            ),
             metrics: metrics.clone(),
         }
     }
@@ -154,6 +159,7 @@ impl Authorizer {
         let mut distinct = channels.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
+        self.limiter.prepare(&distinct).await;
         let admission = self.limiter.admit(req.client_ip, &distinct)?;
         let metrics = self.metrics.clone();
         match &self.mode {

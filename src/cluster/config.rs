@@ -24,6 +24,12 @@ pub mod defaults {
     pub const LINGER: &str = "10s";
     /// Events waiting to be written to Redis; full → published locally only (see README).
     pub const QUEUE: usize = 10_000;
+    /// How long a `[[notify]]`/`[mqtt]` lease lasts without renewal: the takeover time
+    /// when its holder dies.
+    pub const LEASE_TTL: &str = "5s";
+    /// How often an instance publishes its per-channel subscriber counts and reads the
+    /// others' (`[[stream]] limits.per_channel`); a dead instance's counts expire after 3×.
+    pub const LIMIT_SYNC: &str = "1s";
 }
 
 /// The `[cluster]` section as written.
@@ -39,6 +45,8 @@ pub struct RawClusterConfig {
     timeout: Option<String>,
     linger: Option<String>,
     queue: Option<usize>,
+    lease_ttl: Option<String>,
+    limit_sync: Option<String>,
 }
 
 /// Validated `[cluster]` settings.
@@ -62,6 +70,10 @@ pub struct ClusterConfig {
     pub linger: Duration,
     /// Bound of the queue of events waiting for Redis.
     pub queue: usize,
+    /// Lifetime of a consumer lease without renewal (renewed every 30% of it).
+    pub lease_ttl: Duration,
+    /// Period of the per-channel limit counts' exchange.
+    pub limit_sync: Duration,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -76,6 +88,8 @@ impl fmt::Debug for ClusterConfig {
             .field("timeout", &self.timeout)
             .field("linger", &self.linger)
             .field("queue", &self.queue)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("limit_sync", &self.limit_sync)
             .finish()
     }
 }
@@ -162,6 +176,8 @@ impl RawClusterConfig {
         let stream_ttl = duration("stream_ttl", self.stream_ttl, defaults::STREAM_TTL);
         let timeout = duration("timeout", self.timeout, defaults::TIMEOUT);
         let linger = duration("linger", self.linger, defaults::LINGER);
+        let lease_ttl = duration("lease_ttl", self.lease_ttl, defaults::LEASE_TTL);
+        let limit_sync = duration("limit_sync", self.limit_sync, defaults::LIMIT_SYNC);
         if reconnect_min.is_zero() || reconnect_min > reconnect_max {
             errors.push(
                 join(path, "reconnect_min"),
@@ -173,6 +189,14 @@ impl RawClusterConfig {
         }
         if timeout.is_zero() {
             errors.push(join(path, "timeout"), "must be above 0");
+        }
+        if lease_ttl < Duration::from_secs(1) {
+            // Below that the renew period (30%) nears a Redis round trip on a busy host and
+            // a healthy holder would lose its lease.
+            errors.push(join(path, "lease_ttl"), "must be at least 1s");
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&limit_sync) {
+            errors.push(join(path, "limit_sync"), "must be between 10ms and 60s");
         }
         let queue = self.queue.unwrap_or(defaults::QUEUE);
         if !(1..=1_000_000).contains(&queue) {
@@ -188,6 +212,8 @@ impl RawClusterConfig {
             timeout,
             linger,
             queue,
+            lease_ttl,
+            limit_sync,
         })
     }
 }
@@ -216,7 +242,7 @@ mod tests {
     fn every_error_has_its_key_path() {
         let err = parse_rules(
             "[cluster]\nredis = \"http://x\"\nprefix = \"\"\nreconnect_min = \"9s\"\n\
-             reconnect_max = \"1s\"\nqueue = 0\n",
+             reconnect_max = \"1s\"\nqueue = 0\nlease_ttl = \"200ms\"\nlimit_sync = \"0s\"\n",
         )
         .unwrap_err();
         for path in [
@@ -224,6 +250,8 @@ mod tests {
             "cluster.prefix",
             "cluster.reconnect_min",
             "cluster.queue",
+            "cluster.lease_ttl",
+            "cluster.limit_sync",
         ] {
             assert!(err.contains(path), "{path} missing from: {err}");
         }

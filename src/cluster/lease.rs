@@ -5,7 +5,7 @@
 //! margin, by its own clock, so it has stopped before any other instance can take the
 //! lease over: two consumers never run at once even when the holder loses Redis but not
 //! Postgres. A holder that shuts down releases the lease at once; one that dies is replaced
-//! within [`LEASE_TTL`] plus a renew period.
+//! within `[cluster] lease_ttl` plus a renew period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +17,40 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, failure};
 
-/// How long a lease lasts without renewal: the takeover time after a holder dies.
-pub const LEASE_TTL: Duration = Duration::from_secs(5);
+/// The timing of a lease of `ttl` (`[cluster] lease_ttl`, 5 s by default): renewed (or
+/// tried) every 30% of it, and given up by its holder 20% of it before it could expire by
+/// Redis's clock (drift, a slow renew).
+#[derive(Clone, Copy)]
+struct Timing {
+    ttl: Duration,
+    period: Duration,
+    margin: Duration,
+}
 
-/// The holder stops this long before its lease could expire (clock drift, a slow renew).
-const MARGIN: Duration = Duration::from_secs(1);
+impl Timing {
+    fn new(ttl: Duration) -> Timing {
+        Timing {
+            ttl,
+            period: ttl * 3 / 10,
+            margin: ttl / 5,
+        }
+    }
 
-/// Renew (or try to acquire) this often.
-const PERIOD: Duration = Duration::from_millis(1500);
+    fn ttl_ms(self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Take the lease if nobody holds it. KEYS: lease. ARGV: node id, ttl (ms). A script like
+/// the others so both go through one helper (`SET NX` answers nil in Lua when taken).
+static ACQUIRE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+",
+    )
+});
 
 /// Extend the lease if this node holds it. KEYS: lease. ARGV: node id, ttl (ms).
 static RENEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
@@ -62,7 +88,8 @@ impl Cluster {
         F: Fn() -> Vec<JoinHandle<()>> + Send,
     {
         let key = format!("{}lease:{name}", self.config.prefix);
-        let ttl_ms = LEASE_TTL.as_millis() as u64;
+        let timing = Timing::new(self.config.lease_ttl);
+        let ttl_ms = timing.ttl_ms();
         let mut conn: Option<MultiplexedConnection> = None;
         loop {
             self.readiness.set(readiness, None);
@@ -70,7 +97,7 @@ impl Cluster {
             let mut deadline = loop {
                 let sent = Instant::now();
                 match self.acquire(&mut conn, &key, ttl_ms).await {
-                    Ok(true) => break sent + LEASE_TTL - MARGIN,
+                    Ok(true) => break sent + timing.ttl - timing.margin,
                     Ok(false) => {}
                     Err(e) => {
                         conn = None;
@@ -79,7 +106,7 @@ impl Cluster {
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(PERIOD) => {}
+                    _ = tokio::time::sleep(timing.period) => {}
                 }
             };
             tracing::info!(lease = name, node_id = %self.config.node_id, "holding the lease: consuming");
@@ -91,7 +118,7 @@ impl Cluster {
             self.lock().leases.insert(name.to_string());
             let tasks = start();
             let why = loop {
-                let next = (Instant::now() + PERIOD).min(deadline);
+                let next = (Instant::now() + timing.period).min(deadline);
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         // The consumers stop on the same signal; release once they have.
@@ -113,7 +140,7 @@ impl Cluster {
                 }
                 let sent = Instant::now();
                 match self.renew(&mut conn, &key, ttl_ms).await {
-                    Ok(true) => deadline = sent + LEASE_TTL - MARGIN,
+                    Ok(true) => deadline = sent + timing.ttl - timing.margin,
                     Ok(false) => break "taken over by another instance",
                     Err(e) => {
                         conn = None;
@@ -145,7 +172,7 @@ impl Cluster {
                 redis::Client::open(self.config.redis.as_str()).map_err(|e| failure("URL", e))?;
             let cfg = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(t))
-                .set_response_timeout(Some(t.min(PERIOD)));
+                .set_response_timeout(Some(t.min(Timing::new(self.config.lease_ttl).period)));
             let c = client
                 .get_multiplexed_async_connection_with_config(&cfg)
                 .await
@@ -155,39 +182,45 @@ impl Cluster {
         conn.as_mut().ok_or_else(|| "no connection".to_string())
     }
 
+    /// Take the lease if it is free.
     async fn acquire(
         &self,
         conn: &mut Option<MultiplexedConnection>,
         key: &str,
         ttl_ms: u64,
     ) -> Result<bool, String> {
-        let c = self.connection(conn).await?;
-        let answer: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(&self.config.node_id)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async(c)
+        self.lease_script(conn, &ACQUIRE, key, ttl_ms, "SET NX")
             .await
-            .map_err(|e| failure("SET NX", e))?;
-        Ok(answer.is_some())
     }
 
+    /// Extend the lease if this node still holds it.
     async fn renew(
         &self,
         conn: &mut Option<MultiplexedConnection>,
         key: &str,
         ttl_ms: u64,
     ) -> Result<bool, String> {
+        self.lease_script(conn, &RENEW, key, ttl_ms, "renew").await
+    }
+
+    /// Run `script` (KEYS: lease. ARGV: node id, ttl in ms; answers 1 or 0) on the lease
+    /// connection, opening it if needed: `Ok(true)` when this node holds the lease after it.
+    async fn lease_script(
+        &self,
+        conn: &mut Option<MultiplexedConnection>,
+        script: &redis::Script,
+        key: &str,
+        ttl_ms: u64,
+        what: &str,
+    ) -> Result<bool, String> {
         let c = self.connection(conn).await?;
-        let renewed: i64 = RENEW
+        let held: i64 = script
             .key(key)
             .arg(&self.config.node_id)
             .arg(ttl_ms)
             .invoke_async(c)
             .await
-            .map_err(|e| failure("renew", e))?;
-        Ok(renewed == 1)
+            .map_err(|e| failure(what, e))?;
+        Ok(held == 1)
     }
 }

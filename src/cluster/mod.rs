@@ -27,7 +27,14 @@
 //!
 //! # Consumers
 //!
-//! `[[notify]]` consumers run only on the instance holding a lease (`lease.rs`).
+//! `[[notify]]` consumers run only on the instance holding a lease (`lease.rs`). In outbox
+//! mode the publish script remembers the last row published per outbox, so a new holder
+//! resuming from an older saved position publishes no row twice.
+//!
+//! # Per-channel limits
+//!
+//! `[[stream]] limits.per_channel` counts the subscribers of every instance: each
+//! publishes its counts and reads the others' every `limit_sync` (`counts.rs`).
 //!
 //! # Losing Redis
 //!
@@ -38,6 +45,7 @@
 //! missed) and purges its tagged cache entries (purges of other instances were missed).
 
 pub mod config;
+mod counts;
 mod lease;
 mod scripts;
 mod sink;
@@ -84,6 +92,10 @@ pub struct Cluster {
     subscribing: tokio::sync::Mutex<()>,
     jobs: mpsc::Sender<Job>,
     jobs_rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// Per-channel limit counts (see `counts.rs`), apart from `shared`: admissions take it.
+    counts: Mutex<counts::Table>,
+    /// This process's life in the cluster: counts written under an older one do not count.
+    incarnation: String,
 }
 
 /// Redis names, from the prefix.
@@ -97,6 +109,12 @@ struct Keys {
     node: String,
     events: String,
     stream: String,
+    /// Followed by `<outbox>/<consumer>`: the last outbox row published.
+    outbox: String,
+    /// Followed by `<rule> <channel>`: per-node subscriber counts.
+    limit: String,
+    /// Followed by a node id: its incarnation while it is alive.
+    alive: String,
 }
 
 impl Keys {
@@ -112,6 +130,9 @@ impl Keys {
             node: format!("{p}node:{}", config.node_id),
             events: format!("{p}ev:"),
             stream: format!("{p}h:"),
+            outbox: format!("{p}outbox:"),
+            limit: format!("{p}limit:"),
+            alive: format!("{p}alive:"),
         }
     }
 }
@@ -153,14 +174,32 @@ struct Link {
     lost: CancellationToken,
 }
 
+impl Link {
+    /// The id `<epoch>` `<seq>` of a message or script answer, which must be in this link's
+    /// epoch: anything else means Redis lost its data (the epoch key was created anew), and
+    /// the link must be left.
+    fn checked_id(&self, epoch: &str, seq: &str) -> Result<EventId, Failure> {
+        let boot: Boot = epoch.parse().map_err(|_| LOST_DATA.to_string())?;
+        let seq: u64 = seq.parse().map_err(|_| LOST_DATA.to_string())?;
+        if boot != self.epoch {
+            return Err(LOST_DATA.to_string());
+        }
+        Ok(EventId { boot, seq })
+    }
+}
+
 /// Work for the writer, in publish order.
 enum Job {
     Event {
         channel: String,
         event: Option<String>,
         data: String,
+        /// An outbox row (`<outbox>/<consumer>`, row id): skipped if published already.
+        once: Option<(String, i64)>,
         reply: Option<oneshot::Sender<EventId>>,
     },
+    /// Answered when every job queued before it is done.
+    Flush(oneshot::Sender<()>),
     Reset {
         pattern: String,
         reason: String,
@@ -238,6 +277,8 @@ impl Cluster {
             subscribing: tokio::sync::Mutex::new(()),
             jobs,
             jobs_rx: Mutex::new(Some(rx)),
+            counts: Mutex::default(),
+            incarnation: Boot::generate().to_string(),
             config,
         })
     }
@@ -276,6 +317,7 @@ impl Cluster {
             "followed_channels": shared.follows.len(),
             "published_locally_queue_full": shared.overflowed,
             "leases": shared.leases,
+            "limits": self.limit_stats(),
         })
     }
 
@@ -287,6 +329,7 @@ impl Cluster {
             channel: channel.to_owned(),
             event: event.map(one_line),
             data: data.as_text().into_owned(),
+            once: None,
             reply: Some(reply),
         };
         if self.jobs.send(job).await.is_ok()
@@ -302,10 +345,23 @@ impl Cluster {
     /// (sources, taps). A full queue means Redis cannot keep up: the event is published
     /// locally only (other instances miss it; counted in `/stats`).
     pub fn publish_nowait(&self, channel: &str, event: Option<&str>, data: EventData) {
+        self.publish_nowait_once(None, channel, event, data);
+    }
+
+    /// [`Cluster::publish_nowait`] of outbox row `once` (`<outbox>/<consumer>`, row id):
+    /// skipped in Redis if that row was published already.
+    pub fn publish_nowait_once(
+        &self,
+        once: Option<(&str, i64)>,
+        channel: &str,
+        event: Option<&str>,
+        data: EventData,
+    ) {
         let job = Job::Event {
             channel: channel.to_owned(),
             event: event.map(one_line),
             data: data.as_text().into_owned(),
+            once: once.map(|(outbox, row)| (outbox.to_owned(), row)),
             reply: None,
         };
         if let Err(e) = self.jobs.try_send(job) {
@@ -317,6 +373,16 @@ impl Cluster {
                 );
             }
             self.hub.publish(channel, event, data);
+        }
+    }
+
+    /// Wait until every job queued before has been written to Redis (or, Redis being
+    /// unreachable, applied here).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.jobs.send(Job::Flush(done)).await.is_ok() {
+            // An error: the writer is gone (shutting down), nothing more will be written.
+            let _ = wait.await;
         }
     }
 
@@ -473,7 +539,7 @@ impl Cluster {
             .await
             .map_err(|e| failure("barrier", e))?;
         if epoch != link.epoch.to_string() {
-            return Err("Redis lost its data (a new epoch)".to_string());
+            return Err(LOST_DATA.to_string());
         }
         self.wait_barrier(token, rx).await
     }
@@ -504,7 +570,7 @@ impl Cluster {
             .await
             .map_err(|e| failure("reading a channel's history", e))?;
         if epoch != link.epoch.to_string() {
-            return Err("Redis lost its data (a new epoch)".to_string());
+            return Err(LOST_DATA.to_string());
         }
         self.wait_barrier(token, rx).await?;
         let mut floor = stream_seq(&deleted).max(lost_floor.parse().unwrap_or(0));
@@ -568,6 +634,7 @@ impl Cluster {
         };
         let writer = tokio::spawn(self.clone().write(jobs, shutdown.clone()));
         let unfollower = tokio::spawn(self.clone().unfollow_idle(shutdown.clone()));
+        let limits = tokio::spawn(self.clone().sync_limits(shutdown.clone()));
         let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
         let mut connected_before = false;
         loop {
@@ -595,7 +662,7 @@ impl Cluster {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        let _ = tokio::join!(writer, unfollower);
+        let _ = tokio::join!(writer, unfollower, limits);
     }
 
     /// One connection's life. `Err` carries the link (if it was established) and why it
@@ -754,31 +821,18 @@ impl Cluster {
     fn on_message(&self, link: &Link, msg: &redis::Msg) -> Result<(), Failure> {
         let channel = msg.get_channel_name();
         let payload = String::from_utf8_lossy(msg.get_payload_bytes());
-        let lost_data = || "Redis lost its data (a new epoch)".to_string();
         if let Some(name) = channel.strip_prefix(&self.keys.events) {
-            let mut parts = payload.splitn(4, '\n');
-            let (Some(ep), Some(seq), Some(event), Some(data)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
+            let Some([ep, seq, event, data]) = fields(&payload) else {
                 return Ok(());
             };
-            let id = parse_id(ep, seq).ok_or_else(lost_data)?;
-            if id.boot != link.epoch {
-                return Err(lost_data());
-            }
+            let id = link.checked_id(ep, seq)?;
             let event = (!event.is_empty()).then_some(event);
             self.hub.apply(id, name, event, data);
         } else if channel == self.keys.node {
-            let mut parts = payload.splitn(3, '\n');
-            let (Some(token), Some(ep), Some(seq)) = (parts.next(), parts.next(), parts.next())
-            else {
+            let Some([token, ep, seq]) = fields(&payload) else {
                 return Ok(());
             };
-            let id = parse_id(ep, seq).ok_or_else(lost_data)?;
-            if id.boot != link.epoch {
-                return Err(lost_data());
-            }
-            self.hub.advance(id);
+            self.hub.advance(link.checked_id(ep, seq)?);
             let waiter = token
                 .parse::<u64>()
                 .ok()
@@ -787,21 +841,13 @@ impl Cluster {
                 let _ = waiter.send(());
             }
         } else if channel == self.keys.reset {
-            let mut parts = payload.splitn(4, '\n');
-            let (Some(ep), Some(seq), Some(pattern), Some(reason)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
+            let Some([ep, seq, pattern, reason]) = fields(&payload) else {
                 return Ok(());
             };
-            let id = parse_id(ep, seq).ok_or_else(lost_data)?;
-            if id.boot != link.epoch {
-                return Err(lost_data());
-            }
-            self.hub.apply_reset(id, pattern, reason);
+            self.hub
+                .apply_reset(link.checked_id(ep, seq)?, pattern, reason);
         } else if channel == self.keys.purge {
-            let mut parts = payload.splitn(3, '\n');
-            let (Some(node), Some(kind), Some(value)) = (parts.next(), parts.next(), parts.next())
-            else {
+            let Some([node, kind, value]) = fields(&payload) else {
                 return Ok(());
             };
             if node == self.config.node_id {
@@ -826,6 +872,13 @@ impl Cluster {
                     Some(job) => job,
                     None => return,
                 },
+            };
+            let job = match job {
+                Job::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+                job => job,
             };
             let link = self.link();
             let mut outcome = Err(None);
@@ -869,7 +922,7 @@ impl Cluster {
                     seq,
                 }))
             } else {
-                Err("Redis lost its data (a new epoch)".to_string())
+                Err(LOST_DATA.to_string())
             }
         };
         match job {
@@ -877,22 +930,38 @@ impl Cluster {
                 channel,
                 event,
                 data,
+                once,
                 ..
             } => {
                 let ttl = u64::try_from(self.config.stream_ttl.as_millis()).unwrap_or(u64::MAX);
+                let (mark, row) = match once {
+                    Some((outbox, row)) => (format!("{}{outbox}", keys.outbox), row.to_string()),
+                    // Unused by the script; a key of ours all the same.
+                    None => (keys.seq.clone(), String::new()),
+                };
                 let (ep, seq): (String, u64) = scripts::PUBLISH
                     .key(&keys.epoch)
                     .key(&keys.seq)
                     .key(format!("{}{channel}", keys.stream))
+                    .key(mark)
                     .arg(Boot::generate().to_string())
                     .arg(format!("{}{channel}", keys.events))
                     .arg(event.as_deref().unwrap_or(""))
                     .arg(data)
                     .arg(self.history_count)
                     .arg(ttl)
+                    .arg(row)
                     .invoke_async(&mut cmd)
                     .await
                     .map_err(|e| failure("publish", e))?;
+                if seq == 0 {
+                    tracing::debug!(channel, "outbox row published already: skipped");
+                    return if ep == link.epoch.to_string() {
+                        Ok(None)
+                    } else {
+                        Err(LOST_DATA.to_string())
+                    };
+                }
                 check(ep, seq)
             }
             Job::Reset { pattern, reason } => {
@@ -921,6 +990,8 @@ impl Cluster {
                     .map_err(|e| failure("purge", e))?;
                 Ok(None)
             }
+            // Answered by the writer before it gets here.
+            Job::Flush(_) => Ok(None),
         }
     }
 
@@ -942,6 +1013,7 @@ impl Cluster {
             }
             // This instance purged already; the others will purge everything on rejoining.
             Job::Purge { .. } => None,
+            Job::Flush(_) => None,
         }
     }
 
@@ -1006,13 +1078,18 @@ fn one_line(event: &str) -> String {
     event.replace(['\r', '\n'], " ")
 }
 
-/// `<epoch>` and `<seq>` of a message.
-fn parse_id(epoch: &str, seq: &str) -> Option<EventId> {
-    Some(EventId {
-        boot: epoch.parse().ok()?,
-        seq: seq.parse().ok()?,
-    })
+/// The `N` line-separated fields of a relayed message (the last one keeps any further line
+/// breaks); `None` for a message with fewer, which is ignored (not one of ours).
+fn fields<const N: usize>(payload: &str) -> Option<[&str; N]> {
+    let mut parts = payload.splitn(N, '\n');
+    let fields: [Option<&str>; N] = std::array::from_fn(|_| parts.next());
+    if fields.iter().any(Option::is_none) {
+        return None;
+    }
+    Some(fields.map(|f| f.unwrap_or_default()))
 }
+
+const LOST_DATA: &str = "Redis lost its data (a new epoch)";
 
 /// The seq of a stream entry id `<seq>-0` (0 for anything else).
 fn stream_seq(id: &str) -> u64 {

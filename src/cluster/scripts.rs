@@ -9,13 +9,21 @@
 
 use std::sync::LazyLock;
 
-/// KEYS: epoch, seq, stream. ARGV: candidate epoch, pub/sub channel, event, data, maxlen,
-/// stream ttl (ms). Returns `{epoch, seq}`.
+/// KEYS: epoch, seq, stream, outbox mark. ARGV: candidate epoch, pub/sub channel, event,
+/// data, maxlen, stream ttl (ms), outbox row id or "". Returns `{epoch, seq}`, seq 0 when
+/// the event is an outbox row at or below the mark: published already (by an instance that
+/// then died before saving its outbox position), so skipped. The mark is set in the same
+/// step as the publish, which is what makes a row exactly once across instances.
 pub static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local ep = redis.call('GET', KEYS[1])
 if not ep then ep = ARGV[1]; redis.call('SET', KEYS[1], ep) end
+if ARGV[7] ~= '' then
+  local row = tonumber(ARGV[7])
+  if row <= tonumber(redis.call('GET', KEYS[4]) or '-1') then return {ep, 0} end
+  redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[6])
+end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'e', ARGV[3], 'd', ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])

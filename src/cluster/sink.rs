@@ -49,6 +49,23 @@ impl Sink for ClusterSink {
         self.cluster.purge_glob(glob);
     }
 
+    fn publish_row(
+        &self,
+        outbox: &str,
+        row: i64,
+        channel: &str,
+        event: Option<&str>,
+        data: EventData,
+    ) -> Option<EventId> {
+        self.cluster
+            .publish_nowait_once(Some((outbox, row)), channel, event, data);
+        None
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.cluster.flush())
+    }
+
     fn publish_confirmed<'a>(
         &'a self,
         channel: &'a str,

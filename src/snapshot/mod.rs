@@ -10,7 +10,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthMetrics, Authorizer, JwtAuth, RuleAuthConfig};
+use crate::auth::{AuthMetrics, Authorizer, JwtAuth, RuleAuthConfig, SharedCounts};
 use crate::body::Body;
 use crate::config::Config;
 use crate::metrics::ProxyMetrics;
@@ -56,14 +56,16 @@ impl Snapshot {
         .await
     }
 
-    /// Compile `config`: its routes, its upstream client and its JWT verifier.
+    /// Compile `config`: its routes, its upstream client and its JWT verifier. `shared`:
+    /// where per-channel limits count the other instances' subscribers (a cluster).
     pub(crate) fn build(
         config: Config,
         metrics: &ProxyMetrics,
         auth_metrics: &AuthMetrics,
+        shared: Option<&Arc<dyn SharedCounts>>,
     ) -> Snapshot {
         let jwt = config.jwt.as_ref().map(|j| Arc::new(JwtAuth::new(j)));
-        let routes = Routes::build(&config, metrics, auth_metrics, jwt.as_ref());
+        let routes = Routes::build(&config, metrics, auth_metrics, jwt.as_ref(), shared);
         let upstream = UpstreamClient::new(config.upstream.clone(), &config.proxy, metrics.clone());
         let generic_stream = config.generic_stream.enabled.then(|| {
             Authorizer::new(
@@ -72,6 +74,7 @@ impl Snapshot {
                 &config.generic_stream.limits,
                 jwt.as_ref(),
                 auth_metrics,
+                shared,
             )
         });
         let inject_tag = crate::watch::config::inject_tag(&config.watches, config.proxy.client);

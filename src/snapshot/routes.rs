@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use std::sync::Arc;
 
-use crate::auth::{AuthMetrics, Authorizer, JwtAuth};
+use crate::auth::{AuthMetrics, Authorizer, JwtAuth, SharedCounts};
 use crate::cache::CacheRule;
 use crate::config::Config;
 use crate::metrics::{ProxyMetrics, RuleCounters};
@@ -106,6 +106,7 @@ impl Routes {
         metrics: &ProxyMetrics,
         auth_metrics: &AuthMetrics,
         jwt: Option<&Arc<JwtAuth>>,
+        shared: Option<&Arc<dyn SharedCounts>>,
     ) -> Routes {
         let streams = config
             .streams
@@ -119,6 +120,7 @@ impl Routes {
                     &rule.limits,
                     jwt,
                     auth_metrics,
+                    shared,
                 ),
                 rule: rule.clone(),
             })

@@ -261,7 +261,9 @@ mod tests {
             let metrics = crate::metrics::ProxyMetrics::register(&mut registry);
             let auth = crate::auth::AuthMetrics::register(&mut registry);
             let config = crate::config::parse_rules(rules).expect("valid rules");
-            std::sync::Arc::new(crate::snapshot::Snapshot::build(config, &metrics, &auth))
+            std::sync::Arc::new(crate::snapshot::Snapshot::build(
+                config, &metrics, &auth, None,
+            ))
         };
         let with = snapshot(
             "[[watch]]\npath = \"/a\"\ninject = true\n[[watch]]\npath = \"/b&c\"\ninject = true",

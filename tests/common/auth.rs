@@ -100,6 +100,7 @@ pub fn gate(app: &App, auth: RuleAuthConfig, limits: &StreamLimits) -> Authorize
         limits,
         snapshot.jwt.as_ref(),
         &app.auth_metrics,
+        None,
     )
 }
 

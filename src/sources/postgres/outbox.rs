@@ -21,7 +21,10 @@
 //!
 //! The reader's position is kept per (outbox, consumer) in `unpoll_outbox_cursors` beside
 //! the outbox, written after each published batch: a restart resumes after the last saved
-//! id (rows of a batch published but not saved are published again: at least once).
+//! id (rows of a batch published but not saved are published again: at least once; with
+//! `[cluster]` the rows are published through Redis, which remembers the last row published
+//! per outbox and consumer, so a reader taking over from a killed one skips what it had
+//! published but not saved: exactly once, see `Sink::publish_row` and `Sink::flush`).
 //! Within one run each row is published exactly once and so keeps one event id: NOTIFY
 //! wake-ups, safety polls and reconnects never re-read a row, so a client resuming with
 //! its `Last-Event-ID` replays it from the hub's history once, in order. Event ids are
@@ -198,6 +201,9 @@ impl OutboxReader {
         last: &mut i64,
         labels: &RuleLabels,
     ) -> Result<(), sqlx::Error> {
+        // The outbox and consumer, like the cursor's key: where readers take turns (a
+        // cluster) the sink remembers by it which rows were published.
+        let once = format!("{}/{}", self.table, self.config.consumer);
         loop {
             let rows = sqlx::query(AssertSqlSafe(q.fetch.as_str()))
                 .bind(*last)
@@ -222,8 +228,13 @@ impl OutboxReader {
                         if !m.purge.is_empty() {
                             self.sink.purge(&m.purge);
                         }
-                        self.sink
-                            .publish(&m.channel, m.event.as_deref(), m.data.into());
+                        self.sink.publish_row(
+                            &once,
+                            row.id,
+                            &m.channel,
+                            m.event.as_deref(),
+                            m.data.into(),
+                        );
                         self.metrics.published.get_or_create(labels).inc();
                     }
                     Err(e) => {
@@ -232,6 +243,9 @@ impl OutboxReader {
                     }
                 }
             }
+            // In a cluster the rows are queued for Redis: saved only once they are there, so
+            // a reader killed now has lost nothing its successor will not read again.
+            self.sink.flush().await;
             sqlx::query(AssertSqlSafe(q.save_cursor.as_str()))
                 .bind(&self.table)
                 .bind(&self.config.consumer)
