@@ -76,16 +76,31 @@ watch_system() {
       fi
       start_unpoll unpoll_watch "$conf" || return 1
       SYS_PG=$UNPOLL_WATCH_PG SYS_URL=$UNPOLL_WATCH_URL MODE=watch
-      [[ $1 == watch-tag ]] && PURGE_ARGS=(--purge-url "$UNPOLL_WATCH_ADMIN/purge" --token bench)
+      if [[ $1 == watch-tag ]]; then
+        PURGE_ARGS=(--purge-url "$UNPOLL_WATCH_ADMIN/purge" --token bench)
+      fi
       ;;
   esac
 }
 
-# watch_run SYSTEM: one measured run on a fresh server. Appends
-# "system tabs connected delivered p50 p99 max upstream/min kib_per_tab cpu_ms_per_min
-# app_ms_per_min crossed errors change_errors" to $WORK/watch.rows.
+# wait_line PGID LOG PREFIX: wait (up to 2 min) for a line starting with PREFIX
+# in LOG, or for the process to end.
+wait_line() {
+  local pg=$1 log=$2 prefix=$3 i
+  for ((i = 0; i < 1200; i++)); do
+    grep -q "^$prefix" "$log" 2>/dev/null && return 0
+    kill -0 "$pg" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# watch_run SYSTEM: one measured run on a fresh server. Appends to
+# $WORK/watch.rows: system tabs connected delivered p50 p99 max upstream/min
+# kib_per_tab cpu_ms_per_min app_ms_per_min crossed errors change_errors
+# upstream_in_window kib_per_user kib_per_extra_tab cpu_us_per_delivery
 watch_run() {
-  local sys=$1 rss0 rss1 t0 t1 up0 up1 client i log res
+  local sys=$1 rss0 rssk rss1 t0 t1 up0 up1 client i log res
   if ! watch_system "$sys"; then
     printf '%s unpoll-missing\n' "$sys" >>"$WORK/watch.rows"
     WATCH_MISSING="unpoll not measured: $UNPOLL_WHY"
@@ -102,18 +117,12 @@ watch_run() {
     "${PURGE_ARGS[@]}"
   client=$START_PID
   log="$WORK/watch-$sys.log"
-  for ((i = 0; i < 1200; i++)); do
-    grep -q '^connected' "$log" 2>/dev/null && break
-    kill -0 "$client" 2>/dev/null || break
-    sleep 0.1
-  done
-  sleep 1.5 # mid-hold: every tab open and idle
+  # Mid-hold after each phase: one tab per user open, then every tab.
+  wait_line "$client" "$log" users && sleep 1.5
+  rssk=$(group_rss_kib "$SYS_PG")
+  wait_line "$client" "$log" connected && sleep 1.5
   rss1=$(group_rss_kib "$SYS_PG")
-  for ((i = 0; i < 1200; i++)); do
-    grep -q '^measuring' "$log" 2>/dev/null && break
-    kill -0 "$client" 2>/dev/null || break
-    sleep 0.1
-  done
+  wait_line "$client" "$log" measuring || true
   t0=$(group_ticks "$SYS_PG")
   up0=$(group_ticks "$UPSTREAM_PG")
   # The client stops itself after WATCH_DURATION; the bound here only guards a hang.
@@ -126,17 +135,18 @@ watch_run() {
   stop "$client"
   cp "$log" "$WORK/watch-$sys.txt"
   res=$(grep '^RESULT ' "$log") || res=""
-  awk -v sys="$sys" -v d=$((rss1 - rss0)) -v res="$res" -v hz="$CLK_TCK" \
-    -v cpu=$((t1 - t0)) -v app=$((up1 - up0)) 'BEGIN {
+  awk -v sys="$sys" -v d=$((rss1 - rss0)) -v dk=$((rssk - rss0)) -v dt=$((rss1 - rssk)) \
+    -v k="$WATCH_USERS" -v res="$res" -v hz="$CLK_TCK" -v cpu=$((t1 - t0)) \
+    -v app=$((up1 - up0)) 'BEGIN {
     if (res == "") { printf "%s failed\n", sys; exit }
     split(res, f, " "); for (i in f) { split(f[i], kv, "="); v[kv[1]] = kv[2] }
-    w = v["window_s"]
-    printf "%s %d %d %.4f %.1f %.1f %.1f %.0f %.2f %.0f %.0f %d %d %d\n", sys, v["tabs"],
-      v["connected"], v["delivered"], v["p50_us"] / 1000, v["p99_us"] / 1000,
-      v["max_us"] / 1000, v["upstream"] * 60 / w,
-      (v["connected"] > 0 ? d / v["connected"] : 0),
+    w = v["window_s"]; c = v["connected"]
+    printf "%s %d %d %.4f %.1f %.1f %.1f %.0f %.2f %.0f %.0f %d %d %d %d %.2f %.2f %.1f\n", sys,
+      v["tabs"], c, v["delivered"], v["p50_us"] / 1000, v["p99_us"] / 1000,
+      v["max_us"] / 1000, v["upstream"] * 60 / w, (c > 0 ? d / c : 0),
       cpu * 1000 / hz * 60 / w, app * 1000 / hz * 60 / w, v["crossed"], v["errors"],
-      v["change_errors"]
+      v["change_errors"], v["upstream"], dk / k, (c > k ? dt / (c - k) : 0),
+      (v["received"] > 0 ? cpu * 1e6 / hz / v["received"] : 0)
   }' >>"$WORK/watch.rows"
   stop "$SYS_PG"
 }
@@ -170,15 +180,23 @@ watch_report() {
   echo "        excluded); latency: upstream change → a tab holds the new body, over every"
   echo "        (tab, change); KiB/tab: server RSS with every tab open minus before, / tabs"
   echo "        (unpoll: includes one 1 KiB body per user, i.e. 1/$WATCH_TABS KiB per tab);"
-  echo "        CPU ms/min: server (and app) CPU time in the window per minute"
+  echo "        CPU ms/min: server (and app) CPU time in the window per minute; CPU us/dlv: server
+        CPU in the window / (tab, change) deliveries"
   echo "targets: watch-int upstream/min ≤ K×60/P = $((k * 60 / p)); watch-tag upstream in window ≤ C×K = $((c * k))"
   echo "         (per minute ≤ $((c * k * 60 / WATCH_DURATION))); change → every tab p99 ≤ 50 ms (watch-tag); ≤ 4 KiB + body per tab"
-  printf '%-10s %5s %9s %9s %8s %8s %8s %12s %8s %11s %11s %7s %6s %7s\n' system tabs \
-    connected delivered 'p50 ms' 'p99 ms' 'max ms' upstream/min KiB/tab 'CPU ms/min' \
-    'app ms/min' crossed errors chg-err
+  printf '%-10s %5s %9s %9s %8s %8s %8s %12s %11s %11s %11s %7s %6s %7s\n' system tabs \
+    connected delivered 'p50 ms' 'p99 ms' 'max ms' upstream/min 'CPU ms/min' \
+    'app ms/min' 'CPU us/dlv' crossed errors chg-err
   awk '$2 == "unpoll-missing" || $2 == "failed" { printf "%-10s %s\n", $1, $2; next }
-    { printf "%-10s %5d %9d %9s %8s %8s %8s %12s %8s %11s %11s %7s %6s %7s\n",
-        $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 }' "$WORK/watch.rows"
+    { printf "%-10s %5d %9d %9s %8s %8s %8s %12s %11s %11s %11s %7s %6s %7s\n",
+        $1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $18, $12, $13, $14 }' "$WORK/watch.rows"
+  echo
+  echo "server memory (RSS, KiB): per tab = all tabs open minus before, / tabs; per user ="
+  echo "one tab per user open minus before, / users (key, watcher or connection, body, first tab);"
+  echo "per extra tab = all tabs minus one per user, / the other tabs"
+  printf '%-10s %9s %9s %14s\n' system KiB/tab KiB/user 'KiB/extra tab'
+  awk '$2 == "unpoll-missing" || $2 == "failed" { next }
+    { printf "%-10s %9s %9s %14s\n", $1, $9, $16, $17 }' "$WORK/watch.rows"
   echo
   echo "ratios vs nginx-poll (lower is better):"
   awk '$2 == "unpoll-missing" || $2 == "failed" { next }
@@ -188,5 +206,24 @@ watch_report() {
         r($8, up), r($6, p99), r($10, cpu), r($11, app)
     }
     function r(a, b) { return (b > 0 ? sprintf("%.3fx", a / b) : "-") }' "$WORK/watch.rows"
+  echo
+  echo "targets:"
+  awk -v k="$k" -v p="$p" -v c="$c" -v t="$WATCH_TABS" '
+    $2 == "unpoll-missing" || $2 == "failed" { next }
+    function ok(b) { return b ? "met" : "NOT met" }
+    $1 == "watch-int" {
+      printf "  watch-int  upstream/min %s ≤ %d: %s\n", $8, k * 60 / p, ok($8 <= k * 60 / p)
+    }
+    $1 == "watch-tag" {
+      printf "  watch-tag  upstream in window %d ≤ C×K = %d: %s\n", $15, c * k, ok($15 <= c * k)
+      printf "  watch-tag  change → every tab p99 %s ms ≤ 50 ms: %s\n", $6, ok($6 <= 50)
+    }
+    $1 ~ /^watch-/ {
+      body = 1 / t
+      printf "  %-10s memory per tab %s KiB = %.2f KiB + %.2f KiB of shared body: %s\n", $1, $9,
+        $9 - body, body, ok($9 - body <= 4)
+      printf "  %-10s memory per extra tab of a watched key %s KiB ≤ 4 KiB: %s\n", $1, $17,
+        ok($17 <= 4)
+    }' "$WORK/watch.rows"
   [[ -z $WATCH_MISSING ]] || echo "$WATCH_MISSING"
 }
