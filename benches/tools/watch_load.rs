@@ -390,60 +390,58 @@ async fn change(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.users > 0, "--users must be > 0");
     anyhow::ensure!(
-        args.users > 0 && args.tabs > 0,
-        "--users and --tabs must be > 0"
+        args.tabs >= 2,
+        "--tabs must be at least 2 (one tab per user is measured apart)"
     );
     anyhow::ensure!(!args.interval.is_zero(), "--interval must be > 0");
     let args = Rc::new(args);
     let tally: Shared = Rc::default();
     let opening = Rc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let n = args.users * args.tabs;
-    anyhow::ensure!(
-        args.tabs >= 2,
-        "--tabs must be at least 2 (one tab per user is measured apart)"
-    );
     let mut tabs = Vec::with_capacity(n);
-    for i in 0..n {
-        let cookie = format!("user=u{}", i % args.users);
-        tabs.push(match args.mode {
-            Mode::Poll => {
-                // Tabs spread their polls evenly over the period, as tabs
-                // opened at random moments would.
-                let phase = args.interval.mul_f64(i as f64 / n as f64);
-                tokio::task::spawn_local(poll_tab(
-                    args.clone(),
-                    cookie,
-                    phase,
-                    tally.clone(),
-                    opening.clone(),
-                ))
+    // Two phases, each followed by a hold in which the driver reads the
+    // server's RSS: first one tab per user (every key, watcher and body
+    // exists), then the other tabs (what one more tab of a watched key costs).
+    for (phase, range) in [("users", 0..args.users), ("connected", args.users..n)] {
+        for i in range.clone() {
+            let cookie = format!("user=u{}", i % args.users);
+            let tab = match args.mode {
+                Mode::Poll => {
+                    // Tabs spread their polls evenly over the period, as tabs
+                    // opened at random moments would.
+                    let phase = args.interval.mul_f64(i as f64 / n as f64);
+                    let tab = poll_tab(args.clone(), cookie, phase, tally.clone(), opening.clone());
+                    tokio::task::spawn_local(tab)
+                }
+                Mode::Watch => {
+                    let tab = watch_tab(args.clone(), cookie, tally.clone(), opening.clone());
+                    tokio::task::spawn_local(tab)
+                }
+            };
+            tabs.push(tab);
+        }
+        loop {
+            let t = tally.borrow();
+            if t.connected + t.failed >= range.end {
+                break;
             }
-            Mode::Watch => tokio::task::spawn_local(watch_tab(
-                args.clone(),
-                cookie,
-                tally.clone(),
-                opening.clone(),
-            )),
-        });
-    }
-    loop {
+            drop(t);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let t = tally.borrow();
-        if t.connected + t.failed >= n {
-            break;
+        println!("{phase} {} {}", t.connected, t.failed);
+        if let Some(e) = &t.first_error {
+            eprintln!("first tab error: {e}");
         }
         drop(t);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(args.hold).await;
     }
     let (connected, failed) = {
         let t = tally.borrow();
         (t.connected, t.failed)
     };
-    println!("connected {connected} {failed}");
-    if let Some(e) = &tally.borrow().first_error {
-        eprintln!("first tab error: {e}");
-    }
-    tokio::time::sleep(args.hold).await;
 
     // The window: what the tabs cost the app from now on, page loads and first
     // events excluded.
