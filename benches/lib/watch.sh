@@ -99,8 +99,9 @@ wait_line() {
 # $WORK/watch.rows: system tabs connected delivered p50 p99 max upstream/min
 # kib_per_tab cpu_ms_per_min app_ms_per_min crossed errors change_errors
 # upstream_in_window kib_per_user kib_per_extra_tab cpu_us_per_delivery
+# app_connections
 watch_run() {
-  local sys=$1 rss0 rssk rss1 t0 t1 up0 up1 client i log res
+  local sys=$1 rss0 rssk rss1 t0 t1 up0 up1 client i log res conns
   if ! watch_system "$sys"; then
     printf '%s unpoll-missing\n' "$sys" >>"$WORK/watch.rows"
     WATCH_MISSING="unpoll not measured: $UNPOLL_WHY"
@@ -120,6 +121,9 @@ watch_run() {
   # Mid-hold after each phase: one tab per user open, then every tab.
   wait_line "$client" "$log" users && sleep 1.5
   rssk=$(group_rss_kib "$SYS_PG")
+  # Connections the server holds to the app: part of each user's cost when
+  # every user's first fetch ran at once.
+  conns=$(ss -Htn state established "( dport = :${UPSTREAM_URL##*:} )" | wc -l)
   wait_line "$client" "$log" connected && sleep 1.5
   rss1=$(group_rss_kib "$SYS_PG")
   wait_line "$client" "$log" measuring || true
@@ -137,16 +141,16 @@ watch_run() {
   res=$(grep '^RESULT ' "$log") || res=""
   awk -v sys="$sys" -v d=$((rss1 - rss0)) -v dk=$((rssk - rss0)) -v dt=$((rss1 - rssk)) \
     -v k="$WATCH_USERS" -v res="$res" -v hz="$CLK_TCK" -v cpu=$((t1 - t0)) \
-    -v app=$((up1 - up0)) 'BEGIN {
+    -v app=$((up1 - up0)) -v conns="$conns" 'BEGIN {
     if (res == "") { printf "%s failed\n", sys; exit }
     split(res, f, " "); for (i in f) { split(f[i], kv, "="); v[kv[1]] = kv[2] }
     w = v["window_s"]; c = v["connected"]
-    printf "%s %d %d %.4f %.1f %.1f %.1f %.0f %.2f %.0f %.0f %d %d %d %d %.2f %.2f %.1f\n", sys,
+    printf "%s %d %d %.4f %.1f %.1f %.1f %.0f %.2f %.0f %.0f %d %d %d %d %.2f %.2f %.1f %d\n", sys,
       v["tabs"], c, v["delivered"], v["p50_us"] / 1000, v["p99_us"] / 1000,
       v["max_us"] / 1000, v["upstream"] * 60 / w, (c > 0 ? d / c : 0),
       cpu * 1000 / hz * 60 / w, app * 1000 / hz * 60 / w, v["crossed"], v["errors"],
       v["change_errors"], v["upstream"], dk / k, (c > k ? dt / (c - k) : 0),
-      (v["received"] > 0 ? cpu * 1e6 / hz / v["received"] : 0)
+      (v["received"] > 0 ? cpu * 1e6 / hz / v["received"] : 0), conns
   }' >>"$WORK/watch.rows"
   stop "$SYS_PG"
 }
@@ -193,10 +197,11 @@ watch_report() {
   echo
   echo "server memory (RSS, KiB): per tab = all tabs open minus before, / tabs; per user ="
   echo "one tab per user open minus before, / users (key, watcher or connection, body, first tab);"
-  echo "per extra tab = all tabs minus one per user, / the other tabs"
-  printf '%-10s %9s %9s %14s\n' system KiB/tab KiB/user 'KiB/extra tab'
+  echo "per extra tab = all tabs minus one per user, / the other tabs; app conns = connections"
+  echo "from the server to the app with one tab per user open"
+  printf '%-10s %9s %9s %14s %10s\n' system KiB/tab KiB/user 'KiB/extra tab' 'app conns'
   awk '$2 == "unpoll-missing" || $2 == "failed" { next }
-    { printf "%-10s %9s %9s %14s\n", $1, $9, $16, $17 }' "$WORK/watch.rows"
+    { printf "%-10s %9s %9s %14s %10s\n", $1, $9, $16, $17, $19 }' "$WORK/watch.rows"
   echo
   echo "ratios vs nginx-poll (lower is better):"
   awk '$2 == "unpoll-missing" || $2 == "failed" { next }
