@@ -15,6 +15,8 @@ WATCH_USERS=${WATCH_USERS:-100}
 WATCH_TABS=${WATCH_TABS:-10}
 WATCH_INTERVAL=${WATCH_INTERVAL:-5}
 WATCH_CHANGES=${WATCH_CHANGES:-6}
+# Tabs being opened at once (each watching user's first tab makes one fetch).
+WATCH_OPENING=${WATCH_OPENING:-256}
 WATCH_PATH=/twilio-chat/conversations
 
 # Keep-alive to the app, as a production nginx in front of an app would have.
@@ -115,7 +117,7 @@ watch_run() {
     --url "$SYS_URL$WATCH_PATH" --mode "$MODE" --users "$WATCH_USERS" --tabs "$WATCH_TABS" \
     --interval "${WATCH_INTERVAL}s" --duration "${WATCH_DURATION}s" --changes "$WATCH_CHANGES" \
     --change-url "$UPSTREAM_URL/_change" --count-url "$UPSTREAM_URL/_count" --hold 3s \
-    "${PURGE_ARGS[@]}"
+    --connect-concurrency "$WATCH_OPENING" "${PURGE_ARGS[@]}"
   client=$START_PID
   log="$WORK/watch-$sys.log"
   # Mid-hold after each phase: one tab per user open, then every tab.
