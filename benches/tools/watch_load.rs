@@ -422,20 +422,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             tabs.push(tab);
         }
-        loop {
+        while {
             let t = tally.borrow();
-            if t.connected + t.failed >= range.end {
-                break;
-            }
-            drop(t);
+            t.connected + t.failed < range.end
+        } {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let t = tally.borrow();
-        println!("{phase} {} {}", t.connected, t.failed);
-        if let Some(e) = &t.first_error {
-            eprintln!("first tab error: {e}");
+        {
+            let t = tally.borrow();
+            println!("{phase} {} {}", t.connected, t.failed);
+            if let Some(e) = &t.first_error {
+                eprintln!("first tab error: {e}");
+            }
         }
-        drop(t);
         tokio::time::sleep(args.hold).await;
     }
     let (connected, failed) = {
