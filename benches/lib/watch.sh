@@ -82,6 +82,7 @@ watch_system() {
         PURGE_ARGS=(--purge-url "$UNPOLL_WATCH_ADMIN/purge" --token bench)
       fi
       ;;
+    *) die "WATCH_SYSTEMS: unknown system '$1' (nginx-poll, watch-int, watch-tag)" ;;
   esac
 }
 
