@@ -8,8 +8,12 @@
 //! - `GET /grip/{channel}` answers with GRIP headers (`Grip-Hold: stream`),
 //!   which Pushpin turns into a held SSE stream (fan-out benchmark).
 //! - `GET /_count` answers the number of requests served so far (excluding
-//!   `/_count` itself), so a benchmark can check how many requests a cache let
-//!   through.
+//!   `/_count` and `/_change`), so a benchmark can check how many requests a
+//!   cache let through.
+//! - `GET /twilio-chat/...` answers a per-user, versioned 1 KiB JSON body
+//!   (`{"user": <Cookie>, "v": version, "t": µs of the change, "pad": …}`), the
+//!   polling endpoint of the watch benchmark; `POST /_change` bumps the version
+//!   (every user's body changes) and answers the new version.
 //!
 //! It prints `listening <addr>` on stdout once bound, then serves until killed.
 
@@ -17,11 +21,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -51,6 +55,11 @@ struct State {
     /// count how many requests reached the upstream.
     served: AtomicU64,
     delay: Duration,
+    /// Version of the `/twilio-chat/` bodies, bumped by `POST /_change`.
+    version: AtomicU64,
+    /// Wall-clock µs of the last change (0 before any): the watch benchmark's
+    /// clients subtract it from the time they see that version.
+    changed_us: AtomicU64,
 }
 
 /// A JSON object of exactly `BODY_LEN` bytes.
@@ -61,6 +70,27 @@ fn json_body() -> Bytes {
     Bytes::from(format!("{head}{pad}{tail}"))
 }
 
+/// The versioned body of one user (the request's Cookie), padded to `BODY_LEN`
+/// bytes: compact JSON on one line, as a chat app's conversation list would be.
+fn user_body(cookie: &str, version: u64, changed_us: u64) -> Bytes {
+    // The Cookie goes into a JSON string: keep only characters needing no escape.
+    let user: String = cookie
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+        .take(128)
+        .collect();
+    let head = format!(r#"{{"user":"{user}","v":{version},"t":{changed_us},"pad":""#);
+    let tail = r#""}"#;
+    let pad = "x".repeat(BODY_LEN.saturating_sub(head.len() + tail.len()));
+    Bytes::from(format!("{head}{pad}{tail}"))
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -69,7 +99,29 @@ async fn handle(
         let n = state.served.load(Ordering::Relaxed);
         return Ok(Response::new(Full::new(Bytes::from(n.to_string()))));
     }
+    if req.uri().path() == "/_change" && req.method() == Method::POST {
+        // Time first, then version: a reader that sees the new version sees a
+        // time no older than the change.
+        state.changed_us.store(now_micros(), Ordering::SeqCst);
+        let v = state.version.fetch_add(1, Ordering::SeqCst) + 1;
+        return Ok(Response::new(Full::new(Bytes::from(v.to_string()))));
+    }
     state.served.fetch_add(1, Ordering::Relaxed);
+    if req.uri().path().starts_with("/twilio-chat/") {
+        let cookie = req
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let v = state.version.load(Ordering::SeqCst);
+        let t = state.changed_us.load(Ordering::SeqCst);
+        let mut resp = Response::new(Full::new(user_body(cookie, v, t)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    }
     if let Some(channel) = req.uri().path().strip_prefix("/grip/") {
         return Ok(grip_hold(channel));
     }
@@ -115,6 +167,8 @@ async fn serve(args: Args) -> std::io::Result<()> {
         body: json_body(),
         served: AtomicU64::new(0),
         delay: args.delay,
+        version: AtomicU64::new(0),
+        changed_us: AtomicU64::new(0),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -149,5 +203,15 @@ mod tests {
         assert_eq!(body.len(), BODY_LEN);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["ok"], true);
+    }
+
+    #[test]
+    fn user_body_is_one_kib_of_json_naming_the_user() {
+        let body = user_body("user=u7\"x", 3, 1234);
+        assert_eq!(body.len(), BODY_LEN);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["user"], "user=u7x");
+        assert_eq!(v["v"], 3);
+        assert_eq!(v["t"], 1234);
     }
 }
