@@ -2,7 +2,9 @@
 //! subscribers on one channel, M published messages, delivery latency and
 //! fraction delivered.
 //!
-//! Run by `benches/run fanout` against unpoll, Pushpin and Nchan. Steps:
+//! Run by `benches/run fanout` against unpoll, Pushpin and Nchan, and by
+//! `benches/run mqtt` with `--publish mqtt`: messages go to an MQTT broker,
+//! which unpoll's `[[topic]]` rule turns into events. Steps:
 //! 1. open `--subscribers` streams to `--url` (at most `--connect-concurrency`
 //!    connecting at once, so the server's listen backlog never overflows), and
 //!    print `connected OK FAILED` once every attempt is settled;
@@ -63,9 +65,12 @@ struct Args {
     /// How long to wait for deliveries after the last publish.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     drain: Duration,
-    /// Publish endpoint.
+    /// Publish endpoint (`mqtt://host:port` for `--publish mqtt`).
     #[arg(long)]
     publish_url: Option<Uri>,
+    /// MQTT topic to publish on (`--publish mqtt`).
+    #[arg(long, default_value = "bench/c")]
+    topic: String,
     /// Publish API flavour.
     #[arg(long, value_enum, default_value = "unpoll")]
     publish: Flavour,
@@ -97,6 +102,9 @@ enum Flavour {
     Nchan,
     /// Pushpin's HTTP control API, `POST /publish/` with an `http-stream` item.
     Pushpin,
+    /// An MQTT PUBLISH (QoS 1) of the raw data to `--topic` on the broker at
+    /// `--publish-url`, over one connection made before the first message.
+    Mqtt,
 }
 
 /// What every subscriber reports into.
@@ -235,8 +243,111 @@ async fn open_stream(url: &Uri) -> anyhow::Result<hyper::body::Incoming> {
     Ok(resp.into_body())
 }
 
-/// Publish one message; returns an error naming the status on failure.
-async fn publish(args: &Args, url: &Uri, seq: u64) -> anyhow::Result<()> {
+/// Where messages go: a new HTTP connection per message (what a backend's
+/// one-off publish does), or one MQTT connection for the whole run (what a
+/// device or bridge keeps open).
+enum Publisher {
+    Http(Uri),
+    Mqtt(MqttPublisher),
+}
+
+impl Publisher {
+    async fn new(args: &Args) -> anyhow::Result<Publisher> {
+        let url = args
+            .publish_url
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--publish-url is required with --messages"))?;
+        Ok(match args.publish {
+            Flavour::Mqtt => Publisher::Mqtt(MqttPublisher::connect(&url).await?),
+            _ => Publisher::Http(url),
+        })
+    }
+
+    async fn publish(&mut self, args: &Args, seq: u64) -> anyhow::Result<()> {
+        match self {
+            Publisher::Http(url) => publish_http(args, url, seq).await,
+            Publisher::Mqtt(mqtt) => {
+                let data = serde_json::json!({ "t": now_micros(), "seq": seq });
+                mqtt.publish(&args.topic, data.to_string()).await
+            }
+        }
+    }
+}
+
+/// An MQTT client whose QoS 1 publishes wait for the broker's PUBACK, as an
+/// HTTP publish waits for its response.
+struct MqttPublisher {
+    client: rumqttc::AsyncClient,
+    acks: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// How long the broker may take to accept the connection or a message.
+const MQTT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl MqttPublisher {
+    async fn connect(url: &Uri) -> anyhow::Result<MqttPublisher> {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+        anyhow::ensure!(
+            url.scheme_str() == Some("mqtt"),
+            "{url}: want mqtt://host:port"
+        );
+        let host = url
+            .host()
+            .ok_or_else(|| anyhow::anyhow!("{url}: no host"))?;
+        let id = format!("bench-pub-{}", std::process::id());
+        let mut options = MqttOptions::new(id, host, url.port_u16().unwrap_or(1883));
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        // Bounded by the messages in flight: one at a time.
+        let (ack_tx, acks) = tokio::sync::mpsc::channel(16);
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        let _ = ack_tx.send(()).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                        // rumqttc reconnects on the next poll; a lost
+                        // message shows as a missing PUBACK.
+                        eprintln!("mqtt: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(MQTT_TIMEOUT, ready).await {
+            Ok(Ok(Ok(()))) => Ok(MqttPublisher { client, acks }),
+            Ok(Ok(Err(e))) => anyhow::bail!("mqtt connect to {url}: {e}"),
+            _ => anyhow::bail!("mqtt connect to {url}: no CONNACK within 10 s"),
+        }
+    }
+
+    async fn publish(&mut self, topic: &str, payload: String) -> anyhow::Result<()> {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+            .await?;
+        match tokio::time::timeout(MQTT_TIMEOUT, self.acks.recv()).await {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => anyhow::bail!("mqtt event loop ended"),
+            Err(_) => anyhow::bail!("no PUBACK within 10 s"),
+        }
+    }
+}
+
+/// Publish one message over HTTP; returns an error naming the status on failure.
+async fn publish_http(args: &Args, url: &Uri, seq: u64) -> anyhow::Result<()> {
     let data = serde_json::json!({ "t": now_micros(), "seq": seq });
     let body = match args.publish {
         Flavour::Unpoll => {
@@ -248,6 +359,7 @@ async fn publish(args: &Args, url: &Uri, seq: u64) -> anyhow::Result<()> {
             "formats": { "http-stream": { "content": format!("event: m\ndata: {data}\n\n") } }
         }]})
         .to_string(),
+        Flavour::Mqtt => anyhow::bail!("an MQTT publish goes through MqttPublisher"),
     };
     let host = authority(url)?;
     let tcp = TcpStream::connect(&host).await?;
@@ -309,14 +421,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let expected = connected as u64 * args.messages;
     let mut publish_errors = 0u64;
     if args.messages > 0 {
-        let url = args
-            .publish_url
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("--publish-url is required with --messages"))?;
+        let mut publisher = Publisher::new(&args).await?;
         let mut tick = tokio::time::interval(args.interval);
         for seq in 0..args.messages {
             tick.tick().await;
-            if let Err(e) = publish(&args, &url, seq).await {
+            if let Err(e) = publisher.publish(&args, seq).await {
                 eprintln!("{e}");
                 publish_errors += 1;
             }
