@@ -105,20 +105,19 @@ mqtt_run() {
   done
   # From the idle hold to the end: the publishes and deliveries, not the
   # connecting.
-  t0=$(group_ticks "$UNPOLL_PG")
-  [[ -n ${MOSQUITTO_PG:-} ]] && b0=$(group_ticks "$MOSQUITTO_PG")
+  t0=$(group_cpu_ns "$UNPOLL_PG")
+  [[ -n ${MOSQUITTO_PG:-} ]] && b0=$(group_cpu_ns "$MOSQUITTO_PG")
   for ((i = 0; i < 1200; i++)); do
     kill -0 "$client" 2>/dev/null || break
     sleep 0.1
   done
-  t1=$(group_ticks "$UNPOLL_PG")
-  [[ -n ${MOSQUITTO_PG:-} ]] && b1=$(group_ticks "$MOSQUITTO_PG")
+  t1=$(group_cpu_ns "$UNPOLL_PG")
+  [[ -n ${MOSQUITTO_PG:-} ]] && b1=$(group_cpu_ns "$MOSQUITTO_PG")
   stop "$client"
   cp "$WORK/sse-mqtt-$row-$run.log" "$out"
   res=$(grep '^RESULT ' "$out") || res=""
   awk -v row="$row" -v run="$run" -v res="$res" -v broker="${MOSQUITTO_PG:+1}" \
-    -v cpu_us=$(((t1 - t0) * 1000000 / CLK_TCK)) \
-    -v broker_us=$(((b1 - b0) * 1000000 / CLK_TCK)) 'BEGIN {
+    -v cpu_us=$(((t1 - t0) / 1000)) -v broker_us=$(((b1 - b0) / 1000)) 'BEGIN {
     if (res == "") { printf "%s %d failed\n", row, run; exit }
     split(res, f, " ")
     for (i in f) { split(f[i], kv, "="); v[kv[1]] = kv[2] }
@@ -126,7 +125,7 @@ mqtt_run() {
       v["delivered"], v["p50_us"] / 1000, v["p99_us"] / 1000, v["max_us"] / 1000,
       v["retries"], v["publish_errors"],
       (v["received"] > 0 ? cpu_us / v["received"] : 0),
-      (row == "http" || broker == "" ? "-" : sprintf("%.0f", broker_us / v["messages"]))
+      (row == "http" || broker == "" ? "-" : sprintf("%.1f", broker_us / v["messages"]))
   }' >>"$WORK/mqtt.rows"
   stop "$UNPOLL_PG"
 }
@@ -162,8 +161,8 @@ mqtt_report() {
   echo "        http: POST /publish on the admin listener, a new connection per message;"
   echo "        mqtt: QoS 1 PUBLISH on one connection to the broker, [[topic]] rule at QoS 1;"
   echo "        mqtt-ws: the same, WebSocket subscribers; latency = publish call → event parsed;"
-  echo "        unpoll CPU us/ev = unpoll CPU from the idle hold to the end / events delivered;"
-  echo "        broker us/msg = Mosquitto CPU over the same span / messages published"
+  echo "        CPU us/ev = unpoll's CPU (schedstat, all threads) from the idle hold to the end"
+  echo "        / events delivered; broker us = Mosquitto's CPU over the same span / messages"
   printf '%-8s %4s %9s %9s %8s %8s %8s %8s %8s %10s %11s\n' row run connected delivered \
     'p50 ms' 'p99 ms' 'max ms' retries 'pub err' 'CPU us/ev' 'broker us'
   awk '$3 == "failed" { printf "%-8s %4d %s\n", $1, $2, $3; next }
@@ -184,7 +183,7 @@ mqtt_report() {
   awk '{ p50[$1] = $5; p99[$1] = $7; cpu[$1] = $12 }
     END {
       if ("http" in p99 && "mqtt" in p99 && p99["http"] > 0)
-        printf "mqtt/http: p50 %.2fx, p99 %.2fx (+%.1f ms), unpoll CPU/event %.2fx\n",
+        printf "mqtt/http: p50 %.2fx, p99 %.2fx (%+.1f ms), unpoll CPU/event %.2fx\n",
           p50["mqtt"] / p50["http"], p99["mqtt"] / p99["http"], p99["mqtt"] - p99["http"],
           cpu["mqtt"] / cpu["http"]
       if ("mqtt" in p99 && "mqtt-ws" in p99 && p99["mqtt"] > 0)
