@@ -6,7 +6,7 @@
 # rule. Sourced by benches/run.
 #
 # The broker: a private Mosquitto (the Debian package, persistence off) on a
-# free port, on LOAD_CPU with the clients, unless MQTT_URL names one. Not the
+# free port, on LOAD_CPU with the clients (MQTT_BROKER_CPU), unless MQTT_URL names one. Not the
 # machine's shared broker on 1883 by default: unpoll keeps a persistent session
 # (clean session off) under its client id, which every run would leave behind
 # on a shared broker, the other jobs' MQTT tests publish there too, and a
@@ -16,6 +16,9 @@ MQTT_SUBSCRIBERS=${MQTT_SUBSCRIBERS:-1000}
 MQTT_MESSAGES=${MQTT_MESSAGES:-50}
 MQTT_INTERVAL=${MQTT_INTERVAL:-100ms}
 MQTT_SYSTEMS=${MQTT_SYSTEMS:-"http mqtt mqtt-ws"}
+# Where the private broker runs: with the clients by default, as the upstream
+# is in the other benchmarks, so unpoll has its core alone.
+MQTT_BROKER_CPU=${MQTT_BROKER_CPU:-$LOAD_CPU}
 
 # The same config for every row: [mqtt] is connected (and /readyz waits for
 # its SUBACK) even in the HTTP rows, so the only difference is the publish
@@ -49,7 +52,7 @@ auth = "none"'
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# start_mosquitto: a private broker on LOAD_CPU; sets MOSQUITTO_PG and MQTT_BROKER.
+# start_mosquitto: a private broker on MQTT_BROKER_CPU; sets MOSQUITTO_PG and MQTT_BROKER.
 start_mosquitto() {
   local port dir i
   port=$(free_port)
@@ -59,7 +62,7 @@ start_mosquitto() {
   printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" \
     >"$dir/mosquitto.conf"
   chmod 755 "$WORK" "$dir"
-  start mosquitto "$LOAD_CPU" mosquitto -c "$dir/mosquitto.conf"
+  start mosquitto "$MQTT_BROKER_CPU" mosquitto -c "$dir/mosquitto.conf"
   MOSQUITTO_PG=$START_PID
   for ((i = 0; i < 100; i++)); do
     listening "$port" && break
@@ -155,7 +158,7 @@ mqtt_report() {
   echo
   echo "== MQTT fan-out benchmark (issue 14), $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine: $(machine_summary)"
-  echo "broker: ${MQTT_URL:-private $(mosquitto -h 2>/dev/null | head -n 1 | sed 's/ is an.*//'), CPU $LOAD_CPU}"
+  echo "broker: ${MQTT_URL:-private $(mosquitto -h 2>/dev/null | head -n 1 | sed 's/ is an.*//'), CPU $MQTT_BROKER_CPU}"
   echo "method: one channel, $MQTT_SUBSCRIBERS subscribers (bench-sse, 1 thread, CPU $LOAD_CPU),"
   echo "        $MQTT_MESSAGES messages $MQTT_INTERVAL apart carrying their publish time; unpoll on CPU $PROXY_CPU;"
   echo "        http: POST /publish on the admin listener, a new connection per message;"
