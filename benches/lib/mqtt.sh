@@ -19,6 +19,9 @@ MQTT_SYSTEMS=${MQTT_SYSTEMS:-"http mqtt mqtt-ws"}
 # Where the private broker runs: with the clients by default, as the upstream
 # is in the other benchmarks, so unpoll has its core alone.
 MQTT_BROKER_CPU=${MQTT_BROKER_CPU:-$LOAD_CPU}
+# 1 (default): bench-sse publishes from a thread of its own (--publisher-thread), for
+# every row alike, instead of from the thread its subscriber tasks run on.
+MQTT_PUBLISHER_THREAD=${MQTT_PUBLISHER_THREAD:-1}
 
 # The same config for every row: [mqtt] is connected (and /readyz waits for
 # its SUBACK) even in the HTTP rows, so the only difference is the publish
@@ -93,13 +96,15 @@ mqtt_run() {
     *) die "unknown MQTT_SYSTEMS row $row (want http, mqtt or mqtt-ws)" ;;
   esac
   [[ $row == mqtt-ws ]] && transport=websocket
+  local extra=()
+  [[ $MQTT_PUBLISHER_THREAD == 1 ]] && extra+=(--publisher-thread)
   out="$WORK/mqtt-$row-$run.txt"
   log "mqtt: $row run $run/$RUNS, $MQTT_SUBSCRIBERS subscribers, $MQTT_MESSAGES messages $MQTT_INTERVAL apart"
   start "sse-mqtt-$row-$run" "$LOAD_CPU" "$ROOT/target/release/examples/bench-sse" \
     --url "$UNPOLL_URL/sub/$chan" --subscribers "$MQTT_SUBSCRIBERS" \
     --messages "$MQTT_MESSAGES" --interval "$MQTT_INTERVAL" --hold 1s \
     --publish-url "$pub_url" --publish "$flavour" --channel "$chan" --topic "bench/$chan" \
-    --token bench --transport "$transport"
+    --token bench --transport "$transport" "${extra[@]}"
   local client=$START_PID i t0 t1 b0=0 b1=0
   for ((i = 0; i < 1200; i++)); do
     grep -q '^connected' "$WORK/sse-mqtt-$row-$run.log" 2>/dev/null && break
@@ -164,6 +169,7 @@ mqtt_report() {
   echo "        http: POST /publish on the admin listener, a new connection per message;"
   echo "        mqtt: QoS 1 PUBLISH on one connection to the broker, [[topic]] rule at QoS 1;"
   echo "        mqtt-ws: the same, WebSocket subscribers; latency = publish call → event parsed;"
+  [[ $MQTT_PUBLISHER_THREAD != 1 ]] || echo "        publisher on a thread of its own (--publisher-thread)"
   echo "        CPU us/ev = unpoll's CPU (schedstat, all threads) from the idle hold to the end"
   echo "        / events delivered; broker us = Mosquitto's CPU over the same span / messages"
   printf '%-8s %4s %9s %9s %8s %8s %8s %8s %8s %10s %11s\n' row run connected delivered \

@@ -80,6 +80,11 @@ struct Args {
     /// Bearer token for the publish endpoint.
     #[arg(long)]
     token: Option<String>,
+    /// Publish from a thread (and runtime) of its own, not from the one every
+    /// subscriber task runs on, where a publish waits its turn behind the reads
+    /// of the previous message.
+    #[arg(long)]
+    publisher_thread: bool,
     /// How subscribers connect: an EventSource-like GET, or a WebSocket (unpoll's
     /// `{"id","event","data"}` text frames) to the same URL.
     #[arg(long, value_enum, default_value = "sse")]
@@ -392,7 +397,23 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Publish `--messages` messages `--interval` apart; returns how many failed.
+async fn publish_all(args: &Args) -> anyhow::Result<u64> {
+    let mut errors = 0;
+    let mut publisher = Publisher::new(args).await?;
+    let mut tick = tokio::time::interval(args.interval);
+    for seq in 0..args.messages {
+        tick.tick().await;
+        if let Err(e) = publisher.publish(args, seq).await {
+            eprintln!("{e}");
+            errors += 1;
+        }
+    }
+    Ok(errors)
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    let args = Arc::new(args);
     let tally = Arc::new(Tally::default());
     let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let settled = Arc::new(AtomicUsize::new(0));
@@ -421,15 +442,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let expected = connected as u64 * args.messages;
     let mut publish_errors = 0u64;
     if args.messages > 0 {
-        let mut publisher = Publisher::new(&args).await?;
-        let mut tick = tokio::time::interval(args.interval);
-        for seq in 0..args.messages {
-            tick.tick().await;
-            if let Err(e) = publisher.publish(&args, seq).await {
-                eprintln!("{e}");
-                publish_errors += 1;
-            }
-        }
+        publish_errors = if args.publisher_thread {
+            let args = args.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let done = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(publish_all(&args)));
+                let _ = tx.send(done);
+            });
+            rx.await
+                .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??
+        } else {
+            publish_all(&args).await?
+        };
         let deadline = tokio::time::Instant::now() + args.drain;
         while tally.received.load(Ordering::Relaxed) < expected
             && tokio::time::Instant::now() < deadline
