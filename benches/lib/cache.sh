@@ -86,6 +86,10 @@ cache_system() {
       ;;
     varnish) start_varnish "$name" "$up" ;;
     unpoll) start_unpoll "$name" "${UNPOLL_CACHE_CONF/UPSTREAM/$up}" || return 1 ;;
+    baseline)
+      start_unpoll "$name" "${UNPOLL_CACHE_CONF/UPSTREAM/$up}" "$BASELINE_BIN" \
+        || die "baseline $BASELINE_BIN did not start: $UNPOLL_WHY"
+      ;;
   esac
   local pg_var="${name^^}_PG" url_var="${name^^}_URL"
   SYS_PG=${!pg_var} SYS_URL=${!url_var}
@@ -154,9 +158,10 @@ bench_cache() {
   CACHE_MISSING=""
   start_upstream upstream
   start_upstream slow --delay "$SLOW_DELAY"
-  local sys k
-  for sys in ${CACHE_SYSTEMS:-nginx varnish unpoll}; do cache_hits "$sys"; done
-  for sys in ${CACHE_SYSTEMS:-nginx varnish unpoll}; do
+  local sys k systems=${CACHE_SYSTEMS:-nginx varnish unpoll}
+  [[ -z ${BASELINE_BIN:-} || -n ${CACHE_SYSTEMS:-} ]] || systems+=" baseline"
+  for sys in $systems; do cache_hits "$sys"; done
+  for sys in $systems; do
     for k in $CACHE_BURSTS; do
       cache_burst "$sys" "$k" 0
       cache_burst "$sys" "$k" "$CACHE_USERS"
@@ -173,11 +178,23 @@ cache_report() {
   echo "method: hits: wrk -t1 -c$CONNS on one shared URL (TTL 1 s), ${WARMUP}s warm-up then"
   echo "        ${DURATION}s measured, median of $RUNS runs; cache alone on CPU $PROXY_CPU, 1 worker"
   echo "        (Varnish: its default thread pools, on that one CPU); wrk + upstream on CPU $LOAD_CPU"
+  [[ -z ${BASELINE_BIN:-} ]] || echo "        baseline = unpoll built from another commit: $BASELINE_BIN"
   printf '%-8s %9s %8s %8s %11s %9s %7s %14s\n' system 'req/s' 'p50 us' 'p99 us' \
     'CPU us/req' 'CPU' errors 'upstream/reqs'
   awk '$2 == "unpoll-missing" { printf "%-8s %s\n", $1, $2; next }
     { printf "%-8s %9.0f %8s %8s %11s %8s%% %7s %14s\n", $1, $2, $3, $4, $5, $6, $7, $8 }' \
     "$WORK/cache-hits.rows"
+  # Capacity ratios: req/s/core = 1e6 / CPU us per hit.
+  awk '$2 != "unpoll-missing" { cpu[$1] = $5; rps[$1] = $2 }
+    END {
+      if (!("unpoll" in cpu)) exit
+      if ("nginx" in cpu) printf "unpoll/nginx: req/s %.2fx, req/s/core %.2fx\n",
+        rps["unpoll"] / rps["nginx"], cpu["nginx"] / cpu["unpoll"]
+      if ("varnish" in cpu) printf "unpoll/varnish: req/s %.2fx, req/s/core %.2fx\n",
+        rps["unpoll"] / rps["varnish"], cpu["varnish"] / cpu["unpoll"]
+      if ("baseline" in cpu) printf "unpoll/baseline: CPU/hit %.2fx (%.1f vs %.1f us)\n",
+        cpu["unpoll"] / cpu["baseline"], cpu["unpoll"], cpu["baseline"]
+    }' "$WORK/cache-hits.rows"
   echo
   echo "coalescing: K requests at once for one cold URL, upstream answers in $SLOW_DELAY;"
   echo "            users > 0: request i has Cookie user=u(i mod users), keyed per user"

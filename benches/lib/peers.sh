@@ -46,16 +46,17 @@ CONF
   printf -v "${name^^}_URL" '%s' "$scheme://127.0.0.1:$port"
 }
 
-# start_unpoll NAME TOML: unpoll on PROXY_CPU. In TOML, the literal PORT and
-# ADMIN_PORT are replaced by chosen ports. Returns 1 (with UNPOLL_WHY set)
-# when unpoll cannot run this config yet, so callers can report the gap.
+# start_unpoll NAME TOML [BINARY]: unpoll (this checkout's release build, or
+# BINARY) on PROXY_CPU. In TOML, the literal PORT and ADMIN_PORT are replaced
+# by chosen ports. Returns 1 (with UNPOLL_WHY set) when unpoll cannot run
+# this config yet, so callers can report the gap.
 start_unpoll() {
-  local name=$1 toml=$2 port admin
+  local name=$1 toml=$2 bin=${3:-$ROOT/target/release/unpoll} port admin
   port=$(free_port)
   admin=$(free_port)
   toml=${toml//ADMIN_PORT/$admin}
   printf '%s\n' "${toml//PORT/$port}" >"$WORK/$name.toml"
-  start "$name" "$PROXY_CPU" "$ROOT/target/release/unpoll" --config "$WORK/$name.toml"
+  start "$name" "$PROXY_CPU" "$bin" --config "$WORK/$name.toml"
   if ! wait_http "http://127.0.0.1:$admin/readyz" "$START_PID" 15; then
     UNPOLL_WHY="did not answer /readyz: $(tail -c 300 "$WORK/$name.log" | tr '\n' ' ')"
     [[ -z $(tail -c 300 "$WORK/$name.log") ]] && UNPOLL_WHY="exited without output (no server on this branch yet)"

@@ -36,6 +36,11 @@ bench_proxy() {
     missing="unpoll not measured: $UNPOLL_WHY"
     log "$missing"
   fi
+  if [[ -n ${BASELINE_BIN:-} ]]; then
+    start_unpoll baseline "${UNPOLL_PROXY_CONF/UPSTREAM/$UPSTREAM_URL}" "$BASELINE_BIN" \
+      || die "baseline $BASELINE_BIN did not start: $UNPOLL_WHY"
+    targets+=(baseline)
+  fi
 
   local run t pg url
   for ((run = 1; run <= RUNS; run++)); do
@@ -62,6 +67,7 @@ proxy_report() {
   echo "        proxy alone on CPU $PROXY_CPU with 1 worker; wrk and upstream share CPU $LOAD_CPU;"
   echo "        CPU us/req = proxy utime+stime over the run / requests; 1 KiB JSON GET"
   echo "        req/s/core = 1e6 / CPU us per req: what one saturated core would serve"
+  [[ -z ${BASELINE_BIN:-} ]] || echo "        baseline = unpoll built from another commit: $BASELINE_BIN"
   printf '%-9s %9s %8s %8s %11s %9s %7s %11s\n' target 'req/s' 'p50 us' 'p99 us' 'CPU us/req' \
     'proxy CPU' errors 'req/s/core'
   for t in "$@"; do
@@ -86,5 +92,9 @@ proxy_report() {
         "(target <= 1.0x), CPU/req %.2fx; unpoll %.1f us/req (target <= 20), nginx %.1f us/req\n",
         rps["unpoll"] / rps["nginx"], cpu["nginx"] / cpu["unpoll"], p99["unpoll"] / p99["nginx"],
         cpu["unpoll"] / cpu["nginx"], cpu["unpoll"], cpu["nginx"]
+      if ("baseline" in cpu)
+        printf "unpoll/baseline: CPU/req %.2fx (%.1f vs %.1f us), p99 %.2fx, req/s %.2fx\n",
+          cpu["unpoll"] / cpu["baseline"], cpu["unpoll"], cpu["baseline"],
+          p99["unpoll"] / p99["baseline"], rps["unpoll"] / rps["baseline"]
     }' "$RESULTS/proxy.tsv"
 }

@@ -2,10 +2,12 @@
 //! subscribers on one channel, M published messages, delivery latency and
 //! fraction delivered.
 //!
-//! Run by `benches/run fanout` against unpoll, Pushpin and Nchan, and by `benches/run
-//! cluster` against several unpoll instances sharing Redis: `--url` and `--publish-url`
-//! may be given several times, subscribers are spread over the URLs in turn and
-//! messages published through the publish URLs in turn. Steps:
+//! Run by `benches/run fanout` against unpoll, Pushpin and Nchan, by `benches/run
+//! cluster` against several unpoll instances sharing Redis (`--url` and `--publish-url`
+//! may be given several times: subscribers are spread over the URLs in turn and messages
+//! published through the publish URLs in turn), and by `benches/run mqtt` with
+//! `--publish mqtt`: messages go to an MQTT broker, which unpoll's `[[topic]]` rule turns
+//! into events. Steps:
 //! 1. open `--subscribers` streams to `--url` (at most `--connect-concurrency`
 //!    connecting at once, so the server's listen backlog never overflows), and
 //!    print `connected OK FAILED` once every attempt is settled;
@@ -66,9 +68,13 @@ struct Args {
     /// How long to wait for deliveries after the last publish.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     drain: Duration,
-    /// Publish endpoint; several: messages published through them in turn.
+    /// Publish endpoint (`mqtt://host:port` for `--publish mqtt`); several: messages
+    /// published through them in turn.
     #[arg(long)]
     publish_url: Vec<Uri>,
+    /// MQTT topic to publish on (`--publish mqtt`).
+    #[arg(long, default_value = "bench/c")]
+    topic: String,
     /// Publish API flavour.
     #[arg(long, value_enum, default_value = "unpoll")]
     publish: Flavour,
@@ -78,6 +84,11 @@ struct Args {
     /// Bearer token for the publish endpoint.
     #[arg(long)]
     token: Option<String>,
+    /// Publish from a thread (and runtime) of its own, not from the one every
+    /// subscriber task runs on, where a publish waits its turn behind the reads
+    /// of the previous message.
+    #[arg(long)]
+    publisher_thread: bool,
     /// How subscribers connect: an EventSource-like GET, or a WebSocket (unpoll's
     /// `{"id","event","data"}` text frames) to the same URL.
     #[arg(long, value_enum, default_value = "sse")]
@@ -100,6 +111,9 @@ enum Flavour {
     Nchan,
     /// Pushpin's HTTP control API, `POST /publish/` with an `http-stream` item.
     Pushpin,
+    /// An MQTT PUBLISH (QoS 1) of the raw data to `--topic` on the broker at
+    /// `--publish-url`, over one connection made before the first message.
+    Mqtt,
 }
 
 /// What every subscriber reports into.
@@ -238,8 +252,107 @@ async fn open_stream(url: &Uri) -> anyhow::Result<hyper::body::Incoming> {
     Ok(resp.into_body())
 }
 
-/// Publish one message; returns an error naming the status on failure.
-async fn publish(args: &Args, url: &Uri, seq: u64) -> anyhow::Result<()> {
+/// Where messages go: a new HTTP connection per message (what a backend's
+/// one-off publish does), or one MQTT connection for the whole run (what a
+/// device or bridge keeps open).
+enum Publisher {
+    Http(Uri),
+    Mqtt(MqttPublisher),
+}
+
+impl Publisher {
+    async fn new(args: &Args, url: &Uri) -> anyhow::Result<Publisher> {
+        Ok(match args.publish {
+            Flavour::Mqtt => Publisher::Mqtt(MqttPublisher::connect(url).await?),
+            _ => Publisher::Http(url.clone()),
+        })
+    }
+
+    async fn publish(&mut self, args: &Args, seq: u64) -> anyhow::Result<()> {
+        match self {
+            Publisher::Http(url) => publish_http(args, url, seq).await,
+            Publisher::Mqtt(mqtt) => {
+                let data = serde_json::json!({ "t": now_micros(), "seq": seq });
+                mqtt.publish(&args.topic, data.to_string()).await
+            }
+        }
+    }
+}
+
+/// An MQTT client whose QoS 1 publishes wait for the broker's PUBACK, as an
+/// HTTP publish waits for its response.
+struct MqttPublisher {
+    client: rumqttc::AsyncClient,
+    acks: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// How long the broker may take to accept the connection or a message.
+const MQTT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl MqttPublisher {
+    async fn connect(url: &Uri) -> anyhow::Result<MqttPublisher> {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+        anyhow::ensure!(
+            url.scheme_str() == Some("mqtt"),
+            "{url}: want mqtt://host:port"
+        );
+        let host = url
+            .host()
+            .ok_or_else(|| anyhow::anyhow!("{url}: no host"))?;
+        let id = format!("bench-pub-{}", std::process::id());
+        let mut options = MqttOptions::new(id, host, url.port_u16().unwrap_or(1883));
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        // Bounded by the messages in flight: one at a time.
+        let (ack_tx, acks) = tokio::sync::mpsc::channel(16);
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        let _ = ack_tx.send(()).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                        // rumqttc reconnects on the next poll; a lost
+                        // message shows as a missing PUBACK.
+                        eprintln!("mqtt: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(MQTT_TIMEOUT, ready).await {
+            Ok(Ok(Ok(()))) => Ok(MqttPublisher { client, acks }),
+            Ok(Ok(Err(e))) => anyhow::bail!("mqtt connect to {url}: {e}"),
+            _ => anyhow::bail!("mqtt connect to {url}: no CONNACK within 10 s"),
+        }
+    }
+
+    async fn publish(&mut self, topic: &str, payload: String) -> anyhow::Result<()> {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+            .await?;
+        match tokio::time::timeout(MQTT_TIMEOUT, self.acks.recv()).await {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => anyhow::bail!("mqtt event loop ended"),
+            Err(_) => anyhow::bail!("no PUBACK within 10 s"),
+        }
+    }
+}
+
+/// Publish one message over HTTP; returns an error naming the status on failure.
+async fn publish_http(args: &Args, url: &Uri, seq: u64) -> anyhow::Result<()> {
     let data = serde_json::json!({ "t": now_micros(), "seq": seq });
     let body = match args.publish {
         Flavour::Unpoll => {
@@ -251,6 +364,7 @@ async fn publish(args: &Args, url: &Uri, seq: u64) -> anyhow::Result<()> {
             "formats": { "http-stream": { "content": format!("event: m\ndata: {data}\n\n") } }
         }]})
         .to_string(),
+        Flavour::Mqtt => anyhow::bail!("an MQTT publish goes through MqttPublisher"),
     };
     let host = authority(url)?;
     let tcp = TcpStream::connect(&host).await?;
@@ -283,7 +397,35 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Publish `--messages` messages `--interval` apart, through the publish URLs in turn.
+/// Returns how many failed and how long publishing took (whether the publisher kept its
+/// pace: a saturated client falls behind).
+async fn publish_all(args: &Args) -> anyhow::Result<(u64, f64)> {
+    anyhow::ensure!(
+        !args.publish_url.is_empty(),
+        "--publish-url is required with --messages"
+    );
+    let mut publishers = Vec::with_capacity(args.publish_url.len());
+    for url in &args.publish_url {
+        publishers.push(Publisher::new(args, url).await?);
+    }
+    let mut errors = 0;
+    let mut tick = tokio::time::interval(args.interval);
+    let first = tokio::time::Instant::now();
+    for seq in 0..args.messages {
+        tick.tick().await;
+        let turn = seq as usize % publishers.len();
+        let publisher = &mut publishers[turn];
+        if let Err(e) = publisher.publish(args, seq).await {
+            eprintln!("{e}");
+            errors += 1;
+        }
+    }
+    Ok((errors, first.elapsed().as_secs_f64()))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    let args = Arc::new(args);
     let tally = Arc::new(Tally::default());
     let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let settled = Arc::new(AtomicUsize::new(0));
@@ -313,22 +455,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut publish_errors = 0u64;
     let mut publish_secs = 0.0;
     if args.messages > 0 {
-        anyhow::ensure!(
-            !args.publish_url.is_empty(),
-            "--publish-url is required with --messages"
-        );
-        let mut tick = tokio::time::interval(args.interval);
-        let first = tokio::time::Instant::now();
-        for seq in 0..args.messages {
-            tick.tick().await;
-            let url = &args.publish_url[seq as usize % args.publish_url.len()];
-            if let Err(e) = publish(&args, url, seq).await {
-                eprintln!("{e}");
-                publish_errors += 1;
-            }
-        }
-        // Whether the publisher kept its pace (a saturated client falls behind).
-        publish_secs = first.elapsed().as_secs_f64();
+        let published = if args.publisher_thread {
+            let args = args.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let done = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(publish_all(&args)));
+                let _ = tx.send(done);
+            });
+            rx.await
+                .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??
+        } else {
+            publish_all(&args).await?
+        };
+        (publish_errors, publish_secs) = published;
         let deadline = tokio::time::Instant::now() + args.drain;
         while tally.received.load(Ordering::Relaxed) < expected
             && tokio::time::Instant::now() < deadline
