@@ -686,3 +686,30 @@ async fn per_channel_limits_fall_back_to_local_counts_without_redis() {
         "2 here < 3: B's one is not known any more"
     );
 }
+
+/// Made-up channel names from clients the rule's auth refuses cost no Redis call and no
+/// tracked entry: the first look at a channel's cluster count comes after auth.
+#[tokio::test]
+async fn refused_subscribers_track_no_shared_limit_counts() {
+    let upstream = Upstream::builder().run().await;
+    let prefix = unique_prefix("limits_refused");
+    let config = limited(&redis_url(), &prefix, "a")
+        + "\n[jwt]\nsecret = \"a-secret-of-at-least-32-bytes-0123456789\"\n\n\
+           [[stream]]\npath = \"/guarded/{chan}\"\nchannels = [\"{path.chan}\"]\n\
+           auth = \"jwt\"\nlimits = { per_channel = 3 }\n";
+    let a = Unpoll::start(&upstream.url(), &config).await;
+    wait_ready(&a).await;
+    let http = client();
+    for i in 0..20 {
+        let req = http.get(a.url(&format!("/guarded/made-up-{i}")));
+        assert_eq!(SseClient::send(req).await.status, 401, "no token");
+    }
+    assert_eq!(a.stats().await["cluster"]["limits"]["channels"], 0);
+    // An admitted subscriber is tracked, so the check above could see entries.
+    let held = SseClient::send(http.get(a.url("/limited/room"))).await;
+    assert_eq!(held.status, 200);
+    eventually(T, "the admitted channel is tracked", || async {
+        a.stats().await["cluster"]["limits"]["channels"] == 1
+    })
+    .await;
+}

@@ -53,7 +53,7 @@ enum Lifetime {
 pub struct Grant {
     lifetime: Lifetime,
     metrics: AuthMetrics,
-    _admission: Admission,
+    admission: Admission,
 }
 
 /// The future returned by [`Grant::ended`].
@@ -64,7 +64,7 @@ impl Grant {
         Grant {
             lifetime: Lifetime::Unbounded,
             metrics,
-            _admission: admission,
+            admission,
         }
     }
 
@@ -72,8 +72,13 @@ impl Grant {
         Grant {
             lifetime: Lifetime::Until(at),
             metrics,
-            _admission: admission,
+            admission,
         }
+    }
+
+    /// The limits' places this grant holds.
+    pub(super) fn admission_mut(&mut self) -> &mut Admission {
+        &mut self.admission
     }
 
     pub(super) fn rechecked(
@@ -93,7 +98,7 @@ impl Grant {
         Grant {
             lifetime,
             metrics,
-            _admission: admission,
+            admission,
         }
     }
 

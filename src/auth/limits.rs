@@ -27,9 +27,10 @@ pub trait SharedCounts: Send + Sync + 'static {
     /// the limiter's own table, which a config reload starts afresh while the streams it
     /// admitted stay open.
     fn add_local(&self, rule: &str, channel: &str, up: bool);
-    /// Before admitting on `channels`: learn the others' counts of those not known yet (a
-    /// round trip to the shared store the first time a channel is seen here, bounded in
-    /// time), so the first subscribers of a channel on an instance are checked too.
+    /// Learn the others' counts of those of `channels` not known yet (a round trip to the
+    /// shared store the first time a channel is seen here, bounded in time), so the first
+    /// subscribers of a channel on an instance are checked too. Called once a stream has
+    /// passed the local limits and auth ([`Limiter::confirm_shared`]).
     fn prepare<'a>(&'a self, rule: &'a str, channels: &'a [String]) -> BoxFuture<'a, ()>;
 }
 
@@ -71,6 +72,9 @@ pub struct Admission {
     limiter: Option<Arc<Limiter>>,
     ip: IpAddr,
     channels: Vec<String>,
+    /// Its channels were added to the counts shared with other instances
+    /// ([`Limiter::confirm_shared`]), so dropping it takes them out again.
+    shared: bool,
 }
 
 impl Limiter {
@@ -96,12 +100,42 @@ impl Limiter {
         })
     }
 
-    /// Learn what other instances count on `channels` before [`Limiter::admit`] (see
-    /// [`SharedCounts::prepare`]); nothing without a cluster or a per-channel limit.
-    pub async fn prepare(&self, channels: &[String]) {
-        if let Some(shared) = &self.shared {
-            shared.counts.prepare(&shared.rule, channels).await;
+    /// After [`Limiter::admit`] and auth: learn what other instances count on the
+    /// admission's channels where this instance does not know yet (see
+    /// [`SharedCounts::prepare`]), check the per-channel limit again with it, this stream
+    /// included, and only then count the stream in the shared counts. Nothing without a
+    /// cluster or a per-channel limit.
+    ///
+    /// It runs after auth on purpose: the first look at a channel costs a round trip to the
+    /// shared store and a tracked entry, and only a client that the rate and per-address
+    /// limits let through and the rule's auth accepted may cause them. Made-up channel
+    /// names from anyone else cost no Redis call and no entry.
+    pub async fn confirm_shared(&self, admission: &mut Admission) -> Result<(), AuthError> {
+        let (Some(shared), Some(max)) = (&self.shared, self.limits.per_channel) else {
+            return Ok(());
+        };
+        shared
+            .counts
+            .prepare(&shared.rule, &admission.channels)
+            .await;
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let over = admission.channels.iter().any(|c| {
+            let here = counts.channels.get(c).copied().unwrap_or(0);
+            here + shared.counts.others(&shared.rule, c) > max
+        });
+        if over {
+            drop(counts);
+            self.metrics.limited(Limit::PerChannel);
+            return Err(AuthError::Limited {
+                limit: Limit::PerChannel,
+                retry_after: self.limits.retry_after,
+            });
         }
+        for c in &admission.channels {
+            shared.counts.add_local(&shared.rule, c, true);
+        }
+        admission.shared = true;
+        Ok(())
     }
 
     /// Admit one stream from `ip` on `channels` (deduplicated by the caller), or say which
@@ -144,9 +178,6 @@ impl Limiter {
         if self.limits.per_channel.is_some() {
             for c in channels {
                 *counts.channels.entry(c.clone()).or_default() += 1;
-                if let Some(s) = &self.shared {
-                    s.counts.add_local(&s.rule, c, true);
-                }
             }
         }
         drop(counts);
@@ -158,6 +189,7 @@ impl Limiter {
             } else {
                 Vec::new()
             },
+            shared: false,
         })
     }
 
@@ -177,6 +209,7 @@ impl Admission {
             limiter: None,
             ip,
             channels: Vec::new(),
+            shared: false,
         }
     }
 }
@@ -193,7 +226,7 @@ impl Drop for Admission {
         decrement(&mut counts.ips, &self.ip);
         for c in &self.channels {
             decrement(&mut counts.channels, c);
-            if let Some(s) = &limiter.shared {
+            if let Some(s) = limiter.shared.as_ref().filter(|_| self.shared) {
                 s.counts.add_local(&s.rule, c, false);
             }
         }

@@ -159,8 +159,20 @@ impl Authorizer {
         let mut distinct = channels.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
-        self.limiter.prepare(&distinct).await;
         let admission = self.limiter.admit(req.client_ip, &distinct)?;
+        let mut grant = self.grant(req, &distinct, admission).await?;
+        // Dropping the grant on a refusal gives its places back.
+        self.limiter.confirm_shared(grant.admission_mut()).await?;
+        Ok(grant)
+    }
+
+    /// The rule's auth, for a request its limits admitted.
+    async fn grant(
+        &self,
+        req: &SubscribeRequest<'_>,
+        distinct: &[String],
+        admission: limits::Admission,
+    ) -> Result<Grant, AuthError> {
         let metrics = self.metrics.clone();
         match &self.mode {
             Mode::None => Ok(Grant::unbounded(admission, metrics)),
@@ -171,7 +183,7 @@ impl Authorizer {
                 let token = jwt
                     .token(&req.parts.headers, req.parts.uri.query())
                     .ok_or(AuthError::MissingToken)?;
-                let until = jwt.verify(&token, &distinct)?;
+                let until = jwt.verify(&token, distinct)?;
                 Ok(Grant::until(until, admission, metrics))
             }
             Mode::Upstream(auth) => {

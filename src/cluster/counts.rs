@@ -21,7 +21,10 @@
 //! counts and reads back the others' sums. An admission costs no round trip for a channel
 //! already known here; the first subscriber of a channel on this instance costs one (the
 //! same script, for that channel only, within `timeout`), because without it every instance
-//! would admit up to the limit on its own: N instances, N × the limit. That first subscribe
+//! would admit up to the limit on its own: N instances, N × the limit. That read happens
+//! only once the stream passed the rate, per-address and local per-channel limits and the
+//! rule's auth, so made-up channel names from clients auth refuses cost no Redis call and
+//! no tracked entry. That first subscribe
 //! also pays a `SUBSCRIBE` and a history read (see `follow`), so it is the same order of
 //! cost. Between two syncs the total is approximate: instances admitting at the same
 //! moment can together overshoot by what each admitted since the last sync.
