@@ -32,8 +32,9 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use activity::{Activity, RequestGuard};
@@ -82,26 +83,9 @@ pub(crate) async fn serve(
     // which sheds load without unpoll spending memory on them.
     let max = app.snapshot().config.proxy.max_connections;
     let slots = Arc::new(Semaphore::new(max));
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = app.handles.shutdown.cancelled() => return,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = kind.as_str(), cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = app.handles.shutdown.cancelled() => return,
-        };
+    while let Some((permit, stream, peer)) =
+        accept(&listener, &slots, &app.handles.shutdown, kind.as_str()).await
+    {
         let app = app.clone();
         // The admin listener stays plain HTTP (on loopback).
         let tls = match kind {
@@ -127,6 +111,34 @@ pub(crate) async fn serve(
             app.handles.metrics.open_connections.dec();
             drop(permit);
         });
+    }
+}
+
+/// Wait for a free slot of `slots`, then accept one connection on `listener` (`label` names
+/// it in logs); `None` once `shutdown` is cancelled. The permit is held for the
+/// connection's life.
+pub(super) async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    label: &str,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let permit = tokio::select! {
+        p = slots.clone().acquire_owned() => p.ok()?,
+        _ = shutdown.cancelled() => return None,
+    };
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => return Some((permit, stream, peer)),
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = label, cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.cancelled() => return None,
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -95,25 +94,9 @@ pub async fn serve_redirects(
     tasks: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_REDIRECT_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = app.handles.shutdown.cancelled() => return,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(listener = "redirect", cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = app.handles.shutdown.cancelled() => return,
-        };
+    while let Some((permit, stream, peer)) =
+        super::accept(&listener, &slots, &app.handles.shutdown, "redirect").await
+    {
         let header_read_timeout = app.snapshot().config.proxy.header_read_timeout;
         let shutdown = app.handles.shutdown.clone();
         tasks.spawn(async move {
