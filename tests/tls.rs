@@ -48,6 +48,17 @@ fn handshakes(metrics: &str, result: &str) -> f64 {
     )
 }
 
+/// A fresh CA and a 90-day certificate, an upstream, and unpoll in front of it speaking
+/// TLS: [`rules`] with `hub` settings, `[tls]` with `tls`'s extra lines.
+async fn start(hub: &str, tls: &str) -> (Pki, Upstream, Unpoll) {
+    let pki = Pki::new();
+    pki.install(&pki.issue(1, 90));
+    let upstream = upstream().await;
+    let config = format!("{}{}", rules(hub), pki.section(tls));
+    let unpoll = Unpoll::start(&upstream.url(), &config).await;
+    (pki, upstream, unpoll)
+}
+
 /// Wait until the hub has `n` subscribers.
 async fn subscribers(unpoll: &Unpoll, n: usize) {
     eventually(T, &format!("{n} subscribers"), || async {
@@ -58,14 +69,7 @@ async fn subscribers(unpoll: &Unpoll, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_caches_and_streams_over_tls_with_h1_and_h2() {
-    let pki = Pki::new();
-    pki.install(&pki.issue(1, 90));
-    let upstream = upstream().await;
-    let unpoll = Unpoll::start(
-        &upstream.url(),
-        &format!("{}{}", rules(""), pki.section("")),
-    )
-    .await;
+    let (pki, upstream, unpoll) = start("", "").await;
 
     for (fills, h2, version) in [
         (1, false, reqwest::Version::HTTP_11),
@@ -130,14 +134,7 @@ async fn proxies_caches_and_streams_over_tls_with_h1_and_h2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_carries_ten_concurrent_streams_on_one_connection() {
-    let pki = Pki::new();
-    pki.install(&pki.issue(1, 90));
-    let upstream = upstream().await;
-    let unpoll = Unpoll::start(
-        &upstream.url(),
-        &format!("{}{}", rules(""), pki.section("")),
-    )
-    .await;
+    let (pki, _upstream, unpoll) = start("", "").await;
     let http = pki.client(true);
     // The connection first (a browser's page load): concurrent requests on a client with
     // no connection yet would each start one before ALPN says h2.
@@ -167,18 +164,7 @@ async fn h2_carries_ten_concurrent_streams_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_http_answers_308_to_the_https_url() {
-    let pki = Pki::new();
-    pki.install(&pki.issue(1, 90));
-    let upstream = upstream().await;
-    let unpoll = Unpoll::start(
-        &upstream.url(),
-        &format!(
-            "{}{}",
-            rules(""),
-            pki.section("redirect_http = \"127.0.0.1:0\"")
-        ),
-    )
-    .await;
+    let (pki, upstream, unpoll) = start("", "redirect_http = \"127.0.0.1:0\"").await;
     let redirect = unpoll.redirect.expect("redirect listener");
     let http = common::reqwest_builder()
         .no_proxy()
@@ -219,18 +205,7 @@ async fn redirect_http_answers_308_to_the_https_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_handshake_is_closed_after_handshake_timeout() {
     use tokio::io::AsyncReadExt;
-    let pki = Pki::new();
-    pki.install(&pki.issue(1, 90));
-    let upstream = upstream().await;
-    let unpoll = Unpoll::start(
-        &upstream.url(),
-        &format!(
-            "{}{}",
-            rules(""),
-            pki.section("handshake_timeout = \"200ms\"")
-        ),
-    )
-    .await;
+    let (_pki, _upstream, unpoll) = start("", "handshake_timeout = \"200ms\"").await;
     let mut silent = tokio::net::TcpStream::connect(unpoll.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(T, silent.read(&mut buf))
@@ -249,18 +224,7 @@ async fn a_stalled_handshake_is_closed_after_handshake_timeout() {
 /// fell behind, while a sibling stream on the same connection keeps receiving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_slow_subscriber_is_reset_while_its_sibling_keeps_receiving() {
-    let pki = Pki::new();
-    pki.install(&pki.issue(1, 90));
-    let upstream = upstream().await;
-    let unpoll = Unpoll::start(
-        &upstream.url(),
-        &format!(
-            "{}{}",
-            rules("subscriber_queue = 4\nhistory_max_events = 4"),
-            pki.section("")
-        ),
-    )
-    .await;
+    let (pki, _upstream, unpoll) = start("subscriber_queue = 4\nhistory_max_events = 4", "").await;
 
     // hyper's h2 client releases flow-control credit only as a body is read: a small
     // stream window makes an unread stream stall, a large connection window keeps the
