@@ -189,3 +189,21 @@ machine_summary() {
   printf '%s, %s cores, %s, load avg %s' "$cpu" "$(nproc)" "$(uname -r)" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# The start of every fan-out config (streams, MQTT, watch): one worker, no access log,
+# and connection and subscriber caps above the 10,000-subscriber runs (the defaults would
+# leave most of them in the listen backlog or refuse them). Each bench appends its rules.
+UNPOLL_FANOUT_BASE='listen = "127.0.0.1:PORT"
+upstream = "UPSTREAM"
+workers = 1
+[admin]
+listen = "127.0.0.1:ADMIN_PORT"
+token = "bench"
+[log]
+access = false
+[proxy]
+max_connections = 19000
+[hub]
+max_subscribers_per_ip = 20000
+max_subscribers_per_channel = 20000
+'

@@ -26,20 +26,7 @@ NCHAN_CONF='
 # Every subscriber comes from 127.0.0.1 and joins one channel: the per-IP
 # (1,000) and per-channel (10,000) defaults would refuse most of them, and the
 # 10,000-connection default cap would leave the rest in the listen backlog.
-UNPOLL_STREAM_CONF='listen = "127.0.0.1:PORT"
-upstream = "UPSTREAM"
-workers = 1
-[admin]
-listen = "127.0.0.1:ADMIN_PORT"
-token = "bench"
-[log]
-access = false
-[proxy]
-max_connections = 19000
-[hub]
-max_subscribers_per_ip = 20000
-max_subscribers_per_channel = 20000
-[[stream]]
+UNPOLL_STREAM_CONF="$UNPOLL_FANOUT_BASE"'[[stream]]
 path = "/sub/{channel}"
 channels = ["{path.channel}"]
 auth = "none"'

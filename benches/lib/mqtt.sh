@@ -27,20 +27,7 @@ MQTT_PUBLISHER_THREAD=${MQTT_PUBLISHER_THREAD:-1}
 # its SUBACK) even in the HTTP rows, so the only difference is the publish
 # path. Caps lifted as in the fan-out benchmark (all subscribers come from
 # 127.0.0.1 and share one channel).
-UNPOLL_MQTT_CONF='listen = "127.0.0.1:PORT"
-upstream = "UPSTREAM"
-workers = 1
-[admin]
-listen = "127.0.0.1:ADMIN_PORT"
-token = "bench"
-[log]
-access = false
-[proxy]
-max_connections = 19000
-[hub]
-max_subscribers_per_ip = 20000
-max_subscribers_per_channel = 20000
-[mqtt]
+UNPOLL_MQTT_CONF="$UNPOLL_FANOUT_BASE"'[mqtt]
 url = "BROKER"
 client_id = "CLIENT_ID"
 [[topic]]

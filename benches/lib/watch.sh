@@ -38,20 +38,7 @@ NGINX_POLL_CONF='
 
 # Every tab comes from 127.0.0.1: lift the per-IP and connection caps that
 # would otherwise refuse most of 1,000 tabs.
-UNPOLL_WATCH_CONF='listen = "127.0.0.1:PORT"
-upstream = "UPSTREAM"
-workers = 1
-[admin]
-listen = "127.0.0.1:ADMIN_PORT"
-token = "bench"
-[log]
-access = false
-[proxy]
-max_connections = 19000
-[hub]
-max_subscribers_per_ip = 20000
-max_subscribers_per_channel = 20000
-[[watch]]
+UNPOLL_WATCH_CONF="$UNPOLL_FANOUT_BASE"'[[watch]]
 path = "WATCH_PATH"
 interval = "INTERVAL"
 tags = ["twilio"]
