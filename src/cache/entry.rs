@@ -126,6 +126,8 @@ impl Entry {
         tags: Vec<String>,
         cursor: HeaderValue,
     ) -> Entry {
+        // Stored for the entry's life: not as slices of the upstream connection's buffer.
+        let headers = crate::proxy::headers::detached(&headers);
         let etag = headers
             .get(header::ETAG)
             .cloned()

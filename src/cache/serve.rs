@@ -441,9 +441,11 @@ impl Refresh {
         headers: &http::HeaderMap,
         client_ip: IpAddr,
     ) -> Option<Refresh> {
+        // Kept for the watcher's life: copies that do not hold the client connection's
+        // read buffer (see `detached`).
         let mut req = Request::new(());
-        *req.uri_mut() = uri.clone();
-        *req.headers_mut() = headers.clone();
+        *req.uri_mut() = crate::proxy::headers::detached_uri(uri);
+        *req.headers_mut() = crate::proxy::headers::detached(headers);
         let key = CacheKey::new(rule, uri, headers);
         fetch_of(cache, hub, snapshot, rule, params, &req, key, client_ip).map(Refresh)
     }

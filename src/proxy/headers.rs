@@ -136,9 +136,84 @@ pub fn add_forwarded(
     }
 }
 
+/// A copy of `headers` that owns its values, all in one allocation of their total size.
+///
+/// hyper parses a message's header values (and its target) as slices of the connection's
+/// read buffer, and that buffer is replaced, not reused, while a slice of it lives: a map
+/// kept past its exchange (a cache entry, a watcher's request) would hold 8 KiB or more
+/// of buffer for a few hundred bytes of headers. Names need no copy: hyper builds a
+/// non-standard name from its own bytes.
+pub fn detached(headers: &HeaderMap) -> HeaderMap {
+    let total = headers.values().map(HeaderValue::len).sum();
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for value in headers.values() {
+        buf.extend_from_slice(value.as_bytes());
+    }
+    let mut buf = buf.freeze();
+    let mut copy = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let own = buf.split_to(value.len());
+        // The bytes of a valid value are a valid value.
+        let Ok(mut own) = HeaderValue::from_maybe_shared(own) else {
+            continue;
+        };
+        own.set_sensitive(value.is_sensitive());
+        copy.append(name.clone(), own);
+    }
+    copy
+}
+
+/// A copy of `uri` that owns its bytes (see [`detached`]).
+pub fn detached_uri(uri: &http::Uri) -> http::Uri {
+    let text = bytes::Bytes::copy_from_slice(uri.to_string().as_bytes());
+    http::Uri::from_maybe_shared(text).unwrap_or_else(|_| uri.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Header values parsed by hyper share its read buffer; a detached copy shares none
+    /// of it, keeps every line in order with its sensitivity, and the buffer can go.
+    #[test]
+    fn detached_headers_own_their_bytes() {
+        let buffer = bytes::Bytes::from_static(b"u=1; session=abcdef/app.example/text/plain");
+        let value =
+            |a: usize, b: usize| HeaderValue::from_maybe_shared(buffer.slice(a..b)).unwrap();
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, value(0, 4));
+        h.append(header::COOKIE, value(5, 19));
+        h.append(header::HOST, value(20, 31));
+        h.append("x-custom", value(32, 42));
+        let mut secret = HeaderValue::from_static("Bearer t");
+        secret.set_sensitive(true);
+        h.append(header::AUTHORIZATION, secret);
+        h.append("x-empty", HeaderValue::from_static(""));
+
+        let copy = detached(&h);
+        assert_eq!(copy, h);
+        let lines = |m: &HeaderMap| {
+            m.iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lines(&copy), lines(&h));
+        assert!(copy[header::AUTHORIZATION].is_sensitive());
+        assert!(!copy[header::HOST].is_sensitive());
+        let range = buffer.as_ptr_range();
+        for v in copy.values() {
+            assert!(
+                !range.contains(&v.as_bytes().as_ptr()),
+                "{v:?} still points into the buffer"
+            );
+        }
+
+        let target = bytes::Bytes::from_static(b"/inbox?a=1");
+        let uri = http::Uri::from_maybe_shared(target.clone()).unwrap();
+        let own = detached_uri(&uri);
+        assert_eq!(own, uri);
+        assert!(!target.as_ptr_range().contains(&own.path().as_ptr()));
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named() {
