@@ -117,7 +117,7 @@ where
                 Ok(_) => continue,
             },
         };
-        let data = match frame {
+        let first = match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 // An empty chunk would end a chunked body.
                 Ok(data) if !data.is_empty() => data,
@@ -128,16 +128,32 @@ where
             Some(Err(_)) => return,
             None => break,
         };
-        let chunked;
-        let bytes: &[u8] = match framing {
-            Framing::Close => &data,
-            Framing::Chunked => {
-                chunked = chunk(&data);
-                &chunked
+        // An event can come in parts (a watched body goes out from its own bytes, between
+        // its `id:`/`data:` lines and its end) and events published together are ready
+        // together: all that is ready goes out in one write, so a wakeup costs one
+        // syscall and one TCP segment, not one per part.
+        let mut ready = Ready::new(first);
+        let mut ended = false;
+        while !ready.is_full() {
+            match futures_util::FutureExt::now_or_never(body.frame()) {
+                Some(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        ready.push(data);
+                    }
+                }
+                Some(Some(Err(_))) => return,
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
             }
-        };
-        if write(io, &activity, bytes).await.is_err() {
+        }
+        if write(io, &activity, &ready.encode(framing)).await.is_err() {
             return;
+        }
+        if ended {
+            break;
         }
     }
     // A clean end (shutdown, refusal): the last chunk, then the FIN now rather than on drop.
@@ -165,13 +181,52 @@ where
     }
 }
 
-/// `data` as one chunk of the chunked transfer coding.
-fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 12);
-    let _ = write!(out, "{:X}\r\n", data.len());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
+/// The frames of a stream that are ready to be written together.
+struct Ready {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Ready {
+    /// At most this many bytes are gathered for one write (beyond the first part).
+    const MAX_BYTES: usize = 64 * 1024;
+    /// At most this many parts.
+    const MAX_PARTS: usize = 64;
+
+    fn new(first: Bytes) -> Ready {
+        Ready {
+            len: first.len(),
+            parts: vec![first],
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        self.len += data.len();
+        self.parts.push(data);
+    }
+
+    fn is_full(&self) -> bool {
+        self.len >= Self::MAX_BYTES || self.parts.len() >= Self::MAX_PARTS
+    }
+
+    /// The bytes to write: one part alone as it is (the hub's shared bytes, no copy),
+    /// several joined; with `Framing::Chunked`, as one chunk.
+    fn encode(mut self, framing: Framing) -> Bytes {
+        if framing == Framing::Close && self.parts.len() == 1 {
+            return self.parts.pop().unwrap_or_default();
+        }
+        let mut out = Vec::with_capacity(self.len + 12);
+        if framing == Framing::Chunked {
+            let _ = write!(out, "{:X}\r\n", self.len);
+        }
+        for part in &self.parts {
+            out.extend_from_slice(part);
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        Bytes::from(out)
+    }
 }
 
 /// The HTTP/1.1 response head. The body ends with the connection, unless its length is
@@ -206,6 +261,43 @@ fn encode_head(head: ResponseParts, length: Option<u64>) -> Bytes {
 mod tests {
     use super::*;
     use http::{Response, StatusCode};
+
+    #[test]
+    fn ready_parts_go_out_as_one_write_and_one_chunk() {
+        let part = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let mut ready = Ready::new(part("id: 1\ndata: "));
+        ready.push(part("{\"a\":1}"));
+        ready.push(part("\n\n"));
+        assert_eq!(
+            &ready.encode(Framing::Close)[..],
+            b"id: 1\ndata: {\"a\":1}\n\n"
+        );
+
+        let mut ready = Ready::new(part("id: 1\ndata: "));
+        ready.push(part("{\"a\":1}"));
+        ready.push(part("\n\n"));
+        let chunk = ready.encode(Framing::Chunked);
+        assert_eq!(&chunk[..], b"15\r\nid: 1\ndata: {\"a\":1}\n\n\r\n");
+
+        // A single part on a closing connection is written from its own bytes.
+        let shared = part(": ping\n\n");
+        let alone = Ready::new(shared.clone()).encode(Framing::Close);
+        assert_eq!(alone.as_ptr(), shared.as_ptr());
+    }
+
+    #[test]
+    fn a_write_gathers_a_bounded_number_of_bytes_and_parts() {
+        let mut ready = Ready::new(Bytes::from(vec![b'x'; Ready::MAX_BYTES - 1]));
+        assert!(!ready.is_full());
+        ready.push(Bytes::from_static(b"y"));
+        assert!(ready.is_full());
+        let mut ready = Ready::new(Bytes::from_static(b"a"));
+        for _ in 1..Ready::MAX_PARTS {
+            assert!(!ready.is_full());
+            ready.push(Bytes::from_static(b"a"));
+        }
+        assert!(ready.is_full());
+    }
 
     #[test]
     fn head_says_the_body_ends_with_the_connection() {
