@@ -546,3 +546,71 @@ async fn token_query_authorises_a_watch_inside_a_multi_stream() {
         assert_eq!(r.headers["authorization"], "Bearer ann");
     }
 }
+
+/// A watch stream that is its connection's first request is served outside hyper (its
+/// head says the body ends with the connection); one asked for after a poll on a
+/// kept-alive connection starts in hyper (chunked) and leaves it. On both, each new
+/// version goes out whole: one event per write, and on the chunked one, one chunk.
+#[tokio::test]
+async fn a_watch_stream_first_on_its_connection_or_after_a_poll_gets_each_event_whole() {
+    use tokio::io::AsyncWriteExt;
+    let (_upstream, _inbox, unpoll) = start("interval = \"1h\"").await;
+    let stream_request = |user: &str| {
+        format!(
+            "GET /inbox HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\
+             Cookie: user={user}\r\n\r\n"
+        )
+    };
+    let mut fresh = tokio::net::TcpStream::connect(unpoll.addr).await.unwrap();
+    fresh
+        .write_all(stream_request("ann").as_bytes())
+        .await
+        .unwrap();
+    // `read_until` returns all it read: each call reads through a whole event.
+    let head = common::read_until(&mut fresh, "\"v\":0}\n\n", WAIT).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(head.contains("\r\nvary: accept\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+
+    let mut reused = tokio::net::TcpStream::connect(unpoll.addr).await.unwrap();
+    reused
+        .write_all(b"GET /inbox HTTP/1.1\r\nHost: x\r\nCookie: user=bob\r\n\r\n")
+        .await
+        .unwrap();
+    let polled = common::read_until(&mut reused, "}", WAIT).await;
+    assert!(polled.starts_with("HTTP/1.1 200 OK\r\n"), "{polled}");
+    assert!(polled.contains("\"user\":\"bob\""), "{polled}");
+    reused
+        .write_all(stream_request("bob").as_bytes())
+        .await
+        .unwrap();
+    let head = common::read_until(&mut reused, "\"v\":0}\n\n\r\n", WAIT).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("\r\nvary: accept\r\n"), "{head}");
+
+    for user in ["ann", "bob"] {
+        let sent = client()
+            .post(unpoll.url(&format!("/send?to={user}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 200);
+    }
+    let event = common::read_until(&mut fresh, "\n\n", WAIT).await;
+    assert!(event.starts_with("id: "), "{event:?}");
+    assert!(
+        event.contains("\ndata: {\"user\":\"ann\",\"v\":1"),
+        "{event:?}"
+    );
+    // The whole event in one chunk: its size line, then the event, then CRLF.
+    let chunk = common::read_until(&mut reused, "\n\n\r\n", WAIT).await;
+    let (size, rest) = chunk.split_once("\r\n").expect("a chunk size line");
+    let size = usize::from_str_radix(size, 16).unwrap_or_else(|e| panic!("{chunk:?}: {e}"));
+    assert_eq!(size + 2, rest.len(), "{chunk:?}");
+    assert!(rest.starts_with("id: "), "{chunk:?}");
+    assert!(
+        rest.contains("\ndata: {\"user\":\"bob\",\"v\":1"),
+        "{chunk:?}"
+    );
+}

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
@@ -115,16 +115,24 @@ pub async fn handle(
 
 /// Whether a request for `path` opens an event stream: the multiplexed stream, a
 /// `[[stream]]` rule or the generic stream. The server asks before serving a stream outside hyper.
-pub fn is_stream(snapshot: &Snapshot, method: &Method, path: &str) -> bool {
+pub fn is_stream(
+    snapshot: &Snapshot,
+    method: &Method,
+    path: &str,
+    headers: Option<&HeaderMap>,
+) -> bool {
     if multi::is_multi(method, path) {
         return true;
     }
     match snapshot.routes.resolve(method, path).action {
         Action::Stream(_) => true,
         Action::Proxy => is_generic_stream(snapshot, method, path),
-        // A watched path is a stream only with `Accept: text/event-stream`, which this
-        // check does not see: watch streams are served through hyper.
-        Action::Cache(_) | Action::Tap(_) | Action::Watch(_) => false,
+        // A watched path is a stream when its GET asks for `Accept: text/event-stream`
+        // (and may be one while its headers are not read yet).
+        Action::Watch(_) => {
+            method == Method::GET && headers.is_none_or(crate::watch::serve::wants_stream)
+        }
+        Action::Cache(_) | Action::Tap(_) => false,
     }
 }
 
@@ -141,6 +149,19 @@ pub async fn open_stream(
         return Some(multi::open(handles, &snapshot, parts, client_ip).await);
     }
     let route = snapshot.routes.resolve(&parts.method, parts.uri.path());
+    if let Action::Watch(w) = &route.action {
+        let stream = crate::watch::serve::stream(
+            &handles.watch,
+            &snapshot,
+            &w.rule,
+            &route.params,
+            parts,
+            client_ip,
+        );
+        let resp = Box::pin(stream).await;
+        route.counters.count(resp.status().as_u16());
+        return Some(resp);
+    }
     let resp = match stream_arm(handles, &snapshot, &route, parts, client_ip).await? {
         Outcome::Respond(resp) => resp,
         Outcome::NotApplicable(_) | Outcome::OtherTransport => return None,

@@ -45,7 +45,7 @@ pub(super) enum FirstRequest {
 pub(super) async fn read<S, F>(io: &mut S, limit: usize, direct: F) -> FirstRequest
 where
     S: AsyncRead + Unpin,
-    F: Fn(&Method, &str) -> bool,
+    F: Fn(&Method, &str, Option<&HeaderMap>) -> bool,
 {
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
@@ -74,6 +74,10 @@ where
     }
 }
 
+/// Whether a GET of a path, with its headers once they are read (`None` before), may be
+/// served on the direct path.
+type DirectTest<'a> = dyn Fn(&Method, &str, Option<&HeaderMap>) -> bool + 'a;
+
 enum Verdict {
     NeedMore,
     Hyper { http2: bool },
@@ -82,7 +86,7 @@ enum Verdict {
 
 /// Decide on the bytes read so far. Synchronous so the header array lives on the stack,
 /// never in the connection's future.
-fn examine(buf: &[u8], limit: usize, direct: &dyn Fn(&Method, &str) -> bool) -> Verdict {
+fn examine(buf: &[u8], limit: usize, direct: &DirectTest<'_>) -> Verdict {
     if buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
         return Verdict::NeedMore;
     }
@@ -121,18 +125,15 @@ fn examine(buf: &[u8], limit: usize, direct: &dyn Fn(&Method, &str) -> bool) -> 
     }
 }
 
-fn target_accepted(target: &str, direct: &dyn Fn(&Method, &str) -> bool) -> bool {
-    Uri::try_from(target).is_ok_and(|uri| direct(&Method::GET, uri.path()))
+fn target_accepted(target: &str, direct: &DirectTest<'_>) -> bool {
+    Uri::try_from(target).is_ok_and(|uri| direct(&Method::GET, uri.path(), None))
 }
 
 /// The request as hyper would have built it, when it qualifies for the direct path: no
 /// body, no upgrade, nothing that does not convert cleanly (hyper answers that).
-fn direct_parts(
-    req: &httparse::Request<'_, '_>,
-    direct: &dyn Fn(&Method, &str) -> bool,
-) -> Option<Parts> {
+fn direct_parts(req: &httparse::Request<'_, '_>, direct: &DirectTest<'_>) -> Option<Parts> {
     let uri = Uri::try_from(req.path?).ok()?;
-    if !direct(&Method::GET, uri.path()) {
+    if !direct(&Method::GET, uri.path(), None) {
         return None;
     }
     let mut headers = HeaderMap::with_capacity(req.headers.len());
@@ -155,7 +156,9 @@ fn direct_parts(
     parts.headers = headers;
     // An absolute-form target's authority replaces Host, as on hyper's path.
     crate::proxy::headers::normalize_host(&mut parts.headers, &parts.uri).ok()?;
-    Some(parts)
+    // Some streams are told by a header (a watched path asks for `Accept:
+    // text/event-stream`).
+    direct(&Method::GET, parts.uri.path(), Some(&parts.headers)).then_some(parts)
 }
 
 /// A client socket as hyper gets it: the bytes already read from it put back in front.
@@ -204,7 +207,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 mod tests {
     use super::*;
 
-    fn only_sub(_: &Method, path: &str) -> bool {
+    fn only_sub(_: &Method, path: &str, _: Option<&HeaderMap>) -> bool {
         path.starts_with("/sub/")
     }
 
@@ -280,7 +283,7 @@ mod tests {
 
         use super::*;
 
-        fn any_path(_: &Method, _: &str) -> bool {
+        fn any_path(_: &Method, _: &str, _: Option<&HeaderMap>) -> bool {
             true
         }
 

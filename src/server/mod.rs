@@ -99,18 +99,38 @@ pub(crate) async fn serve(
             // Under TLS too the timeout watches the socket: a client that accepts no
             // encrypted byte for `send_timeout` is gone whatever rustls buffers.
             let io = SendTimeout::new(stream, send_timeout);
+            // Boxed: the task that every idle stream keeps is then a pointer, not the
+            // largest state of a connection's life, and a plain connection carries no room
+            // for a TLS one's.
             match tls {
-                None => serve_connection(Life::FirstHead(io), peer, kind, app.clone()).await,
-                Some(tls) => {
-                    let handshake = Box::pin(tls::handshake(io, &tls, peer, &app));
-                    if let Some(life) = handshake.await {
-                        serve_connection(life, peer, kind, app.clone()).await;
-                    }
+                None => {
+                    Box::pin(serve_connection(
+                        Life::FirstHead(io),
+                        peer,
+                        kind,
+                        app.clone(),
+                    ))
+                    .await;
                 }
+                Some(tls) => Box::pin(serve_tls(io, tls, peer, kind, app.clone())).await,
             }
             app.handles.metrics.open_connections.dec();
             drop(permit);
         });
+    }
+}
+
+/// A TLS connection's life: the handshake, then what follows it on the decrypted stream.
+async fn serve_tls(
+    io: SendTimeout<TcpStream>,
+    tls: Arc<crate::tls::Tls>,
+    peer: SocketAddr,
+    kind: Listener,
+    app: Arc<App>,
+) {
+    let handshake = Box::pin(tls::handshake(io, &tls, peer, &app));
+    if let Some(life) = handshake.await {
+        serve_connection(life, peer, kind, app).await;
     }
 }
 
@@ -198,10 +218,10 @@ where
         )
     };
     // Only the main listener has streams; the snapshot is not held across the read.
-    let direct = |method: &http::Method, path: &str| {
+    let direct = |method: &http::Method, path: &str, headers: Option<&HeaderMap>| {
         direct_streams
             && kind == Listener::Main
-            && crate::routing::is_stream(&app.snapshot(), method, path)
+            && crate::routing::is_stream(&app.snapshot(), method, path, headers)
     };
     let read = tokio::time::timeout(
         header_read_timeout,

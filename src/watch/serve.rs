@@ -41,10 +41,11 @@ pub async fn serve(
 ) -> Result<Response<Body>, ProxyError> {
     // A stream applies the rule's `token_query` in `subscribe` (which `/_unpoll/multi`
     // calls too); a poll here.
-    let mut resp = if req.method() == Method::GET && wants_stream(req.headers()) {
+    if req.method() == Method::GET && wants_stream(req.headers()) {
         let (head, _) = req.into_parts();
-        Box::pin(open(parts, snapshot, rule, params, &head, client_ip)).await
-    } else {
+        return Ok(Box::pin(stream(parts, snapshot, rule, params, &head, client_ip)).await);
+    }
+    let mut resp = {
         let (mut head, body) = req.into_parts();
         token_to_header(rule, &mut head.uri, &mut head.headers)?;
         let req = Request::from_parts(head, body);
@@ -91,6 +92,23 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
                 .trim()
                 .eq_ignore_ascii_case("text/event-stream")
         })
+}
+
+/// The answer to a GET asking a watched path for an event stream (`head`): the stream, or
+/// the refusal, saying `Vary: Accept`. Served through hyper or, as the first request of
+/// its connection, without it (`server::direct_sse`).
+pub async fn stream(
+    parts: &WatchHandles,
+    snapshot: &Arc<Snapshot>,
+    rule: &Arc<WatchRule>,
+    params: &PathParams,
+    head: &Parts,
+    client_ip: IpAddr,
+) -> Response<Body> {
+    let mut resp = open(parts, snapshot, rule, params, head, client_ip).await;
+    resp.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("accept"));
+    resp
 }
 
 /// The single-stream response for `parts`: the watch stream, or the refusal.

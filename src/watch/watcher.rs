@@ -49,7 +49,15 @@ pub(super) async fn run(
             _ = tokio::time::sleep_until(last_fetch + rule.min_interval) => {}
         }
         last_fetch = Instant::now();
-        let found = refetch(&watcher, &refresh, &rule, parts.snapshots.load_full()).await;
+        // Boxed: a fetch's state (the upstream exchange) is kilobytes, and inline it would
+        // size the task that every watched key keeps between fetches.
+        let fetch = Box::pin(refetch(
+            &watcher,
+            &refresh,
+            &rule,
+            parts.snapshots.load_full(),
+        ));
+        let found = fetch.await;
         metrics.fetched(trigger, found);
         saved.count(watcher.state.receiver_count(), metrics, &parts.cache);
         tracing::debug!(
