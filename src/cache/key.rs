@@ -36,10 +36,14 @@ impl CacheKey {
         key.field(rule.name.as_bytes());
         // The Host the client named is forwarded (Host with `preserve_host`, else
         // X-Forwarded-Host) and apps reflect it in links and redirects: it is part of every
-        // key, whether it came as Host lines or as the target's authority (HTTP/2,
-        // absolute-form).
-        key.values(headers.get_all(header::HOST).iter().map(|v| v.as_bytes()));
-        key.values(uri.authority().map(|a| a.as_str().as_bytes()));
+        // key. It is the host the app is told, as `proxy::headers::normalize_host` makes
+        // it: the target's authority when there is one (HTTP/2's `:authority`, an
+        // absolute-form target), else the Host lines. So an HTTP/1.1 and an HTTP/2 client
+        // of the same URL share the key.
+        match uri.authority() {
+            Some(authority) => key.values([authority.as_str().as_bytes()]),
+            None => key.values(headers.get_all(header::HOST).iter().map(|v| v.as_bytes())),
+        }
         key.field(path.as_bytes());
         key.query(query);
         for name in &rule.vary {
@@ -292,6 +296,18 @@ mod tests {
             key(&shared, "http://evil.example/m", &good),
             key(&shared, "/m", &good)
         );
+        // The authority is the host the app is told (it replaces any Host line): an
+        // HTTP/2 request (`:authority`, no Host) and an HTTP/1.1 one name the same host.
+        let none = headers(&[]);
+        assert_eq!(
+            key(&shared, "http://app.example/m", &none),
+            key(&shared, "/m", &good)
+        );
+        assert_eq!(
+            key(&shared, "http://app.example/m", &evil),
+            key(&shared, "/m", &good)
+        );
+        assert_ne!(key(&shared, "/m", &none), key(&shared, "/m", &good));
     }
 
     #[test]
