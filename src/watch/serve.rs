@@ -105,41 +105,21 @@ pub async fn stream(
     head: &Parts,
     client_ip: IpAddr,
 ) -> Response<Body> {
-    let mut resp = open(parts, snapshot, rule, params, head, client_ip).await;
-    resp.headers_mut()
-        .append(header::VARY, HeaderValue::from_static("accept"));
-    resp
-}
-
-/// The single-stream response for `parts`: the watch stream, or the refusal.
-async fn open(
-    parts: &WatchHandles,
-    snapshot: &Arc<Snapshot>,
-    rule: &Arc<WatchRule>,
-    params: &PathParams,
-    head: &Parts,
-    client_ip: IpAddr,
-) -> Response<Body> {
-    match subscribe(
-        parts,
-        snapshot,
-        rule,
-        params,
-        &head.uri,
-        &head.headers,
-        client_ip,
-    )
-    .await
-    {
+    let (uri, headers) = (&head.uri, &head.headers);
+    let subscribed = subscribe(parts, snapshot, rule, params, uri, headers, client_ip).await;
+    let mut resp = match subscribed {
         Ok(sub) => {
-            let resume = crate::sse::last_event_id(&head.headers, head.uri.query());
+            let resume = crate::sse::last_event_id(headers, uri.query());
             let frames = sub.frames(resume.as_deref(), SseOptions::default(), parts);
             crate::sse::response(boxed(StreamBody::new(
                 frames.map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
             )))
         }
         Err(refusal) => refusal,
-    }
+    };
+    resp.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("accept"));
+    resp
 }
 
 /// A subscriber of one watched key, before it streams.
