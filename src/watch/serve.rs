@@ -3,7 +3,9 @@
 //! `Vary: Accept` so no cache in front hands one the other.
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -15,7 +17,7 @@ use hyper::body::{Frame, Incoming};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{ReusableBoxFuture, WaitForCancellationFutureOwned};
 
 use super::metrics::{Found, Trigger};
 use super::version::{State, Version};
@@ -299,59 +301,111 @@ impl WatchSubscription {
         parts: &WatchHandles,
     ) -> impl Stream<Item = Bytes> + Send + 'static {
         self.resume(resume);
-        let sub = Subscriber {
-            watch: self,
-            heartbeat: options.heartbeat.max(std::time::Duration::from_millis(100)),
-            shutdown: parts.shutdown.clone(),
+        let interval = options.heartbeat.max(std::time::Duration::from_millis(100));
+        Frames {
+            retry: Some(encode::retry(options.retry)),
+            parts: Vec::new().into_iter(),
+            changed: ReusableBoxFuture::new(changed(self.state)),
+            heartbeat: tokio::time::sleep(interval),
+            interval,
+            shutdown: parts.shutdown.clone().cancelled_owned(),
             ended: false,
             _open: OpenGauges::new(&[
                 parts.watches.metrics.subscribers.clone(),
                 parts.stream_connections.clone(),
             ]),
             pushes: parts.watches.metrics.pushes.clone(),
-        };
-        let retry = futures_util::stream::iter([encode::retry(options.retry)]);
-        let events = futures_util::stream::unfold(sub, Subscriber::next)
-            .flat_map(futures_util::stream::iter);
-        retry.chain(events)
+        }
     }
 }
 
-/// One single stream's side of a watcher.
-struct Subscriber {
-    watch: WatchSubscription,
-    heartbeat: std::time::Duration,
-    shutdown: CancellationToken,
-    /// `access_ended` was sent: the stream ends.
-    ended: bool,
-    /// Counts this stream while it is open.
-    _open: OpenGauges,
-    /// `unpoll_watch_pushes`.
-    pushes: Counter,
+/// Wait for the key's next state; the receiver comes back with it, to wait again.
+async fn changed(
+    mut state: watch::Receiver<State>,
+) -> (Result<(), watch::error::RecvError>, watch::Receiver<State>) {
+    let changed = state.changed().await;
+    (changed, state)
 }
 
-impl Subscriber {
-    /// The next frames to send; `None` ends the stream.
-    async fn next(mut self) -> Option<(Vec<Bytes>, Subscriber)> {
-        if self.ended {
-            return None;
+type Changed = (Result<(), watch::error::RecvError>, watch::Receiver<State>);
+
+pin_project_lite::pin_project! {
+    /// One single stream's side of a watcher, written out rather than composed from
+    /// stream combinators: an idle watching tab holds this and its socket, so every byte
+    /// here is per tab (the combinators' version held 608 bytes).
+    struct Frames {
+        // `retry:`, sent first.
+        retry: Option<Bytes>,
+        // The parts of the version being sent.
+        parts: std::vec::IntoIter<Bytes>,
+        // tokio's watch receiver can only be awaited: its wait, boxed once and reused for
+        // every version.
+        changed: ReusableBoxFuture<'static, Changed>,
+        // A `:` comment after `interval` without an event.
+        #[pin]
+        heartbeat: tokio::time::Sleep,
+        interval: std::time::Duration,
+        #[pin]
+        shutdown: WaitForCancellationFutureOwned,
+        // `access_ended` was sent, or the watcher is gone: the stream ends.
+        ended: bool,
+        // Counts this stream while it is open.
+        _open: OpenGauges,
+        // `unpoll_watch_pushes`.
+        pushes: Counter,
+    }
+}
+
+impl Stream for Frames {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut this = self.project();
+        if let Some(retry) = this.retry.take() {
+            return Poll::Ready(Some(retry));
         }
-        let frames = tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => return None,
-            state = self.watch.next_state() => match state? {
-                State::Body(v) => {
-                    self.pushes.inc();
-                    v.frame
+        if let Some(part) = this.parts.next() {
+            return Poll::Ready(Some(part));
+        }
+        if *this.ended || this.shutdown.as_mut().poll(cx).is_ready() {
+            *this.ended = true;
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready((changed, mut state)) = this.changed.poll(cx) {
+            if changed.is_err() {
+                // The watcher is gone without a last word (shutdown).
+                *this.ended = true;
+                return Poll::Ready(None);
+            }
+            let now = state.borrow_and_update().clone();
+            this.changed.set(self::changed(state));
+            let deadline = tokio::time::Instant::now() + *this.interval;
+            this.heartbeat.as_mut().reset(deadline);
+            return match now {
+                State::Body(version) => {
+                    this.pushes.inc();
+                    *this.parts = version.frame.into_iter();
+                    match this.parts.next() {
+                        Some(part) => Poll::Ready(Some(part)),
+                        // No event is empty; were one, wait for the next state.
+                        None => {
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                    }
                 }
                 State::Ended(status) => {
-                    self.ended = true;
-                    vec![access_ended_frame(AccessEnded::Revoked(status))]
+                    *this.ended = true;
+                    Poll::Ready(Some(access_ended_frame(AccessEnded::Revoked(status))))
                 }
-            },
-            _ = tokio::time::sleep(self.heartbeat) => vec![encode::HEARTBEAT],
-        };
-        Some((frames, self))
+            };
+        }
+        if this.heartbeat.as_mut().poll(cx).is_ready() {
+            let deadline = tokio::time::Instant::now() + *this.interval;
+            this.heartbeat.as_mut().reset(deadline);
+            return Poll::Ready(Some(encode::HEARTBEAT));
+        }
+        Poll::Pending
     }
 }
 
@@ -378,6 +432,7 @@ impl Drop for OpenGauges {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn the_resume_parameter_is_not_part_of_the_fetch() {
