@@ -17,8 +17,10 @@
 //! ([`super::handoff`]) and the frames are written here, chunked. HTTP/2 streams stay with
 //! hyper: their connection carries other requests.
 
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -174,6 +176,15 @@ where
     if let Some(written) = futures_util::FutureExt::now_or_never(write.as_mut()) {
         return written.map_err(|_| ());
     }
+    // Boxed: the wait is rare, and inline it would size every idle stream's future.
+    Box::pin(blocked_write(write, activity)).await
+}
+
+/// The rest of a write that could not complete at once, unless the connection is aborted.
+async fn blocked_write<F>(write: Pin<&mut F>, activity: &Activity) -> Result<(), ()>
+where
+    F: Future<Output = std::io::Result<()>>,
+{
     tokio::select! {
         biased;
         _ = activity.aborted() => Err(()),
