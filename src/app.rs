@@ -238,8 +238,11 @@ impl App {
     /// Swap in a new config without touching open connections. Settings that only take
     /// effect at start (`config::reload`) are reported, by key path, in the returned list
     /// of warnings.
-    pub fn reload(&self, config: Config) -> Vec<String> {
+    pub fn reload(&self, mut config: Config) -> Vec<String> {
         let old = self.snapshot();
+        // The main listener keeps speaking what it spoke at start (`[tls]` is start-only):
+        // forwarded requests say what the clients really use, whatever the new file says.
+        config.proxy.client_tls = self.tls.is_some();
         let mut warnings: Vec<String> =
             crate::config::reload::start_only_changes(&old.config, &config)
                 .iter()

@@ -658,3 +658,19 @@ async fn idle_h1_streams_over_tls_memory() {
         "an idle HTTP/1.1 stream over TLS costs {per_stream} bytes"
     );
 }
+
+/// `[tls]` takes a restart: a reload that drops it leaves the listener on TLS, and the
+/// app must still be told its clients use https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_without_tls_still_tells_the_app_its_clients_use_https() {
+    let (pki, upstream, unpoll) = start("", "").await;
+    let warnings = unpoll.reload(&upstream.url(), &rules(""));
+    assert!(warnings.iter().any(|w| w.contains("tls")), "{warnings:?}");
+    let proto = pki
+        .client(false)
+        .get(unpoll.https_url("/proto"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proto.text().await.unwrap(), "https");
+}

@@ -286,7 +286,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
-    let config = &app.snapshot().config.proxy;
+    // Read for the builders, then dropped on both paths: a connection held open for
+    // hours must not keep its first config (and its certificate pair) past reloads.
+    let snapshot = app.snapshot();
+    let config = &snapshot.config.proxy;
     let direct_streams = config.direct_streams;
     let service = {
         let app = app.clone();
@@ -316,22 +319,25 @@ where
     };
     let idle_timeout = config.idle_timeout;
     if http2 {
-        let snapshot = app.snapshot();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
         h2_tuning(&mut builder, &snapshot.config);
+        drop(snapshot);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let drain = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
         drive(conn, drain, &activity, idle_timeout, peer, app).await;
         return None;
     }
-    let mut conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(config.max_header_bytes.max(8192))
+        .max_buf_size(config.max_header_bytes.max(8192));
+    drop(snapshot);
+    let mut conn = builder
         .serve_connection(TokioIo::new(FlushWatch::new(io, activity.clone())), service)
         .with_upgrades();
     let drain = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);

@@ -131,7 +131,7 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
         .map(|a| a.host().to_string())
         .or_else(|| req.uri().host().map(str::to_string));
     let Some(host) = host else {
-        return plain(StatusCode::BAD_REQUEST, "a Host header is required\n");
+        return crate::admin::text(StatusCode::BAD_REQUEST, "a Host header is required\n");
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if https_port == 443 {
@@ -139,22 +139,12 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
     } else {
         format!("https://{host}:{https_port}{path}")
     };
-    let mut resp = plain(StatusCode::PERMANENT_REDIRECT, "");
+    let mut resp = crate::admin::text(StatusCode::PERMANENT_REDIRECT, "");
     match http::HeaderValue::try_from(location) {
         Ok(value) => {
             resp.headers_mut().insert(header::LOCATION, value);
             resp
         }
-        Err(_) => plain(StatusCode::BAD_REQUEST, "invalid Host header\n"),
+        Err(_) => crate::admin::text(StatusCode::BAD_REQUEST, "invalid Host header\n"),
     }
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut resp = Response::new(crate::body::full(text));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
