@@ -165,8 +165,8 @@ pub fn detached(headers: &HeaderMap) -> HeaderMap {
 
 /// A copy of `uri` that owns its bytes (see [`detached`]).
 pub fn detached_uri(uri: &http::Uri) -> http::Uri {
-    let text = bytes::Bytes::copy_from_slice(uri.to_string().as_bytes());
-    http::Uri::from_maybe_shared(text).unwrap_or_else(|_| uri.clone())
+    http::Uri::from_maybe_shared(bytes::Bytes::from(uri.to_string()))
+        .unwrap_or_else(|_| uri.clone())
 }
 
 #[cfg(test)]

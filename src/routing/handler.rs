@@ -114,7 +114,9 @@ pub async fn handle(
 }
 
 /// Whether a request for `path` opens an event stream: the multiplexed stream, a
-/// `[[stream]]` rule or the generic stream. The server asks before serving a stream outside hyper.
+/// `[[stream]]` rule, the generic stream, or a watched path asked for
+/// `text/event-stream` (`headers`: `None` while they are not read, when a watched path
+/// may still be one). The server asks before serving a stream outside hyper.
 pub fn is_stream(
     snapshot: &Snapshot,
     method: &Method,

@@ -173,7 +173,7 @@ struct Watcher {
 impl Watcher {
     /// A watcher whose subscribers start from `version`.
     fn new(version: Version, tags: Vec<String>) -> Watcher {
-        let (state, _) = watch::channel(State::Body(version));
+        let (state, _) = watch::channel(State::Body(Arc::new(version)));
         Watcher {
             state,
             kick: Notify::new(),

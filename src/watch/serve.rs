@@ -304,7 +304,7 @@ impl WatchSubscription {
         let interval = options.heartbeat.max(std::time::Duration::from_millis(100));
         Frames {
             retry: Some(encode::retry(options.retry)),
-            parts: Vec::new().into_iter(),
+            sending: None,
             changed: ReusableBoxFuture::new(changed(self.state)),
             heartbeat: tokio::time::sleep(interval),
             interval,
@@ -336,12 +336,13 @@ pin_project_lite::pin_project! {
     struct Frames {
         // `retry:`, sent first.
         retry: Option<Bytes>,
-        // The parts of the version being sent.
-        parts: std::vec::IntoIter<Bytes>,
+        // The version being sent, and its next part.
+        sending: Option<(Arc<Version>, usize)>,
         // tokio's watch receiver can only be awaited: its wait, boxed once and reused for
         // every version.
         changed: ReusableBoxFuture<'static, Changed>,
-        // A `:` comment after `interval` without an event.
+        // A `:` comment every `interval`. Not restarted by events, as in `sse::SseBody`:
+        // an extra comment is harmless, a timer reset per delivery is not free.
         #[pin]
         heartbeat: tokio::time::Sleep,
         interval: std::time::Duration,
@@ -356,6 +357,17 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// The next part of the version being sent, if any is left.
+fn next_part(sending: &mut Option<(Arc<Version>, usize)>) -> Option<Bytes> {
+    let (version, next) = sending.as_mut()?;
+    let part = version.frame.get(*next).cloned();
+    *next += 1;
+    if part.is_none() || *next == version.frame.len() {
+        *sending = None;
+    }
+    part
+}
+
 impl Stream for Frames {
     type Item = Bytes;
 
@@ -364,7 +376,7 @@ impl Stream for Frames {
         if let Some(retry) = this.retry.take() {
             return Poll::Ready(Some(retry));
         }
-        if let Some(part) = this.parts.next() {
+        if let Some(part) = next_part(this.sending) {
             return Poll::Ready(Some(part));
         }
         if *this.ended || this.shutdown.as_mut().poll(cx).is_ready() {
@@ -377,15 +389,14 @@ impl Stream for Frames {
                 *this.ended = true;
                 return Poll::Ready(None);
             }
+            // A pointer to the shared version, not a copy of it, per subscriber.
             let now = state.borrow_and_update().clone();
             this.changed.set(self::changed(state));
-            let deadline = tokio::time::Instant::now() + *this.interval;
-            this.heartbeat.as_mut().reset(deadline);
             return match now {
                 State::Body(version) => {
                     this.pushes.inc();
-                    *this.parts = version.frame.into_iter();
-                    match this.parts.next() {
+                    *this.sending = Some((version, 0));
+                    match next_part(this.sending) {
                         Some(part) => Poll::Ready(Some(part)),
                         // No event is empty; were one, wait for the next state.
                         None => {

@@ -11,8 +11,8 @@ use crate::sse::encode;
 /// What every subscriber of a key should have now.
 #[derive(Debug, Clone)]
 pub enum State {
-    /// The current body.
-    Body(Version),
+    /// The current body, shared: every subscriber reading it clones a pointer.
+    Body(std::sync::Arc<Version>),
     /// A refetch was refused (401, 403, 404): the streams end with `access_ended`.
     Ended(StatusCode),
 }

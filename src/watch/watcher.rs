@@ -100,7 +100,7 @@ async fn refetch(
             return false;
         }
         if let Some(new) = version.take() {
-            *state = State::Body(new);
+            *state = State::Body(Arc::new(new));
         }
         true
     });
