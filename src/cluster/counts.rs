@@ -313,11 +313,10 @@ impl SharedCounts for Cluster {
                 Some(link) => self.sync_counts(&link, &keys).await,
                 None => Err("not connected".to_string()),
             };
-            // A failed first read leaves the channel unknown (counted locally) until the
-            // next sync says whether Redis is gone.
-            if let Ok(sums) = sums {
-                self.record_sums(&keys, Ok(sums));
-            }
+            // A failed first read is what a failed sync is: limits fall back to this
+            // instance's counts until a sync succeeds. Left unknown instead, every
+            // subscribe to the channel would wait on Redis again until the next sync.
+            self.record_sums(&keys, sums);
             let mut table = self.table();
             for (key, _) in &keys {
                 if let Some(e) = table.entries.get_mut(key) {

@@ -956,11 +956,7 @@ impl Cluster {
                     .map_err(|e| failure("publish", e))?;
                 if seq == 0 {
                     tracing::debug!(channel, "outbox row published already: skipped");
-                    return if ep == link.epoch.to_string() {
-                        Ok(None)
-                    } else {
-                        Err(LOST_DATA.to_string())
-                    };
+                    return check(ep, seq).map(|_| None);
                 }
                 check(ep, seq)
             }
