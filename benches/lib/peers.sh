@@ -13,6 +13,20 @@ start_upstream() {
   printf -v "${name^^}_URL" '%s' "http://127.0.0.1:$port"
 }
 
+# start_floor NAME [--cert PEM --key PEM]: bench-hyper-floor (hyper and tokio alone, one
+# worker) on PROXY_CPU in front of the upstream; sets NAME_PG and NAME_URL (https with
+# --cert). Its CPU per request is the floor under unpoll's on this stack.
+start_floor() {
+  local name=$1 port scheme=http; shift
+  [[ $# -eq 0 ]] || scheme=https
+  port=$(free_port)
+  start "$name" "$PROXY_CPU" "$ROOT/target/release/examples/bench-hyper-floor" \
+    --listen "127.0.0.1:$port" --upstream "${UPSTREAM_URL#http://}" "$@"
+  wait_http "$scheme://127.0.0.1:$port/_count" "$START_PID" || die "$name did not start"
+  printf -v "${name^^}_PG" '%s' "$START_PID"
+  printf -v "${name^^}_URL" '%s' "$scheme://127.0.0.1:$port"
+}
+
 # start_nginx NAME HTTP_BLOCK_BODY [READY_PATH]: nginx, one worker, on PROXY_CPU. The body
 # goes inside `http { }`; the literal PORT in it is replaced by the chosen port.
 # NGINX_SCHEME=https when the body's server listens with ssl.

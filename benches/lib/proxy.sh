@@ -29,7 +29,9 @@ bench_proxy() {
   build
   start_upstream upstream
   start_nginx nginx "${NGINX_PROXY_CONF/UPSTREAM/${UPSTREAM_URL#http://}}"
-  local targets=(upstream nginx) missing=""
+  # The floor: hyper and tokio alone (benches/tools/hyper_floor.rs).
+  start_floor floor
+  local targets=(upstream nginx floor) missing=""
   if start_unpoll unpoll "${UNPOLL_PROXY_CONF/UPSTREAM/$UPSTREAM_URL}"; then
     targets+=(unpoll)
   else
@@ -67,6 +69,7 @@ proxy_report() {
   echo "        proxy alone on CPU $PROXY_CPU with 1 worker; wrk and upstream share CPU $LOAD_CPU;"
   echo "        CPU us/req = proxy utime+stime over the run / requests; 1 KiB JSON GET"
   echo "        req/s/core = 1e6 / CPU us per req: what one saturated core would serve"
+  echo "        floor = bench-hyper-floor: hyper server + client on tokio, 1 worker, nothing else"
   [[ -z ${BASELINE_BIN:-} ]] || echo "        baseline = unpoll built from another commit: $BASELINE_BIN"
   printf '%-9s %9s %8s %8s %11s %9s %7s %11s\n' target 'req/s' 'p50 us' 'p99 us' 'CPU us/req' \
     'proxy CPU' errors 'req/s/core'
@@ -92,6 +95,11 @@ proxy_report() {
         "(target <= 1.0x), CPU/req %.2fx; unpoll %.1f us/req (target <= 20), nginx %.1f us/req\n",
         rps["unpoll"] / rps["nginx"], cpu["nginx"] / cpu["unpoll"], p99["unpoll"] / p99["nginx"],
         cpu["unpoll"] / cpu["nginx"], cpu["unpoll"], cpu["nginx"]
+      if ("floor" in cpu)
+        printf "floor/nginx: CPU/req %.2fx (%.1f us); unpoll/floor: CPU/req %.2fx " \
+          "(unpoll'"'"'s own share %.1f us of %.1f)\n",
+          cpu["floor"] / cpu["nginx"], cpu["floor"], cpu["unpoll"] / cpu["floor"],
+          cpu["unpoll"] - cpu["floor"], cpu["unpoll"]
       if ("baseline" in cpu)
         printf "unpoll/baseline: CPU/req %.2fx (%.1f vs %.1f us), p99 %.2fx, req/s %.2fx\n",
           cpu["unpoll"] / cpu["baseline"], cpu["unpoll"], cpu["baseline"],

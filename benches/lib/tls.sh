@@ -150,6 +150,14 @@ tls_start() {
         start_nginx nchan "$(tls_fill "$NCHAN_TLS_CONF")"
       SYS_PG=$NCHAN_PG SYS_URL=$NCHAN_URL
       ;;
+    floor)
+      # hyper, tokio and rustls alone (benches/tools/hyper_floor.rs): the floor under
+      # unpoll's CPU per request on this stack.
+      start_floor floor --cert "$TLS_CERT" --key "$TLS_KEY_FILE"
+      start_floor floorplain
+      SYS_PG=$FLOOR_PG SYS_URL=$FLOOR_URL
+      SYS_PLAIN_PG=$FLOORPLAIN_PG SYS_PLAIN_URL=$FLOORPLAIN_URL
+      ;;
     unpoll | unpoll-sse)
       local conf=$UNPOLL_TLS_PROXY_CONF
       [[ $1 == unpoll-sse ]] && conf=$UNPOLL_TLS_STREAM_CONF
@@ -188,9 +196,15 @@ tls_server_conns() {
 }
 
 # tls_counted SYSTEM CMD...: CMD's output line (see h2load_run) with the
-# server's new connections per 2xx response appended.
+# server's new connections per 2xx response appended ("-" for the floor, which
+# counts nothing).
 tls_counted() {
   local sys=$1 c0 c1 line; shift
+  if [[ $sys == floor ]]; then
+    line=$("$@")
+    echo "$line -"
+    return
+  fi
   c0=$(tls_server_conns "$sys")
   line=$("$@")
   c1=$(tls_server_conns "$sys")
@@ -319,8 +333,9 @@ bench_tls() {
   tls_cert
   start_upstream upstream
   TLS_MISSING=""
-  local systems=(nginx unpoll) sys run url
-  for sys in nginx unpoll; do
+  : >"$WORK/tls-idle.rows"
+  local systems=(nginx unpoll floor) sys run url
+  for sys in nginx unpoll floor; do
     if ! tls_start "$sys"; then
       TLS_MISSING="unpoll not measured: $UNPOLL_WHY"
       log "$TLS_MISSING"
@@ -339,7 +354,11 @@ bench_tls() {
       pg_var="TLS_${sys^^}_PG" url_var="TLS_${sys^^}_URL"
       pg=${!pg_var} url="${!url_var}/api/items"
       log "run $run/$RUNS: $sys (${WARMUP}s warm-up, ${DURATION}s measured per mode)"
-      tls_handshakes_h1 "$sys" "$sys-hs-h1" "$pg" "$url" "$DURATION" >>"$WORK/tls-$sys-hs-h1.runs"
+      # The floor is not measured on hs-h1: h2load stops a client after hyper-util's
+      # server closes a `Connection: close` TLS connection, where it reconnects after
+      # nginx's and unpoll's (not looked into: handshakes are not the floor's question).
+      [[ $sys == floor ]] \
+        || tls_handshakes_h1 "$sys" "$sys-hs-h1" "$pg" "$url" "$DURATION" >>"$WORK/tls-$sys-hs-h1.runs"
       tls_counted "$sys" tls_handshakes_h2 "$sys-hs-h2" "$pg" "$url" "$DURATION" \
         >>"$WORK/tls-$sys-hs-h2.runs"
       h2load_run "$sys-warmup" "$pg" --h1 -c "$CONNS" -D "$WARMUP" "$url" >/dev/null
@@ -386,6 +405,8 @@ tls_report() {
   echo "        h1: h2load --h1 -c$CONNS keep-alive; h2: h2load -c$TLS_H2_CONNS -m$TLS_H2_STREAMS;"
   echo "        h1-plain: as h1 without TLS (nginx: a plain listen in the same server; unpoll: a"
   echo "                  second instance without [tls]), the baseline that isolates TLS's cost;"
+  echo "        floor: bench-hyper-floor, hyper + tokio + rustls (ring) with nothing else, 1 worker:"
+  echo "               the least CPU per request this stack can cost;"
   echo "        ${WARMUP}s warm-up then ${DURATION}s measured, median of $RUNS runs; 1 KiB JSON GET proxied"
   echo "        to bench-upstream over plain HTTP/1.1 keep-alive;"
   echo "        CPU us/op = server utime+stime over the run / requests (handshakes in hs-*);"
@@ -395,6 +416,7 @@ tls_report() {
     'ops/s/core' errors 'conns/req'
   for mode in hs-h1 hs-h2 h1 h2 h1-plain; do
     for sys in "$@"; do
+      [[ -e $WORK/tls-$sys-$mode.runs ]] || continue
       local -a m=()
       for col in 2 3 4 5 6; do
         m+=("$(awk -v c=$col '$c != "-" && $c != "" {print $c}' "$WORK/tls-$sys-$mode.runs" | median)")
@@ -420,6 +442,16 @@ tls_report() {
           cpu["unpoll", "h1"] - cpu["unpoll", "h1-plain"], cpu["nginx", "h1"] - cpu["nginx", "h1-plain"]
         printf "unpoll/nginx h1-plain: CPU/op %.2fx (plain HTTP, same run)\n",
           cpu["unpoll", "h1-plain"] / cpu["nginx", "h1-plain"]
+        if (("floor", "h1") in cpu) {
+          split("hs-h1 hs-h2 h1 h2 h1-plain", all, " ")
+          for (i = 1; i <= 5; i++) {
+            m = all[i]
+            if (!(cpu["floor", m] > 0)) continue
+            printf "floor/nginx %-8s: CPU/op %.2fx; unpoll/floor %.2fx (unpoll'"'"'s own %.1f us of %.1f)\n",
+              m, cpu["floor", m] / cpu["nginx", m], cpu["unpoll", m] / cpu["floor", m],
+              cpu["unpoll", m] - cpu["floor", m], cpu["unpoll", m]
+          }
+        }
       }' "$RESULTS/tls.tsv"
   fi
   echo
