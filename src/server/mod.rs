@@ -121,16 +121,23 @@ pub(crate) async fn serve(
 }
 
 /// A TLS connection's life: the handshake, then what follows it on the decrypted stream.
-async fn serve_tls(
+/// Not an `async fn`, for the reason given at [`serve_connection`].
+// Written out on purpose: see the doc comment.
+#[allow(clippy::manual_async_fn)]
+fn serve_tls(
     io: SendTimeout<TcpStream>,
     tls: Arc<crate::tls::Tls>,
     peer: SocketAddr,
     kind: Listener,
     app: Arc<App>,
-) {
-    let handshake = Box::pin(tls::handshake(io, &tls, peer, &app));
-    if let Some(life) = handshake.await {
-        serve_connection(life, peer, kind, app).await;
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let handshake = Box::pin(tls::handshake(io, &tls, peer, &app));
+        let life = handshake.await;
+        drop(tls);
+        if let Some(life) = life {
+            serve_connection(life, peer, kind, app).await;
+        }
     }
 }
 
@@ -164,41 +171,54 @@ pub(super) async fn accept(
 
 /// Run a connection's [`Life`] from `life` to its end; `S` is the plain socket or its TLS
 /// stream.
-async fn serve_connection<S>(mut life: Life<S>, peer: SocketAddr, kind: Listener, app: Arc<App>)
+///
+/// Not an `async fn`: an async fn moves each argument into a local of its body and keeps
+/// both places in the future (rust-lang/rust#62958), 144 bytes here for the life of every
+/// connection. An `async move` block uses what it captured in place.
+// Written out on purpose: see the doc comment.
+#[allow(clippy::manual_async_fn)]
+fn serve_connection<S>(
+    mut life: Life<S>,
+    peer: SocketAddr,
+    kind: Listener,
+    app: Arc<App>,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let app = &app;
-    // Each state's work is boxed (bound by `let`, so no temporary outlives it): what stays
-    // for the life of a stream is only the last one, and hyper's state is freed before a
-    // handed-off stream starts.
-    loop {
-        tracing::trace!(peer = %peer, state = life.as_str(), "connection");
-        let next = match life {
-            Life::FirstHead(io) => {
-                let step = Box::pin(first_head(io, kind, app));
-                step.await
-            }
-            Life::Hyper { io, http2 } => {
-                let step = Box::pin(serve_hyper(io, http2, peer, kind, app));
-                step.await
-            }
-            Life::Direct { parts, prefix, io } => {
-                let step = Box::pin(direct(parts, prefix, io, peer, app));
-                step.await
-            }
-            Life::HandedOff(handoff) => {
-                let step = Box::pin(handoff::stream(handoff));
-                step.await;
-                None
-            }
-            Life::Upgraded(task) => {
-                task.await;
-                None
-            }
-        };
-        let Some(next) = next else { return };
-        life = next;
+    async move {
+        let app = &app;
+        // Each state's work is boxed (bound by `let`, so no temporary outlives it): what stays
+        // for the life of a stream is only the last one, and hyper's state is freed before a
+        // handed-off stream starts.
+        loop {
+            tracing::trace!(peer = %peer, state = life.as_str(), "connection");
+            let next = match life {
+                Life::FirstHead(io) => {
+                    let step = Box::pin(first_head(io, kind, app));
+                    step.await
+                }
+                Life::Hyper { io, http2 } => {
+                    let step = Box::pin(serve_hyper(io, http2, peer, kind, app));
+                    step.await
+                }
+                Life::Direct { parts, prefix, io } => {
+                    let step = Box::pin(direct(parts, prefix, io, peer, app));
+                    step.await
+                }
+                Life::HandedOff(handoff) => {
+                    let step = Box::pin(handoff::stream(handoff));
+                    step.await;
+                    None
+                }
+                Life::Upgraded(task) => {
+                    task.await;
+                    None
+                }
+            };
+            let Some(next) = next else { return };
+            life = next;
+        }
     }
 }
 
@@ -246,29 +266,36 @@ where
 /// Serve an event stream without hyper: open it, write its head, then its body until it
 /// ends. When the stream rule does not apply after all (a template value is missing) the
 /// connection goes to hyper, which proxies the request.
-async fn direct<S>(
+///
+/// Not an `async fn`, for the reason given at [`serve_connection`]: the socket would be held
+/// twice for the stream's life.
+// Written out on purpose: see the doc comment.
+#[allow(clippy::manual_async_fn)]
+fn direct<S>(
     parts: Box<http::request::Parts>,
     prefix: bytes::Bytes,
     mut io: S,
     peer: SocketAddr,
     app: &Arc<App>,
-) -> Option<Life<S>>
+) -> impl Future<Output = Option<Life<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let open = Box::pin(direct_sse::open(app, parts, peer));
-    let Some(opened) = open.await else {
-        return Some(Life::Hyper {
-            io: Rewind::new(prefix, io),
-            http2: false,
-        });
-    };
-    drop(prefix);
-    let head = Box::pin(direct_sse::write_head(opened, &mut io));
-    let streaming = head.await?;
-    let body = Box::pin(direct_sse::stream_body(streaming, Framing::Close, &mut io));
-    body.await;
-    None
+    async move {
+        let open = Box::pin(direct_sse::open(app, parts, peer));
+        let Some(opened) = open.await else {
+            return Some(Life::Hyper {
+                io: Rewind::new(prefix, io),
+                http2: false,
+            });
+        };
+        drop(prefix);
+        let head = Box::pin(direct_sse::write_head(opened, &mut io));
+        let streaming = head.await?;
+        let body = Box::pin(direct_sse::stream_body(streaming, Framing::Close, &mut io));
+        body.await;
+        None
+    }
 }
 
 /// Serve a connection with hyper: HTTP/1.1 (with upgrades) or HTTP/2, with the idle
@@ -473,8 +500,9 @@ async fn respond(
 
 /// What the access-log line needs from a request, noted when it arrives (the request
 /// moves on to the handler); `None` inside when access logging is off, since this runs
-/// on every request.
-struct Arrival(Option<(Method, String, IpAddr, Instant)>);
+/// on every request. Boxed, so that a request's future keeps a pointer, not the line's
+/// room, when logging is off.
+struct Arrival(Option<Box<(Method, String, IpAddr, Instant)>>);
 
 impl Arrival {
     fn note(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketAddr) -> Self {
@@ -487,12 +515,12 @@ impl Arrival {
             headers,
             &snapshot.config.proxy.trusted_proxies,
         );
-        Arrival(Some((
+        Arrival(Some(Box::new((
             method.clone(),
             uri.path().to_string(),
             client,
             Instant::now(),
-        )))
+        ))))
     }
 
     /// Wrap `resp`'s body so the request settles (log line, idle accounting) when it ends.
@@ -502,14 +530,17 @@ impl Arrival {
         kind: Listener,
         guard: RequestGuard,
     ) -> Response<TrackedBody> {
-        let log = self.0.map(|(method, path, client, started)| AccessLog {
-            method,
-            path,
-            client,
-            status: resp.status(),
-            listener: kind.as_str(),
-            started,
-            upstream: resp.extensions().get::<UpstreamTime>().map(|t| t.0),
+        let log = self.0.map(|arrival| {
+            let (method, path, client, started) = *arrival;
+            AccessLog {
+                method,
+                path,
+                client,
+                status: resp.status(),
+                listener: kind.as_str(),
+                started,
+                upstream: resp.extensions().get::<UpstreamTime>().map(|t| t.0),
+            }
         });
         resp.map(|body| TrackedBody::new(body, log, guard))
     }

@@ -33,7 +33,10 @@ pub struct AccessLog {
 
 /// Settled once, when the body ends or is dropped.
 struct Completion {
-    log: Option<AccessLog>,
+    // Boxed: every response body in flight and every open stream holds this, and with
+    // access logging off (the default for streams-heavy setups) the line's 120 bytes would
+    // be room for nothing.
+    log: Option<Box<AccessLog>>,
     bytes: u64,
     _request: RequestGuard,
 }
@@ -78,7 +81,7 @@ impl TrackedBody {
         TrackedBody {
             inner,
             completion: Some(Completion {
-                log,
+                log: log.map(Box::new),
                 bytes: 0,
                 _request: request,
             }),
