@@ -153,6 +153,17 @@ group_cpu_ns() {
 # group_rss_kib PID: resident memory (KiB) of PID's process tree.
 group_rss_kib() { echo $(($(stat_sum "$1" 24) * $(getconf PAGESIZE) / 1024)); }
 
+# group_anon_kib PID: the anonymous part of that (RssAnon: heap, stacks), without the
+# pages of the binary and libraries a process faults in as it first runs a code path.
+group_anon_kib() {
+  local pid total=0 kib
+  for pid in $(tree_pids "$1"); do
+    kib=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+    total=$((total + ${kib:-0}))
+  done
+  echo "$total"
+}
+
 # wrk_run NAME URL SECONDS [PGID]: wrk pinned to LOAD_CPU with CONNS
 # connections; when PGID is given, measures that group's CPU time over the run.
 # Prints "requests rps p50_us p99_us cpu_us_per_req cpu_pct errors".

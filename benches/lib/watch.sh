@@ -17,6 +17,7 @@ WATCH_INTERVAL=${WATCH_INTERVAL:-5}
 WATCH_CHANGES=${WATCH_CHANGES:-6}
 # Tabs being opened at once (each watching user's first tab makes one fetch).
 WATCH_OPENING=${WATCH_OPENING:-256}
+# WATCH_WARM=0 takes the baseline RSS without the warm-up (see watch_warm).
 WATCH_PATH=/twilio-chat/conversations
 
 # Keep-alive to the app, as a production nginx in front of an app would have.
@@ -85,21 +86,44 @@ wait_line() {
   return 1
 }
 
+# watch_warm: before the baseline RSS, run each path a tab takes once (4 short streams
+# and a poll of other users' keys), then wait until their streams and the server's idle
+# connections to the app are gone. What this faults in (the code pages of those paths,
+# the structures a server sizes on first use) is the process's, paid once, not any tab's.
+watch_warm() {
+  local i pids=()
+  for i in 1 2 3 4; do
+    curl -s -o /dev/null --max-time 1 -H "Cookie: user=warm$i" \
+      -H 'Accept: text/event-stream' "$SYS_URL$WATCH_PATH" &
+    pids+=($!)
+  done
+  curl -s -o /dev/null --max-time 2 -H "Cookie: user=warm0" "$SYS_URL$WATCH_PATH" || true
+  wait "${pids[@]}" || true
+  # unpoll closes idle app connections after proxy.pool_idle_timeout (1 s), swept each
+  # second; then the baseline.
+  sleep 2.5
+}
+
 # watch_run SYSTEM: one measured run on a fresh server. Appends to
 # $WORK/watch.rows: system tabs connected delivered p50 p99 max upstream/min
 # kib_per_tab cpu_ms_per_min app_ms_per_min crossed errors change_errors
 # upstream_in_window kib_per_user kib_per_extra_tab cpu_us_per_delivery
-# app_connections
+# app_connections anon_kib_per_tab
 watch_run() {
-  local sys=$1 rss0 rssk rss1 t0 t1 up0 up1 client i log res conns
+  local sys=$1 rss0 rssk rss1 anon0 anon1 t0 t1 up0 up1 client i log res conns
   if ! watch_system "$sys"; then
     printf '%s unpoll-missing\n' "$sys" >>"$WORK/watch.rows"
     WATCH_MISSING="unpoll not measured: $UNPOLL_WHY"
     log "$WATCH_MISSING"
     return
   fi
-  sleep 1 # let the fresh server settle before its baseline RSS
+  if [[ ${WATCH_WARM:-1} == 0 ]]; then
+    sleep 1 # the method before 2026-12-01 13:30: only let the fresh server settle
+  else
+    watch_warm
+  fi
   rss0=$(group_rss_kib "$SYS_PG")
+  anon0=$(group_anon_kib "$SYS_PG")
   log "watch: $sys, $WATCH_USERS users × $WATCH_TABS tabs, ${WATCH_DURATION}s, $WATCH_CHANGES changes"
   start "watch-$sys" "$LOAD_CPU" "$ROOT/target/release/examples/bench-watch" \
     --url "$SYS_URL$WATCH_PATH" --mode "$MODE" --users "$WATCH_USERS" --tabs "$WATCH_TABS" \
@@ -116,6 +140,7 @@ watch_run() {
   conns=$(ss -Htn state established "( dport = :${UPSTREAM_URL##*:} )" | wc -l)
   wait_line "$client" "$log" connected && sleep 1.5
   rss1=$(group_rss_kib "$SYS_PG")
+  anon1=$(group_anon_kib "$SYS_PG")
   wait_line "$client" "$log" measuring || true
   t0=$(group_ticks "$SYS_PG")
   up0=$(group_ticks "$UPSTREAM_PG")
@@ -131,16 +156,16 @@ watch_run() {
   res=$(grep '^RESULT ' "$log") || res=""
   awk -v sys="$sys" -v d=$((rss1 - rss0)) -v dk=$((rssk - rss0)) -v dt=$((rss1 - rssk)) \
     -v k="$WATCH_USERS" -v res="$res" -v hz="$CLK_TCK" -v cpu=$((t1 - t0)) \
-    -v app=$((up1 - up0)) -v conns="$conns" 'BEGIN {
+    -v app=$((up1 - up0)) -v conns="$conns" -v da=$((anon1 - anon0)) 'BEGIN {
     if (res == "") { printf "%s failed\n", sys; exit }
     split(res, f, " "); for (i in f) { split(f[i], kv, "="); v[kv[1]] = kv[2] }
     w = v["window_s"]; c = v["connected"]
-    printf "%s %d %d %.4f %.1f %.1f %.1f %.0f %.2f %.0f %.0f %d %d %d %d %.2f %.2f %.1f %d\n", sys,
+    printf "%s %d %d %.4f %.1f %.1f %.1f %.0f %.2f %.0f %.0f %d %d %d %d %.2f %.2f %.1f %d %.2f\n", sys,
       v["tabs"], c, v["delivered"], v["p50_us"] / 1000, v["p99_us"] / 1000,
       v["max_us"] / 1000, v["upstream"] * 60 / w, (c > 0 ? d / c : 0),
       cpu * 1000 / hz * 60 / w, app * 1000 / hz * 60 / w, v["crossed"], v["errors"],
       v["change_errors"], v["upstream"], dk / k, (c > k ? dt / (c - k) : 0),
-      (v["received"] > 0 ? cpu * 1e6 / hz / v["received"] : 0), conns
+      (v["received"] > 0 ? cpu * 1e6 / hz / v["received"] : 0), conns, (c > 0 ? da / c : 0)
   }' >>"$WORK/watch.rows"
   stop "$SYS_PG"
 }
@@ -172,7 +197,9 @@ watch_report() {
   echo "        Server alone on CPU $PROXY_CPU; client (bench-watch, 1 thread) + upstream on CPU $LOAD_CPU."
   echo "        upstream/min: app requests in the window ×60/window (page loads and first events"
   echo "        excluded); latency: upstream change → a tab holds the new body, over every"
-  echo "        (tab, change); KiB/tab: server RSS with every tab open minus before, / tabs"
+  echo "        (tab, change); KiB/tab: server RSS with every tab open minus before, / tabs;"
+  echo "        before = after a warm-up of 4 short streams and a poll by other users (the"
+  echo "        code pages and first-use structures of those paths are the process's, once)"
   echo "        (unpoll: includes one 1 KiB body per user, i.e. 1/$WATCH_TABS KiB per tab);"
   echo "        CPU ms/min: server (and app) CPU time in the window per minute; CPU us/dlv: server
         CPU in the window / (tab, change) deliveries"
@@ -188,10 +215,12 @@ watch_report() {
   echo "server memory (RSS, KiB): per tab = all tabs open minus before, / tabs; per user ="
   echo "one tab per user open minus before, / users (key, watcher or connection, body, first tab);"
   echo "per extra tab = all tabs minus one per user, / the other tabs; app conns = connections"
-  echo "from the server to the app with one tab per user open"
-  printf '%-10s %9s %9s %14s %10s\n' system KiB/tab KiB/user 'KiB/extra tab' 'app conns'
+  echo "from the server to the app with one tab per user open; anon KiB/tab = per tab from"
+  echo "RssAnon alone (heap and stacks, not the binary's code pages first run during the test)"
+  printf '%-10s %9s %9s %14s %10s %14s\n' system KiB/tab KiB/user 'KiB/extra tab' 'app conns' \
+    'anon KiB/tab'
   awk '$2 == "unpoll-missing" || $2 == "failed" { next }
-    { printf "%-10s %9s %9s %14s %10s\n", $1, $9, $16, $17, $19 }' "$WORK/watch.rows"
+    { printf "%-10s %9s %9s %14s %10s %14s\n", $1, $9, $16, $17, $19, $20 }' "$WORK/watch.rows"
   echo
   echo "ratios vs nginx-poll (lower is better):"
   awk '$2 == "unpoll-missing" || $2 == "failed" { next }
