@@ -268,12 +268,15 @@ impl App {
             tls.set_pair(&new.pair);
             tracing::info!(cert = %new.cert.display(), serial = %new.pair.serial, "TLS certificate loaded");
         }
-        self.snapshot.store(Arc::new(Snapshot::build(
+        let mut snapshot = Snapshot::build(
             config,
             &self.handles.metrics,
             &self.auth_metrics,
             shared_counts(&self.cluster).as_ref(),
-        )));
+        );
+        // Streams stay open across a reload, and so do their places under the limits.
+        snapshot.carry_counts_from(&self.snapshot.load());
+        self.snapshot.store(Arc::new(snapshot));
         self.count_reload(true);
         warnings
     }

@@ -240,6 +240,50 @@ async fn per_rule_limits_answer_429_with_retry_after() {
     );
 }
 
+/// A reload builds every rule anew while its streams stay open: they must still count, or
+/// each reload would let as many streams again past a rule's limits.
+#[tokio::test]
+async fn per_rule_limits_count_the_streams_open_across_a_reload() {
+    let app = Upstream::builder().run().await;
+    let rule = |max: usize| {
+        format!(
+            "[[stream]]\npath = \"/events\"\nchannels = [\"c\"]\nauth = \"none\"\n\
+             limits = {{ per_channel = {max}, per_ip = {max}, retry_after = \"3s\" }}"
+        )
+    };
+    let unpoll = Unpoll::start(&app.url(), &rule(2)).await;
+    let (s1, _, e1) = open(&unpoll.url("/events"), &[]).await;
+    let (s2, _, _e2) = open(&unpoll.url("/events"), &[]).await;
+    assert_eq!((s1, s2), (200, 200));
+    unpoll.reload(&app.url(), &rule(2));
+    let (s3, retry, _) = open(&unpoll.url("/events"), &[]).await;
+    assert_eq!(
+        s3, 429,
+        "the two streams opened before the reload still count"
+    );
+    assert_eq!(retry.as_deref(), Some("3"));
+
+    // A stream admitted before the reload gives its place back to the reloaded rule.
+    drop(e1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let _e4 = loop {
+        let (status, _, events) = open(&unpoll.url("/events"), &[]).await;
+        if status == 200 {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no place came free after a stream closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // And the limits themselves are the new config's: raised to 3, one more fits.
+    unpoll.reload(&app.url(), &rule(3));
+    let (s5, _, _e5) = open(&unpoll.url("/events"), &[]).await;
+    let (s6, _, _) = open(&unpoll.url("/events"), &[]).await;
+    assert_eq!((s5, s6), (200, 429));
+}
+
 /// An app that lets user `a` watch bots 1 and 3, never bot 2, and that reads an id's leading
 /// integer (as Rails `find` and PHP `intval` do): `/api/bots/1%2C2` is bot 1 to it.
 async fn leading_integer_app() -> Upstream {

@@ -23,9 +23,8 @@ pub trait SharedCounts: Send + Sync + 'static {
     /// Subscribers of `channel` under rule `rule` on the other instances, as last known (0
     /// when unknown, for instance while the shared store is unreachable).
     fn others(&self, rule: &str, channel: &str) -> usize;
-    /// One more (`up`) or one less stream of (`rule`, `channel`) here. Counted apart from
-    /// the limiter's own table, which a config reload starts afresh while the streams it
-    /// admitted stay open.
+    /// One more (`up`) or one less stream of (`rule`, `channel`) here: the count this
+    /// instance publishes to the others.
     fn add_local(&self, rule: &str, channel: &str, up: bool);
     /// Learn the others' counts of those of `channels` not known yet (a round trip to the
     /// shared store the first time a channel is seen here, bounded in time), so the first
@@ -35,6 +34,7 @@ pub trait SharedCounts: Send + Sync + 'static {
 }
 
 /// A [`SharedCounts`] with the rule it counts for.
+#[derive(Clone)]
 struct Shared {
     rule: String,
     counts: Arc<dyn SharedCounts>,
@@ -52,11 +52,13 @@ pub struct Limiter {
     limits: StreamLimits,
     /// Where per-channel counts are shared with other instances (`[cluster]`), if they are.
     shared: Option<Shared>,
-    rate: Option<RateTable>,
+    rate: Option<Arc<RateTable>>,
     /// Open streams per channel and per address. Entries are removed when they reach zero,
     /// so the maps are bounded by the open streams (themselves bounded by the hub). Held
-    /// only for the check-and-increment, never across an await.
-    counts: Mutex<Counts>,
+    /// only for the check-and-increment, never across an await. Shared with the limiter of
+    /// the same rule in the next config ([`Limiter::carried_over`]): the streams counted
+    /// here stay open across a reload.
+    counts: Arc<Mutex<Counts>>,
     metrics: AuthMetrics,
 }
 
@@ -92,11 +94,32 @@ impl Limiter {
                 counts,
             });
         Arc::new(Limiter {
-            rate: limits.rate.map(RateTable::new),
+            rate: limits.rate.map(|rate| Arc::new(RateTable::new(rate))),
             shared,
             limits,
-            counts: Mutex::new(Counts::default()),
+            counts: Arc::default(),
             metrics,
+        })
+    }
+
+    /// `self` (a rule's limiter in a new config) counting on from `previous` (the same
+    /// rule's in the config a reload replaces). The streams `previous` admitted stay open
+    /// and keep their places: without this a reload would let a rule's per-channel and
+    /// per-address limits be exceeded by as many streams as were open. The rate history
+    /// carries over when the rate is unchanged. Streams admitted while a rule had no
+    /// per-channel limit were not counted by channel, so a limit added by a reload counts
+    /// the streams opened after it.
+    pub fn carried_over(&self, previous: &Limiter) -> Arc<Limiter> {
+        let rate = match (&self.rate, &previous.rate) {
+            (Some(_), Some(old)) if self.limits.rate == previous.limits.rate => Some(old.clone()),
+            (rate, _) => rate.clone(),
+        };
+        Arc::new(Limiter {
+            limits: self.limits.clone(),
+            shared: self.shared.clone(),
+            rate,
+            counts: previous.counts.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -265,6 +288,35 @@ mod tests {
 
     fn ch(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_rule_counts_on_and_keeps_its_rate_history_while_the_rate_is_unchanged() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let old = limiter(Some(1), None, Some("1/1m"));
+        let held = old.admit(a, &ch(&["x"])).unwrap();
+        // Same limits: the open stream still holds the channel's place, the address has
+        // used its one stream per minute.
+        let same = limiter(Some(1), None, Some("1/1m")).carried_over(&old);
+        assert!(matches!(
+            same.admit(a, &ch(&["y"])),
+            Err(AuthError::Limited {
+                limit: Limit::Rate,
+                ..
+            })
+        ));
+        // Another rate is a new history, but the counts carry on.
+        let other = limiter(Some(1), None, Some("5/1m")).carried_over(&same);
+        assert!(matches!(
+            other.admit(a, &ch(&["x"])),
+            Err(AuthError::Limited {
+                limit: Limit::PerChannel,
+                ..
+            })
+        ));
+        // The stream admitted by the first limiter gives its place back to the last.
+        drop(held);
+        let _again = other.admit(a, &ch(&["x"])).unwrap();
     }
 
     #[tokio::test]

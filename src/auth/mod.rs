@@ -127,6 +127,13 @@ impl Authorizer {
         }
     }
 
+    /// Count on from `previous`, the same rule's gate in the config a reload replaces: the
+    /// streams it admitted are still open and still hold their places under the limits
+    /// (see [`Limiter::carried_over`]).
+    pub fn carry_counts_from(&mut self, previous: &Authorizer) {
+        self.limiter = self.limiter.carried_over(&previous.limiter);
+    }
+
     /// Take the rule's `token_query` parameter out of a request that goes on to the app.
     pub fn strip_token(&self, uri: &mut http::Uri) {
         if let Mode::Upstream(auth) = &self.mode {

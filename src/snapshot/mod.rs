@@ -87,4 +87,13 @@ impl Snapshot {
             inject_tag,
         }
     }
+
+    /// Let the stream rules' limits (and the generic stream's) count on from `previous`,
+    /// the snapshot a reload replaces: the streams admitted under it stay open.
+    pub(crate) fn carry_counts_from(&mut self, previous: &Snapshot) {
+        self.routes.carry_counts_from(&previous.routes);
+        if let (Some(new), Some(old)) = (&mut self.generic_stream, &previous.generic_stream) {
+            new.carry_counts_from(old);
+        }
+    }
 }

@@ -100,6 +100,21 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// Let each `[[stream]]` rule count on from the rule of the same name in `previous`
+    /// (the routes a reload replaces): the streams those admitted stay open and keep their
+    /// places under the rule's limits.
+    pub fn carry_counts_from(&mut self, previous: &Routes) {
+        for route in &mut self.streams {
+            if let Some(old) = previous
+                .streams
+                .iter()
+                .find(|r| r.rule.name == route.rule.name)
+            {
+                route.authorizer.carry_counts_from(&old.authorizer);
+            }
+        }
+    }
+
     /// Compile the rules of `config`.
     pub fn build(
         config: &Config,
