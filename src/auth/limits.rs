@@ -24,8 +24,10 @@ pub trait SharedCounts: Send + Sync + 'static {
     /// when unknown, for instance while the shared store is unreachable).
     fn others(&self, rule: &str, channel: &str) -> usize;
     /// One more (`up`) or one less stream of (`rule`, `channel`) here: the count this
-    /// instance publishes to the others.
-    fn add_local(&self, rule: &str, channel: &str, up: bool);
+    /// instance publishes to the others. Returns whether it was counted: a bounded store
+    /// may refuse to track a new channel, and then the stream must not be taken out of
+    /// the count when it ends (another stream may have made the channel tracked since).
+    fn add_local(&self, rule: &str, channel: &str, up: bool) -> bool;
     /// Learn the others' counts of those of `channels` not known yet (a round trip to the
     /// shared store the first time a channel is seen here, bounded in time), so the first
     /// subscribers of a channel on an instance are checked too. Called once a stream has
@@ -74,9 +76,10 @@ pub struct Admission {
     limiter: Option<Arc<Limiter>>,
     ip: IpAddr,
     channels: Vec<String>,
-    /// Its channels were added to the counts shared with other instances
-    /// ([`Limiter::confirm_shared`]), so dropping it takes them out again.
-    shared: bool,
+    /// How many of its channels, the first ones of `channels`, were added to the counts
+    /// shared with other instances ([`Limiter::confirm_shared`]): dropping it takes those
+    /// out again, and only those.
+    shared: usize,
 }
 
 impl Limiter {
@@ -154,10 +157,14 @@ impl Limiter {
                 retry_after: self.limits.retry_after,
             });
         }
-        for c in &admission.channels {
-            shared.counts.add_local(&shared.rule, c, true);
-        }
-        admission.shared = true;
+        // The counted channels first (their order means nothing to the counts).
+        let (mut counted, untracked): (Vec<String>, Vec<String>) = admission
+            .channels
+            .drain(..)
+            .partition(|c| shared.counts.add_local(&shared.rule, c, true));
+        admission.shared = counted.len();
+        counted.extend(untracked);
+        admission.channels = counted;
         Ok(())
     }
 
@@ -212,7 +219,7 @@ impl Limiter {
             } else {
                 Vec::new()
             },
-            shared: false,
+            shared: 0,
         })
     }
 
@@ -232,7 +239,7 @@ impl Admission {
             limiter: None,
             ip,
             channels: Vec::new(),
-            shared: false,
+            shared: 0,
         }
     }
 }
@@ -247,9 +254,11 @@ impl Drop for Admission {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         decrement(&mut counts.ips, &self.ip);
-        for c in &self.channels {
+        for (i, c) in self.channels.iter().enumerate() {
             decrement(&mut counts.channels, c);
-            if let Some(s) = limiter.shared.as_ref().filter(|_| self.shared) {
+            if let Some(s) = &limiter.shared
+                && i < self.shared
+            {
                 s.counts.add_local(&s.rule, c, false);
             }
         }

@@ -33,7 +33,8 @@
 //!
 //! Only channels with a limit and with local subscribers (or refused here within the last
 //! two syncs) are tracked, at most [`MAX_TRACKED`]; past that a new channel is checked
-//! against its local count only. While Redis is unreachable every channel is checked
+//! against its local count only (logged once), and its streams are not counted here, so
+//! they take nothing out of the count when they end. While Redis is unreachable every channel is checked
 //! against its local count only: `/stats` says `cluster.limits.local_only: true` and the
 //! change is logged.
 
@@ -103,6 +104,8 @@ pub(super) struct Table {
     entries: HashMap<String, Entry>,
     /// Admissions are checked against local counts only (Redis unreachable).
     local_only: bool,
+    /// The table was found full (at [`MAX_TRACKED`]) and that was logged: once per process.
+    full_logged: bool,
 }
 
 struct Entry {
@@ -254,7 +257,7 @@ impl SharedCounts for Cluster {
             .map_or(0, |e| e.others)
     }
 
-    fn add_local(&self, rule: &str, channel: &str, up: bool) {
+    fn add_local(&self, rule: &str, channel: &str, up: bool) -> bool {
         let mut table = self.table();
         let key = entry_key(rule, channel);
         if let Some(e) = table.entries.get_mut(&key) {
@@ -263,18 +266,33 @@ impl SharedCounts for Cluster {
             } else {
                 e.local.saturating_sub(1)
             };
-        } else if up && table.entries.len() < MAX_TRACKED {
-            table.entries.insert(
-                key,
-                Entry {
-                    local: 1,
-                    others: 0,
-                    known: false,
-                    reading: false,
-                    idle: false,
-                },
-            );
+            return true;
         }
+        if !up {
+            return false;
+        }
+        if table.entries.len() >= MAX_TRACKED {
+            if !table.full_logged {
+                table.full_logged = true;
+                tracing::warn!(
+                    tracked = MAX_TRACKED,
+                    "per-channel limits track no more channels cluster-wide; new channels are \
+                     limited by this instance's count only"
+                );
+            }
+            return false;
+        }
+        table.entries.insert(
+            key,
+            Entry {
+                local: 1,
+                others: 0,
+                known: false,
+                reading: false,
+                idle: false,
+            },
+        );
+        true
     }
 
     fn prepare<'a>(&'a self, rule: &'a str, channels: &'a [String]) -> BoxFuture<'a, ()> {
@@ -324,5 +342,83 @@ impl SharedCounts for Cluster {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::auth::{AuthMetrics, Limiter, StreamLimits};
+
+    /// A table at its bound admits a new channel on the local count alone, and the stream
+    /// then never takes a place out of the count: by the time it ends another stream may
+    /// have made the channel tracked, and that count must stay exact.
+    #[tokio::test]
+    async fn a_stream_not_counted_past_the_bound_is_not_taken_out_of_the_count() {
+        // Nothing connects to Redis before `Cluster::run`: the table is all this needs.
+        let config = crate::config::parse_rules("[cluster]\nredis = \"redis://127.0.0.1:1\"\n")
+            .expect("valid");
+        let app = crate::app::App::new(config, CancellationToken::new());
+        let cluster = app.cluster.clone().expect("cluster");
+        {
+            let mut table = cluster.table();
+            for i in 0..MAX_TRACKED {
+                table.entries.insert(
+                    entry_key("/r", &format!("filler{i}")),
+                    Entry {
+                        local: 1,
+                        others: 0,
+                        known: true,
+                        reading: false,
+                        idle: false,
+                    },
+                );
+            }
+        }
+        let limits = StreamLimits {
+            per_channel: Some(10),
+            ..StreamLimits::default()
+        };
+        let shared: Arc<dyn SharedCounts> = cluster.clone();
+        let limiter = Limiter::new(limits, AuthMetrics::default(), Some(("/r", shared)));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let channels = vec!["c".to_string()];
+
+        let mut first = limiter.admit(ip, &channels).unwrap();
+        limiter.confirm_shared(&mut first).await.unwrap();
+        assert_eq!(
+            cluster
+                .table()
+                .entries
+                .get(&entry_key("/r", "c"))
+                .map(|e| e.local),
+            None
+        );
+
+        // Room again; a second stream of the channel makes it tracked.
+        cluster.table().entries.remove(&entry_key("/r", "filler0"));
+        let mut second = limiter.admit(ip, &channels).unwrap();
+        limiter.confirm_shared(&mut second).await.unwrap();
+        let local = |c: &Cluster| {
+            c.table()
+                .entries
+                .get(&entry_key("/r", "c"))
+                .map(|e| e.local)
+        };
+        assert_eq!(local(&cluster), Some(1));
+
+        drop(first);
+        assert_eq!(
+            local(&cluster),
+            Some(1),
+            "the untracked stream took a place out"
+        );
+        drop(second);
+        assert_eq!(local(&cluster), Some(0));
     }
 }
