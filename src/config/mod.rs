@@ -20,7 +20,7 @@ use http::uri::{Authority, Scheme};
 pub use errors::ConfigErrors;
 pub(crate) use errors::join;
 pub(crate) use sections::{Sections, deserialize};
-pub(crate) use units::{parse_duration, parse_size};
+pub(crate) use units::{duration_at, parse_duration, parse_size};
 
 use crate::admin::config::{AdminConfig, RawAdminConfig};
 use crate::auth::{GenericStreamConfig, JwtConfig, RawGenericStream, RawJwtConfig};

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::{ConfigErrors, join};
+
 /// Parse a duration such as `"500ms"`, `"2s"`, `"1m30s"`.
 ///
 /// humantime owns the grammar; we only refuse inner white space (`"5 sec"`), which humantime
@@ -12,6 +14,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(invalid());
     }
     humantime::parse_duration(text).map_err(|_| invalid())
+}
+
+/// The duration `value` of key `path.key`, or `default` when the key is absent. An invalid
+/// value is recorded in `errors` and the default stands in for it, so that validation goes
+/// on and reports every other error of the file too.
+pub fn duration_at(
+    value: Option<&str>,
+    default: &str,
+    path: &str,
+    key: &str,
+    errors: &mut ConfigErrors,
+) -> Duration {
+    parse_duration(value.unwrap_or(default)).unwrap_or_else(|e| {
+        errors.push(join(path, key), e);
+        parse_duration(default).unwrap_or_default()
+    })
 }
 
 /// Parse a size such as `"64KiB"`, `"1MiB"`, `"256MB"` or a plain number of bytes.

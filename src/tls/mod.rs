@@ -32,13 +32,19 @@ pub struct Tls {
     resolver: Arc<CertResolver>,
 }
 
+/// The crypto of every TLS use: the server, and the check that a key is its certificate's
+/// (done with the provider that will use the pair). ring: pure Rust to build, no C.
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 impl Tls {
     /// The TLS server for `config`'s (already loaded and checked) pair.
     pub fn new(config: &TlsConfig) -> Tls {
         let resolver = Arc::new(CertResolver {
             current: ArcSwap::new(config.pair.certified.clone()),
         });
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         // ring's provider has cipher suites for both TLS 1.2 and 1.3, the safe defaults:
         // this cannot fail for it, and a failure would be a build mistake, not bad input.
         let mut server = ServerConfig::builder_with_provider(provider)

@@ -65,7 +65,7 @@ impl CertPair {
                 format!("{}: unreadable certificate: {e}", cert.display()),
             )
         })?;
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = super::provider();
         let certified = CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => (
                 Part::Key,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::rules::{Qos, TopicPattern, TopicRule};
-use crate::config::{ConfigErrors, join, parse_duration, parse_size};
+use crate::config::{ConfigErrors, duration_at, join, parse_size};
 use crate::sources::mapping::DataTemplate;
 use crate::template::{Source, Template};
 
@@ -139,19 +139,6 @@ fn default_client_id() -> String {
     }
 }
 
-fn duration(
-    value: Option<&str>,
-    default: &str,
-    path: &str,
-    key: &str,
-    errors: &mut ConfigErrors,
-) -> Duration {
-    parse_duration(value.unwrap_or(default)).unwrap_or_else(|e| {
-        errors.push(join(path, key), e);
-        parse_duration(default).unwrap_or_default()
-    })
-}
-
 impl RawMqttConfig {
     /// Validate, recording every error under `path`.
     pub fn validate(self, path: &str, errors: &mut ConfigErrors) -> Option<MqttConfig> {
@@ -179,7 +166,7 @@ impl RawMqttConfig {
             errors.push(join(path, "password"), "needs a username");
         }
         let mut whole_seconds = |key: &str, value: Option<&str>, default: &str| {
-            let d = duration(value, default, path, key, errors);
+            let d = duration_at(value, default, path, key, errors);
             if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
                 errors.push(join(path, key), "must be whole seconds, at least 1s");
             }
@@ -195,14 +182,14 @@ impl RawMqttConfig {
             self.connect_timeout.as_deref(),
             defaults::CONNECT_TIMEOUT,
         );
-        let min = duration(
+        let min = duration_at(
             self.reconnect_min.as_deref(),
             defaults::RECONNECT_MIN,
             path,
             "reconnect_min",
             errors,
         );
-        let max = duration(
+        let max = duration_at(
             self.reconnect_max.as_deref(),
             defaults::RECONNECT_MAX,
             path,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 
 use super::rules::{DataTemplate, NotifyRule, RuleMode};
-use crate::config::{ConfigErrors, join, parse_duration};
+use crate::config::{ConfigErrors, duration_at, join};
 use crate::template::{Source, Template};
 
 /// Defaults, documented in `config.toml.example`.
@@ -119,20 +119,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-fn duration(
-    value: Option<&str>,
-    default: &str,
-    path: &str,
-    key: &str,
-    errors: &mut ConfigErrors,
-) -> Duration {
-    let text = value.unwrap_or(default);
-    parse_duration(text).unwrap_or_else(|e| {
-        errors.push(join(path, key), e);
-        parse_duration(default).unwrap_or_default()
-    })
-}
-
 impl RawPostgresConfig {
     /// Validate, recording every error under `path`.
     pub fn validate(self, path: &str, errors: &mut ConfigErrors) -> Option<PostgresConfig> {
@@ -159,21 +145,21 @@ impl RawPostgresConfig {
             })
             .ok();
         let d = defaults::CONNECT_TIMEOUT;
-        let connect_timeout = duration(
+        let connect_timeout = duration_at(
             self.connect_timeout.as_deref(),
             d,
             path,
             "connect_timeout",
             errors,
         );
-        let min = duration(
+        let min = duration_at(
             self.reconnect_min.as_deref(),
             defaults::RECONNECT_MIN,
             path,
             "reconnect_min",
             errors,
         );
-        let max = duration(
+        let max = duration_at(
             self.reconnect_max.as_deref(),
             defaults::RECONNECT_MAX,
             path,
@@ -186,7 +172,7 @@ impl RawPostgresConfig {
                 format!("must be above 0 and at most reconnect_max ({max:?})"),
             );
         }
-        let probe_interval = duration(
+        let probe_interval = duration_at(
             self.probe_interval.as_deref(),
             defaults::PROBE_INTERVAL,
             path,
@@ -196,7 +182,7 @@ impl RawPostgresConfig {
         if probe_interval < Duration::from_millis(50) {
             errors.push(join(path, "probe_interval"), "must be at least 50ms");
         }
-        let outbox_poll = duration(
+        let outbox_poll = duration_at(
             self.outbox_poll.as_deref(),
             defaults::OUTBOX_POLL,
             path,
@@ -206,7 +192,7 @@ impl RawPostgresConfig {
         if outbox_poll < Duration::from_millis(10) {
             errors.push(join(path, "outbox_poll"), "must be at least 10ms");
         }
-        let outbox_retention = duration(
+        let outbox_retention = duration_at(
             self.outbox_retention.as_deref(),
             defaults::OUTBOX_RETENTION,
             path,
