@@ -217,12 +217,15 @@ test("unpoll restarts: tabs resume; they get onReset when history is gone", asyn
     await unpoll.stop();
     second = await startUnpoll(opts);
     // The new process has no history for the old ids: every tab is told to refetch.
+    const tabResets = () =>
+      Promise.all([...pages, quiet].map((p) => p.evaluate(() => window.resets)));
     await eventually("a reset in every tab", async () => {
-      const resets = await Promise.all(
-        [...pages, quiet].map((p) => p.evaluate(() => window.resets)),
-      );
+      const resets = await tabResets();
       return resets.every((r) => r.length === 1 && r[0].reason === "other_boot") && resets;
-    }, 20000);
+    }, 20000, async () => JSON.stringify({
+      resets: await tabResets(),
+      status: await Promise.all([...pages, quiet].map((p) => p.evaluate(() => unpoll.status()))),
+    }));
     await eventually("resumed", async () => (await second.stats()).stream_connections === 1);
     for (const n of range(4, 6)) await second.publish("room:r", { n });
     await second.publish("room:q", { n: 1 });
