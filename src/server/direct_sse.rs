@@ -214,9 +214,12 @@ where
     }
 }
 
-/// The frames of a stream that are ready to be written together.
+/// The frames of a stream that are ready to be written together. Nearly always one: the
+/// first is held apart so that a lone frame (each event of a `[[stream]]`, each heartbeat)
+/// costs no allocation per subscriber.
 struct Ready {
-    parts: Vec<Bytes>,
+    first: Bytes,
+    rest: Vec<Bytes>,
     len: usize,
 }
 
@@ -229,30 +232,32 @@ impl Ready {
     fn new(first: Bytes) -> Ready {
         Ready {
             len: first.len(),
-            parts: vec![first],
+            first,
+            rest: Vec::new(),
         }
     }
 
     fn push(&mut self, data: Bytes) {
         self.len += data.len();
-        self.parts.push(data);
+        self.rest.push(data);
     }
 
     fn is_full(&self) -> bool {
-        self.len >= Self::MAX_BYTES || self.parts.len() >= Self::MAX_PARTS
+        self.len >= Self::MAX_BYTES || 1 + self.rest.len() >= Self::MAX_PARTS
     }
 
     /// The bytes to write: one part alone as it is (the hub's shared bytes, no copy),
     /// several joined; with `Framing::Chunked`, as one chunk.
-    fn encode(mut self, framing: Framing) -> Bytes {
-        if framing == Framing::Close && self.parts.len() == 1 {
-            return self.parts.pop().unwrap_or_default();
+    fn encode(self, framing: Framing) -> Bytes {
+        if framing == Framing::Close && self.rest.is_empty() {
+            return self.first;
         }
         let mut out = Vec::with_capacity(self.len + 12);
         if framing == Framing::Chunked {
             let _ = write!(out, "{:X}\r\n", self.len);
         }
-        for part in &self.parts {
+        out.extend_from_slice(&self.first);
+        for part in &self.rest {
             out.extend_from_slice(part);
         }
         if framing == Framing::Chunked {
