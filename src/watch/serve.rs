@@ -310,7 +310,7 @@ impl WatchSubscription {
             interval,
             shutdown: parts.shutdown.clone().cancelled_owned(),
             ended: false,
-            _open: OpenGauges::new(&[
+            _open: OpenGauges::new([
                 parts.watches.metrics.subscribers.clone(),
                 parts.stream_connections.clone(),
             ]),
@@ -420,15 +420,16 @@ impl Stream for Frames {
     }
 }
 
-/// Gauges incremented while a stream is open, decremented when it is dropped.
-struct OpenGauges(Vec<Gauge>);
+/// Gauges incremented while a stream is open, decremented when it is dropped. Held inline
+/// (not in a `Vec`): every watching tab has one.
+struct OpenGauges([Gauge; 2]);
 
 impl OpenGauges {
-    fn new(gauges: &[Gauge]) -> OpenGauges {
-        for g in gauges {
+    fn new(gauges: [Gauge; 2]) -> OpenGauges {
+        for g in &gauges {
             g.inc();
         }
-        OpenGauges(gauges.to_vec())
+        OpenGauges(gauges)
     }
 }
 
