@@ -445,6 +445,7 @@ async fn access_log_is_one_json_line_per_request_without_the_query() {
     assert_eq!(v["method"], "GET");
     assert_eq!(v["path"], "/echo");
     assert_eq!(v["status"], 200);
+    assert_eq!(v["listener"], "main");
     assert_eq!(v["bytes"], 5);
     assert!(v["duration_ms"].as_f64().is_some());
     assert!(v["upstream_ms"].as_f64().is_some());

@@ -21,7 +21,7 @@ mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -498,11 +498,11 @@ async fn respond(
     arrival.track(resp, kind, guard)
 }
 
-/// What the access-log line needs from a request, noted when it arrives (the request
-/// moves on to the handler); `None` inside when access logging is off, since this runs
-/// on every request. Boxed, so that a request's future keeps a pointer, not the line's
-/// room, when logging is off.
-struct Arrival(Option<Box<(Method, String, IpAddr, Instant)>>);
+/// The access-log line of a request, begun when it arrives (the request moves on to the
+/// handler) and finished with its response; `None` inside when access logging is off,
+/// since this runs on every request. Boxed, so that a request's future keeps a pointer,
+/// not the line's room, and the one allocation goes on to the response body.
+struct Arrival(Option<Box<AccessLog>>);
 
 impl Arrival {
     fn note(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketAddr) -> Self {
@@ -515,12 +515,16 @@ impl Arrival {
             headers,
             &snapshot.config.proxy.trusted_proxies,
         );
-        Arrival(Some(Box::new((
-            method.clone(),
-            uri.path().to_string(),
+        Arrival(Some(Box::new(AccessLog {
+            method: method.clone(),
+            path: uri.path().to_string(),
             client,
-            Instant::now(),
-        ))))
+            started: Instant::now(),
+            // The response's, set by `track`.
+            status: http::StatusCode::OK,
+            listener: "",
+            upstream: None,
+        })))
     }
 
     /// Wrap `resp`'s body so the request settles (log line, idle accounting) when it ends.
@@ -530,17 +534,11 @@ impl Arrival {
         kind: Listener,
         guard: RequestGuard,
     ) -> Response<TrackedBody> {
-        let log = self.0.map(|arrival| {
-            let (method, path, client, started) = *arrival;
-            AccessLog {
-                method,
-                path,
-                client,
-                status: resp.status(),
-                listener: kind.as_str(),
-                started,
-                upstream: resp.extensions().get::<UpstreamTime>().map(|t| t.0),
-            }
+        let log = self.0.map(|mut log| {
+            log.status = resp.status();
+            log.listener = kind.as_str();
+            log.upstream = resp.extensions().get::<UpstreamTime>().map(|t| t.0);
+            log
         });
         resp.map(|body| TrackedBody::new(body, log, guard))
     }

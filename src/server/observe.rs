@@ -77,11 +77,11 @@ impl TrackedBody {
     }
 
     /// Wrap `inner`; `log` is `None` when access logging is off.
-    pub fn new(inner: Body, log: Option<AccessLog>, request: RequestGuard) -> Self {
+    pub fn new(inner: Body, log: Option<Box<AccessLog>>, request: RequestGuard) -> Self {
         TrackedBody {
             inner,
             completion: Some(Completion {
-                log: log.map(Box::new),
+                log,
                 bytes: 0,
                 _request: request,
             }),
